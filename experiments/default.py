@@ -1,0 +1,66 @@
+"""Every config field, with the paper's Wave-U-Net (M4) as the values.
+
+Other experiments import `get_config` from here and override; a field that is not
+here does not exist. Inspect a config with
+
+  python -m waveunet_jax.summary --config=experiments/default.py
+
+The network is `waveunet_jax.models.WaveUNet(**config.model)`.
+"""
+
+import ml_collections
+
+LEVELS = 12
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+
+  config.model = ml_collections.ConfigDict()
+  # Names of the separated sources, in output order. With difference output the last
+  # one is the mix minus the others (the paper's voice task: vocals last).
+  config.model.sources = ("accompaniment", "vocals")
+  # Audio channels of the mix and of every source: 1 mono, 2 stereo.
+  config.model.num_channels = 2
+  # Features of each level's conv, shallowest first; its length is the number of levels.
+  config.model.features = tuple(24 * (i + 1) for i in range(LEVELS))
+  # Features of the bottleneck conv between the down and up paths.
+  config.model.bottleneck_features = 24 * (LEVELS + 1)
+  # Kernel size of each level's conv on the way down (odd).
+  config.model.down_kernel_sizes = (15,) * LEVELS
+  # Kernel size of each level's conv on the way up (odd).
+  config.model.up_kernel_sizes = (5,) * LEVELS
+  # Kernel size of the bottleneck conv (odd).
+  config.model.bottleneck_kernel_size = 15
+  # Kernel size of the output conv that maps features to each source (odd).
+  config.model.output_kernel_size = 1
+  # How each level reduces time after its skip: 'decimate' (keep every f-th sample)
+  # or 'maxpool' (max over windows of f).
+  config.model.downsampling = "decimate"
+  # Downsampling factor of each level; 1 means none. Upsampling mirrors it.
+  config.model.downsampling_factors = (2,) * LEVELS
+  # 'linear' interpolation or 'learned' (paper M5: a learned weight per inserted sample).
+  config.model.upsampling = "linear"
+  # 'valid': unpadded convs, input longer than output (the paper's context model);
+  # 'same': output length == input length, a multiple of the total downsampling.
+  config.model.padding = "valid"
+  # 'none' (convs with biases) or 'batchnorm' (convs without biases, then BatchNorm).
+  config.model.normalization = "none"
+  # BatchNorm running-average momentum (0.99 keeps 99 % of the old statistic).
+  config.model.batchnorm_momentum = 0.99
+  # 'direct': one tanh output per source; 'difference': the last source is
+  # mix - sum(others), so the sources always add up to the mix.
+  config.model.output = "difference"
+  # Slope of LeakyReLU for negative inputs.
+  config.model.negative_slope = 0.2
+  # Compute dtype: 'float32', or 'bfloat16' on TPU/GPU (parameters stay float32).
+  config.model.dtype = "float32"
+
+  config.data = ml_collections.ConfigDict()
+  # Sample rate (Hz) the model works at; audio is resampled to it.
+  config.data.sample_rate = 22050
+  # Wanted output samples per training example; models.lengths() turns it into the
+  # exact input and output lengths of the network.
+  config.data.output_length = 16384
+
+  return config

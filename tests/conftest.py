@@ -1,0 +1,27 @@
+"""Shared test helpers: tiny model configs built from the real experiment configs."""
+
+import os
+
+# Tests run on the CPU, with several virtual devices for the data-parallel tests;
+# both must be set before jax is imported anywhere.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
+
+import pytest  # noqa: E402
+
+from experiments import default  # noqa: E402
+
+
+def tiny_model_config(**overrides):
+  """A 3-level version of the default (paper M4) model config, as a dict."""
+  config = default.get_config().model.to_dict()
+  config.update(features=(4, 6, 8), bottleneck_features=8, down_kernel_sizes=(5, 3, 5),
+                up_kernel_sizes=(3, 3, 3), bottleneck_kernel_size=3,
+                downsampling_factors=(2, 2, 2))
+  config.update(overrides)
+  return config
+
+
+@pytest.fixture
+def tiny_config():
+  return tiny_model_config
