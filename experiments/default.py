@@ -62,5 +62,20 @@ def get_config() -> ml_collections.ConfigDict:
   # Wanted output samples per training example; models.lengths() turns it into the
   # exact input and output lengths of the network.
   config.data.output_length = 16384
+  # TFDS data dir written by `python -m waveunet_jax.prepare`; None: not prepared.
+  config.data.data_dir = None
+  # Augmentations of the training sources, applied in order (names from
+  # input_pipeline.AUGMENTATIONS: 'gain', 'channel_swap', 'remix'); the mix is
+  # always the sum of the augmented sources. The paper used 'gain' alone.
+  config.data.augmentations = ("gain",)
+  # 'gain': each source scaled by a factor drawn from U[low, high].
+  config.data.gain_range = (0.7, 1.0)
+  # 'remix': chance that a source is taken from another example of the batch.
+  config.data.remix_probability = 0.5
+  # Random crops taken from each decoded window before shuffling.
+  config.data.crops_per_window = 8
+  # Shuffle buffers: windows read from the files, then crops (memory: crops x input).
+  config.data.window_shuffle_buffer = 16
+  config.data.crop_shuffle_buffer = 128
 
   return config

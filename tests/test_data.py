@@ -1,0 +1,332 @@
+"""MUSDB18 -> TFDS windows (prepare) -> tf.data batches (input_pipeline)."""
+
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile
+import tensorflow as tf
+
+from conftest import tiny_model_config
+from experiments import default
+from waveunet_jax import input_pipeline, models, prepare, synthetic
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+RATE = 16000  # the tiny configs' model rate: every track is resampled from 44.1 kHz
+
+
+def tiny_config(data_dir=None, **model):
+  config = default.get_config()
+  config.model.update(tiny_model_config(**model))
+  config.data.sample_rate = RATE
+  config.data.output_length = 3000
+  config.data.data_dir = str(data_dir) if data_dir else None
+  config.data.crops_per_window = 2
+  config.data.window_shuffle_buffer = 4
+  config.data.crop_shuffle_buffer = 8
+  return config
+
+
+def write_track(folder: pathlib.Path, stems: dict, rate: int = 44100, subtype="PCM_16"):
+  folder.mkdir(parents=True, exist_ok=True)
+  for name, audio in stems.items():
+    soundfile.write(folder / f"{name}.wav", audio, rate, subtype=subtype)
+
+
+def silent_stems(seconds: float, rate: int = 44100):
+  return {s: np.zeros((int(seconds * rate), 2), np.float32) for s in synthetic.SOURCES}
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+  root = tmp_path_factory.mktemp("corpus")
+  synthetic.write_corpus(root, num_train=3, num_test=1, seconds=6, seed=0)
+  return root
+
+
+@pytest.fixture(scope="module")
+def prepared(corpus, tmp_path_factory):
+  data_dir = tmp_path_factory.mktemp("data")
+  valid = sorted(p.name for p in (corpus / "train").iterdir())[:1]
+  config = tiny_config(data_dir)
+  prepare.prepare(config, corpus, data_dir, wav=True, valid_tracks=valid)
+  return config
+
+
+def first(ds):
+  return next(iter(input_pipeline.as_numpy(ds)))
+
+
+def test_layout_comes_from_the_length_arithmetic():
+  config = tiny_config()
+  layout = prepare.layout_for(config)
+  size = models.lengths(config.model, 3000)
+  assert (layout.input_length, layout.output_length) == (size.input_length, size.output_length)
+  assert layout.hop % layout.output_length == 0
+  assert layout.hop >= prepare.WINDOW_INPUT_LENGTHS * layout.input_length
+
+
+def test_windows_hold_every_crop_and_tile():
+  layout = prepare.Layout(("vocals",), RATE, 1, input_length=101, output_length=31)
+  n = 1000
+  track = np.arange(1, n + 1, dtype=np.int16).reshape(1, n, 1)
+  padded = np.pad(track, ((0, 0), (layout.offset, 10_000), (0, 0)))
+  starts, tiles = [], []
+  for w in prepare.track_windows(track, layout):
+    assert w["sources"].shape == (1, layout.window_length, 1)
+    for s in range(w["num_starts"]):
+      starts.append(w["start"] + s)
+      crop = w["sources"][:, s:s + layout.input_length]
+      np.testing.assert_array_equal(crop, padded[:, w["start"] + s:][:, :layout.input_length])
+    tiles += [w["start"] + j * layout.output_length for j in range(w["num_tiles"])]
+  # Every output sample of the track is the target of some crop, and tiles cover it.
+  assert starts == list(range(n - layout.output_length + 1))
+  assert tiles == list(range(0, n, layout.output_length))
+
+
+def test_pipeline_shapes_dtypes_and_mix_is_sum_of_targets(prepared):
+  config = prepared
+  config.data.augmentations = ("gain", "channel_swap", "remix")
+  layout = prepare.layout_for(config)
+  batch = first(input_pipeline.train_dataset(config, 3, seed=0))
+  assert batch["mix"].shape == (3, layout.input_length, 2)
+  assert batch["sources"].shape == (3, 2, layout.output_length, 2)
+  assert batch["mix"].dtype == batch["sources"].dtype == np.float32
+  central = batch["mix"][:, layout.offset:layout.offset + layout.output_length]
+  np.testing.assert_allclose(central, batch["sources"].sum(axis=1), atol=1e-6)
+  assert np.abs(batch["sources"]).max() > 0.01  # real audio, not padding
+
+  batches = list(input_pipeline.as_numpy(input_pipeline.eval_dataset(config, 4)))
+  for b in batches:
+    assert b["mix"].shape == (4, layout.input_length, 2)
+    assert b["weight"].shape == (4,)
+  # 6 s at 16 kHz in tiles of output_length, and the last batch padded with weight 0.
+  tiles = int(np.ceil(6 * RATE / layout.output_length))
+  assert sum(b["weight"].sum() for b in batches) == tiles
+  assert np.all(batches[-1]["mix"][batches[-1]["weight"] == 0] == 0)
+
+
+def test_same_seed_same_batches(prepared):
+  config = prepared
+  config.data.augmentations = ("gain", "channel_swap", "remix")
+  take = lambda seed: [b["mix"] for _, b in zip(range(3), input_pipeline.as_numpy(
+      input_pipeline.train_dataset(config, 2, seed=seed)))]
+  a, b, c = take(1), take(1), take(2)
+  for x, y in zip(a, b):
+    np.testing.assert_array_equal(x, y)
+  assert not np.array_equal(a[0], c[0])
+
+
+def test_processes_read_disjoint_shares(prepared):
+  builder, _ = input_pipeline.load_builder(prepared)
+
+  def windows(split):
+    return {(bytes(x["track"]), int(x["index"]))
+            for x in builder.as_dataset(split=split).as_numpy_iterator()}
+
+  shares = [windows(input_pipeline.tfds.split_for_jax_process(
+      "train", process_index=i, process_count=2)) for i in range(2)]
+  assert shares[0] and shares[1] and not shares[0] & shares[1]
+  assert shares[0] | shares[1] == windows("train")
+
+
+@pytest.mark.parametrize("name", sorted(input_pipeline.AUGMENTATIONS))
+def test_each_augmentation_eagerly_and_in_dataset_map(name):
+  config = tiny_config()
+  config.data.remix_probability = 1.0
+  rng = np.random.default_rng(0)
+  sources = tf.constant(rng.uniform(-0.5, 0.5, (8, 2, 64, 2)).astype(np.float32))
+  seed = tf.constant([3, 4])
+  augmentation = input_pipeline.AUGMENTATIONS[name]
+  eager = augmentation(sources, seed, config.data).numpy()
+  mapped = next(iter(tf.data.Dataset.from_tensors(sources).map(
+      lambda s: augmentation(s, seed, config.data)))).numpy()
+  np.testing.assert_array_equal(eager, mapped)
+  x = sources.numpy()
+  if name == "gain":
+    ratio = eager / x
+    low, high = config.data.gain_range
+    assert np.all((ratio > low - 1e-6) & (ratio < high + 1e-6))
+    np.testing.assert_allclose(ratio, ratio[:, :, :1, :1] * np.ones_like(ratio), rtol=1e-5)
+  elif name == "channel_swap":
+    swapped = [np.array_equal(eager[b], x[b, ..., ::-1]) for b in range(8)]
+    kept = [np.array_equal(eager[b], x[b]) for b in range(8)]
+    assert all(s or k for s, k in zip(swapped, kept)) and any(swapped) and any(kept)
+  else:  # remix: every source comes from some example's same source
+    for b in range(8):
+      for s in range(2):
+        assert any(np.array_equal(eager[b, s], x[o, s]) for o in range(8))
+    assert not np.array_equal(eager, x)
+
+
+def test_unknown_augmentation_names_the_field():
+  config = tiny_config()
+  config.data.augmentations = ("reverse",)
+  with pytest.raises(ValueError, match="config.data.augmentations"):
+    input_pipeline.augment(tf.zeros((1, 2, 8, 2)), tf.constant([0, 0]), config.data)
+
+
+def prepare_tracks(tmp_path, tracks: dict, valid: str, **kwargs):
+  root = tmp_path / "musdb"
+  for name, stems in tracks.items():
+    write_track(root / "train" / name, stems)
+  config = tiny_config(tmp_path / "data", **kwargs)
+  prepare.prepare(config, root, tmp_path / "data", wav=True, valid_tracks=[valid])
+  return config
+
+
+def test_impulse_lands_at_the_same_place_in_mix_and_target(tmp_path):
+  # An impulse 0.1 s into the track: its tile is the first, so it also checks the
+  # context padding at the track's start.
+  stems = silent_stems(2.0)
+  stems["vocals"][4410] = 0.9
+  config = prepare_tracks(tmp_path, {"A - impulse": stems, "B - silence": silent_stems(2.0)},
+                          valid="A - impulse")
+  layout = prepare.layout_for(config)
+  batch = first(input_pipeline.eval_dataset(config, 1))
+  vocals = batch["sources"][0, config.model.sources.index("vocals"), :, 0]
+  assert np.argmax(np.abs(vocals)) == round(0.1 * RATE)
+  assert np.argmax(np.abs(batch["mix"][0, :, 0])) == layout.offset + round(0.1 * RATE)
+  assert np.abs(batch["sources"][0, config.model.sources.index("accompaniment")]).max() == 0
+
+
+def test_resampled_sine_keeps_its_frequency(tmp_path):
+  t = np.arange(2 * 44100) / 44100
+  stems = silent_stems(2.0)
+  stems["bass"][:] = 0.5 * np.sin(2 * np.pi * 441.0 * t)[:, None]
+  config = prepare_tracks(tmp_path, {"A - sine": stems, "B - silence": silent_stems(2.0)},
+                          valid="A - sine", padding="same")
+  batch = first(input_pipeline.eval_dataset(config, 1))
+  accompaniment = batch["sources"][0, config.model.sources.index("accompaniment"), :, 0]
+  spectrum = np.abs(np.fft.rfft(accompaniment * np.hanning(len(accompaniment))))
+  peak = np.argmax(spectrum) * RATE / len(accompaniment)
+  assert abs(peak - 441.0) < RATE / len(accompaniment)
+  # Band-limited: nothing but the sine (and its window's skirt) survives resampling.
+  assert np.abs(accompaniment).max() == pytest.approx(0.5, abs=0.01)
+
+
+def test_stem_files_round_trip(tmp_path):
+  root = tmp_path / "stems"
+  synthetic.write_corpus(root, num_train=2, num_test=0, seconds=3, seed=5, stems=True)
+  hq = tmp_path / "hq"
+  synthetic.write_corpus(hq, num_train=2, num_test=0, seconds=3, seed=5)
+  names = sorted(p.name[:-len(".stem.mp4")] for p in (root / "train").glob("*.stem.mp4"))
+  tiles = {}
+  for folder, wav in ((root, False), (hq, True)):
+    config = tiny_config(tmp_path / f"data-{wav}")
+    prepare.prepare(config, folder, tmp_path / f"data-{wav}", wav=wav, valid_tracks=names[:1])
+    tiles[wav] = np.concatenate([b["mix"][b["weight"] > 0] for b in input_pipeline.as_numpy(
+        input_pipeline.eval_dataset(config, 4))])
+  # The decoder returns whole AAC frames: up to 1023 samples (at 44.1 kHz) more.
+  extra = len(tiles[False]) - len(tiles[True])
+  assert 0 <= extra <= 1
+  tiles[False] = tiles[False][:len(tiles[True])]
+  # AAC is lossy: the decoded stems match the wavs closely, not exactly.
+  correlation = np.corrcoef(tiles[True].ravel(), tiles[False].ravel())[0, 1]
+  assert correlation > 0.98
+
+
+def no_dataset_left(data_dir: pathlib.Path):
+  leftovers = [p for p in data_dir.rglob("*") if p.is_file() and "tfrecord" in p.name]
+  return not leftovers and not list(data_dir.rglob("incomplete.*"))
+
+
+@pytest.mark.parametrize("problem,message", [
+    ("missing", "missing stem drums.wav"),
+    ("unequal_length", "different lengths"),
+    ("unequal_rate", "different sample rates"),
+    ("mono", "1 channel"),
+    ("not_audio", "cannot read"),
+    ("empty_file", "cannot read|is empty"),
+])
+def test_bad_tracks_are_named_and_leave_nothing(tmp_path, problem, message):
+  good = silent_stems(1.0)
+  bad = silent_stems(1.0)
+  root = tmp_path / "musdb"
+  write_track(root / "train" / "A - good", good)
+  folder = root / "train" / "B - bad"
+  write_track(folder, bad)
+  if problem == "missing":
+    (folder / "drums.wav").unlink()
+  elif problem == "unequal_length":
+    write_track(folder, {"bass": np.zeros((40000, 2), np.float32)})
+  elif problem == "unequal_rate":
+    write_track(folder, {"bass": np.zeros((48000, 2), np.float32)}, rate=48000)
+  elif problem == "mono":
+    write_track(folder, {"other": np.zeros(44100, np.float32)})
+  elif problem == "not_audio":
+    (folder / "vocals.wav").write_text("this is not a wav file")
+  else:
+    (folder / "vocals.wav").write_bytes(b"")
+  data_dir = tmp_path / "data"
+  with pytest.raises(prepare.DataError, match="B - bad") as error:
+    prepare.prepare(tiny_config(data_dir), root, data_dir, wav=True, valid_tracks=["A - good"])
+  assert any(m in str(error.value) for m in message.split("|")), error.value
+  assert no_dataset_left(data_dir)
+
+
+def test_empty_folder_and_unknown_validation_track(tmp_path):
+  (tmp_path / "musdb" / "train").mkdir(parents=True)
+  with pytest.raises(prepare.DataError, match="no tracks found"):
+    prepare.prepare(tiny_config(), tmp_path / "musdb", tmp_path / "data", wav=True)
+  write_track(tmp_path / "musdb" / "train" / "A - a", silent_stems(1.0))
+  with pytest.raises(prepare.DataError, match="musdb's validation tracks"):
+    prepare.prepare(tiny_config(), tmp_path / "musdb", tmp_path / "data", wav=True)
+  with pytest.raises(prepare.DataError, match="--valid_tracks: not in"):
+    prepare.prepare(tiny_config(), tmp_path / "musdb", tmp_path / "data", wav=True,
+                    valid_tracks=["Nobody - Nothing"])
+
+
+def test_too_short_track_is_skipped_with_a_log(tmp_path, caplog):
+  config = prepare_tracks(tmp_path, {"A - long": silent_stems(1.0),
+                                     "B - long": silent_stems(1.0),
+                                     "C - short": silent_stems(0.05)}, valid="A - long")
+  builder, _ = input_pipeline.load_builder(config)
+  tracks = {bytes(x["track"]) for x in builder.as_dataset(split="train").as_numpy_iterator()}
+  assert tracks == {b"B - long"}
+  assert "C - short: skipped" in caplog.text
+
+
+def test_rerun_is_a_no_op_and_a_killed_run_is_redone(tmp_path):
+  tracks = {"A - a": silent_stems(1.0), "B - b": silent_stems(1.0)}
+  config = prepare_tracks(tmp_path, tracks, valid="A - a")
+  builder, _ = input_pipeline.load_builder(config)
+  version_dir = pathlib.Path(builder.data_dir)
+  stamp = {p: p.stat().st_mtime_ns for p in version_dir.iterdir()}
+  prepare.prepare(config, tmp_path / "musdb", tmp_path / "data", wav=True, valid_tracks=["A - a"])
+  assert {p: p.stat().st_mtime_ns for p in version_dir.iterdir()} == stamp
+  # A run killed while writing leaves only an incomplete.* folder: not a dataset.
+  killed = version_dir.parent / f"incomplete.KILLED_{version_dir.name}"
+  version_dir.rename(killed)
+  with pytest.raises(prepare.DataError, match="run python -m waveunet_jax.prepare"):
+    input_pipeline.load_builder(config)
+  prepare.prepare(config, tmp_path / "musdb", tmp_path / "data", wav=True, valid_tracks=["A - a"])
+  assert not killed.exists()
+  builder, _ = input_pipeline.load_builder(config)
+  assert builder.info.splits["train"].num_examples == 2  # B's windows
+
+
+def test_missing_data_dir_says_what_to_run(tmp_path):
+  with pytest.raises(prepare.DataError, match="config.data.data_dir is not set"):
+    input_pipeline.train_dataset(tiny_config(), 2, seed=0)
+  with pytest.raises(prepare.DataError, match="run python -m waveunet_jax.prepare"):
+    input_pipeline.train_dataset(tiny_config(tmp_path), 2, seed=0)
+
+
+def test_prepare_cli(corpus, tmp_path):
+  valid = sorted(p.name for p in (corpus / "train").iterdir())[0]
+  command = [sys.executable, "-m", "waveunet_jax.prepare", f"--musdb_root={corpus}",
+             f"--data_dir={tmp_path}", "--config=experiments/deep.py:M3",
+             "--config.data.output_length=44100", "--wav", f"--valid_tracks={valid}"]
+  result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert "prepared" in result.stdout and "'valid': " in result.stdout
+  other = [f"--data_dir={tmp_path / 'other'}" if c.startswith("--data_dir") else c
+           for c in command[:-1]]
+  result = subprocess.run(other + ["--valid_tracks=Nobody - Nothing"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+  assert result.returncode != 0
+  assert result.stderr.strip().splitlines()[-1] == (
+      "error: --valid_tracks: not in " + str(corpus / "train") + ": Nobody - Nothing")

@@ -1,0 +1,186 @@
+"""Prepared MUSDB18 windows (see `prepare`) -> tf.data batches for JAX.
+
+Training batches are random crops of the network's input length: the targets are the
+central `output_length` samples (`models.lengths` decides both), tracks are
+zero-padded by the context at their edges (done by `prepare`), the augmentations of
+`config.data.augmentations` act on the sources, and the mix is always the sum of the
+augmented sources. Batches reach JAX as numpy dicts
+
+  {'mix': [B, T_in, C] float32, 'sources': [B, S, T_out, C] float32}
+
+with sources ordered as `config.model.sources`. Validation batches tile every
+validation track with hop = output length, in a fixed order, and add
+'weight': [B] float32, 0 for the examples that pad the last batch.
+
+Each process reads its own share of the files (`tfds.split_for_jax_process`) and
+builds batches of its local batch size. Randomness is stateless and seeded, so the
+same seed gives the same batches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import ml_collections
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from waveunet_jax import prepare
+
+Augmentation = Callable[[tf.Tensor, tf.Tensor, ml_collections.ConfigDict], tf.Tensor]
+
+
+# --------------------------------------------------------------------------- #
+# Augmentations: sources [B, S, T, C] float32, a stateless seed [2] -> sources.
+# --------------------------------------------------------------------------- #
+
+
+def random_gain(sources: tf.Tensor, seed: tf.Tensor, data: ml_collections.ConfigDict) -> tf.Tensor:
+  """Each source of each example times a gain from U[gain_range] (the paper's)."""
+  low, high = data.gain_range
+  shape = tf.concat([tf.shape(sources)[:2], [1, 1]], axis=0)
+  return sources * tf.random.stateless_uniform(shape, seed, low, high)
+
+
+def channel_swap(sources: tf.Tensor, seed: tf.Tensor, data: ml_collections.ConfigDict) -> tf.Tensor:
+  """Left and right swapped in half of the examples (all sources alike)."""
+  del data
+  swap = tf.random.stateless_uniform([tf.shape(sources)[0], 1, 1, 1], seed) < 0.5
+  return tf.where(swap, tf.reverse(sources, axis=[-1]), sources)
+
+
+def remix(sources: tf.Tensor, seed: tf.Tensor, data: ml_collections.ConfigDict) -> tf.Tensor:
+  """Each source of each example is, with `remix_probability`, replaced by the same
+  source of another example of the batch (crops of other tracks, mostly), making
+  mixes that no song has."""
+  batch, num_sources = tf.shape(sources)[0], sources.shape[1]
+  shuffle_seed, choose_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+  order = tf.argsort(tf.random.stateless_uniform([num_sources, batch], shuffle_seed), axis=1)
+  others = tf.stack([tf.gather(sources[:, s], order[s]) for s in range(num_sources)], axis=1)
+  take = tf.random.stateless_uniform([batch, num_sources, 1, 1], choose_seed) < data.remix_probability
+  return tf.where(take, others, sources)
+
+
+AUGMENTATIONS: dict[str, Augmentation] = {
+    "gain": random_gain,
+    "channel_swap": channel_swap,
+    "remix": remix,
+}
+
+
+def augment(sources: tf.Tensor, seed: tf.Tensor, data: ml_collections.ConfigDict) -> tf.Tensor:
+  """Applies `data.augmentations`, in order, each with its own seed."""
+  names = tuple(data.augmentations)
+  for name in names:
+    if name not in AUGMENTATIONS:
+      raise ValueError(f"config.data.augmentations: unknown augmentation {name!r}; "
+                       f"choose from {', '.join(AUGMENTATIONS)}")
+  seeds = tf.random.experimental.stateless_split(seed, max(len(names), 1))
+  for i, name in enumerate(names):
+    sources = AUGMENTATIONS[name](sources, seeds[i], data)
+  return sources
+
+
+# --------------------------------------------------------------------------- #
+# Datasets.
+# --------------------------------------------------------------------------- #
+
+
+def load_builder(config: ml_collections.ConfigDict):
+  """The prepared dataset `config` trains on; a clear error if it is not there."""
+  layout = prepare.layout_for(config)
+  data_dir = config.data.data_dir
+  if not data_dir:
+    raise prepare.DataError(
+        "config.data.data_dir is not set: prepare MUSDB18 with python -m waveunet_jax.prepare "
+        "--musdb_root=DIR --data_dir=OUT --config=<this config> and pass "
+        "--config.data.data_dir=OUT")
+  builder = prepare.builder(layout, data_dir)
+  if not builder.is_prepared():
+    raise prepare.DataError(
+        f"config.data.data_dir={data_dir} holds no dataset {layout.name} (the sources, rate "
+        "and lengths of this config): run python -m waveunet_jax.prepare "
+        f"--musdb_root=DIR --data_dir={data_dir} --config=<this config>")
+  return builder, layout
+
+
+def _to_batch(sources: tf.Tensor, layout: prepare.Layout) -> dict[str, tf.Tensor]:
+  """Sources [B, S, T_in, C] float32 -> the mix and the central targets."""
+  return {
+      "mix": tf.reduce_sum(sources, axis=1),
+      "sources": sources[:, :, layout.offset:layout.offset + layout.output_length],
+  }
+
+
+def _scaled(sources: tf.Tensor) -> tf.Tensor:
+  return tf.cast(sources, tf.float32) / prepare.AUDIO_SCALE
+
+
+def train_dataset(config: ml_collections.ConfigDict, batch_size: int, *, seed: int,
+                  process_index: int | None = None,
+                  process_count: int | None = None) -> tf.data.Dataset:
+  """Endless training batches of `batch_size` (this process's share of the global
+  batch). `process_index`/`process_count` default to JAX's."""
+  builder, layout = load_builder(config)
+  data = config.data
+  split = tfds.split_for_jax_process("train", process_index=process_index,
+                                     process_count=process_count)
+  ds = builder.as_dataset(split=split, shuffle_files=True,
+                          read_config=tfds.ReadConfig(shuffle_seed=seed))
+  ds = ds.filter(lambda window: window["num_starts"] > 0)
+  ds = ds.repeat().shuffle(data.window_shuffle_buffer, seed=seed)
+  crops = data.crops_per_window
+
+  def random_crops(index, window):
+    # Several crops per decoded window: reading is the costly part.
+    starts = tf.random.stateless_uniform([crops], [seed, 2 * index], 0,
+                                         window["num_starts"], dtype=tf.int32)
+    positions = starts[:, None] + tf.range(layout.input_length)[None, :]
+    return tf.transpose(tf.gather(window["sources"], positions, axis=1), [1, 0, 2, 3])
+
+  ds = ds.enumerate().map(random_crops, num_parallel_calls=tf.data.AUTOTUNE)
+  ds = ds.unbatch().shuffle(data.crop_shuffle_buffer, seed=seed)
+  ds = ds.batch(batch_size, drop_remainder=True)
+
+  def augment_and_mix(index, sources):
+    return _to_batch(augment(_scaled(sources), tf.stack([seed, 2 * index + 1]), data), layout)
+
+  ds = ds.enumerate().map(augment_and_mix, num_parallel_calls=tf.data.AUTOTUNE)
+  return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def eval_dataset(config: ml_collections.ConfigDict, batch_size: int, *, split: str = "valid",
+                 process_index: int | None = None,
+                 process_count: int | None = None) -> tf.data.Dataset:
+  """Every tile (hop = output length) of every track of `split`, in a fixed order, in
+  batches of `batch_size`; the last batch is padded with weight-0 examples."""
+  builder, layout = load_builder(config)
+  if split not in builder.info.splits:
+    raise prepare.DataError(f"the prepared dataset in {config.data.data_dir} has no "
+                            f"{split!r} split (it has {', '.join(builder.info.splits)})")
+  split = tfds.split_for_jax_process(split, process_index=process_index,
+                                     process_count=process_count)
+  ds = builder.as_dataset(split=split, shuffle_files=False)
+
+  def tiles(window):
+    starts = tf.range(window["num_tiles"]) * layout.output_length
+    positions = starts[:, None] + tf.range(layout.input_length)[None, :]
+    tiled = tf.transpose(tf.gather(window["sources"], positions, axis=1), [1, 0, 2, 3])
+    return tf.data.Dataset.from_tensor_slices(tiled)
+
+  ds = ds.flat_map(tiles).batch(batch_size)
+
+  def pad(sources):
+    count = tf.shape(sources)[0]
+    padding = [[0, batch_size - count], [0, 0], [0, 0], [0, 0]]
+    batch = _to_batch(_scaled(tf.pad(sources, padding)), layout)
+    batch["weight"] = tf.cast(tf.range(batch_size) < count, tf.float32)
+    return batch
+
+  return ds.map(pad, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+def as_numpy(ds: tf.data.Dataset):
+  """Iterates a dataset as dicts of numpy arrays."""
+  return tfds.as_numpy(ds)
+

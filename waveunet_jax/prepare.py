@@ -1,0 +1,476 @@
+"""MUSDB18 (stem files or the HQ wav release) -> a TFDS dataset of TFRecord windows.
+
+  python -m waveunet_jax.prepare --musdb_root=DIR --data_dir=OUT --config=experiments/shallow.py
+  python -m waveunet_jax.prepare --musdb_root=DIR --wav ...      # MUSDB18-HQ layout
+
+Reads `DIR/{train,test}`: `<track>.stem.mp4` files (MUSDB18, decoded by stempeg with
+ffmpeg) or, with `--wav`, `<track>/{vocals,drums,bass,other}.wav` folders (MUSDB18-HQ,
+or any multitrack folder in that layout). The splits are `train`, `valid` (musdb's
+14-track validation split of the training set, or `--valid_tracks`) and `test`.
+
+Storage, chosen so that a random crop never decodes a whole track:
+* only the config's sources are stored (never a mix: training sums the sources), at
+  the config's sample rate and channel count, as int16;
+* each track is zero-padded by the network's context at both ends, as in the paper,
+  and cut into overlapping windows: window k holds the crops that start at
+  `k * hop ... (k + 1) * hop - 1` (so `hop + input_length - 1` samples), where
+  `hop` is a multiple of the output length near 4 input lengths. A crop reads one
+  window (about 25 % of storage is overlap), and validation tiles with hop =
+  output length line up with windows.
+The windows depend on the model's input and output lengths, so the dataset's TFDS
+config name records them (`Layout.name`); a second config with other lengths
+prepares its own dataset beside the first in the same --data_dir.
+
+Never on the training path: training only reads what this wrote.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import pathlib
+import shutil
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+from absl import logging
+
+from waveunet_jax import models
+
+MUSDB_SAMPLE_RATE = 44100
+# The four stems of MUSDB18, and their stream index in a `.stem.mp4` (0 is the mix).
+STEMS = ("vocals", "drums", "bass", "other")
+STEM_STREAMS = {"drums": 1, "bass": 2, "other": 3, "vocals": 4}
+# Sources made of stems; everything a config can name as a source.
+DERIVED_SOURCES = {"accompaniment": ("drums", "bass", "other")}
+SPLITS = ("train", "valid", "test")
+# int16 sample = round(float sample * AUDIO_SCALE), clipped to the int16 range.
+AUDIO_SCALE = 32768.0
+# Windows hold about this many input lengths of crop starts (overlap is 1 / this).
+WINDOW_INPUT_LENGTHS = 4
+
+
+class DataError(ValueError):
+  """Input data that cannot be used; the message names the track or file."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+  """What a prepared dataset holds: which audio, and cut for which lengths."""
+
+  sources: tuple[str, ...]
+  sample_rate: int
+  num_channels: int
+  input_length: int
+  output_length: int
+
+  @property
+  def offset(self) -> int:
+    return models.Lengths(self.input_length, self.output_length).offset
+
+  @property
+  def hop(self) -> int:
+    """Crop starts per window: a multiple of the output length."""
+    tiles = math.ceil(WINDOW_INPUT_LENGTHS * self.input_length / self.output_length)
+    return tiles * self.output_length
+
+  @property
+  def window_length(self) -> int:
+    return self.hop + self.input_length - 1
+
+  @property
+  def name(self) -> str:
+    """The TFDS config name: everything the stored windows depend on."""
+    return (f"{'-'.join(self.sources)}_{self.sample_rate}hz_{self.num_channels}ch"
+            f"_in{self.input_length}_out{self.output_length}")
+
+
+def layout_for(config) -> Layout:
+  """The dataset layout a training config needs."""
+  sources = tuple(config.model.sources)
+  for source in sources:
+    if source not in STEMS and source not in DERIVED_SOURCES:
+      raise DataError(f"config.model.sources: {source!r} is not in MUSDB18; use "
+                      f"{', '.join(STEMS + tuple(DERIVED_SOURCES))}")
+  if config.model.num_channels not in (1, 2):
+    raise DataError(f"config.model.num_channels: MUSDB18 is stereo; use 1 (downmixed) or 2, "
+                    f"got {config.model.num_channels}")
+  size = models.lengths(config.model, config.data.output_length)
+  return Layout(sources, int(config.data.sample_rate), int(config.model.num_channels),
+                size.input_length, size.output_length)
+
+
+# --------------------------------------------------------------------------- #
+# Reading tracks.
+# --------------------------------------------------------------------------- #
+
+
+@dataclasses.dataclass(frozen=True)
+class Track:
+  name: str
+  path: pathlib.Path  # a `<name>.stem.mp4` file, or a `<name>/` folder of wavs
+  wav: bool
+
+
+def find_tracks(root: pathlib.Path, subset: str, wav: bool) -> list[Track]:
+  """The tracks of `root/subset`, sorted by name (may be empty)."""
+  folder = pathlib.Path(root) / subset
+  if not folder.is_dir():
+    return []
+  if wav:
+    return [Track(p.name, p, True) for p in sorted(folder.iterdir())
+            if p.is_dir() and not p.name.startswith(".")]
+  suffix = ".stem.mp4"
+  return [Track(p.name[:-len(suffix)], p, False) for p in sorted(folder.glob(f"*{suffix}"))]
+
+
+def read_stems(track: Track) -> tuple[dict[str, np.ndarray], int]:
+  """The four stems of a track, float32 [time, 2] each, and their sample rate."""
+  if track.wav:
+    stems, rates = {}, {}
+    for stem in STEMS:
+      stems[stem], rates[stem] = _read_wav(track, _stem_path(track, stem))
+    if len(set(rates.values())) > 1:
+      raise DataError(f"track {track.name!r}: stems have different sample rates {rates}")
+    rate = rates["vocals"]
+  else:
+    stems, rate = _read_stem_file(track)
+  lengths = {stem: len(audio) for stem, audio in stems.items()}
+  if len(set(lengths.values())) > 1:
+    raise DataError(f"track {track.name!r}: stems have different lengths (samples) {lengths}")
+  return stems, rate
+
+
+def check_track(track: Track) -> None:
+  """Cheap header checks of one track, so that a bad track fails before hours of
+  decoding rather than in the middle: stems present, readable, stereo, and (wav)
+  of one rate and length."""
+  if not track.wav:
+    _stem_file_info(track)
+    return
+  import soundfile
+
+  infos = {}
+  for stem in STEMS:
+    path = _stem_path(track, stem)
+    try:
+      infos[stem] = soundfile.info(str(path))
+    except Exception as e:  # soundfile raises several types for bad files
+      raise DataError(f"track {track.name!r}: cannot read {path} as audio ({e})") from None
+    _check_channels(track, path.name, infos[stem].channels)
+    if infos[stem].frames == 0:
+      raise DataError(f"track {track.name!r}: {path} is empty")
+  for what, values in (("sample rates", {s: i.samplerate for s, i in infos.items()}),
+                       ("lengths (samples)", {s: i.frames for s, i in infos.items()})):
+    if len(set(values.values())) > 1:
+      raise DataError(f"track {track.name!r}: stems have different {what} {values}")
+
+
+def _stem_path(track: Track, stem: str) -> pathlib.Path:
+  path = track.path / f"{stem}.wav"
+  if not path.is_file():
+    raise DataError(f"track {track.name!r}: missing stem {path.name} in {path.parent} "
+                    f"(a MUSDB18-HQ track folder holds {', '.join(s + '.wav' for s in STEMS)})")
+  return path
+
+
+def _stem_file_info(track: Track):
+  import stempeg
+
+  if shutil.which("ffmpeg") is None or shutil.which("ffprobe") is None:
+    raise DataError("reading .stem.mp4 files needs ffmpeg and ffprobe: install ffmpeg "
+                    "(e.g. apt-get install ffmpeg), or use the MUSDB18-HQ wav release with --wav")
+  try:
+    info = stempeg.Info(str(track.path))
+  except Exception as e:  # ffprobe failures surface as many exception types
+    raise DataError(f"track {track.name!r}: cannot read {track.path} as a stem file ({e})") from None
+  if info.nb_audio_streams < 5:
+    raise DataError(f"track {track.name!r}: {track.path} has {info.nb_audio_streams} audio "
+                    "streams; a MUSDB18 stem file has 5 (mixture, drums, bass, other, vocals)")
+  for stem, index in STEM_STREAMS.items():
+    _check_channels(track, f"{track.path.name} ({stem} stream)", info.channels(index))
+  return info
+
+
+def _read_wav(track: Track, path: pathlib.Path) -> tuple[np.ndarray, int]:
+  import soundfile
+
+  try:
+    audio, rate = soundfile.read(path, dtype="float32", always_2d=True)
+  except Exception as e:  # soundfile raises several types for bad files
+    raise DataError(f"track {track.name!r}: cannot read {path} as audio ({e})") from None
+  _check_stereo(track, path.name, audio)
+  return audio, rate
+
+
+def _read_stem_file(track: Track) -> tuple[dict[str, np.ndarray], int]:
+  import stempeg
+
+  info = _stem_file_info(track)
+  try:
+    audio, rate = stempeg.read_stems(str(track.path), dtype=np.float32, info=info,
+                                     always_3d=True)
+  except Exception as e:  # ffprobe/ffmpeg failures surface as many exception types
+    raise DataError(f"track {track.name!r}: cannot decode {track.path} ({e})") from None
+  stems = {stem: np.asarray(audio[index], np.float32) for stem, index in STEM_STREAMS.items()}
+  for stem, data in stems.items():
+    _check_stereo(track, f"{track.path.name} ({stem} stream)", data)
+  return stems, int(rate)
+
+
+def _check_stereo(track: Track, what: str, audio: np.ndarray) -> None:
+  _check_channels(track, what, audio.shape[1])
+  if len(audio) == 0:
+    raise DataError(f"track {track.name!r}: {what} is empty")
+
+
+def _check_channels(track: Track, what: str, channels: int) -> None:
+  if channels != 2:
+    raise DataError(f"track {track.name!r}: {what} has {channels} channel(s); "
+                    "MUSDB18 stems are stereo")
+
+
+def track_sources(stems: dict[str, np.ndarray], rate: int, layout: Layout) -> np.ndarray:
+  """The layout's sources of one track: int16 [sources, time, channels], resampled
+  with a band-limited resampler (soxr, high quality) and downmixed if mono."""
+  import soxr
+
+  out = []
+  for source in layout.sources:
+    audio = sum(stems[s] for s in DERIVED_SOURCES.get(source, (source,)))
+    if layout.num_channels == 1:
+      audio = audio.mean(axis=1, keepdims=True)
+    if rate != layout.sample_rate:
+      audio = soxr.resample(audio, rate, layout.sample_rate, quality="HQ")
+    out.append(audio)
+  return to_int16(np.stack(out))
+
+
+def to_int16(audio: np.ndarray) -> np.ndarray:
+  return np.clip(np.round(audio * AUDIO_SCALE), -32768, 32767).astype(np.int16)
+
+
+# --------------------------------------------------------------------------- #
+# Windows.
+# --------------------------------------------------------------------------- #
+
+
+def track_windows(sources: np.ndarray, layout: Layout) -> Iterator[dict[str, np.ndarray | int]]:
+  """Cuts one track, [S, N, C], into the stored windows (see the module docstring).
+
+  A crop starting at s (0 <= s < N - output_length + 1) is
+  `padded[:, s:s + input_length]` of the track padded by `layout.offset` zeros on the
+  left; its targets are the track's samples s ... s + output_length - 1. Window k
+  holds `padded[:, k * hop:k * hop + window_length]`, `num_starts` training crop
+  starts and `num_tiles` validation tiles (starts k * hop + j * output_length), the
+  last tile running into zero padding past the end of the track.
+  """
+  n = sources.shape[1]
+  hop, out = layout.hop, layout.output_length
+  num_starts = n - out + 1
+  num_tiles = math.ceil(n / out)
+  last_start = max(num_starts - 1, (num_tiles - 1) * out)
+  num_windows = last_start // hop + 1
+  right = num_windows * hop + layout.input_length - 1 - layout.offset - n
+  padded = np.pad(sources, ((0, 0), (layout.offset, right), (0, 0)))
+  for k in range(num_windows):
+    yield {
+        "index": k,
+        "start": k * hop,
+        "num_starts": int(np.clip(num_starts - k * hop, 0, hop)),
+        "num_tiles": int(np.clip(num_tiles - k * (hop // out), 0, hop // out)),
+        "sources": padded[:, k * hop:k * hop + layout.window_length],
+    }
+
+
+# --------------------------------------------------------------------------- #
+# The TFDS builder.
+# --------------------------------------------------------------------------- #
+
+
+def musdb_validation_tracks() -> tuple[str, ...]:
+  """musdb's standard validation split of the MUSDB18 training set (14 tracks)."""
+  import importlib.resources
+
+  import yaml  # a dependency of musdb
+
+  with importlib.resources.files("musdb").joinpath("configs", "mus.yaml").open() as f:
+    return tuple(yaml.safe_load(f)["validation_tracks"])
+
+
+def split_tracks(root: pathlib.Path, wav: bool,
+                 valid_tracks: Sequence[str] | None) -> dict[str, list[Track]]:
+  """Tracks per split. `valid_tracks` None means musdb's validation split."""
+  root = pathlib.Path(root)
+  if not root.is_dir():
+    raise DataError(f"--musdb_root={root}: no such directory")
+  train = find_tracks(root, "train", wav)
+  test = find_tracks(root, "test", wav)
+  if not train:
+    kind = "<track>/{vocals,drums,bass,other}.wav folders" if wav else "<track>.stem.mp4 files"
+    hint = "" if wav else " (for the MUSDB18-HQ wav release or your own multitracks, add --wav)"
+    raise DataError(f"--musdb_root={root}: no tracks found in {root / 'train'}; expected "
+                    f"{kind}{hint}")
+  names = {t.name for t in train}
+  if valid_tracks is None:
+    wanted = set(musdb_validation_tracks())
+    if not wanted & names:
+      raise DataError(f"--musdb_root={root}: none of musdb's validation tracks is in "
+                      f"{root / 'train'}; choose some with --valid_tracks=NAME,NAME")
+  else:
+    wanted = set(valid_tracks)
+    missing = sorted(wanted - names)
+    if missing:
+      raise DataError(f"--valid_tracks: not in {root / 'train'}: {', '.join(missing)}")
+  splits = {"train": [t for t in train if t.name not in wanted],
+            "valid": [t for t in train if t.name in wanted],
+            "test": test}
+  if not splits["train"]:
+    raise DataError("--valid_tracks: every training track is a validation track; "
+                    "leave some for training")
+  for track in train + test:
+    check_track(track)
+  return splits
+
+
+def _builder_class():
+  """Defines the builder on first use, so importing this module does not import
+  tensorflow (the separation path never needs it)."""
+  global _BUILDER
+  if _BUILDER is not None:
+    return _BUILDER
+  import tensorflow_datasets as tfds
+
+  class MusdbWindows(tfds.core.GeneratorBasedBuilder):
+    """MUSDB18 sources cut into windows for random crops (see waveunet_jax.prepare)."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "Initial release."}
+
+    def __init__(self, *, layout: Layout, splits: dict[str, list[Track]] | None = None,
+                 **kwargs):
+      self.layout = layout
+      self._tracks = splits
+      super().__init__(config=tfds.core.BuilderConfig(name=layout.name), **kwargs)
+
+    def _info(self):
+      shape = (len(self.layout.sources), self.layout.window_length, self.layout.num_channels)
+      return self.dataset_info_from_configs(
+          description=__doc__,
+          features=tfds.features.FeaturesDict({
+              "track": tfds.features.Text(),
+              "index": np.int32,
+              "start": np.int64,
+              "num_starts": np.int32,
+              "num_tiles": np.int32,
+              "sources": tfds.features.Tensor(shape=shape, dtype=np.int16,
+                                              encoding=tfds.features.Encoding.BYTES),
+          }),
+          metadata=tfds.core.MetadataDict(layout=dataclasses.asdict(self.layout)),
+      )
+
+    def _split_generators(self, dl_manager):
+      del dl_manager  # everything is local
+      return {split: self._generate_examples(split, tracks)
+              for split, tracks in self._tracks.items() if tracks}
+
+    def _generate_examples(self, split: str, tracks: list[Track]):
+      for i, track in enumerate(tracks):
+        stems, rate = read_stems(track)
+        sources = track_sources(stems, rate, self.layout)
+        seconds = sources.shape[1] / self.layout.sample_rate
+        if sources.shape[1] < self.layout.output_length:
+          logging.warning("%s [%d/%d] %s: skipped, %.2f s is shorter than one output "
+                          "(%d samples)", split, i + 1, len(tracks), track.name, seconds,
+                          self.layout.output_length)
+          continue
+        count = 0
+        for window in track_windows(sources, self.layout):
+          count += 1
+          yield f"{track.name}/{window['index']}", {"track": track.name, **window}
+        logging.info("%s [%d/%d] %s: %.1f s, %d windows", split, i + 1, len(tracks),
+                     track.name, seconds, count)
+
+  _BUILDER = MusdbWindows
+  return _BUILDER
+
+
+_BUILDER = None
+
+
+def builder(layout: Layout, data_dir: str | pathlib.Path, splits=None):
+  """The TFDS builder of `layout` under `data_dir` (prepared or not)."""
+  return _builder_class()(layout=layout, splits=splits, data_dir=str(data_dir))
+
+
+def prepare(config, musdb_root: str | pathlib.Path, data_dir: str | pathlib.Path, *,
+            wav: bool = False, valid_tracks: Sequence[str] | None = None):
+  """Builds the dataset `config` trains on; does nothing if it is already there.
+
+  TFDS writes into a temporary `incomplete.*` folder and renames it when every split
+  is written, so a killed run leaves no dataset that loads half-written; leftovers
+  of killed runs are removed here and the next run starts the job again.
+  """
+  import tensorflow_datasets as tfds
+
+  layout = layout_for(config)
+  result = builder(layout, data_dir)
+  if result.is_prepared():
+    logging.info("%s is already prepared in %s", layout.name, result.data_dir)
+    return result
+  splits = split_tracks(pathlib.Path(musdb_root), wav, valid_tracks)
+  for split, tracks in splits.items():
+    logging.info("%s: %d tracks", split, len(tracks))
+  result = builder(layout, data_dir, splits)
+  version_dir = pathlib.Path(result.data_dir)
+  for stale in version_dir.parent.glob("incomplete.*"):
+    logging.info("removing %s, left by an interrupted run", stale)
+    shutil.rmtree(stale, ignore_errors=True)
+  result.download_and_prepare(download_config=tfds.download.DownloadConfig(
+      try_download_gcs=False, compute_stats=tfds.download.ComputeStatsMode.SKIP))
+  return result
+
+
+def main(argv: Sequence[str]) -> None:
+  from absl import app, flags
+
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  FLAGS = flags.FLAGS
+  valid = ([n.strip() for n in FLAGS.valid_tracks.split(",") if n.strip()]
+           if FLAGS.valid_tracks else None)
+  try:
+    result = prepare(FLAGS.config, FLAGS.musdb_root, FLAGS.data_dir, wav=FLAGS.wav,
+                     valid_tracks=valid)
+  except (DataError, models.ConfigError) as e:
+    raise SystemExit(f"error: {e}") from None
+  splits = {name: split.num_examples for name, split in result.info.splits.items()}
+  print(f"prepared {result.data_dir}: windows per split {splits}")
+
+
+def _define_flags() -> None:
+  # Defined only when run as a program, so that importing this module next to
+  # another program's --config flag does not clash.
+  from absl import flags
+  from ml_collections import config_flags
+
+  config_flags.DEFINE_config_file(
+      "config", None, "Training config whose sources, rate and lengths to prepare.",
+      lock_config=True)
+  flags.DEFINE_string("musdb_root", None, "MUSDB18 folder with train/ and test/.")
+  flags.DEFINE_string("data_dir", None, "Where to write the TFDS dataset.")
+  flags.DEFINE_bool("wav", False, "Read the MUSDB18-HQ wav layout instead of .stem.mp4.")
+  flags.DEFINE_string("valid_tracks", None, "Comma-separated training tracks to validate on "
+                      "(default: musdb's 14-track validation split).")
+  flags.mark_flags_as_required(["config", "musdb_root", "data_dir"])
+
+
+if __name__ == "__main__":
+  from absl import app
+
+  # Run the imported module's code: TFDS locates a builder by its package, which
+  # `__main__` does not have.
+  from waveunet_jax import prepare as _prepare
+
+  _prepare._define_flags()
+  app.run(_prepare.main)
