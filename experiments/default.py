@@ -9,6 +9,7 @@ The network is `waveunet_jax.models.WaveUNet(**config.model)`.
 """
 
 import ml_collections
+from ml_collections import config_dict
 
 LEVELS = 12
 
@@ -62,8 +63,10 @@ def get_config() -> ml_collections.ConfigDict:
   # Wanted output samples per training example; models.lengths() turns it into the
   # exact input and output lengths of the network.
   config.data.output_length = 16384
-  # TFDS data dir written by `python -m waveunet_jax.prepare`; None: not prepared.
-  config.data.data_dir = None
+  # TFDS data dir written by `python -m waveunet_jax.prepare`; unset (None): train on
+  # a synthetic corpus made under the workdir. (Placeholders are None fields that
+  # command-line overrides can still set.)
+  config.data.data_dir = config_dict.placeholder(str)
   # Augmentations of the training sources, applied in order (names from
   # input_pipeline.AUGMENTATIONS: 'gain', 'channel_swap', 'remix'); the mix is
   # always the sum of the augmented sources. The paper used 'gain' alone.
@@ -77,5 +80,60 @@ def get_config() -> ml_collections.ConfigDict:
   # Shuffle buffers: windows read from the files, then crops (memory: crops x input).
   config.data.window_shuffle_buffer = 16
   config.data.crop_shuffle_buffer = 128
+  # Built-in default when data_dir is unset: a synthetic corpus of this many training
+  # tracks (plus one test track; the first training track validates) of this length.
+  config.data.synthetic_tracks = 8
+  config.data.synthetic_seconds = 30.0
+
+  config.optim = ml_collections.ConfigDict()
+  # Peak learning rate of the main stage (the paper's Adam: 1e-4).
+  config.optim.learning_rate = 1e-4
+  # 'constant', or 'warmup_cosine' (linear warm-up, then cosine decay to 0 at
+  # num_train_steps).
+  config.optim.schedule = "constant"
+  # Warm-up steps of 'warmup_cosine'.
+  config.optim.warmup_steps = 1000
+  # Adam's moment decays and epsilon.
+  config.optim.b1 = 0.9
+  config.optim.b2 = 0.999
+  config.optim.eps = 1e-8
+  # AMSGrad instead of Adam (the seed's shallow network trained with it).
+  config.optim.amsgrad = False
+  # L2 with Keras semantics, loss += weight_decay * sum(w^2), on the parameters whose
+  # path ('down_0/conv/kernel', ...) fully matches l2_mask; 0 turns it off.
+  config.optim.weight_decay = 0.0
+  config.optim.l2_mask = r"(down_\d+|up_\d+|bottleneck)/conv/kernel"
+  # Clip gradients to this global norm; None: no clipping.
+  config.optim.grad_clip_norm = config_dict.placeholder(float)
+
+  config.loss = ml_collections.ConfigDict()
+  # The loss is scale * MSE over the output samples, averaged over sources.
+  config.loss.scale = 1.0
+  # Only the central this-many output samples count (the seed's context for same
+  # padding); None: all of them.
+  config.loss.central_length = config_dict.placeholder(int)
+
+  config.fine_tune = ml_collections.ConfigDict()
+  # The paper's second stage, from the best parameters of the first, once the first
+  # has stopped improving: with its own global batch size and learning rate.
+  config.fine_tune.enabled = True
+  config.fine_tune.batch_size = 32
+  config.fine_tune.learning_rate = 1e-5
+
+  # Global batch size of the main stage (all devices and hosts together).
+  config.batch_size = 16
+  # Upper bound on optimiser steps over both stages; early stopping usually ends sooner.
+  config.num_train_steps = 2_000_000
+  # Validate every this many steps (the paper's "epoch" of 2000 steps).
+  config.eval_every_steps = 2000
+  # A stage ends after this many validations without a lower validation loss.
+  config.patience = 20
+  # Log training metrics (and check the loss is finite) every this many steps.
+  config.log_every_steps = 100
+  # Save a resumable checkpoint every this many steps; keep the newest this many.
+  config.checkpoint_every_steps = 2000
+  config.keep_checkpoints = 2
+  # Seeds parameter initialisation and the data pipeline.
+  config.seed = 0
 
   return config

@@ -1,6 +1,12 @@
 """The seed project's shallow, wide Wave-U-Net (anleva/Wave-U-Net, wave_u_net_shallow.py).
 
-  python -m waveunet_jax.summary --config=experiments/shallow.py
+  python -m waveunet_jax.main --config=experiments/shallow.py --workdir=runs/shallow
+  python -m waveunet_jax.main --config=experiments/shallow.py:smoke --workdir=/tmp/smoke
+
+`:smoke` is a narrow 7-level version on 1 s examples and a small synthetic corpus:
+about a minute on 2 CPU cores, for checking that everything runs (its loss falls,
+its separation is not useful). The full config needs an accelerator: about 0.4
+TFLOP per training example.
 
 7 levels (48, 48, 144, 240, 336, 432, 528 features), conv(31) down and conv(15) up,
 max pooling by 4 after every level but the first (4096 in all), BatchNorm without
@@ -15,7 +21,10 @@ import ml_collections
 from experiments import default
 
 
-def get_config() -> ml_collections.ConfigDict:
+def get_config(variant: str = "") -> ml_collections.ConfigDict:
+  if variant not in ("", "smoke"):
+    raise ValueError(f"--config=experiments/shallow.py:{variant}: unknown variant; "
+                     "use no argument or :smoke")
   config = default.get_config()
   model = config.model
   model.sources = ("vocals", "accompaniment")
@@ -33,4 +42,29 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.data.sample_rate = 16000
   config.data.output_length = 16384 * 14
+  # The seed's training: AMSGrad, L2 0.01 on every U-Net conv kernel, 100 * MSE on a
+  # central crop, batch 8. The crop keeps the samples whose whole receptive field
+  # (131092 samples) lies inside the example: 229376 - 131092 + 1, rounded down to
+  # a multiple of 4096.
+  config.optim.amsgrad = True
+  config.optim.weight_decay = 0.01
+  config.loss.scale = 100.0
+  config.loss.central_length = 98304
+  config.batch_size = 8
+  config.fine_tune.batch_size = 16
+
+  if variant == "smoke":
+    model.features = (8, 8, 16, 16, 24, 24, 32)
+    model.bottleneck_features = 32
+    config.data.output_length = 16384
+    config.loss.central_length = 8192
+    config.data.synthetic_tracks = 3
+    config.data.synthetic_seconds = 12.0
+    config.batch_size = 4
+    config.fine_tune.batch_size = 8
+    config.num_train_steps = 40
+    config.log_every_steps = 10
+    config.eval_every_steps = 20
+    config.checkpoint_every_steps = 20
+    config.patience = 2
   return config

@@ -1,0 +1,267 @@
+"""Training: the step, data parallelism, L2, the schedule, resumption, the CLI."""
+
+import functools
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from conftest import tiny_model_config
+from experiments import default, shallow
+from waveunet_jax import models, prepare, synthetic, train
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def tiny_config(**model):
+  config = default.get_config()
+  config.model.update(tiny_model_config(**model))
+  config.data.sample_rate = 8000
+  config.data.output_length = 1000
+  config.data.crops_per_window = 2
+  config.data.window_shuffle_buffer = 4
+  config.data.crop_shuffle_buffer = 8
+  config.optim.learning_rate = 1e-3
+  config.batch_size = 4
+  config.fine_tune.batch_size = 8
+  config.num_train_steps = 30
+  config.log_every_steps = 5
+  config.eval_every_steps = 10
+  config.checkpoint_every_steps = 10
+  return config
+
+
+def fixed_batch(model, batch_size=4, seed=0):
+  """Sources: a few sines and clicks per source; the mix is their sum."""
+  size = models.lengths(model, 1000)
+  rng = np.random.default_rng(seed)
+  t = np.arange(size.input_length) / 8000
+  sources = np.zeros((batch_size, model.num_sources, size.input_length, model.num_channels),
+                     np.float32)
+  for b in range(batch_size):
+    for s in range(model.num_sources):
+      f = rng.uniform(80, 1000)
+      sources[b, s] = 0.3 * np.sin(2 * np.pi * f * t + rng.uniform(0, 6))[:, None]
+  crop = slice(size.offset, size.offset + size.output_length)
+  return {"mix": sources.sum(axis=1), "sources": sources[:, :, crop]}
+
+
+def step_fn(config, model, tx):
+  crop = train.loss_crop(config, models.lengths(model, config.data.output_length).output_length)
+  return functools.partial(train.train_step, model=model, tx=tx, crop=crop,
+                           scale=config.loss.scale)
+
+
+def test_a_few_dozen_steps_halve_the_loss_on_one_batch():
+  config = tiny_config()
+  model = models.WaveUNet(**config.model)
+  tx = train.make_optimizer(config, 3e-3, train.create_state(config, model, optax.identity()).params)
+  state = train.create_state(config, model, tx)
+  batch = fixed_batch(model)
+  step = jax.jit(step_fn(config, model, tx))
+  losses = []
+  for _ in range(40):
+    state, metrics = step(state, batch)
+    losses.append(float(metrics["loss"]))
+  assert losses[-1] < 0.5 * losses[0], losses
+  assert int(state.step) == 40
+
+
+@pytest.mark.parametrize("normalization", ["none", "batchnorm"])
+def test_step_on_four_devices_equals_one_device(normalization):
+  assert jax.device_count() == 4, "conftest forces 4 CPU devices"
+  config = tiny_config(normalization=normalization, padding="same")
+  config.optim.weight_decay = 0.01
+  model = models.WaveUNet(**config.model)
+  init = train.create_state(config, model, optax.identity())
+  tx = train.make_optimizer(config, 1e-3, init.params)
+  state = init.replace(opt_state=tx.init(init.params))
+  batch = fixed_batch(model, batch_size=8)
+  results = []
+  for devices in (jax.devices()[:1], jax.devices()):
+    mesh = Mesh(np.array(devices), ("data",))
+    replicated = NamedSharding(mesh, PartitionSpec())
+    sharded = NamedSharding(mesh, PartitionSpec("data"))
+    step = jax.jit(step_fn(config, model, tx), in_shardings=(replicated, sharded),
+                   out_shardings=(replicated, replicated))
+    s = jax.device_put(state, replicated)
+    for _ in range(2):
+      s, metrics = step(s, jax.device_put(batch, sharded))
+    results.append(jax.device_get((s.params, s.batch_stats, metrics["loss"])))
+  for one, four in zip(jax.tree_util.tree_leaves(results[0]), jax.tree_util.tree_leaves(results[1])):
+    np.testing.assert_allclose(one, four, rtol=2e-5, atol=2e-6)
+
+
+def test_l2_changes_only_the_masked_kernels():
+  config = tiny_config(normalization="batchnorm", upsampling="learned")
+  config.optim.weight_decay = 0.01
+  model = models.WaveUNet(**config.model)
+  params = train.create_state(config, model, optax.identity()).params
+  mask = train.l2_mask(params, config.optim.l2_mask)
+  flat = {"/".join(k.key for k in path): m
+          for path, m in jax.tree_util.tree_leaves_with_path(mask)}
+  assert flat["down_0/conv/kernel"] and flat["up_2/conv/kernel"] and flat["bottleneck/conv/kernel"]
+  assert not flat["output/kernel"] and not flat["output/bias"]
+  assert not flat["down_0/norm/scale"] and not flat["upsample_0/weights"]
+  # With zero gradients Adam moves nothing; only the L2 term moves parameters.
+  tx = train.make_optimizer(config, 1e-3, params)
+  zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
+  updates, _ = tx.update(zeros, tx.init(params), params)
+  for path, update in jax.tree_util.tree_leaves_with_path(updates):
+    name = "/".join(k.key for k in path)
+    assert bool(np.any(update != 0)) == flat[name], name
+
+
+def test_bfloat16_compute_keeps_float32_parameters():
+  config = tiny_config(dtype="bfloat16")
+  model = models.WaveUNet(**config.model)
+  tx = train.make_optimizer(config, 1e-3, train.create_state(config, model, optax.identity()).params)
+  state = train.create_state(config, model, tx)
+  state, metrics = jax.jit(step_fn(config, model, tx))(state, fixed_batch(model))
+  assert np.isfinite(float(metrics["loss"]))
+  assert all(p.dtype == jnp.float32 for p in jax.tree_util.tree_leaves(state.params))
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  """A synthetic corpus prepared once for tiny_config()."""
+  root = tmp_path_factory.mktemp("corpus")
+  data_dir = tmp_path_factory.mktemp("tfds")
+  tracks = synthetic.write_corpus(root, num_train=3, num_test=0, seconds=4, seed=1)
+  prepare.prepare(tiny_config(), root, data_dir, wav=True, valid_tracks=[tracks[0].name])
+  return str(data_dir)
+
+
+def params_of(state):
+  return jax.device_get(state.params)
+
+
+def test_interrupted_run_resumes_to_the_same_parameters(data_dir, tmp_path):
+  config = tiny_config()
+  config.data.data_dir = data_dir
+  config.patience = 100
+  reference = params_of(train.train_and_evaluate(config, tmp_path / "straight"))
+
+  class Killed(Exception):
+    pass
+
+  def kill_at_15(step, _):
+    if step == 15:
+      raise Killed  # between the checkpoints of steps 10 and 20
+
+  with pytest.raises(Killed):
+    train.train_and_evaluate(config, tmp_path / "resumed", callback=kill_at_15)
+  assert sorted(os.listdir(tmp_path / "resumed" / "checkpoints")) == ["10"]
+  resumed = params_of(train.train_and_evaluate(config, tmp_path / "resumed"))
+  for a, b in zip(jax.tree_util.tree_leaves(reference), jax.tree_util.tree_leaves(resumed)):
+    np.testing.assert_array_equal(a, b)
+  # A finished run re-run does nothing more.
+  again = params_of(train.train_and_evaluate(config, tmp_path / "resumed"))
+  for a, b in zip(jax.tree_util.tree_leaves(reference), jax.tree_util.tree_leaves(again)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_early_stopping_then_fine_tune_stage(data_dir, tmp_path, monkeypatch):
+  """Validation losses scripted per step: the stage logic alone decides the rest."""
+  config = tiny_config()
+  config.data.data_dir = data_dir
+  config.patience = 1
+  config.eval_every_steps = 5
+  config.checkpoint_every_steps = 5
+  config.num_train_steps = 200
+  script = {5: 1.0, 10: 0.9, 15: 0.95, 20: 0.85, 25: 0.86}
+  evaluated, fine_tune_params = {}, []
+
+  def evaluate(self, state, stage):
+    step = int(state.step)
+    evaluated[step] = (stage, jax.device_get(state.params))
+    return {"loss": script[step]}
+
+  original_new_state = train.Trainer.new_state
+
+  def new_state(self, stage, params=None, *args, **kwargs):
+    if stage == 1:
+      fine_tune_params.append(jax.device_get(params))
+    return original_new_state(self, stage, params, *args, **kwargs)
+
+  monkeypatch.setattr(train.Trainer, "evaluate", evaluate)
+  monkeypatch.setattr(train.Trainer, "new_state", new_state)
+  rates = {}
+  train.train_and_evaluate(config, tmp_path, callback=lambda step, s: rates.setdefault(
+      step, s.get("train/learning_rate")))
+  # 15 did not improve on 10: the fine-tune stage starts from step 10's parameters;
+  # 25 did not improve on 20: done.
+  assert {step: stage for step, (stage, _) in evaluated.items()} == {
+      5: 0, 10: 0, 15: 0, 20: 1, 25: 1}
+  for a, b in zip(jax.tree_util.tree_leaves(fine_tune_params[0]),
+                  jax.tree_util.tree_leaves(evaluated[10][1])):
+    np.testing.assert_array_equal(a, b)
+  assert rates[15] == config.optim.learning_rate and rates[20] == config.fine_tune.learning_rate
+  progress = train.read_progress(tmp_path)
+  assert progress.done and progress.stage == 1 and progress.stage_start_step == 15
+  assert (progress.best_step, progress.best_loss) == (20, 0.85)
+  assert sorted(os.listdir(tmp_path / "best")) == ["20"]
+  # Re-running a finished run does nothing.
+  train.train_and_evaluate(config, tmp_path)
+  assert max(evaluated) == 25
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(data_dir, tmp_path, monkeypatch):
+  config = tiny_config()
+  config.data.data_dir = data_dir
+  original = train.train_step
+
+  def poisoned(state, batch, **kwargs):
+    state, metrics = original(state, batch, **kwargs)
+    bad = jnp.where(state.step > 12, jnp.nan, 0.0)
+    return state, {**metrics, "loss": metrics["loss"] + bad}
+
+  monkeypatch.setattr(train, "train_step", poisoned)
+  with pytest.raises(train.TrainingError, match="loss is nan at step 15.*step 10"):
+    train.train_and_evaluate(config, tmp_path)
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["10"]
+
+
+def run_main(*args, timeout=600):
+  return subprocess.run([sys.executable, "-m", "waveunet_jax.main", *args], cwd=ROOT,
+                        capture_output=True, text=True, timeout=timeout)
+
+
+def test_smoke_command_end_to_end_with_an_override(tmp_path):
+  workdir = tmp_path / "smoke"
+  result = run_main("--config=experiments/shallow.py:smoke", f"--workdir={workdir}",
+                    "--config.model.bottleneck_features=40", "--config.num_train_steps=10",
+                    "--config.eval_every_steps=5", "--config.checkpoint_every_steps=5",
+                    "--config.data.synthetic_tracks=2", "--config.data.synthetic_seconds=6")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "synthetic corpus" in result.stderr
+  assert sorted(os.listdir(workdir / "checkpoints")) == ["10", "5"]
+  assert os.listdir(workdir / "best")
+  assert any(p.name.startswith("events.out.tfevents") for p in (workdir / "tensorboard").iterdir())
+  config, variables = train.load_for_inference(workdir, "latest")
+  assert config.model.bottleneck_features == 40
+  assert variables["params"]["bottleneck"]["conv"]["kernel"].shape[-1] == 40
+  assert "batch_stats" in variables
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--config=experiments/nope.py"], "error: --config=experiments/nope.py: no such file"),
+    (["--config=experiments/shallow.py", "--config.model.colour=red"], "colour"),
+    (["--config=experiments/shallow.py:smoke", "--config.data.data_dir=/nonexistent"],
+     "run python -m waveunet_jax.prepare"),
+    (["--config=experiments/shallow.py:smoke", "--config.batch_size=6"],
+     "config.batch_size=6 does not divide across the 4 devices"),
+])
+def test_cli_errors_are_one_line(tmp_path, args, message):
+  result = run_main(*args, f"--workdir={tmp_path}", timeout=300)
+  assert result.returncode != 0
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith("error: ") and message in last, result.stderr[-2000:]
+  assert "Traceback" not in result.stderr

@@ -1,0 +1,552 @@
+"""Training: the train state, a data-parallel jitted step, the paper's schedule, checkpoints.
+
+`train_and_evaluate(config, workdir)` is the whole job; `main.py` only parses flags.
+
+* State: `TrainState` (step, params, batch_stats, opt_state, rng), one pytree,
+  replicated over a 1-D device mesh; batches are sharded on its `data` axis and built
+  from each process's local share, so BatchNorm statistics are global-batch ones.
+* Optimiser: Adam (AMSGrad for the seed's config) after L2 with Keras semantics
+  (loss += weight_decay * sum(w^2), i.e. 2 * weight_decay * w added to the gradient)
+  on the parameters whose path matches `config.optim.l2_mask`, optional global-norm
+  clipping, a learning-rate schedule.
+* Schedule (the paper's): validate every `eval_every_steps`; a stage ends after
+  `patience` validations without improvement; then the fine-tune stage restarts from
+  the best parameters with its own batch size and learning rate and a fresh optimiser.
+* Checkpoints (Orbax): `checkpoints/` every `checkpoint_every_steps` (asynchronous)
+  and `best/` at each new best validation loss; each holds the state and the
+  schedule's progress, and the data iterator's position is saved beside them, so
+  re-running the same command resumes exactly where the run stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import pathlib
+import re
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from absl import logging
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from waveunet_jax import models
+
+
+class TrainingError(RuntimeError):
+  """The run cannot go on; the message says why and what to do."""
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+  rng: jax.Array  # raw uint32 key data, folded with the step where randomness is needed
+
+
+@dataclasses.dataclass
+class Progress:
+  """Where the schedule stands; saved as JSON with every checkpoint."""
+
+  stage: int = 0                 # 0: main stage, 1: fine-tune stage
+  stage_start_step: int = 0
+  best_loss: float = float("inf")
+  best_step: int = -1
+  bad_validations: int = 0       # validations since the last improvement
+  done: bool = False
+
+
+# --------------------------------------------------------------------------- #
+# Model, optimiser, loss.
+# --------------------------------------------------------------------------- #
+
+
+def stage_settings(config: ml_collections.ConfigDict, stage: int) -> tuple[int, float]:
+  """(global batch size, learning rate) of a stage."""
+  if stage == 0:
+    return config.batch_size, config.optim.learning_rate
+  return config.fine_tune.batch_size, config.fine_tune.learning_rate
+
+
+def l2_mask(params: Any, pattern: str) -> Any:
+  """True for every parameter whose '/'-joined path matches `pattern`."""
+  regex = re.compile(pattern)
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: bool(regex.fullmatch("/".join(k.key for k in path))), params)
+
+
+def make_optimizer(config: ml_collections.ConfigDict, learning_rate: float,
+                   params: Any) -> optax.GradientTransformation:
+  optim = config.optim
+  if optim.schedule == "constant":
+    schedule = optax.constant_schedule(learning_rate)
+  elif optim.schedule == "warmup_cosine":
+    schedule = optax.warmup_cosine_decay_schedule(
+        0.0, learning_rate, optim.warmup_steps, max(config.num_train_steps, optim.warmup_steps + 1))
+  else:
+    raise models.ConfigError(f"config.optim.schedule: unknown value {optim.schedule!r}; "
+                             "choose 'constant' or 'warmup_cosine'")
+  parts = []
+  if optim.grad_clip_norm:
+    parts.append(optax.clip_by_global_norm(optim.grad_clip_norm))
+  if optim.weight_decay:
+    # Keras L2: d/dw (wd * w^2) = 2 wd w, added to the gradient before Adam.
+    parts.append(optax.add_decayed_weights(2 * optim.weight_decay,
+                                           mask=l2_mask(params, optim.l2_mask)))
+  adam = optax.amsgrad if optim.amsgrad else optax.adam
+  parts.append(adam(schedule, b1=optim.b1, b2=optim.b2, eps=optim.eps))
+  return optax.chain(*parts)
+
+
+def loss_crop(config: ml_collections.ConfigDict, output_length: int) -> tuple[int, int]:
+  """(start, length) of the output samples the loss sees."""
+  central = config.loss.central_length or output_length
+  if not 0 < central <= output_length:
+    raise models.ConfigError(f"config.loss.central_length: {central} must be between 1 and "
+                             f"the output length {output_length}")
+  return (output_length - central) // 2, central
+
+
+def create_state(config: ml_collections.ConfigDict, model: models.WaveUNet,
+                 tx: optax.GradientTransformation) -> TrainState:
+  rng = jax.random.PRNGKey(config.seed)
+  shortest = jnp.zeros((1, models.lengths(model, 1).input_length, model.num_channels))
+  variables = jax.jit(model.init)(jax.random.fold_in(rng, 0), shortest)
+  params = variables["params"]
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                    batch_stats=variables.get("batch_stats", {}),
+                    opt_state=tx.init(params), rng=rng)
+
+
+def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: models.WaveUNet,
+               tx: optax.GradientTransformation, crop: tuple[int, int],
+               scale: float) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One optimiser step on a (global) batch: MSE over the cropped output samples,
+  averaged over sources, times `scale`."""
+  start, length = crop
+
+  def loss_fn(params):
+    variables = {"params": params, "batch_stats": state.batch_stats}
+    estimates, updates = model.apply(variables, batch["mix"], train=True,
+                                     mutable=["batch_stats"])
+    error = (estimates - batch["sources"])[:, :, start:start + length]
+    return scale * jnp.mean(error ** 2), updates
+
+  (loss, updates), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  changes, opt_state = tx.update(grads, state.opt_state, state.params)
+  state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, changes),
+                        batch_stats=updates.get("batch_stats", state.batch_stats),
+                        opt_state=opt_state)
+  return state, {"loss": loss, "grad_norm": optax.tree_utils.tree_norm(grads)}
+
+
+def eval_step(state: TrainState, batch: dict[str, jax.Array], *, model: models.WaveUNet,
+              crop: tuple[int, int], scale: float) -> dict[str, jax.Array]:
+  """Weighted sums for the validation loss and the per-source SDR (energy of the
+  targets over energy of the errors, pooled over the whole validation set)."""
+  start, length = crop
+  variables = {"params": state.params, "batch_stats": state.batch_stats}
+  estimates = model.apply(variables, batch["mix"], train=False)
+  targets = batch["sources"][:, :, start:start + length]
+  error = (estimates[:, :, start:start + length] - targets) ** 2
+  weight = batch["weight"]
+  return {
+      "loss_sum": scale * jnp.sum(weight * jnp.mean(error, axis=(1, 2, 3))),
+      "count": jnp.sum(weight),
+      "signal": jnp.einsum("b,bs->s", weight, jnp.sum(targets ** 2, axis=(2, 3))),
+      "noise": jnp.einsum("b,bs->s", weight, jnp.sum(error, axis=(2, 3))),
+  }
+
+
+# --------------------------------------------------------------------------- #
+# Data.
+# --------------------------------------------------------------------------- #
+
+
+class DataIterator:
+  """A tf.data iterator of numpy batches whose position can be saved and restored
+  (`tf.train.Checkpoint`), one file set per process."""
+
+  def __init__(self, dataset):
+    import tensorflow as tf
+
+    self._iterator = iter(dataset)
+    self._checkpoint = tf.train.Checkpoint(iterator=self._iterator)
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    return jax.tree_util.tree_map(lambda t: t.numpy(), next(self._iterator))
+
+  def __iter__(self):
+    return self
+
+  def save(self, directory: pathlib.Path) -> None:
+    """Writes atomically: into a temporary folder renamed when complete."""
+    tmp = directory.with_name(directory.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    self._checkpoint.write(str(tmp / "iterator"))
+    shutil.rmtree(directory, ignore_errors=True)
+    os.replace(tmp, directory)
+
+  def restore(self, directory: pathlib.Path) -> None:
+    self._checkpoint.read(str(directory / "iterator")).assert_consumed()
+
+
+def ensure_data(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> ml_collections.ConfigDict:
+  """The config with `data.data_dir` set: as given, or a synthetic corpus prepared once
+  under the workdir when none is given (the built-in default)."""
+  from waveunet_jax import prepare, synthetic
+
+  if config.data.data_dir:
+    return config
+  data = config.data
+  root = workdir / "synthetic_corpus"
+  data_dir = workdir / "synthetic_tfds"
+  logging.info("config.data.data_dir is not set: training on a synthetic corpus of %d tracks "
+               "of %.0f s in %s. To train on MUSDB18, run python -m waveunet_jax.prepare "
+               "--musdb_root=DIR --data_dir=OUT --config=<this config> and pass "
+               "--config.data.data_dir=OUT.", data.synthetic_tracks, data.synthetic_seconds, root)
+  if jax.process_index() == 0:
+    tracks = synthetic.write_corpus(root, num_train=data.synthetic_tracks, num_test=1,
+                                    seconds=data.synthetic_seconds, seed=config.seed)
+    valid = [tracks[0].name]
+    prepare.prepare(config, root, data_dir, wav=True, valid_tracks=valid)
+  multihost_utils.sync_global_devices("synthetic data prepared")
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.data.data_dir = str(data_dir)
+  return config
+
+
+# --------------------------------------------------------------------------- #
+# The loop.
+# --------------------------------------------------------------------------- #
+
+
+class Trainer:
+  """Holds what one run needs: mesh, model, jitted steps, checkpoint managers."""
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: pathlib.Path):
+    self.config = config
+    self.workdir = workdir
+    self.model = models.WaveUNet(**config.model)
+    self.lengths = models.lengths(self.model, config.data.output_length)
+    self.crop = loss_crop(config, self.lengths.output_length)
+    self.mesh = Mesh(np.array(jax.devices()), ("data",))
+    self.replicated = NamedSharding(self.mesh, PartitionSpec())
+    self.sharded = NamedSharding(self.mesh, PartitionSpec("data"))
+    self.init = create_state(config, self.model, optax.identity())
+    options = dict(enable_async_checkpointing=True, create=True)
+    self.checkpoints = ocp.CheckpointManager(
+        workdir / "checkpoints", options=ocp.CheckpointManagerOptions(
+            max_to_keep=config.keep_checkpoints, **options))
+    self.best = ocp.CheckpointManager(
+        workdir / "best", options=ocp.CheckpointManagerOptions(max_to_keep=1, **options))
+    self.writer = None
+    if jax.process_index() == 0:
+      import tensorflow as tf
+
+      self.writer = tf.summary.create_file_writer(str(workdir / "tensorboard"))
+
+  # -- state and steps ---------------------------------------------------------
+
+  def new_state(self, stage: int, params=None, batch_stats=None, step=0) -> tuple[TrainState, Any]:
+    """A state for `stage`: fresh, or from given parameters with a fresh optimiser."""
+    _, learning_rate = stage_settings(self.config, stage)
+    tx = make_optimizer(self.config, learning_rate, self.init.params)
+    if params is None:
+      params, batch_stats = self.init.params, self.init.batch_stats
+    state = TrainState(step=jnp.asarray(step, jnp.int32), params=params, batch_stats=batch_stats,
+                       opt_state=tx.init(params), rng=self.init.rng)
+    # Copies: the train step donates its state, and self.init must outlive it.
+    state = jax.tree_util.tree_map(jnp.copy, state)
+    return jax.device_put(state, self.replicated), tx
+
+  def compile_steps(self, tx) -> None:
+    static = dict(model=self.model, crop=self.crop, scale=self.config.loss.scale)
+    self.train_step = jax.jit(functools.partial(train_step, tx=tx, **static),
+                              in_shardings=(self.replicated, self.sharded),
+                              out_shardings=(self.replicated, self.replicated),
+                              donate_argnums=0)
+    self.eval_step = jax.jit(functools.partial(eval_step, **static),
+                             in_shardings=(self.replicated, self.sharded),
+                             out_shardings=self.replicated)
+
+  def global_batch(self, local: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+    return jax.make_array_from_process_local_data(self.sharded, local)
+
+  def train_data(self, stage: int) -> DataIterator:
+    from waveunet_jax import input_pipeline
+
+    batch_size, _ = stage_settings(self.config, stage)
+    dataset = input_pipeline.train_dataset(self.config, batch_size // jax.process_count(),
+                                           seed=self.config.seed + stage)
+    return DataIterator(dataset)
+
+  # -- checkpoints -------------------------------------------------------------
+
+  def data_state_dir(self, step: int) -> pathlib.Path:
+    return self.workdir / "data_state" / f"process_{jax.process_index()}" / str(step)
+
+  def save(self, state: TrainState, progress: Progress, data: DataIterator) -> None:
+    step = int(state.step)
+    data.save(self.data_state_dir(step))
+    self.checkpoints.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), progress=ocp.args.JsonSave(dataclasses.asdict(progress))))
+    # The iterator positions of checkpoints Orbax no longer keeps are useless.
+    kept = {str(s) for s in self.checkpoints.all_steps()} | {str(step)}
+    for old in self.data_state_dir(step).parent.iterdir():
+      if old.name not in kept:
+        shutil.rmtree(old, ignore_errors=True)
+
+  def restore(self, manager: ocp.CheckpointManager, step: int, target: TrainState):
+    abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, target)
+    restored = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract), progress=ocp.args.JsonRestore()))
+    return restored["state"], Progress(**restored["progress"])
+
+  # -- validation and logging --------------------------------------------------
+
+  def evaluate(self, state: TrainState, stage: int) -> dict[str, float]:
+    from waveunet_jax import input_pipeline
+
+    batch_size, _ = stage_settings(self.config, stage)
+    local = batch_size // jax.process_count()
+    batches = input_pipeline.as_numpy(input_pipeline.eval_dataset(self.config, local))
+    # Every process must run the same number of steps: pad with weight-0 batches.
+    batches = list(batches) if jax.process_count() > 1 else batches
+    if jax.process_count() > 1:
+      most = int(np.max(multihost_utils.process_allgather(np.array(len(batches)))))
+      empty = jax.tree_util.tree_map(np.zeros_like, batches[0])
+      batches += [empty] * (most - len(batches))
+    totals = None
+    for batch in batches:
+      sums = self.eval_step(state, self.global_batch(batch))
+      totals = sums if totals is None else jax.tree_util.tree_map(jnp.add, totals, sums)
+    if totals is None:
+      raise TrainingError("the validation split is empty: prepare the data with some "
+                          "validation tracks (--valid_tracks)")
+    totals = jax.device_get(totals)
+    metrics = {"loss": float(totals["loss_sum"] / totals["count"])}
+    for name, signal, noise in zip(self.model.sources, totals["signal"], totals["noise"]):
+      metrics[f"sdr/{name}"] = float(10 * np.log10((signal + 1e-10) / (noise + 1e-10)))
+    return metrics
+
+  def write(self, step: int, scalars: dict[str, float]) -> None:
+    if self.writer is None:
+      return
+    import tensorflow as tf
+
+    with self.writer.as_default(step=step):
+      for name, value in scalars.items():
+        tf.summary.scalar(name, value)
+    self.writer.flush()
+
+  # -- the run -----------------------------------------------------------------
+
+  def run(self, callback: Callable[[int, dict[str, float]], None] | None = None) -> TrainState:
+    config = self.config
+    state, tx = self.new_state(0)
+    progress = Progress()
+    latest = self.checkpoints.latest_step()
+    if latest is not None:
+      # The stage decides the optimiser (its learning rate), so read progress first.
+      progress = read_progress(self.workdir)
+      state, tx = self.new_state(progress.stage)
+      state, progress = self.restore(self.checkpoints, latest, state)
+      logging.info("resuming at step %d, stage %d", latest, progress.stage)
+    if progress.done:
+      logging.info("training finished before (step %d); nothing to do", int(state.step))
+      return state
+    self.compile_steps(tx)
+    data = self.train_data(progress.stage)
+    if latest is not None:
+      data.restore(self.data_state_dir(latest))
+
+    batch_size, learning_rate = stage_settings(config, progress.stage)
+    audio_per_step = batch_size * self.lengths.output_length / config.data.sample_rate
+    step = int(state.step)
+    window_loss, window_start, window_steps = jnp.zeros(()), time.perf_counter(), 0
+    while step < config.num_train_steps:
+      state, metrics = self.train_step(state, self.global_batch(next(data)))
+      step += 1
+      window_loss, window_steps = window_loss + metrics["loss"], window_steps + 1
+      if step % config.log_every_steps == 0 or step % config.checkpoint_every_steps == 0:
+        loss = float(window_loss) / window_steps
+        if not np.isfinite(loss):
+          raise TrainingError(
+              f"the training loss is {loss} at step {step}: stopping. The last good checkpoint "
+              f"(step {self.checkpoints.latest_step()}) is in {self.workdir / 'checkpoints'}; "
+              "lower config.optim.learning_rate or set config.optim.grad_clip_norm")
+        seconds = time.perf_counter() - window_start
+        scalars = {"train/loss": loss, "train/learning_rate": learning_rate,
+                   "train/steps_per_second": window_steps / seconds,
+                   "train/audio_seconds_per_second": window_steps * audio_per_step / seconds}
+        logging.info("step %d (stage %d): loss %.5f, %.2f steps/s, %.1f audio s/s", step,
+                     progress.stage, loss, scalars["train/steps_per_second"],
+                     scalars["train/audio_seconds_per_second"])
+        self.write(step, scalars)
+        if callback:
+          callback(step, scalars)
+        window_loss, window_start, window_steps = jnp.zeros(()), time.perf_counter(), 0
+
+      stage_over = False
+      if step % config.eval_every_steps == 0:
+        results = self.evaluate(state, progress.stage)
+        logging.info("step %d validation: %s", step,
+                     ", ".join(f"{k} {v:.4f}" for k, v in results.items()))
+        self.write(step, {f"valid/{k}": v for k, v in results.items()})
+        if callback:
+          callback(step, {f"valid/{k}": v for k, v in results.items()})
+        if results["loss"] < progress.best_loss:
+          progress.best_loss, progress.best_step, progress.bad_validations = results["loss"], step, 0
+          self.best.save(step, args=ocp.args.Composite(
+              state=ocp.args.StandardSave(state),
+              progress=ocp.args.JsonSave(dataclasses.asdict(progress))))
+        else:
+          progress.bad_validations += 1
+        stage_over = progress.bad_validations >= config.patience
+
+      if stage_over and (progress.stage == 1 or not config.fine_tune.enabled):
+        progress.done = True
+        self.save(state, progress, data)
+        logging.info("no improvement in %d validations: training done at step %d",
+                     config.patience, step)
+        break
+      if stage_over:
+        # The paper's second stage: from the best parameters, new batch size and rate.
+        self.best.wait_until_finished()
+        best_state, _ = self.restore(self.best, progress.best_step, state)
+        progress = dataclasses.replace(progress, stage=1, stage_start_step=step,
+                                       bad_validations=0)
+        state, tx = self.new_state(1, best_state.params, best_state.batch_stats, step)
+        self.compile_steps(tx)
+        data = self.train_data(1)
+        batch_size, learning_rate = stage_settings(config, 1)
+        audio_per_step = batch_size * self.lengths.output_length / config.data.sample_rate
+        logging.info("step %d: fine-tune stage from the best step %d (batch %d, lr %g)",
+                     step, progress.best_step, batch_size, learning_rate)
+        self.save(state, progress, data)
+      elif step % config.checkpoint_every_steps == 0 or step == config.num_train_steps:
+        self.save(state, progress, data)
+    self.checkpoints.wait_until_finished()
+    self.best.wait_until_finished()
+    return state
+
+  def close(self) -> None:
+    self.checkpoints.wait_until_finished()
+    self.best.wait_until_finished()
+    self.checkpoints.close()
+    self.best.close()
+
+
+def check_batch_size(batch_size: int, field: str) -> None:
+  devices, processes = jax.device_count(), jax.process_count()
+  if batch_size % devices:
+    raise TrainingError(f"{field}={batch_size} does not divide across the {devices} devices; "
+                        f"use a multiple of {devices}")
+  if batch_size % processes:
+    raise TrainingError(f"{field}={batch_size} does not divide across the {processes} "
+                        "processes")
+
+
+def save_config(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> None:
+  """Writes config.json beside the checkpoints (atomically); separation reads it."""
+  if jax.process_index() != 0:
+    return
+  path = workdir / "config.json"
+  tmp = path.with_suffix(".json.tmp")
+  tmp.write_text(config.to_json_best_effort(indent=2, sort_keys=True))
+  os.replace(tmp, path)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
+                       callback: Callable[[int, dict[str, float]], None] | None = None
+                       ) -> TrainState:
+  """Trains `config` in `workdir`, resuming from its checkpoints if there are any.
+
+  `callback(step, scalars)` is called with the logged metrics (a notebook hook).
+  """
+  workdir = pathlib.Path(workdir).absolute()
+  workdir.mkdir(parents=True, exist_ok=True)
+  from waveunet_jax import input_pipeline
+
+  # Check what can be checked before anything slow.
+  models.WaveUNet(**config.model)
+  for stage, field in enumerate(("config.batch_size", "config.fine_tune.batch_size")):
+    check_batch_size(stage_settings(config, stage)[0], field)
+  config = ensure_data(config, workdir)
+  input_pipeline.load_builder(config)  # the data is there, before compiling anything
+  save_config(config, workdir)
+  trainer = Trainer(config, workdir)
+  try:
+    return trainer.run(callback)
+  finally:
+    trainer.close()
+
+
+def read_progress(workdir: str | os.PathLike) -> Progress | None:
+  """Where the run in `workdir` stands (its latest checkpoint), or None."""
+  with ocp.CheckpointManager(pathlib.Path(workdir) / "checkpoints") as manager:
+    step = manager.latest_step()
+    if step is None:
+      return None
+    restored = manager.restore(step, args=ocp.args.Composite(progress=ocp.args.JsonRestore()))
+  return Progress(**restored["progress"])
+
+
+def load_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
+  path = pathlib.Path(workdir) / "config.json"
+  if not path.is_file():
+    raise TrainingError(f"--workdir={workdir}: no config.json; is it a training workdir?")
+  return ml_collections.ConfigDict(_tuples(json.loads(path.read_text())))
+
+
+def _tuples(value):
+  """JSON lists back to the tuples the configs use."""
+  if isinstance(value, dict):
+    return {k: _tuples(v) for k, v in value.items()}
+  if isinstance(value, list):
+    return tuple(_tuples(v) for v in value)
+  return value
+
+
+def load_for_inference(workdir: str | os.PathLike, checkpoint: str = "best"
+                       ) -> tuple[ml_collections.ConfigDict, dict[str, Any]]:
+  """(config, variables) of a trained model: checkpoint 'best', 'latest' or a step."""
+  workdir = pathlib.Path(workdir)
+  config = load_config(workdir)
+  if checkpoint == "best":
+    folder, step = workdir / "best", None
+  elif checkpoint == "latest":
+    folder, step = workdir / "checkpoints", None
+  elif str(checkpoint).isdigit():
+    folder, step = workdir / "checkpoints", int(checkpoint)
+  else:
+    raise TrainingError(f"--checkpoint={checkpoint}: use best, latest or a step number")
+  with ocp.CheckpointManager(folder) as manager:
+    steps = manager.all_steps()
+    if checkpoint == "best" and not steps:  # no validation yet: fall back to the latest
+      return load_for_inference(workdir, "latest")
+    step = step if step is not None else manager.latest_step()
+    if step is None or step not in steps:
+      raise TrainingError(f"--checkpoint={checkpoint}: no such checkpoint in {folder} "
+                          f"(steps: {sorted(steps) or 'none'})")
+    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+  state = restored["state"]
+  variables = {"params": state["params"]}
+  if state.get("batch_stats"):
+    variables["batch_stats"] = state["batch_stats"]
+  return config, jax.device_get(variables)
