@@ -250,6 +250,25 @@ def test_smoke_command_end_to_end_with_an_override(tmp_path):
   assert variables["params"]["bottleneck"]["conv"]["kernel"].shape[-1] == 40
   assert "batch_stats" in variables
 
+  # What users do next: separate a song with the trained model, in Python and the CLI.
+  from waveunet_jax import separate
+
+  song = 0.3 * np.random.default_rng(0).standard_normal((44100 + 17, 2)).astype(np.float32)
+  separator = separate.Separator.from_workdir(workdir, "best", window_seconds=2.0)
+  stems = separator.separate(song, 44100)
+  assert set(stems) == {"vocals", "accompaniment"}
+  assert all(stem.shape == song.shape for stem in stems.values())
+  import soundfile
+
+  soundfile.write(tmp_path / "song.wav", song, 44100)
+  result = subprocess.run([sys.executable, "-m", "waveunet_jax.separate", f"--workdir={workdir}",
+                           "--window_seconds=2", str(tmp_path / "song.wav"),
+                           f"--output_dir={tmp_path / 'out'}"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-2000:]
+  vocals, rate = soundfile.read(tmp_path / "out" / "song" / "vocals.wav")
+  assert rate == 44100 and vocals.shape == song.shape
+
 
 @pytest.mark.parametrize("args,message", [
     (["--config=experiments/nope.py"], "error: --config=experiments/nope.py: no such file"),

@@ -8,13 +8,14 @@ Re-running the same command resumes from the workdir's checkpoints. Add --distri
 on every host of a multi-host TPU slice or GPU cluster.
 """
 
-import logging as logging_std
 import os
 import pathlib
 import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+import waveunet_jax
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file with an optional argument, e.g. experiments/deep.py:M5.",
@@ -44,16 +45,8 @@ def parse_flags(argv: list[str]) -> list[str]:
              f"and types of {' '.join(overrides)} against experiments/default.py")
 
 
-class _LibraryChatter(logging_std.Filter):
-  """Keeps the console to our progress lines: drops Orbax's and TFDS's INFO logs."""
-
-  def filter(self, record: logging_std.LogRecord) -> bool:
-    noisy = any(part in record.pathname for part in ("/orbax/", "/tensorflow_datasets/"))
-    return not (noisy and record.levelno < logging_std.ERROR)
-
-
 def main(argv: list[str]) -> None:
-  logging.get_absl_handler().addFilter(_LibraryChatter())
+  waveunet_jax.quiet_library_logs()
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   # tf.data must not take the accelerators (or their memory) from JAX.

@@ -1,0 +1,396 @@
+"""Whole-song separation: windows, streaming, resampling, channels, files, command line.
+
+Tiny models at a model rate of 8 kHz; separators are cached so that each window shape
+compiles once for the whole file.
+"""
+
+import functools
+import logging
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+import soundfile as sf
+import soxr
+
+from conftest import tiny_model_config
+from waveunet_jax import models, separate
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+RATE = 8000  # the tiny models' sample rate
+SHORT = 50 / RATE  # window_seconds of a few dozen samples: many windows per song
+needs_ffmpeg = pytest.mark.skipif(
+    shutil.which("ffmpeg") is None or shutil.which("ffprobe") is None,
+    reason="ffmpeg/ffprobe not installed (apt-get install ffmpeg)")
+
+
+@functools.cache
+def random_model(padding="valid", output="difference", channels=2):
+  model = models.WaveUNet(**tiny_model_config(padding=padding, output=output,
+                                              num_channels=channels))
+  mix = np.zeros((1, models.lengths(model, 1).input_length, channels), np.float32)
+  return model, jax.jit(model.init)(jax.random.key(0), mix)  # jitted: 4x faster on CPU
+
+
+def model_and_variables(padding="valid", output="difference", channels=2, bias=None):
+  """A tiny model with random variables; with `bias`, a pass-through one: the output
+  conv's kernel is zero, so every estimated source is tanh(bias) (0 for bias 0) and
+  a difference model's last source is the mix minus those."""
+  model, variables = random_model(padding, output, channels)
+  if bias is not None:
+    params = dict(variables["params"])
+    params["output"] = {"kernel": np.zeros_like(params["output"]["kernel"]),
+                        "bias": np.full_like(params["output"]["bias"], bias)}
+    variables = {**variables, "params": params}
+  return model, variables
+
+
+@functools.cache
+def separator(padding="valid", output="difference", channels=2, bias=None, **kwargs):
+  model, variables = model_and_variables(padding, output, channels, bias)
+  return separate.Separator(model, variables, RATE, **kwargs)
+
+
+def pass_through(padding="valid", **kwargs):
+  return separator(padding, bias=0.0, **kwargs)
+
+
+def noise(length, channels=2, peak=0.9, seed=0):
+  return np.random.default_rng(seed).uniform(-peak, peak, (length, channels)).astype(np.float32)
+
+
+def tones(seconds, rate, channels=2, peak=0.5):
+  """Low sines (well inside every rate's band) under a Hann window: no broadband edges."""
+  t = np.arange(round(seconds * rate)) / rate
+  x = np.stack([np.sin(2 * np.pi * f * t) for f in (220, 330)[:channels]], axis=1)
+  return (peak * x * np.hanning(len(t))[:, None]).astype(np.float32)
+
+
+def round_trip(x, rate):
+  """What band-limited resampling to the model's rate and back leaves of `x`."""
+  y = soxr.resample(soxr.resample(x, rate, RATE, quality="HQ"), RATE, rate, quality="HQ")
+  return np.pad(y, ((0, max(0, len(x) - len(y))), (0, 0)))[:len(x)]
+
+
+# --------------------------------------------------------------------------- #
+# Windows.
+# --------------------------------------------------------------------------- #
+
+
+@pytest.mark.parametrize("padding", ["valid", "same"])
+@pytest.mark.parametrize("overlap", [0.0, 0.3])
+def test_pass_through_model_reproduces_awkward_lengths(padding, overlap):
+  sep = pass_through(padding, window_seconds=SHORT, overlap=overlap, batch_size=2)
+  hop = sep.tiling.hop
+  assert hop % models.total_downsampling(sep.model) == 0
+  for length in (1, 777, 3 * hop + 13, 4 * hop + 13):  # odd and even window counts
+    mix = noise(length, seed=length)
+    sources = sep.separate(mix, RATE)
+    assert list(sources) == ["accompaniment", "vocals"]
+    assert sources["accompaniment"].shape == sources["vocals"].shape == (length, 2)
+    assert sources["vocals"].dtype == np.float32
+    np.testing.assert_array_equal(sources["accompaniment"], 0.0)
+    if overlap:  # a cross-fade of equal samples is exact up to float rounding
+      np.testing.assert_allclose(sources["vocals"], mix, rtol=0, atol=1e-6)
+    else:
+      np.testing.assert_array_equal(sources["vocals"], mix)
+
+
+def test_empty_audio_gives_empty_sources():
+  sources = pass_through().separate(np.zeros((0, 2), np.float32), RATE)
+  assert all(s.shape == (0, 2) for s in sources.values())
+
+
+@pytest.mark.parametrize("padding", ["valid", "same"])
+@pytest.mark.parametrize("overlap", [0.0, 0.3])
+def test_one_window_or_many_give_the_same_samples(padding, overlap):
+  # Direct output, so that no clipping could hide a difference.
+  mix = noise(1500, peak=0.5, seed=1)
+  one = separator(padding, "direct", window_seconds=1600 / RATE, overlap=overlap)
+  many = separator(padding, "direct", window_seconds=SHORT, overlap=overlap, batch_size=3)
+  if not overlap:
+    assert one.tiling.hop >= len(mix) > 10 * many.tiling.hop
+  a, b = one.separate(mix, RATE), many.separate(mix, RATE)
+  for name in a:
+    assert np.abs(a[name]).max() > 0.1  # the random model does something
+    np.testing.assert_allclose(a[name], b[name], rtol=0, atol=1e-6)
+
+
+def test_same_padding_keeps_the_centre_of_each_window():
+  model = pass_through("same", window_seconds=SHORT).model
+  t = separate.tiling(model, RATE, SHORT)
+  margin = separate.same_padding_margin(model)
+  assert margin >= models.receptive_field(model) // 2
+  assert t.keep_start >= margin and t.keep_start + t.hop <= t.input_length - margin
+  assert 0 < t.recomputed_share < 1
+
+
+def test_default_window_for_the_paper_m4():
+  from experiments import deep
+
+  config = deep.get_config("M4")
+  model = models.WaveUNet(**config.model)
+  t = separate.tiling(model, config.data.sample_rate)
+  assert t.input_length == models.lengths(model, t.hop).input_length
+  assert 25 <= t.hop / config.data.sample_rate <= 31
+  assert t.recomputed_share == pytest.approx(0.165, abs=0.001)  # as the module says
+  # A bigger batch shrinks the windows to stay within the memory bound.
+  big = separate.tiling(model, config.data.sample_rate, batch_size=8)
+  assert 8 * big.input_length * separate.activation_bytes_per_sample(model) \
+      <= separate.WINDOW_MEMORY_BYTES
+  with pytest.raises(ValueError, match="overlap"):
+    separate.tiling(model, config.data.sample_rate, overlap=0.7)
+
+
+# --------------------------------------------------------------------------- #
+# Streaming, resampling, channels, the difference output.
+# --------------------------------------------------------------------------- #
+
+
+def test_streaming_in_any_blocks_equals_the_whole_array():
+  sep = separator(window_seconds=SHORT, batch_size=2)
+  rate = 44100
+  mix = tones(0.4, rate) + noise(round(0.4 * rate), peak=0.1)
+  whole = sep.separate(mix, rate)
+  sizes = [1, 2, 1000, 7, 4096, 3]
+  cuts = np.cumsum(sizes * (len(mix) // sum(sizes) + 1))
+  blocks = np.split(mix, cuts[cuts < len(mix)])
+  streamed = np.concatenate(list(sep.separate_blocks(iter(blocks), rate, 2)))
+  assert streamed.shape == (len(mix), 2, 2)
+  for i, name in enumerate(sep.sources):
+    np.testing.assert_allclose(streamed[:, i], whole[name], rtol=0, atol=1e-6)
+
+
+def test_difference_stems_sum_to_the_input():
+  sep = separator(window_seconds=SHORT)
+  mix = tones(0.5, RATE, peak=0.3)
+  sources = sep.separate(mix, RATE)
+  assert np.abs(sources["vocals"]).max() < 1  # the clip did not act
+  assert np.abs(sources["accompaniment"]).max() > 0.1
+  np.testing.assert_allclose(sum(sources.values()), mix, rtol=0, atol=1e-6)
+  # At another rate: exactly the resampling round trip of the input, so about the input.
+  rate = 22050
+  mix = tones(0.5, rate, peak=0.3)
+  total = sum(sep.separate(mix, rate).values())
+  np.testing.assert_allclose(total, round_trip(mix, rate), rtol=0, atol=1e-5)
+  np.testing.assert_allclose(total, mix, rtol=0, atol=3e-3)
+
+
+def test_difference_is_clipped_only_where_it_leaves_the_audio_range():
+  # Every estimated source is tanh(-0.55) ~ -0.5, so vocals = mix + 0.5.
+  mix = np.linspace(-0.9, 0.9, 400, dtype=np.float32)[:, None].repeat(2, axis=1)
+  clipped = separator(bias=-0.55, window_seconds=SHORT).separate(mix, RATE)
+  exact = separator(bias=-0.55, window_seconds=SHORT, clip_difference=False).separate(mix, RATE)
+  inside = mix + 0.5 < 1
+  np.testing.assert_array_equal(clipped["vocals"][inside], exact["vocals"][inside])
+  np.testing.assert_allclose(sum(clipped.values())[inside], mix[inside], rtol=0, atol=1e-6)
+  np.testing.assert_array_equal(clipped["vocals"][~inside], 1.0)
+  np.testing.assert_allclose(sum(exact.values()), mix, rtol=0, atol=1e-6)
+
+
+def test_mono_and_stereo_inputs_into_stereo_and_mono_models():
+  mono = noise(300, channels=1)[:, 0]
+  sources = pass_through(window_seconds=SHORT).separate(mono, RATE)
+  assert sources["vocals"].shape == (300, 1)  # duplicated in, averaged back out
+  np.testing.assert_array_equal(sources["vocals"][:, 0], mono)
+  stereo = noise(300)
+  sources = separator(channels=1, bias=0.0, window_seconds=SHORT).separate(stereo, RATE)
+  assert sources["vocals"].shape == (300, 2)  # averaged in, duplicated back out
+  np.testing.assert_allclose(sources["vocals"], stereo.mean(axis=1, keepdims=True)
+                             .repeat(2, axis=1), rtol=0, atol=1e-7)
+  for channels in (3, 4):
+    with pytest.raises(separate.SeparationError, match=f"has {channels} channels; the model "
+                       "takes 2"):
+      pass_through(window_seconds=SHORT).separate(noise(10, channels=channels), RATE)
+
+
+# --------------------------------------------------------------------------- #
+# Files.
+# --------------------------------------------------------------------------- #
+
+
+def ffmpeg(*args):
+  subprocess.run(["ffmpeg", "-v", "error", "-y", *map(str, args)], check=True)
+
+
+def outputs_of(out, stem, ext=".wav"):
+  return {s: out / stem / f"{s}{ext}" for s in ("accompaniment", "vocals")}
+
+
+def leftovers(out):
+  return list(out.rglob(".*"))
+
+
+@needs_ffmpeg
+def test_files_keep_their_length_rate_and_channels(tmp_path):
+  songs = tmp_path / "songs"
+  songs.mkdir()
+  sf.write(songs / "mono.wav", tones(1.3, 22050, channels=1), 22050, subtype="PCM_16")
+  sf.write(songs / "high.wav", tones(0.7, 48000), 48000, subtype="FLOAT")
+  sf.write(tmp_path / "lossless.flac", tones(1.1, 44100), 44100)
+  sf.write(tmp_path / "source.wav", tones(1.0, 44100), 44100)
+  ffmpeg("-i", tmp_path / "source.wav", "-codec:a", "libmp3lame", tmp_path / "lossy.mp3")
+  ffmpeg("-i", tmp_path / "lossy.mp3", "-codec:a", "pcm_f32le", tmp_path / "lossy-decoded.wav")
+  (songs / "notes.txt").write_text("not audio: a directory input skips it")
+  inputs = {"mono": songs / "mono.wav", "high": songs / "high.wav",
+            "lossless": tmp_path / "lossless.flac", "lossy": tmp_path / "lossy-decoded.wav"}
+  out = tmp_path / "out"
+  written = separate.separate_files(
+      pass_through(window_seconds=SHORT), [songs, tmp_path / "lossless.flac",
+                                           tmp_path / "lossy.mp3"], out, fmt="float")
+  assert len(written) == 8
+  for stem, source in inputs.items():
+    mix, rate = sf.read(source, dtype="float32", always_2d=True)
+    for name, path in outputs_of(out, stem).items():
+      assert path in written
+      info = sf.info(path)
+      assert (info.samplerate, info.frames, info.channels) == (rate, len(mix), mix.shape[1])
+    vocals = sf.read(outputs_of(out, stem)["vocals"], dtype="float32", always_2d=True)[0]
+    np.testing.assert_allclose(vocals, round_trip(mix, rate), rtol=0, atol=1e-5)
+  assert not leftovers(out)
+
+
+def test_flac_and_integer_outputs(tmp_path):
+  sf.write(tmp_path / "loud.wav", noise(500, peak=1.0), RATE, subtype="FLOAT")
+  sep = separator(bias=-0.55, window_seconds=SHORT, clip_difference=False)
+  for fmt, subtype in (("flac", "PCM_24"), ("wav16", "PCM_16"), ("wav24", "PCM_24")):
+    paths = separate.separate_files(sep, [tmp_path / "loud.wav"], tmp_path / fmt, fmt=fmt)
+    assert [p.suffix for p in paths] == [".flac" if fmt == "flac" else ".wav"] * 2
+    vocals, rate = sf.read(paths[1], dtype="float32")
+    assert sf.info(paths[1]).subtype == subtype and rate == RATE
+    # Integer files clip, never wrap round: vocals = mix + 0.5 reaches 1.5.
+    assert vocals.max() == pytest.approx(1.0, abs=1e-4) and vocals.min() > -0.6
+
+
+def test_existing_outputs_are_kept_unless_overwrite(tmp_path):
+  sf.write(tmp_path / "song.wav", noise(300), RATE)
+  sep, out = pass_through(window_seconds=SHORT), tmp_path / "out"
+  paths = separate.separate_files(sep, [tmp_path / "song.wav"], out)
+  sf.write(paths[1], np.zeros((5, 2)), RATE)  # a stand-in for an earlier result
+  assert separate.separate_files(sep, [tmp_path / "song.wav"], out) == paths
+  assert sf.info(paths[1]).frames == 5
+  paths[0].unlink()  # only the missing source is written
+  separate.separate_files(sep, [tmp_path / "song.wav"], out)
+  assert sf.info(paths[0]).frames == 300 and sf.info(paths[1]).frames == 5
+  separate.separate_files(sep, [tmp_path / "song.wav"], out, overwrite=True)
+  assert sf.info(paths[1]).frames == 300
+  assert not leftovers(out)
+
+
+@needs_ffmpeg
+def test_bad_inputs_fail_alone_with_one_line_and_leave_nothing(tmp_path, caplog):
+  rng = np.random.default_rng(0)
+  (tmp_path / "corrupt.wav").write_bytes(rng.bytes(5000))
+  (tmp_path / "garbled.mp3").write_bytes(rng.bytes(5000))
+  (tmp_path / "zero.flac").write_bytes(b"")
+  sf.write(tmp_path / "empty.wav", np.zeros((0, 2)), RATE)
+  sf.write(tmp_path / "four.wav", noise(300, channels=4), RATE)
+  sf.write(tmp_path / "good.wav", noise(300), RATE)
+  bad = {"corrupt.wav": "cannot read it as audio", "garbled.mp3": "cannot read it as audio",
+         "zero.flac": "empty", "empty.wav": "empty", "four.wav": "has 4 channels",
+         "missing.wav": "no such file"}
+  out = tmp_path / "out"
+  with caplog.at_level(logging.ERROR), pytest.raises(separate.SeparationError) as error:
+    separate.separate_files(pass_through(window_seconds=SHORT),
+                            [tmp_path / n for n in [*bad, "good.wav"]], out)
+  assert "6 input(s) failed" in str(error.value)
+  messages = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+  assert len(messages) == len(bad)
+  for (name, reason), message in zip(bad.items(), messages):
+    assert name in message and reason in message and "\n" not in message, message
+    assert not (out / pathlib.Path(name).stem).exists()
+  assert all(p.is_file() for p in outputs_of(out, "good").values())
+  assert not leftovers(out)
+
+
+def test_failure_while_streaming_leaves_no_partial_output(tmp_path, monkeypatch):
+  sf.write(tmp_path / "song.wav", noise(3000), RATE)
+  sep = pass_through(window_seconds=SHORT)
+  original = separate.Separator.separate_blocks
+
+  def fail_after_a_block(self, *args, **kwargs):
+    yield next(original(self, *args, **kwargs))
+    raise separate.SeparationError("song.wav: the disk caught fire")
+
+  monkeypatch.setattr(separate.Separator, "separate_blocks", fail_after_a_block)
+  out = tmp_path / "out"
+  with pytest.raises(separate.SeparationError, match="1 input"):
+    separate.separate_files(sep, [tmp_path / "song.wav"], out)
+  assert list(out.iterdir()) == []  # not even the folder
+  (out / "song").mkdir()
+  (out / "song" / "notes.txt").write_text("mine")
+  with pytest.raises(separate.SeparationError):
+    separate.separate_files(sep, [tmp_path / "song.wav"], out)
+  assert [p.name for p in (out / "song").iterdir()] == ["notes.txt"]
+
+
+def test_inputs_whose_outputs_would_collide_are_refused(tmp_path):
+  for folder in ("a", "b"):
+    (tmp_path / folder).mkdir()
+    sf.write(tmp_path / folder / "song.wav", noise(100), RATE)
+  with pytest.raises(separate.SeparationError, match=r"b/song.wav"):
+    separate.separate_files(pass_through(window_seconds=SHORT),
+                            [tmp_path / "a" / "song.wav", tmp_path / "b"], tmp_path / "out")
+  assert (tmp_path / "out" / "song" / "vocals.wav").is_file()
+
+
+def test_a_long_file_streams_from_disk_to_disk(tmp_path):
+  # Correctness only: 60 s of 44.1 kHz stereo through the default windows; memory and
+  # time are measured outside the tests.
+  rate = 44100
+  t = np.arange(60 * rate) / rate
+  mix = 0.4 * np.stack([np.sin(2 * np.pi * 220 * t), np.sin(2 * np.pi * 3 * t)], axis=1)
+  sf.write(tmp_path / "long.wav", mix.astype(np.float32), rate, subtype="FLOAT")
+  sep = pass_through()  # default windows: 30 s at the model's rate
+  assert sep.tiling.hop > 20 * RATE
+  (accompaniment, vocals), = [separate.separate_file(sep, tmp_path / "long.wav", tmp_path,
+                                                     fmt="float")]
+  mix = sf.read(tmp_path / "long.wav", dtype="float32")[0]
+  out = sf.read(vocals, dtype="float32")[0]
+  assert out.shape == mix.shape
+  np.testing.assert_allclose(out, round_trip(mix, rate), rtol=0, atol=1e-5)
+  np.testing.assert_array_equal(sf.read(accompaniment, dtype="float32")[0], 0.0)
+
+
+# --------------------------------------------------------------------------- #
+# The command line.
+# --------------------------------------------------------------------------- #
+
+CLI = """
+import sys
+sys.path.insert(0, "tests")
+import conftest  # CPU only, like the tests
+from waveunet_jax import models, separate
+import jax, numpy as np
+
+def from_workdir(cls, workdir, checkpoint="best", **kwargs):
+  assert (workdir, checkpoint) == ("RUN", "7"), (workdir, checkpoint)
+  model = models.WaveUNet(**conftest.tiny_model_config())
+  variables = jax.jit(model.init)(jax.random.key(0), np.zeros((1, 161, 2), np.float32))
+  return cls(model, variables, 8000, **kwargs)
+
+separate.Separator.from_workdir = classmethod(from_workdir)
+separate.cli()
+"""
+
+
+def test_cli_goes_on_after_a_bad_input_and_exits_non_zero(tmp_path):
+  sf.write(tmp_path / "a.wav", noise(500), RATE)
+  sf.write(tmp_path / "b.flac", noise(700, channels=1), 16000)
+  result = subprocess.run(
+      [sys.executable, "-c", CLI, "--workdir=RUN", "--checkpoint=7", str(tmp_path / "a.wav"),
+       str(tmp_path / "nothing.wav"), str(tmp_path / "b.flac"), f"--output_dir={tmp_path}/out",
+       "--format=wav24", "--window_seconds=0.01", "--overlap=0.25"],
+      cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert result.returncode == 1, result.stderr
+  assert "Traceback" not in result.stderr
+  missing = tmp_path / "nothing.wav"
+  assert result.stderr.strip().splitlines()[-1] == f"error: 1 input(s) failed: {missing}"
+  assert f"{missing}: no such file or directory" in result.stderr
+  assert sf.info(tmp_path / "out" / "a" / "vocals.wav").frames == 500
+  info = sf.info(tmp_path / "out" / "b" / "accompaniment.wav")
+  assert (info.frames, info.channels, info.samplerate, info.subtype) == (700, 1, 16000, "PCM_24")
