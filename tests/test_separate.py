@@ -394,3 +394,15 @@ def test_cli_goes_on_after_a_bad_input_and_exits_non_zero(tmp_path):
   assert sf.info(tmp_path / "out" / "a" / "vocals.wav").frames == 500
   info = sf.info(tmp_path / "out" / "b" / "accompaniment.wav")
   assert (info.frames, info.channels, info.samplerate, info.subtype) == (700, 1, 16000, "PCM_24")
+
+
+def test_cli_missing_workdir_is_one_line(tmp_path):
+  sf.write(tmp_path / "a.wav", np.zeros((100, 2), np.float32), 44100)
+  result = subprocess.run(
+      [sys.executable, "-m", "waveunet_jax.separate", f"--workdir={tmp_path / 'nope'}",
+       str(tmp_path / "a.wav"), f"--output_dir={tmp_path / 'out'}"],
+      cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert result.returncode != 0
+  assert result.stderr.strip().splitlines()[-1].startswith("error: --workdir=")
+  assert "no config.json" in result.stderr and "Traceback" not in result.stderr
+  assert not (tmp_path / "out").exists()

@@ -268,6 +268,16 @@ def test_smoke_command_end_to_end_with_an_override(tmp_path):
   assert result.returncode == 0, result.stderr[-2000:]
   vocals, rate = soundfile.read(tmp_path / "out" / "song" / "vocals.wav")
   assert rate == 44100 and vocals.shape == song.shape
+  # A checkpoint that is not there: a one-line error and no output.
+  with pytest.raises(separate.SeparationError, match="no such checkpoint"):
+    separate.Separator.from_workdir(workdir, "999")
+  result = subprocess.run([sys.executable, "-m", "waveunet_jax.separate", f"--workdir={workdir}",
+                           "--checkpoint=999", str(tmp_path / "song.wav"),
+                           f"--output_dir={tmp_path / 'out999'}"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert result.returncode != 0
+  assert result.stderr.strip().splitlines()[-1].startswith("error: --checkpoint=999: no such")
+  assert not (tmp_path / "out999").exists()
 
 
 @pytest.mark.parametrize("args,message", [
