@@ -261,10 +261,12 @@ def test_smoke_command_end_to_end_with_an_override(tmp_path):
   import soundfile
 
   soundfile.write(tmp_path / "song.wav", song, 44100)
+  # Trained on 4 devices, separated on 1.
+  one_device = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
   result = subprocess.run([sys.executable, "-m", "waveunet_jax.separate", f"--workdir={workdir}",
                            "--window_seconds=2", str(tmp_path / "song.wav"),
                            f"--output_dir={tmp_path / 'out'}"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+                          cwd=ROOT, capture_output=True, text=True, timeout=300, env=one_device)
   assert result.returncode == 0, result.stderr[-2000:]
   vocals, rate = soundfile.read(tmp_path / "out" / "song" / "vocals.wav")
   assert rate == 44100 and vocals.shape == song.shape

@@ -6,10 +6,12 @@ __version__ = "0.1.0"
 
 
 class _LibraryChatter(_logging.Filter):
-  """Drops Orbax's and TFDS's INFO and WARNING logs: they bury our progress lines."""
+  """Drops Orbax's, TFDS's and TensorFlow's INFO and WARNING logs: they bury our
+  progress lines."""
 
   def filter(self, record: _logging.LogRecord) -> bool:
-    noisy = any(part in record.pathname for part in ("/orbax/", "/tensorflow_datasets/"))
+    noisy = any(part in record.pathname
+                for part in ("/orbax/", "/tensorflow_datasets/", "/tensorflow/"))
     return not (noisy and record.levelno < _logging.ERROR)
 
 

@@ -324,15 +324,23 @@ class Trainer:
 
     batch_size, _ = stage_settings(self.config, stage)
     local = batch_size // jax.process_count()
-    batches = input_pipeline.as_numpy(input_pipeline.eval_dataset(self.config, local))
-    # Every process must run the same number of steps: pad with weight-0 batches.
-    batches = list(batches) if jax.process_count() > 1 else batches
-    if jax.process_count() > 1:
-      most = int(np.max(multihost_utils.process_allgather(np.array(len(batches)))))
-      empty = jax.tree_util.tree_map(np.zeros_like, batches[0])
-      batches += [empty] * (most - len(batches))
+    batches = iter(input_pipeline.as_numpy(input_pipeline.eval_dataset(self.config, local)))
+    # Every process must run the same number of steps: a process that has run out of
+    # validation tiles joins in with weight-0 batches until all have.
+    shapes = {"mix": (local, self.lengths.input_length, self.model.num_channels),
+              "sources": (local, self.model.num_sources, self.lengths.output_length,
+                          self.model.num_channels),
+              "weight": (local,)}
     totals = None
-    for batch in batches:
+    while True:
+      batch = next(batches, None)
+      if jax.process_count() > 1:
+        if not np.any(multihost_utils.process_allgather(np.array(batch is not None))):
+          break
+        if batch is None:
+          batch = {k: np.zeros(shape, np.float32) for k, shape in shapes.items()}
+      elif batch is None:
+        break
       sums = self.eval_step(state, self.global_batch(batch))
       totals = sums if totals is None else jax.tree_util.tree_map(jnp.add, totals, sums)
     if totals is None:
@@ -536,7 +544,8 @@ def load_for_inference(workdir: str | os.PathLike, checkpoint: str = "best"
     folder, step = workdir / "checkpoints", int(checkpoint)
   else:
     raise TrainingError(f"--checkpoint={checkpoint}: use best, latest or a step number")
-  with ocp.CheckpointManager(folder) as manager:
+  handlers = {"state": ocp.StandardCheckpointHandler(), "progress": ocp.JsonCheckpointHandler()}
+  with ocp.CheckpointManager(folder, item_handlers=handlers) as manager:
     steps = manager.all_steps()
     if checkpoint == "best" and not steps:  # no validation yet: fall back to the latest
       return load_for_inference(workdir, "latest")
@@ -544,7 +553,13 @@ def load_for_inference(workdir: str | os.PathLike, checkpoint: str = "best"
     if step is None or step not in steps:
       raise TrainingError(f"--checkpoint={checkpoint}: no such checkpoint in {folder} "
                           f"(steps: {sorted(steps) or 'none'})")
-    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    # Restore onto this process's first device, whatever devices the run trained on.
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    abstract = jax.tree_util.tree_map(
+        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+        manager.item_metadata(step)["state"])
+    restored = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract)))
   state = restored["state"]
   variables = {"params": state["params"]}
   if state.get("batch_stats"):

@@ -1,0 +1,290 @@
+"""Evaluation with museval: per-track JSON, the mixture baseline, aggregates, resuming, errors.
+
+museval's BSSEval v4 costs about 3 s per track and set of sources whatever the track's
+length (it solves for 512-tap filters), so the tests score two short tracks with
+two-source models once, and later tests reuse those scores through resuming.
+"""
+
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import tiny_model_config
+from waveunet_jax import evaluate, models, prepare, separate, synthetic
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+SOURCES = ("accompaniment", "vocals")  # the default (paper M4) config's
+NAN = float("nan")
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+  root = tmp_path_factory.mktemp("corpus")
+  synthetic.write_corpus(root, num_train=1, num_test=2, seconds=6, seed=0)
+  return root
+
+
+@pytest.fixture(scope="module")
+def evaluated(corpus, tmp_path_factory):
+  """A tiny random model at 8 kHz, scored on the corpus's two test tracks."""
+  model = models.WaveUNet(**tiny_model_config())
+  assert tuple(model.sources) == SOURCES
+  mix = np.zeros((1, models.lengths(model, 1).input_length, 2), np.float32)
+  variables = jax.jit(model.init)(jax.random.key(0), mix)
+  out = tmp_path_factory.mktemp("eval")
+  summary = evaluate.evaluate(separate.Separator(model, variables, 8000), corpus, out, wav=True,
+                              split="test")
+  return out, summary
+
+
+class Stub:
+  """A separator: the true sources of a mix of `tracks` (times 1 + `noise` * N(0, 1)),
+  counting its calls; or, without tracks, one that must not be called."""
+
+  def __init__(self, sources=SOURCES, tracks=(), noise=1e-3):
+    self.sources, self.calls, self.known = sources, 0, []
+    for track in tracks:
+      stems, _ = prepare.read_stems(track)
+      self.known.append((sum(stems[s] for s in prepare.STEMS),
+                         evaluate.references(stems, sources)))
+    self.rng, self.noise = np.random.default_rng(0), noise
+
+  def separate(self, audio, rate):
+    self.calls += 1
+    for mix, refs in self.known:
+      if mix.shape == audio.shape and np.allclose(mix, audio):
+        return {s: x * (1 + self.noise * self.rng.standard_normal(x.shape)).astype(np.float32)
+                for s, x in refs.items()}
+    raise AssertionError("separate() called for an unknown mix")
+
+
+def frames(path, source, metric):
+  targets = {t["name"]: t for t in json.loads(path.read_text())["targets"]}
+  return np.array([f["metrics"][metric] for f in targets[source]["frames"]], np.float64)
+
+
+def copy_outputs(evaluated, tmp_path):
+  out = tmp_path / "eval"
+  shutil.copytree(evaluated[0], out)
+  return out
+
+
+# --------------------------------------------------------------------------- #
+# A model and the baseline, end to end.
+# --------------------------------------------------------------------------- #
+
+
+def test_writes_museval_json_and_both_aggregates(corpus, evaluated):
+  out, summary = evaluated
+  names = [t.name for t in prepare.find_tracks(corpus, "test", True)]
+  assert summary == json.loads((out / "summary.json").read_text())
+  assert summary["tracks"] == names and summary["failed"] == {}
+  import jsonschema
+  import museval
+
+  schema = json.loads((pathlib.Path(museval.__file__).parent / "musdb.schema.json").read_text())
+  baseline = out / "mixture-baseline" / "test"
+  for key, folder in (("model", out / "test"), ("mixture_baseline", baseline)):
+    assert sorted(p.name for p in folder.iterdir()) == sorted(f"{n}.json" for n in names)
+    for name in names:
+      data = json.loads((folder / f"{name}.json").read_text())
+      jsonschema.validate(data, schema)  # museval's own per-track format
+      assert [t["name"] for t in data["targets"]] == list(SOURCES)
+      assert all(len(t["frames"]) == 6 for t in data["targets"])  # 6 s in 1 s frames
+    for source in SOURCES:
+      for metric in evaluate.METRICS:
+        stats = summary[key][source][metric]
+        # By hand from the files: median of per-track medians, and of all frames.
+        per_track = [frames(folder / f"{n}.json", source, metric) for n in names]
+        pooled = np.concatenate(per_track)
+        assert stats["sisec_median"] == pytest.approx(
+            np.nanmedian([np.nanmedian(x) for x in per_track]), abs=1e-4)
+        assert stats["pooled_median"] == pytest.approx(np.nanmedian(pooled), abs=1e-4)
+        assert stats["pooled_mean"] == pytest.approx(np.nanmean(pooled), abs=1e-4)
+        assert stats["tracks"] == 2 and stats["frames"] == np.isfinite(pooled).sum()
+        assert stats["frames_total"] == 12
+      assert all(np.isfinite(summary[key][source]["SDR"][s])
+                 for s in ("sisec_median", "pooled_median", "pooled_mad", "pooled_mean"))
+  # The unprocessed mix is a poor vocals estimate in these tracks' quiet vocal intros.
+  assert summary["mixture_baseline"]["vocals"]["SDR"]["pooled_median"] < 0
+  table = (out / "summary.md").read_text()
+  assert "## Model" in table and "## Mixture baseline" in table
+  assert table.count("| vocals | SDR |") == 2 and "| 2 | " in table
+  assert not [p for p in out.rglob(".*")]  # no temporaries left behind
+
+
+def test_oracle_scores_high_and_only_missing_results_are_computed(corpus, evaluated, tmp_path):
+  out = copy_outputs(evaluated, tmp_path)
+  tracks = prepare.find_tracks(corpus, "test", True)
+  (out / "test" / f"{tracks[0].name}.json").unlink()
+  baseline = out / "mixture-baseline" / "test" / f"{tracks[0].name}.json"
+  before = baseline.read_text()
+  # The true stems with errors 60 dB down: exactly true stems score +inf, which museval's
+  # JSON stores as NaN (and aggregates skip).
+  oracle = Stub(tracks=tracks[:1])
+  summary = evaluate.evaluate(oracle, corpus, out, wav=True, split="test", max_tracks=1)
+  assert oracle.calls == 1 and baseline.read_text() == before
+  assert summary["tracks"] == [tracks[0].name]
+  for source in SOURCES:
+    assert summary["model"][source]["SDR"]["sisec_median"] > 40
+    assert summary["model"][source]["SDR"]["pooled_median"] > 40
+  # (This track's vocals rest for 4 s: the mix is a near perfect accompaniment there.)
+  assert summary["mixture_baseline"]["vocals"]["SDR"]["pooled_median"] < 0
+
+
+def test_a_second_run_separates_nothing(corpus, evaluated, tmp_path):
+  out = copy_outputs(evaluated, tmp_path)
+  stub = Stub()
+  assert evaluate.evaluate(stub, corpus, out, wav=True, split="test") == evaluated[1]
+  assert stub.calls == 0
+
+
+# --------------------------------------------------------------------------- #
+# Aggregates and scores.
+# --------------------------------------------------------------------------- #
+
+
+def test_aggregates_by_hand_and_as_museval_aggregates():
+  sdr = {"A": [1.0, 2.0, NAN, 10.0, 11.0], "B": [3.0], "C": [NAN, NAN]}
+  scores = {t: {"vocals": {m: x for m in evaluate.METRICS}} for t, x in sdr.items()}
+  stats = evaluate.aggregate(scores, ["vocals"])["vocals"]["SDR"]
+  # SiSEC: track medians 6 (A) and 3 (B); C has no defined frame.
+  assert stats["sisec_median"] == 4.5 and stats["tracks"] == 2
+  # Pooled: 1, 2, 3, 10, 11.
+  assert stats["pooled_median"] == 3.0 and stats["pooled_mean"] == 5.4
+  assert stats["pooled_mad"] == 2.0  # |x - 3|: 2, 1, 0, 7, 8
+  assert stats["pooled_std"] == pytest.approx(np.std([1, 2, 3, 10, 11]), abs=1e-4)
+  assert (stats["frames"], stats["frames_total"]) == (5, 8)
+  # museval's own SiSEC aggregate (median over frames, then tracks) agrees.
+  import museval
+
+  store = museval.EvalStore()
+  for track, x in sdr.items():
+    track_store = museval.TrackStore(track)
+    track_store.add_target("vocals", {m: x for m in evaluate.METRICS})
+    store.add_track(track_store)
+  assert store.agg_frames_tracks_scores()["vocals"]["SDR"] == pytest.approx(4.5)
+  empty = evaluate.aggregate({"C": scores["C"]}, ["vocals"])["vocals"]["SDR"]
+  assert empty["sisec_median"] is None and empty["pooled_median"] is None
+  assert (empty["tracks"], empty["frames"]) == (0, 0)
+
+
+def test_silent_estimate_scores_nan_frames_without_museval_refusing():
+  refs = {s: np.random.default_rng(i).uniform(-0.5, 0.5, (2500, 2)).astype(np.float32)
+          for i, s in enumerate(SOURCES)}
+  estimates = {"accompaniment": refs["accompaniment"], "vocals": np.zeros((2500, 2), np.float32)}
+  data = json.loads(evaluate.score("t", refs, estimates, rate=1000).json)
+  assert [t["name"] for t in data["targets"]] == list(SOURCES)
+  for target in data["targets"]:  # 2.5 s: 2 whole 1 s frames
+    assert len(target["frames"]) == 2
+    assert all(np.isnan(v) for f in target["frames"] for v in f["metrics"].values())
+
+
+def test_sources_are_grouped_as_museval_groups_them():
+  assert evaluate._groups(["bass", "drums", "other", "vocals"]) == [
+      (["bass", "drums", "other", "vocals"],) * 2]
+  assert evaluate._groups(["accompaniment", "vocals"]) == [(["vocals", "accompaniment"],) * 2]
+  assert evaluate._groups(["vocals", "drums", "accompaniment"]) == [
+      (["vocals", "drums"], ["drums"]), (["vocals", "accompaniment"],) * 2]
+
+
+# --------------------------------------------------------------------------- #
+# Errors.
+# --------------------------------------------------------------------------- #
+
+
+def test_a_bad_track_is_reported_and_the_others_summarized(corpus, evaluated, tmp_path):
+  root, good = tmp_path / "musdb", prepare.find_tracks(corpus, "test", True)[0]
+  shutil.copytree(good.path, root / "test" / good.name)
+  shutil.copytree(good.path, root / "test" / "Broken Track")
+  (root / "test" / "Broken Track" / "bass.wav").unlink()
+  out = copy_outputs(evaluated, tmp_path)
+  with pytest.raises(evaluate.EvaluationError, match="1 of 2 tracks failed .Broken Track."):
+    evaluate.evaluate(Stub(), root, out, wav=True, split="test")
+  summary = json.loads((out / "summary.json").read_text())
+  assert summary["tracks"] == [good.name]
+  assert "bass.wav" in summary["failed"]["Broken Track"]
+  assert "Broken Track" in (out / "summary.md").read_text()
+
+
+def test_sources_without_musdb_references_are_refused(corpus, tmp_path):
+  with pytest.raises(evaluate.EvaluationError, match="piano"):
+    evaluate.evaluate(Stub(("vocals", "piano")), corpus, tmp_path, wav=True, split="test")
+
+
+def test_splits(corpus, tmp_path):
+  train = prepare.find_tracks(corpus, "train", True)[0].name
+  assert [t.name for t in evaluate.split_tracks(corpus, "valid", True, [train])] == [train]
+  with pytest.raises(evaluate.EvaluationError, match="--valid_tracks"):
+    evaluate.split_tracks(corpus, "valid", True)  # none of musdb's validation tracks
+  with pytest.raises(evaluate.EvaluationError, match="--valid_tracks: not in .*: Nope"):
+    evaluate.split_tracks(corpus, "valid", True, ["Nope"])
+  with pytest.raises(evaluate.EvaluationError, match="add --wav"):
+    evaluate.split_tracks(corpus, "test", False)
+  (tmp_path / "test").mkdir()
+  (tmp_path / "test" / "A - B.stem.mp4").touch()  # the stem-file layout (read by prepare)
+  assert [t.name for t in evaluate.split_tracks(tmp_path, "test", False)] == ["A - B"]
+  with pytest.raises(evaluate.EvaluationError, match="no tracks of the test split"):
+    evaluate.split_tracks(tmp_path, "test", True)
+
+
+# The command line, with a stub for the trained model (training one takes too long).
+CLI = """
+import sys
+sys.path.insert(0, "tests")
+import conftest  # CPU only, like the tests
+from waveunet_jax import evaluate, separate
+
+class Resumed:
+  sources = ("accompaniment", "vocals")
+
+  def separate(self, audio, rate):
+    raise AssertionError("a track scored before was separated again")
+
+def from_workdir(cls, workdir, checkpoint="best", **kwargs):
+  assert (workdir, checkpoint) == ("RUN", "7"), (workdir, checkpoint)
+  return Resumed()
+
+separate.Separator.from_workdir = classmethod(from_workdir)
+evaluate.cli()
+"""
+
+
+def run_cli(*args, stub=False):
+  command = ["-c", CLI] if stub else ["-m", "waveunet_jax.evaluate"]
+  return subprocess.run([sys.executable, *command, *map(str, args)], cwd=ROOT,
+                        capture_output=True, text=True, timeout=300,
+                        env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+def test_cli_summarizes_the_first_tracks(corpus, evaluated, tmp_path):
+  out = copy_outputs(evaluated, tmp_path)
+  result = run_cli("--workdir=RUN", "--checkpoint=7", f"--musdb_root={corpus}", "--wav",
+                   f"--output_dir={out}", "--tracks=1", stub=True)
+  assert result.returncode == 0, result.stderr
+  first = prepare.find_tracks(corpus, "test", True)[0].name
+  assert json.loads((out / "summary.json").read_text())["tracks"] == [first]
+  assert result.stdout == (out / "summary.md").read_text()
+  assert "# test split: 1 track\n" in result.stdout
+
+
+def cli_error(*args):
+  result = run_cli(*args)
+  assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
+  return result.stderr.strip().splitlines()[-1]
+
+
+def test_cli_errors_are_one_line(corpus, tmp_path):
+  line = cli_error(f"--workdir={tmp_path / 'no-run'}", f"--musdb_root={corpus}", "--wav",
+                 f"--output_dir={tmp_path / 'out'}")
+  assert line.startswith("error: --workdir=") and "no-run" in line
+  line = cli_error(f"--workdir={tmp_path / 'no-run'}", f"--musdb_root={tmp_path}", "--wav",
+                 f"--output_dir={tmp_path / 'out'}")
+  assert line.startswith("error: --musdb_root=") and "no tracks of the test split" in line

@@ -1,0 +1,395 @@
+"""Scores a model on a MUSDB18 split with museval (BSSEval v4): Python API and command line.
+
+  python -m waveunet_jax.evaluate --workdir=runs/m4 --musdb_root=musdb18 --output_dir=eval/m4
+  python -m waveunet_jax.evaluate --workdir=runs/m4 --musdb_root=musdb18hq --wav --split=valid \\
+      --tracks=3 --output_dir=eval/m4-valid
+
+Reads the tracks as `prepare` does (`<track>.stem.mp4` files, or with --wav the MUSDB18-HQ
+folders, or any folder of multitracks in that layout). For each track: the mix is the
+sum of the four stems (the references then add up to it exactly), the model separates
+it whole (`separate.Separator`, at the model's rate and back), and museval scores the
+model's sources against the original stems ('accompaniment' = drums + bass + other)
+with BSSEval v4 over 1 s windows at the track's rate (44.1 kHz for MUSDB18). Writes
+
+  OUT/<split>/<track>.json                   museval's per-track JSON (TrackStore)
+  OUT/mixture-baseline/<split>/<track>.json  the same for the unprocessed mixture
+  OUT/summary.json, OUT/summary.md           the aggregates below
+
+The mixture baseline estimates every source as the mix itself (the usual "mixture"
+baseline; BSSEval v4 is not scale invariant, so not mix / number of sources). It does
+not depend on the model: copy `OUT/mixture-baseline` into a new OUT to skip it.
+
+Sources are scored together as `museval.eval_mus_track` scores them: vocals and
+accompaniment as a pair, any other sources together (vocals among them, reported from
+the pair). museval leaves a frame undefined (NaN) for every source when any reference
+or estimate of the set is silent in it (vocals resting for a second), and stores an
+infinite score (an exact estimate) as NaN too. Aggregates skip those frames:
+
+* SiSEC 2018: the median over a track's frames, then the median over tracks;
+* pooled (the Wave-U-Net paper): median, MAD, mean and SD over all 1 s frames of all
+  tracks together;
+
+with the number of tracks and frames that counted. Resumable: a track whose JSON
+exists is not separated again, its scores are read back; every JSON is written to a
+temporary name and renamed.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+import pathlib
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+import numpy as np
+from absl import app, flags, logging
+
+from waveunet_jax import models, prepare, separate
+
+SPLITS = ("test", "valid")
+METRICS = ("SDR", "SIR", "SAR", "ISR")
+SOURCES = prepare.STEMS + tuple(prepare.DERIVED_SOURCES)
+BASELINE = "mixture-baseline"  # folder of the baseline's per-track JSON
+WINDOW_SECONDS = 1.0  # museval's window and hop, as in SiSEC 2018
+
+
+class EvaluationError(ValueError):
+  """An evaluation that cannot run or finish; the message names the flag, file or track."""
+
+
+class SeparatorLike(Protocol):
+  """What evaluation needs of a `separate.Separator` (tests pass stubs)."""
+
+  sources: Sequence[str]
+
+  def separate(self, audio: np.ndarray, rate: int) -> dict[str, np.ndarray]: ...
+
+
+# --------------------------------------------------------------------------- #
+# Tracks.
+# --------------------------------------------------------------------------- #
+
+
+def split_tracks(musdb_root: str | os.PathLike, split: str, wav: bool,
+                 valid_tracks: Sequence[str] | None = None) -> list[prepare.Track]:
+  """The tracks of `split`, sorted by name: `test`, or `valid` (musdb's validation
+  tracks of `train`, or `valid_tracks`). Raises EvaluationError if there are none."""
+  root = pathlib.Path(musdb_root)
+  if not root.is_dir():
+    raise EvaluationError(f"--musdb_root={root}: no such directory")
+  if split not in SPLITS:
+    raise EvaluationError(f"--split={split}: use {' or '.join(SPLITS)}")
+  folder = root / ("test" if split == "test" else "train")
+  tracks = prepare.find_tracks(root, folder.name, wav)
+  if split == "valid":
+    names = {t.name for t in tracks}
+    missing = sorted(set(valid_tracks or ()) - names)
+    if missing:
+      raise EvaluationError(f"--valid_tracks: not in {folder}: {', '.join(missing)}")
+    wanted = set(valid_tracks) if valid_tracks else set(prepare.musdb_validation_tracks())
+    tracks = [t for t in tracks if t.name in wanted]
+    if not tracks and names:
+      raise EvaluationError(f"--musdb_root={root}: none of musdb's validation tracks is in "
+                            f"{folder}; choose some with --valid_tracks=NAME,NAME")
+  if not tracks:
+    kind = "<track>/{vocals,drums,bass,other}.wav folders" if wav else "<track>.stem.mp4 files"
+    hint = "" if wav else " (for the MUSDB18-HQ wav layout or your own multitracks, add --wav)"
+    raise EvaluationError(f"--musdb_root={root}: no tracks of the {split} split in {folder}; "
+                          f"expected {kind}{hint}")
+  return tracks
+
+
+def check_sources(sources: Sequence[str]) -> None:
+  """Raises EvaluationError unless every source has a MUSDB18 reference."""
+  unknown = [s for s in sources if s not in SOURCES]
+  if unknown or not sources:
+    raise EvaluationError(f"the model's sources ({', '.join(sources)}) are not MUSDB18 "
+                          f"sources; evaluation knows {', '.join(SOURCES)}")
+
+
+def references(stems: Mapping[str, np.ndarray], sources: Sequence[str]) -> dict[str, np.ndarray]:
+  """{source: [T, C]}: a stem, or the sum of a derived source's stems."""
+  return {s: sum(stems[stem] for stem in prepare.DERIVED_SOURCES.get(s, (s,))) for s in sources}
+
+
+# --------------------------------------------------------------------------- #
+# Scores.
+# --------------------------------------------------------------------------- #
+
+
+def _groups(sources: Sequence[str]) -> list[tuple[list[str], list[str]]]:
+  """(sources scored together, those reported from that set), as museval.eval_mus_track
+  forms them. A lone source is scored alone (museval would skip it; its SIR is NaN)."""
+  if "vocals" in sources and "accompaniment" in sources:
+    rest = [s for s in sources if s != "accompaniment"]
+    groups = [(rest, [s for s in rest if s != "vocals"])] if len(rest) > 1 else []
+    return groups + [(["vocals", "accompaniment"], ["vocals", "accompaniment"])]
+  return [(list(sources), list(sources))]
+
+
+def _silent(x: np.ndarray) -> bool:
+  """museval's own test of a silent source [T, C]: its channels sum to zero throughout."""
+  return bool(np.all(np.sum(x, axis=1) == 0))
+
+
+def score(name: str, refs: Mapping[str, np.ndarray], estimates: Mapping[str, np.ndarray],
+          rate: int) -> Any:
+  """museval's scores (a `museval.TrackStore`) of `estimates` {source: [T, C]} against
+  `refs`: BSSEval v4, windows and hops of `WINDOW_SECONDS`. A set with a source that
+  is silent over the whole track, which museval refuses, is NaN in every frame (what
+  museval's frame-wise rule gives)."""
+  import museval
+
+  window = round(WINDOW_SECONDS * rate)
+  values = {}
+  for scored, reported in _groups(list(estimates)):
+    r = np.stack([refs[s] for s in scored])
+    e = np.stack([estimates[s] for s in scored])
+    silent = ([f"{s} reference" for s, x in zip(scored, r) if _silent(x)]
+              + [f"{s} estimate" for s, x in zip(scored, e) if _silent(x)])
+    if silent:
+      logging.warning("%s: silent throughout: %s; every frame of %s is undefined (NaN)",
+                      name, ", ".join(silent), ", ".join(reported))
+      frames = museval.metrics.Framing(window, window, r.shape[1]).nwin
+      sdr = isr = sir = sar = np.full((len(scored), frames), np.nan)
+    else:
+      sdr, isr, sir, sar = museval.evaluate(r, e, win=window, hop=window, mode="v4")
+    for i, s in enumerate(scored):
+      if s in reported:
+        values[s] = {"SDR": sdr[i].tolist(), "SIR": sir[i].tolist(), "SAR": sar[i].tolist(),
+                     "ISR": isr[i].tolist()}
+  store = museval.TrackStore(track_name=name, win=WINDOW_SECONDS, hop=WINDOW_SECONDS)
+  for s in estimates:
+    store.add_target(target_name=s, values=values[s])
+  return store
+
+
+def read_scores(path: pathlib.Path, sources: Sequence[str]) -> dict[str, dict[str, np.ndarray]]:
+  """{source: {metric: frame scores}} from museval's per-track JSON."""
+  try:
+    targets = json.loads(path.read_text())["targets"]
+    scores = {t["name"]: {m: np.array([f["metrics"][m] for f in t["frames"]], np.float64)
+                          for m in METRICS} for t in targets}
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    raise EvaluationError(f"{path}: cannot read it as museval scores ({e}); delete it to "
+                          "score the track again") from None
+  if sorted(scores) != sorted(sources):
+    raise EvaluationError(f"{path}: holds scores of {', '.join(scores) or 'nothing'}, not of "
+                          f"the model's sources ({', '.join(sources)}); evaluate into another "
+                          "--output_dir")
+  return scores
+
+
+def _stat(value: float) -> float | None:
+  return round(float(value), 4) if np.isfinite(value) else None
+
+
+def aggregate(scores: Mapping[str, Mapping[str, Mapping[str, Sequence[float]]]],
+              sources: Sequence[str]) -> dict[str, dict[str, dict[str, float | int | None]]]:
+  """{track: {source: {metric: frame scores}}} -> {source: {metric: statistics}}.
+
+  Non-finite frames are skipped. `sisec_median`: the median over tracks of each
+  track's median over frames (`tracks`: those with a finite frame); `pooled_*`:
+  over the finite frames of all tracks together (`frames` of `frames_total`). A
+  statistic of no frames is None.
+  """
+  out = {}
+  for source in sources:
+    out[source] = {}
+    for metric in METRICS:
+      per_track = [np.asarray(scores[t][source][metric], np.float64) for t in scores]
+      finite = [x[np.isfinite(x)] for x in per_track]
+      medians = np.array([np.median(x) for x in finite if x.size])
+      pooled = np.concatenate(finite) if finite else np.zeros(0)
+      median = np.median(pooled) if pooled.size else np.nan
+      nothing = not pooled.size
+      out[source][metric] = {
+          "sisec_median": _stat(np.median(medians) if medians.size else np.nan),
+          "tracks": int(medians.size),
+          "pooled_median": _stat(median),
+          "pooled_mad": _stat(np.nan if nothing else np.median(np.abs(pooled - median))),
+          "pooled_mean": _stat(np.nan if nothing else pooled.mean()),
+          "pooled_std": _stat(np.nan if nothing else pooled.std()),
+          "frames": int(pooled.size),
+          "frames_total": int(sum(x.size for x in per_track)),
+      }
+  return out
+
+
+def markdown(summary: Mapping[str, Any]) -> str:
+  """The summary as markdown: a table per system."""
+  n = len(summary["tracks"])
+  lines = [f"# {summary['split']} split: {n} track{'' if n == 1 else 's'}", "",
+           f"museval {summary['museval']['version']}, BSSEval v4, 1 s windows; scores in dB. "
+           "SiSEC: median over each track's frames, then over tracks (SiSEC 2018). Pooled: "
+           "over all frames of all tracks (the Wave-U-Net paper). Undefined (NaN) frames "
+           "are skipped; tracks and frames count those that remain."]
+  columns = ("sisec_median", "pooled_median", "pooled_mad", "pooled_mean", "pooled_std")
+  header = "| source | metric | SiSEC median | pooled median | MAD | mean | SD | tracks | frames |"
+  for key, title in (("model", "Model"),
+                     ("mixture_baseline", "Mixture baseline (mix as every source)")):
+    lines += ["", f"## {title}", "", header, "|---|---|--:|--:|--:|--:|--:|--:|--:|"]
+    for source, metrics in summary[key].items():
+      for metric, s in metrics.items():
+        cells = ["–" if s[c] is None else f"{s[c]:.2f}" for c in columns]
+        lines.append(f"| {source} | {metric} | {' | '.join(cells)} | {s['tracks']} "
+                     f"| {s['frames']}/{s['frames_total']} |")
+  if summary["failed"]:
+    lines += ["", "## Failed tracks", ""] + [f"- {e}" for e in summary["failed"].values()]
+  return "\n".join(lines) + "\n"
+
+
+def _write_atomic(path: pathlib.Path, text: str) -> None:
+  path.parent.mkdir(parents=True, exist_ok=True)
+  temp = path.with_name(f".{path.name}.part-{os.getpid()}")
+  try:
+    temp.write_text(text)
+    os.replace(temp, path)
+  finally:
+    temp.unlink(missing_ok=True)
+
+
+# --------------------------------------------------------------------------- #
+# Evaluation.
+# --------------------------------------------------------------------------- #
+
+
+def _median_sdr(scores: Mapping[str, Mapping[str, np.ndarray]]) -> str:
+  def median(x):
+    x = x[np.isfinite(x)]
+    return f"{np.median(x):.2f}" if x.size else "nan"
+
+  return ", ".join(f"{s} {median(m['SDR'])}" for s, m in scores.items())
+
+
+def evaluate(separator: SeparatorLike, musdb_root: str | os.PathLike,
+             output_dir: str | os.PathLike, *, wav: bool = False, split: str = "test",
+             valid_tracks: Sequence[str] | None = None,
+             max_tracks: int | None = None) -> dict[str, Any]:
+  """Scores `separator` and the mixture baseline on a split (see the module docstring).
+
+  Args:
+    separator: a `separate.Separator`, or anything with its `sources` and `separate`.
+    musdb_root: folder with `train/` and `test/` (stem files, or with `wav` the HQ layout).
+    output_dir: where the per-track JSON and the summary go.
+    split: 'test' or 'valid' (musdb's validation tracks of `train`, or `valid_tracks`).
+    max_tracks: only the split's first tracks (by name).
+  Returns:
+    The summary written to `output_dir/summary.json`.
+  Raises:
+    EvaluationError: no tracks, sources without MUSDB18 references, unusable earlier
+      results; or, after writing the summary of the others, tracks that failed.
+  """
+  sources = tuple(separator.sources)
+  check_sources(sources)
+  if max_tracks is not None and max_tracks < 1:
+    raise EvaluationError(f"--tracks={max_tracks}: must be positive")
+  tracks = split_tracks(musdb_root, split, wav, valid_tracks)[:max_tracks]
+  output_dir = pathlib.Path(output_dir)
+  folders = {"model": output_dir / split, "mixture_baseline": output_dir / BASELINE / split}
+  scores = {key: {} for key in folders}
+  failed = {}
+  for i, track in enumerate(tracks):
+    paths = {key: folder / f"{track.name}.json" for key, folder in folders.items()}
+    todo = [key for key, path in paths.items() if not path.exists()]
+    start, took, where = time.perf_counter(), {}, f"{split} [{i + 1}/{len(tracks)}] {track.name}"
+    try:
+      if todo:
+        stems, rate = prepare.read_stems(track)
+        refs = references(stems, sources)
+        mix = sum(stems[s] for s in prepare.STEMS)
+        took["audio"] = len(mix) / rate
+        for key in todo:
+          tic = time.perf_counter()
+          if key == "model":
+            try:
+              estimates = separator.separate(mix, rate)
+            except separate.SeparationError as e:
+              raise EvaluationError(f"track {track.name!r}: {e}") from None
+            took["separation"] = time.perf_counter() - tic
+          else:
+            estimates = {s: mix for s in sources}
+          tic = time.perf_counter()
+          store = score(track.name, refs, {s: estimates[s] for s in sources}, rate)
+          _write_atomic(paths[key], store.json)
+          took["museval"] = took.get("museval", 0.0) + time.perf_counter() - tic
+    except (prepare.DataError, EvaluationError) as e:
+      logging.error("%s: %s", where, e)
+      failed[track.name] = str(e)
+      continue
+    for key, path in paths.items():
+      scores[key][track.name] = read_scores(path, sources)
+    timing = ("scored before, read back" if not todo else
+              f"{took.pop('audio'):.1f} s of audio in {time.perf_counter() - start:.1f} s ("
+              + ", ".join(f"{k} {v:.1f} s" for k, v in took.items()) + ")")
+    logging.info("%s: %s; median SDR %s (mixture: %s)", where, timing,
+                 _median_sdr(scores["model"][track.name]),
+                 _median_sdr(scores["mixture_baseline"][track.name]))
+
+  summary = {
+      "split": split,
+      "musdb_root": str(musdb_root),
+      "tracks": list(scores["model"]),
+      "failed": failed,
+      "museval": {"version": importlib.metadata.version("museval"), "mode": "v4",
+                  "window_seconds": WINDOW_SECONDS, "hop_seconds": WINDOW_SECONDS},
+      **{key: aggregate(s, sources) for key, s in scores.items()},
+  }
+  _write_atomic(output_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+  _write_atomic(output_dir / "summary.md", markdown(summary))
+  if failed:
+    raise EvaluationError(f"{len(failed)} of {len(tracks)} tracks failed ({', '.join(failed)}); "
+                          f"{output_dir / 'summary.md'} covers the others")
+  return summary
+
+
+# --------------------------------------------------------------------------- #
+# Command line.
+# --------------------------------------------------------------------------- #
+
+
+def _define_flags() -> None:
+  # Defined only when run as a program (see separate.py).
+  flags.DEFINE_string("workdir", None, "Training workdir of the model.")
+  flags.DEFINE_string("checkpoint", "best", "best, latest or a step number.")
+  flags.DEFINE_string("musdb_root", None, "MUSDB18 folder with train/ and test/.")
+  flags.DEFINE_bool("wav", False, "Read the MUSDB18-HQ wav layout instead of .stem.mp4.")
+  flags.DEFINE_enum("split", "test", list(SPLITS), "test, or valid (from train/).")
+  flags.DEFINE_string("valid_tracks", None, "Comma-separated training tracks of the valid "
+                      "split (default: musdb's validation tracks).")
+  flags.DEFINE_string("output_dir", None, "Where the per-track JSON and the summary go.")
+  flags.DEFINE_integer("tracks", None, "Evaluate only the split's first N tracks.")
+  flags.mark_flags_as_required(["workdir", "musdb_root", "output_dir"])
+
+
+def main(argv: list[str]) -> None:
+  import waveunet_jax
+
+  waveunet_jax.quiet_library_logs()
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  args = flags.FLAGS
+  valid = ([n.strip() for n in args.valid_tracks.split(",") if n.strip()]
+           if args.valid_tracks else None)
+  try:
+    split_tracks(args.musdb_root, args.split, args.wav, valid)  # before loading the model
+    separator = separate.Separator.from_workdir(args.workdir, args.checkpoint)
+    evaluate(separator, args.musdb_root, args.output_dir, wav=args.wav, split=args.split,
+             valid_tracks=valid, max_tracks=args.tracks)
+  except (EvaluationError, prepare.DataError, separate.SeparationError, models.ConfigError) as e:
+    sys.exit(f"error: {e}")
+  print((pathlib.Path(args.output_dir) / "summary.md").read_text(), end="")
+
+
+def cli() -> None:
+  """The program `python -m waveunet_jax.evaluate` (and a console script's entry)."""
+  _define_flags()
+  app.run(main)
+
+
+if __name__ == "__main__":
+  cli()
