@@ -493,7 +493,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
 
   # Check what can be checked before anything slow.
   models.WaveUNet(**config.model)
-  for stage, field in enumerate(("config.batch_size", "config.fine_tune.batch_size")):
+  stages = ("config.batch_size", "config.fine_tune.batch_size")
+  for stage, field in enumerate(stages[:2 if config.fine_tune.enabled else 1]):
     check_batch_size(stage_settings(config, stage)[0], field)
   config = ensure_data(config, workdir)
   input_pipeline.load_builder(config)  # the data is there, before compiling anything
