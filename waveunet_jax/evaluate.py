@@ -85,16 +85,12 @@ def split_tracks(musdb_root: str | os.PathLike, split: str, wav: bool,
     raise EvaluationError(f"--split={split}: use {' or '.join(SPLITS)}")
   folder = root / ("test" if split == "test" else "train")
   tracks = prepare.find_tracks(root, folder.name, wav)
-  if split == "valid":
-    names = {t.name for t in tracks}
-    missing = sorted(set(valid_tracks or ()) - names)
-    if missing:
-      raise EvaluationError(f"--valid_tracks: not in {folder}: {', '.join(missing)}")
-    wanted = set(valid_tracks) if valid_tracks else set(prepare.musdb_validation_tracks())
+  if split == "valid" and tracks:
+    try:
+      wanted = prepare.validation_names(tracks, folder, valid_tracks or None)
+    except prepare.DataError as e:
+      raise EvaluationError(str(e)) from None
     tracks = [t for t in tracks if t.name in wanted]
-    if not tracks and names:
-      raise EvaluationError(f"--musdb_root={root}: none of musdb's validation tracks is in "
-                            f"{folder}; choose some with --valid_tracks=NAME,NAME")
   if not tracks:
     kind = "<track>/{vocals,drums,bass,other}.wav folders" if wav else "<track>.stem.mp4 files"
     hint = "" if wav else " (for the MUSDB18-HQ wav layout or your own multitracks, add --wav)"
@@ -373,8 +369,7 @@ def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   args = flags.FLAGS
-  valid = ([n.strip() for n in args.valid_tracks.split(",") if n.strip()]
-           if args.valid_tracks else None)
+  valid = prepare.track_names(args.valid_tracks)
   try:
     split_tracks(args.musdb_root, args.split, args.wav, valid)  # before loading the model
     separator = separate.Separator.from_workdir(args.workdir, args.checkpoint)

@@ -298,6 +298,30 @@ def musdb_validation_tracks() -> tuple[str, ...]:
     return tuple(yaml.safe_load(f)["validation_tracks"])
 
 
+def track_names(flag_value: str | None) -> list[str] | None:
+  """A --valid_tracks value ("Artist - Title,Artist - Title") as names; None if unset."""
+  if not flag_value:
+    return None
+  return [name.strip() for name in flag_value.split(",") if name.strip()]
+
+
+def validation_names(train: Sequence[Track], folder: pathlib.Path,
+                     valid_tracks: Sequence[str] | None) -> set[str]:
+  """The names of the validation tracks among `train` (the tracks of `folder`):
+  `valid_tracks`, or musdb's validation split when None."""
+  names = {t.name for t in train}
+  if valid_tracks is None:
+    wanted = set(musdb_validation_tracks())
+    if not wanted & names:
+      raise DataError(f"--musdb_root={folder.parent}: none of musdb's validation tracks is in "
+                      f"{folder}; choose some with --valid_tracks=NAME,NAME")
+    return wanted & names
+  missing = sorted(set(valid_tracks) - names)
+  if missing:
+    raise DataError(f"--valid_tracks: not in {folder}: {', '.join(missing)}")
+  return set(valid_tracks)
+
+
 def split_tracks(root: pathlib.Path, wav: bool,
                  valid_tracks: Sequence[str] | None) -> dict[str, list[Track]]:
   """Tracks per split. `valid_tracks` None means musdb's validation split."""
@@ -311,17 +335,7 @@ def split_tracks(root: pathlib.Path, wav: bool,
     hint = "" if wav else " (for the MUSDB18-HQ wav release or your own multitracks, add --wav)"
     raise DataError(f"--musdb_root={root}: no tracks found in {root / 'train'}; expected "
                     f"{kind}{hint}")
-  names = {t.name for t in train}
-  if valid_tracks is None:
-    wanted = set(musdb_validation_tracks())
-    if not wanted & names:
-      raise DataError(f"--musdb_root={root}: none of musdb's validation tracks is in "
-                      f"{root / 'train'}; choose some with --valid_tracks=NAME,NAME")
-  else:
-    wanted = set(valid_tracks)
-    missing = sorted(wanted - names)
-    if missing:
-      raise DataError(f"--valid_tracks: not in {root / 'train'}: {', '.join(missing)}")
+  wanted = validation_names(train, root / "train", valid_tracks)
   splits = {"train": [t for t in train if t.name not in wanted],
             "valid": [t for t in train if t.name in wanted],
             "test": test}
@@ -437,8 +451,7 @@ def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   FLAGS = flags.FLAGS
-  valid = ([n.strip() for n in FLAGS.valid_tracks.split(",") if n.strip()]
-           if FLAGS.valid_tracks else None)
+  valid = track_names(FLAGS.valid_tracks)
   try:
     result = prepare(FLAGS.config, FLAGS.musdb_root, FLAGS.data_dir, wav=FLAGS.wav,
                      valid_tracks=valid)
