@@ -194,21 +194,42 @@ def receptive_field(model: WaveUNet | Mapping[str, Any]) -> int:
   phase of the downsampling. With same padding it is measured away from the edges,
   so it can exceed the training input length (the rest is zero padding).
   """
-  model = _model(model)
+  lo, hi, _ = _interior_dependencies(_model(model))
+  return int(np.max(hi - lo + 1))
+
+
+def context_reach(model: WaveUNet | Mapping[str, Any]) -> int:
+  """How far, in input samples, any output sample's dependencies reach from its own
+  position, to either side. An output sample at least this far from both ends of a
+  same-padding input never sees the zero padding; separation keeps only those."""
+  lo, hi, position = _interior_dependencies(_model(model))
+  return int(max(np.max(position - lo), np.max(hi - position)))
+
+
+def _interior_dependencies(model: WaveUNet) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(first, last) input sample of every output sample, and the output sample's own
+  position in the input, over an input long enough that (with same padding) some
+  outputs are far from the edges and every phase of the downsampling occurs."""
   total = total_downsampling(model)
   if model.padding == "valid":
-    return _widest_dependency(model, lengths(model, total).input_length)
+    size = lengths(model, total)
+    lo, hi = _dependency_intervals(model, size.input_length)
+    return lo, hi, np.arange(len(lo)) + size.offset
   n = 4 * total
-  while (field := _widest_dependency(model, n)) * 3 > n:
+  while True:
+    lo, hi = _dependency_intervals(model, n)
+    if np.max(hi - lo + 1) * 3 <= n:
+      # Drop the outputs within a third of the input of an edge: clipped by padding.
+      inside = slice(n // 3, n - n // 3)
+      return lo[inside], hi[inside], np.arange(n)[inside]
     n *= 2
-  return field
 
 
-def _widest_dependency(model: WaveUNet, input_length: int) -> int:
+def _dependency_intervals(model: WaveUNet, input_length: int) -> tuple[np.ndarray, np.ndarray]:
   """Mirrors WaveUNet.__call__ on index intervals instead of features: `lo[j]` and
   `hi[j]` are the first and last input samples feature sample j depends on. Both
   stay non-decreasing in j, so an op's interval is its first source's `lo` and its
-  last source's `hi`."""
+  last source's `hi`. Returns them for the output samples."""
   valid = model.padding == "valid"
 
   def conv(lo, hi, k):
@@ -252,8 +273,7 @@ def _widest_dependency(model: WaveUNet, input_length: int) -> int:
   for i in reversed(range(model.num_levels)):
     x = upsample(*x, model.downsampling_factors[i])
     x = conv(*merge(skips[i], x), model.up_kernel_sizes[i])
-  lo, hi = conv(*merge(mix, x), model.output_kernel_size)
-  return int(np.max(hi - lo + 1))
+  return conv(*merge(mix, x), model.output_kernel_size)
 
 
 # --------------------------------------------------------------------------- #

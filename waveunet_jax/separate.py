@@ -18,9 +18,9 @@ per `Separator` whatever the songs' lengths. Window k covers the song's output s
 * valid padding (the paper's models): each window's input is its output plus the real
   neighbouring audio as context; the song is zero-padded only at its start and end.
 * same padding (M1, M2, the shallow network): the network's outputs near a window's
-  edges lack context, so windows overlap by a margin of half the receptive field plus
-  the total downsampling on each side (`same_padding_margin`), and only the centre of
-  each window is kept.
+  edges lack context, so windows overlap by a margin of `models.context_reach` on each
+  side (`same_padding_margin`: how far any output's dependencies reach), and only the
+  centre of each window is kept.
 * in both, `hop` is a multiple of the total downsampling, so every window meets the
   song on the same pooling grid: a song separated in one window or in many gives the
   same samples up to float rounding (every kept sample's whole receptive field lies
@@ -126,13 +126,9 @@ class Tiling:
 
 
 def same_padding_margin(model: models.WaveUNet) -> int:
-  """Samples dropped at each edge of a same-padding window, whose outputs lack context.
-
-  Half the receptive field reaches from a sample to the far edge of its field on one
-  side for most samples; the reach also varies with a sample's phase on the pooling
-  grid, by less than the total downsampling, so that is added.
-  """
-  return -(-models.receptive_field(model) // 2) + models.total_downsampling(model)
+  """Samples dropped at each edge of a same-padding window: the outputs within
+  `models.context_reach` of an edge see its zero padding instead of the song."""
+  return models.context_reach(model)
 
 
 def activation_bytes_per_sample(model: models.WaveUNet) -> int:
