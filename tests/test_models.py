@@ -229,18 +229,27 @@ def test_deep_parameter_tree_has_biases_and_no_normalisation():
     dict(), dict(downsampling="maxpool"), dict(downsampling_factors=(2, 3, 2)),
     dict(padding="same"), dict(padding="same", upsampling="learned"),
 ])
-def test_receptive_field_is_the_widest_dependency(tiny_config, options):
+def test_receptive_field_and_reach_are_the_real_dependencies(tiny_config, options):
   model = models.WaveUNet(**tiny_config(num_channels=1, **options))
   field = models.receptive_field(model)
   size = models.lengths(model, 64 if model.padding == "valid" else 4 * field)
   mix = jax.random.normal(jax.random.key(1), (1, size.input_length, 1))
   variables = jax.jit(model.init)(jax.random.key(0), mix)
   jacobian = jax.jit(jax.jacrev(lambda x: model.apply(variables, x)[0, 0, :, 0]))(mix)[:, 0, :, 0]
-  widest = max(np.ptp(np.nonzero(row)[0]) + 1 for row in np.asarray(jacobian))
+  rows = np.asarray(jacobian)
+  widest = max(np.ptp(np.nonzero(row)[0]) + 1 for row in rows)
+  # How far each output's dependencies reach from its own position, away from edges.
+  reach = 0
+  for j, row in enumerate(rows):
+    first, last = np.nonzero(row)[0][[0, -1]]
+    if model.padding == "valid" or (first > 0 and last < len(row) - 1):
+      position = j + size.offset
+      reach = max(reach, position - first, last - position)
   if model.downsampling == "maxpool":
-    assert widest <= field  # max pooling's gradient reaches one sample of its window
+    # Max pooling's gradient reaches one sample of its window.
+    assert widest <= field and reach <= models.context_reach(model)
   else:
-    assert widest == field
+    assert widest == field and reach == models.context_reach(model)
 
 
 @pytest.mark.parametrize("overrides,field", [
