@@ -1,0 +1,393 @@
+"""Speed and memory of the shallow and the deep (M4) Wave-U-Net on this machine.
+
+  python benchmarks/run.py            # full: ~20 min on 2 CPU cores
+  python benchmarks/run.py --quick    # a few minutes: batch 1, fewer steps, short audio
+  python benchmarks/run.py --json OUT.json
+
+Models are randomly initialised (speed does not depend on training); audio is
+synthetic (`synthetic.make_track`, one 60 s track repeated to the length needed).
+Every time is taken after compilation and a warm-up call. The figures:
+
+* matmul FLOP/s: best time of a jitted 4096x4096 @ 4096x4096 float32 matmul, at the
+  start and the end of the run; every "% of matmul" below divides by it. It is a
+  practical reference, not a bound: XLA:CPU's convolutions can beat its matmul.
+* train: steps/s of the jitted train step (`train.train_step`, the config's
+  optimiser, donated state) on random batches of the stated size at the config's
+  training lengths (`models.lengths`); audio s/s = steps/s x batch x output samples /
+  rate (the whole output, not only the loss's central crop); FLOP/s = XLA cost
+  analysis flops of the compiled step / step time.
+* separate, model only: the Separator's jitted forward (batch 1, default window) on
+  one window at the model's rate, timed; audio s/s = song seconds / (windows the
+  song needs x time per window), for a 3-minute song (the last window is padded).
+  FLOP/s = cost analysis flops of that forward / its time. recomputed share:
+  `tiling(...).recomputed_share`, the input samples computed again as context.
+* separate, end to end: `separate.separate_files` on a 44.1 kHz stereo 16-bit wav
+  (3 min; 25 s, one window, with --quick): decode, resample to the model's rate,
+  model, resample back, write every source; compile excluded (the compiled forward
+  is reused). "end-to-end / model-only": its time over windows x time per window.
+* input pipeline: examples/s of `input_pipeline.train_dataset` (prepared synthetic
+  corpus, after a warm-up batch) at the training batch size, and its ratio to what
+  the train step consumes (steps/s x batch); > 1 means the pipeline keeps up (it is
+  measured alone: in training it shares the cores with the step).
+* peak RSS: max resident memory of a fresh process running `separate_files` on a
+  5- and a 30-minute wav (1 and 3 with --quick), its own VmHWM; the deep M4 only by
+  default (the shallow net separates at ~1.6x real time on 2 cores: --memory_models).
+* GPU only (UNTESTED, no GPU was available when this was written): train FLOP/s in
+  float32 and bfloat16 (`config.model.dtype`) as % of the matmul of the same dtype,
+  and the largest power-of-two train batch that runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import pathlib
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from experiments import deep, shallow  # noqa: E402
+import optax  # noqa: E402
+
+from waveunet_jax import models, separate, synthetic, train  # noqa: E402
+
+CONFIGS = {"shallow": shallow.get_config, "deep M4": lambda: deep.get_config("M4")}
+FILE_RATE = 44100
+SONG_SECONDS = 180.0
+
+
+def machine() -> dict:
+  cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
+              if line.startswith("model name")), platform.processor())
+  return {"cpu": cpu, "cores": os.cpu_count(), "jax": jax.__version__,
+          "backend": jax.default_backend(), "device": str(jax.devices()[0].device_kind)}
+
+
+def best_time(fn, reps: int) -> float:
+  times = []
+  for _ in range(reps):
+    start = time.perf_counter()
+    jax.block_until_ready(fn())
+    times.append(time.perf_counter() - start)
+  return min(times)
+
+
+def matmul_flops(dtype=jnp.float32, n: int = 4096, reps: int = 3) -> float:
+  a = jnp.asarray(np.random.default_rng(0).standard_normal((n, n)), dtype)
+  f = jax.jit(lambda x, y: x @ y)
+  jax.block_until_ready(f(a, a))
+  return 2 * n ** 3 / best_time(lambda: f(a, a), reps)
+
+
+def flops_of(compiled) -> float:
+  cost = compiled.cost_analysis()
+  return (cost[0] if isinstance(cost, (list, tuple)) else cost)["flops"]
+
+
+def init_variables(model: models.WaveUNet, seed: int = 0):
+  x = jnp.zeros((1, models.lengths(model, 1).input_length, model.num_channels))
+  return jax.jit(model.init)(jax.random.key(seed), x)
+
+
+# --------------------------------------------------------------------------- #
+# Training.
+# --------------------------------------------------------------------------- #
+
+
+def compiled_train_step(config, batch_size: int):
+  model = models.WaveUNet(**config.model)
+  size = models.lengths(model, config.data.output_length)
+  state = train.create_state(config, model, optax.identity())
+  tx = train.make_optimizer(config, config.optim.learning_rate, state.params)
+  state = state.replace(opt_state=tx.init(state.params))
+  rng = np.random.default_rng(0)
+  c, s = model.num_channels, model.num_sources
+  batch = {"mix": jnp.asarray(rng.uniform(-.5, .5, (batch_size, size.input_length, c)), jnp.float32),
+           "sources": jnp.asarray(rng.uniform(-.5, .5, (batch_size, s, size.output_length, c)),
+                                  jnp.float32)}
+  step = jax.jit(functools.partial(
+      train.train_step, model=model, tx=tx, scale=config.loss.scale,
+      crop=train.loss_crop(config, size.output_length)), donate_argnums=0)
+  return step.lower(state, batch).compile(), state, batch, size
+
+
+def train_figures(config, batch_size: int, steps: int) -> dict:
+  start = time.perf_counter()
+  step, state, batch, size = compiled_train_step(config, batch_size)
+  compile_s = time.perf_counter() - start
+  state, metrics = step(state, batch)  # warm-up
+  jax.block_until_ready(metrics)
+  start = time.perf_counter()
+  for _ in range(steps):
+    state, metrics = step(state, batch)
+  jax.block_until_ready(metrics)
+  step_s = (time.perf_counter() - start) / steps
+  flops = flops_of(step)
+  return {"batch": batch_size, "steps": steps, "compile_s": compile_s, "step_s": step_s,
+          "steps_per_s": 1 / step_s,
+          "audio_s_per_s": batch_size * size.output_length / config.data.sample_rate / step_s,
+          "step_gflop": flops / 1e9, "flops_per_s": flops / step_s}
+
+
+def largest_batch(config, limit: int = 1024) -> int:
+  """UNTESTED (GPU only): the largest power-of-two batch whose train step runs."""
+  fits, batch = 0, 1
+  while batch <= limit:
+    try:
+      step, state, data, _ = compiled_train_step(config, batch)
+      jax.block_until_ready(step(state, data))
+      fits, batch = batch, batch * 2
+    except Exception as e:  # XlaRuntimeError: RESOURCE_EXHAUSTED
+      if "RESOURCE_EXHAUSTED" not in str(e) and "out of memory" not in str(e).lower():
+        raise
+      break
+  return fits
+
+
+# --------------------------------------------------------------------------- #
+# Separation.
+# --------------------------------------------------------------------------- #
+
+
+def song(seconds: float) -> np.ndarray:
+  """[T, 2] float32 at 44.1 kHz: one synthetic 60 s mix repeated."""
+  mix = synthetic.make_track(0, min(seconds, 60.0), FILE_RATE)["mixture"]
+  n = round(seconds * FILE_RATE)
+  return np.tile(mix, (-(-n // len(mix)), 1))[:n]
+
+
+def write_wav(path: pathlib.Path, seconds: float) -> None:
+  import soundfile
+
+  block = song(min(seconds, 60.0))
+  with soundfile.SoundFile(str(path), "w", FILE_RATE, 2, subtype="PCM_16") as f:
+    left = round(seconds * FILE_RATE)
+    while left > 0:
+      f.write(block[:left])
+      left -= len(block)
+
+
+def make_separator(config) -> separate.Separator:
+  model = models.WaveUNet(**config.model)
+  return separate.Separator(model, init_variables(model), config.data.sample_rate)
+
+
+def separation_figures(config, reps: int, e2e_seconds: float, tmp: pathlib.Path) -> dict:
+  sep = make_separator(config)
+  t, rate = sep.tiling, config.data.sample_rate
+  window = jnp.asarray(np.resize(song(60.0)[::2], (1, t.input_length, 2)))  # any audio
+  forward = sep._forward.lower(sep.variables, window).compile()
+  jax.block_until_ready(forward(sep.variables, window))  # warm-up
+  window_s = best_time(lambda: forward(sep.variables, window), reps)
+  song_windows = lambda seconds: -(-(round(seconds * rate) + t.overlap) // t.hop)
+  windows = song_windows(SONG_SECONDS)
+  flops = flops_of(forward)
+  # End to end through the command line's function, with the compiled forward reused.
+  sep._forward = forward
+  wav = tmp / "song.wav"
+  write_wav(wav, e2e_seconds)
+  start = time.perf_counter()
+  separate.separate_files(sep, [wav], tmp / "out", overwrite=True)
+  e2e_s = time.perf_counter() - start
+  return {"window_input": t.input_length, "window_kept": t.hop, "window_s": window_s,
+          "song_windows": windows, "model_audio_s_per_s": SONG_SECONDS / (windows * window_s),
+          "model_flops_per_s": flops / window_s, "window_gflop": flops / 1e9,
+          "recomputed_share": t.recomputed_share, "e2e_seconds": e2e_seconds,
+          "e2e_audio_s_per_s": e2e_seconds / e2e_s,
+          "e2e_over_model": e2e_s / (song_windows(e2e_seconds) * window_s)}
+
+
+def child_separate(name: str, wav: str, out: str) -> None:
+  """Run in a fresh process by `peak_memory`: separates one file, prints its time."""
+  sep = make_separator(CONFIGS[name]())
+  start = time.perf_counter()
+  separate.separate_files(sep, [wav], out, overwrite=True)
+  # VmHWM is this process image's own peak: the rusage of a child forked from a big
+  # parent also counts the parent's pages from before exec.
+  status = pathlib.Path("/proc/self/status").read_text()
+  peak_kib = int(next(l for l in status.splitlines() if l.startswith("VmHWM:")).split()[1])
+  print(f"{peak_kib / 1024:.1f} {time.perf_counter() - start:.1f}")
+
+
+def peak_memory(name: str, minutes: float, tmp: pathlib.Path) -> tuple[float, float]:
+  """(peak RSS in MiB, seconds) of a fresh process separating `minutes` of audio."""
+  wav = tmp / f"memory_{minutes:g}.wav"
+  write_wav(wav, minutes * 60)
+  process = subprocess.Popen([sys.executable, __file__, "--child", name, str(wav),
+                              str(tmp / "memory_out")], stdout=subprocess.PIPE,
+                             stderr=subprocess.DEVNULL, text=True)
+  output = process.stdout.read()
+  status = process.wait()
+  wav.unlink()
+  if status != 0:
+    raise RuntimeError(f"separating {minutes} min with {name} failed (status {status})")
+  peak_mib, seconds = output.split()[-2:]
+  return float(peak_mib), float(seconds)
+
+
+# --------------------------------------------------------------------------- #
+# Input pipeline.
+# --------------------------------------------------------------------------- #
+
+
+def pipeline_examples_per_s(config, batch_size: int, batches: int, corpus: pathlib.Path,
+                            data_dir: pathlib.Path) -> float:
+  import logging
+
+  import tensorflow as tf
+  import tensorflow_datasets as tfds
+
+  from waveunet_jax import input_pipeline, prepare
+
+  tf.config.set_visible_devices([], "GPU")
+  tfds.disable_progress_bar()
+  logging.getLogger("absl").setLevel(logging.ERROR)
+  config.data.data_dir = str(data_dir)
+  valid = [p.name for p in sorted((corpus / "train").iterdir())][:1]
+  prepare.prepare(config, corpus, data_dir, wav=True, valid_tracks=valid)
+  iterator = iter(input_pipeline.as_numpy(input_pipeline.train_dataset(config, batch_size, seed=0)))
+  next(iterator)  # warm-up: opens files, fills shuffle buffers
+  start = time.perf_counter()
+  for _ in range(batches):
+    next(iterator)
+  return batches * batch_size / (time.perf_counter() - start)
+
+
+# --------------------------------------------------------------------------- #
+# Table.
+# --------------------------------------------------------------------------- #
+
+
+def table(r: dict) -> str:
+  names = list(CONFIGS)
+  m, limit = r["machine"], r["matmul_flops_per_s"]
+  pct = lambda x: f"{100 * x / limit:.1f} %"
+  rows = [("", names)]
+
+  def row(label, key, fmt):
+    values = []
+    for n in names:
+      value = r["models"][n]
+      for k in key.split("."):
+        value = value.get(k) if isinstance(value, dict) else None
+      values.append("-" if value is None else fmt(value))
+    rows.append((label, values))
+
+  tr, sp = "train.", "separate."
+  b = r["models"][names[0]]["train"]["batch"]
+  row(f"train: batch, timed steps", "train", lambda t: f"{t['batch']}, {t['steps']}")
+  row("train: init + compile s", tr + "compile_s", "{:.1f}".format)
+  row("train: steps/s", tr + "steps_per_s", "{:.3f}".format)
+  row("train: audio s/s", tr + "audio_s_per_s", "{:.2f}".format)
+  row("train: GFLOP/step (XLA)", tr + "step_gflop", "{:.0f}".format)
+  row("train: GFLOP/s", tr + "flops_per_s", lambda x: f"{x / 1e9:.1f}")
+  row("train: % of matmul", tr + "flops_per_s", pct)
+  for dtype in ("float32", "bfloat16"):
+    row(f"train {dtype} (GPU): % of {dtype} matmul", f"gpu.{dtype}_mfu", "{:.1%}".format)
+  row("train (GPU): largest batch", "gpu.largest_batch", str)
+  row("sep: window in/kept samples", "separate",
+      lambda s: f"{s['window_input']}/{s['window_kept']}")
+  row("sep: recomputed share", sp + "recomputed_share", "{:.1%}".format)
+  row("sep: s per window (model)", sp + "window_s", "{:.2f}".format)
+  row(f"sep: model audio s/s ({SONG_SECONDS / 60:g} min)", sp + "model_audio_s_per_s",
+      "{:.2f}".format)
+  row("sep: model GFLOP/s", sp + "model_flops_per_s", lambda x: f"{x / 1e9:.1f}")
+  row("sep: model % of matmul", sp + "model_flops_per_s", pct)
+  row("sep: end-to-end audio s/s", "separate",
+      lambda s: f"{s['e2e_audio_s_per_s']:.2f} ({s['e2e_seconds'] / 60:g} min wav)")
+  row("sep: end-to-end / model-only time", sp + "e2e_over_model", "{:.2f}".format)
+  row(f"pipeline: examples/s (batch {b})", "pipeline.examples_per_s", "{:.2f}".format)
+  row("pipeline / train consumption", "pipeline.ratio", "{:.1f}x".format)
+  for key, label in (("short", "peak RSS short"), ("long", "peak RSS long")):
+    row(f"sep: {label} (min: MiB, s)", f"memory.{key}",
+        lambda v: f"{v[0]:g}: {v[1]:.0f}, {v[2]:.0f}")
+  row("sep: peak RSS long/short", "memory.ratio", "{:.2f}".format)
+  width = max(len(label) for label, _ in rows)
+  cols = [max(len(v[i]) for _, v in rows) for i in range(len(names))]
+  lines = [f"machine: {m['cpu']}, {m['cores']} cores, jax {m['jax']}, backend {m['backend']} "
+           f"({m['device']}); mode: {r['mode']}",
+           f"matmul 4096^3 float32: {limit / 1e9:.1f} GFLOP/s"
+           + (f"; bfloat16: {r['matmul_bf16_flops_per_s'] / 1e9:.1f}" if "matmul_bf16_flops_per_s" in r else "")]
+  lines += [f"{label:<{width}}  " + "  ".join(f"{v:>{c}}" for v, c in zip(values, cols))
+            for label, values in rows]
+  return "\n".join(lines)
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--quick", action="store_true", help="a few minutes on 2 CPU cores")
+  parser.add_argument("--json", help="also write the figures to this file")
+  parser.add_argument("--memory_models", default="deep M4",
+                      help="comma-separated configs for the peak-memory runs")
+  parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+  args = parser.parse_args()
+  if args.child:
+    return child_separate(*args.child)
+  import waveunet_jax
+
+  waveunet_jax.quiet_library_logs()
+  began = time.perf_counter()
+  quick, gpu = args.quick, jax.default_backend() == "gpu"
+  batch = (8 if gpu else 1) if quick else (16 if gpu else 2)
+  steps = {"shallow": 1 if quick else 3, "deep M4": 3 if quick else 10}
+  reps = 1 if quick else 3
+  minutes = (1.0, 3.0) if quick else (5.0, 30.0)
+  r = {"mode": "quick" if quick else "full", "machine": machine(),
+       "matmul_flops_per_s": matmul_flops(reps=reps + 2), "models": {}}
+  if gpu:
+    r["matmul_bf16_flops_per_s"] = matmul_flops(jnp.bfloat16, reps=reps + 1)
+  print(f"{r['machine']}; matmul {r['matmul_flops_per_s'] / 1e9:.1f} GFLOP/s", flush=True)
+  with tempfile.TemporaryDirectory() as tmp:
+    tmp = pathlib.Path(tmp)
+    corpus = tmp / "corpus"
+    synthetic.write_corpus(corpus, num_train=3, num_test=0, seconds=30.0 if quick else 60.0, seed=0)
+    for name, get_config in CONFIGS.items():
+      out = r["models"][name] = {}
+      out["train"] = train_figures(get_config(), batch, steps[name])
+      print(name, "train", out["train"], flush=True)
+      if gpu:  # UNTESTED: no GPU was available when this was written.
+        out["gpu"] = {}
+        for dtype, limit in (("float32", r["matmul_flops_per_s"]),
+                             ("bfloat16", r["matmul_bf16_flops_per_s"])):
+          config = get_config()
+          config.model.dtype = dtype
+          out["gpu"][f"{dtype}_mfu"] = train_figures(config, batch, steps[name])["flops_per_s"] / limit
+        out["gpu"]["largest_batch"] = largest_batch(get_config())
+      out["separate"] = separation_figures(get_config(), reps, 25.0 if quick else SONG_SECONDS, tmp)
+      print(name, "separate", out["separate"], flush=True)
+    # tf.data last: its threads must not run beside the timings above.
+    for name, get_config in CONFIGS.items():
+      out = r["models"][name]
+      batches = -(-(64 if quick else 256) // batch)
+      examples = pipeline_examples_per_s(get_config(), batch, batches, corpus,
+                                         tmp / "data")
+      out["pipeline"] = {"examples_per_s": examples,
+                         "ratio": examples / (out["train"]["steps_per_s"] * batch)}
+      print(name, "pipeline", out["pipeline"], flush=True)
+    for name in args.memory_models.split(","):
+      (short, short_s), (long, long_s) = (peak_memory(name, m, tmp) for m in minutes)
+      r["models"][name]["memory"] = {"short": (minutes[0], short, short_s),
+                                     "long": (minutes[1], long, long_s), "ratio": long / short}
+      print(name, "memory", r["models"][name]["memory"], flush=True)
+  r["wall_s"] = time.perf_counter() - began
+  # Best of both ends of the run: the machine may be shared.
+  r["matmul_flops_per_s"] = max(r["matmul_flops_per_s"], matmul_flops(reps=reps + 2))
+  print(table(r))
+  print(f"total {r['wall_s']:.0f} s")
+  if args.json:
+    pathlib.Path(args.json).write_text(json.dumps(r, indent=1))
+
+
+if __name__ == "__main__":
+  main()
