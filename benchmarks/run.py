@@ -286,7 +286,7 @@ def table(r: dict) -> str:
 
   tr, sp = "train.", "separate."
   b = r["models"][names[0]]["train"]["batch"]
-  row(f"train: batch, timed steps", "train", lambda t: f"{t['batch']}, {t['steps']}")
+  row("train: batch, timed steps", "train", lambda t: f"{t['batch']}, {t['steps']}")
   row("train: init + compile s", tr + "compile_s", "{:.1f}".format)
   row("train: steps/s", tr + "steps_per_s", "{:.3f}".format)
   row("train: audio s/s", tr + "audio_s_per_s", "{:.2f}".format)

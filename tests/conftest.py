@@ -25,6 +25,19 @@ def tiny_model_config(**overrides):
   return config
 
 
+def tiny_data_config(sample_rate: int, output_length: int, data_dir=None, **model):
+  """The default config with a tiny model, small examples and small shuffle buffers."""
+  config = default.get_config()
+  config.model.update(tiny_model_config(**model))
+  config.data.sample_rate = sample_rate
+  config.data.output_length = output_length
+  config.data.data_dir = str(data_dir) if data_dir else None
+  config.data.crops_per_window = 2
+  config.data.window_shuffle_buffer = 4
+  config.data.crop_shuffle_buffer = 8
+  return config
+
+
 @pytest.fixture
 def tiny_config():
   return tiny_model_config

@@ -9,8 +9,7 @@ import pytest
 import soundfile
 import tensorflow as tf
 
-from conftest import tiny_model_config
-from experiments import default
+from conftest import tiny_data_config
 from waveunet_jax import input_pipeline, models, prepare, synthetic
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -18,15 +17,7 @@ RATE = 16000  # the tiny configs' model rate: every track is resampled from 44.1
 
 
 def tiny_config(data_dir=None, **model):
-  config = default.get_config()
-  config.model.update(tiny_model_config(**model))
-  config.data.sample_rate = RATE
-  config.data.output_length = 3000
-  config.data.data_dir = str(data_dir) if data_dir else None
-  config.data.crops_per_window = 2
-  config.data.window_shuffle_buffer = 4
-  config.data.crop_shuffle_buffer = 8
-  return config
+  return tiny_data_config(RATE, 3000, data_dir, **model)
 
 
 def write_track(folder: pathlib.Path, stems: dict, rate: int = 44100, subtype="PCM_16"):

@@ -13,21 +13,14 @@ import optax
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from conftest import tiny_model_config
-from experiments import default, shallow
+from conftest import tiny_data_config
 from waveunet_jax import models, prepare, synthetic, train
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 def tiny_config(**model):
-  config = default.get_config()
-  config.model.update(tiny_model_config(**model))
-  config.data.sample_rate = 8000
-  config.data.output_length = 1000
-  config.data.crops_per_window = 2
-  config.data.window_shuffle_buffer = 4
-  config.data.crop_shuffle_buffer = 8
+  config = tiny_data_config(8000, 1000, **model)
   config.optim.learning_rate = 1e-3
   config.batch_size = 4
   config.fine_tune.batch_size = 8

@@ -1,6 +1,8 @@
 """Wave-U-Net music source separation on raw audio, in JAX/Flax."""
 
 import logging as _logging
+import os as _os
+import pathlib as _pathlib
 
 __version__ = "0.1.0"
 
@@ -20,3 +22,15 @@ def quiet_library_logs() -> None:
   from absl import logging
 
   logging.get_absl_handler().addFilter(_LibraryChatter())
+
+
+def write_text_atomic(path: _pathlib.Path, text: str) -> None:
+  """Writes `text` to a temporary name beside `path` and renames it into place, so a
+  crash or a kill never leaves a half-written file."""
+  path.parent.mkdir(parents=True, exist_ok=True)
+  temp = path.with_name(f".{path.name}.part-{_os.getpid()}")
+  try:
+    temp.write_text(text)
+    _os.replace(temp, path)
+  finally:
+    temp.unlink(missing_ok=True)

@@ -48,7 +48,7 @@ from typing import Any, Protocol
 import numpy as np
 from absl import app, flags, logging
 
-from waveunet_jax import models, prepare, separate
+from waveunet_jax import models, prepare, separate, write_text_atomic
 
 SPLITS = ("test", "valid")
 METRICS = ("SDR", "SIR", "SAR", "ISR")
@@ -239,16 +239,6 @@ def markdown(summary: Mapping[str, Any]) -> str:
   return "\n".join(lines) + "\n"
 
 
-def _write_atomic(path: pathlib.Path, text: str) -> None:
-  path.parent.mkdir(parents=True, exist_ok=True)
-  temp = path.with_name(f".{path.name}.part-{os.getpid()}")
-  try:
-    temp.write_text(text)
-    os.replace(temp, path)
-  finally:
-    temp.unlink(missing_ok=True)
-
-
 # --------------------------------------------------------------------------- #
 # Evaluation.
 # --------------------------------------------------------------------------- #
@@ -311,7 +301,7 @@ def evaluate(separator: SeparatorLike, musdb_root: str | os.PathLike,
             estimates = {s: mix for s in sources}
           tic = time.perf_counter()
           store = score(track.name, refs, {s: estimates[s] for s in sources}, rate)
-          _write_atomic(paths[key], store.json)
+          write_text_atomic(paths[key], store.json)
           took["museval"] = took.get("museval", 0.0) + time.perf_counter() - tic
     except (prepare.DataError, EvaluationError) as e:
       logging.error("%s: %s", where, e)
@@ -335,8 +325,8 @@ def evaluate(separator: SeparatorLike, musdb_root: str | os.PathLike,
                   "window_seconds": WINDOW_SECONDS, "hop_seconds": WINDOW_SECONDS},
       **{key: aggregate(s, sources) for key, s in scores.items()},
   }
-  _write_atomic(output_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
-  _write_atomic(output_dir / "summary.md", markdown(summary))
+  write_text_atomic(output_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+  write_text_atomic(output_dir / "summary.md", markdown(summary))
   if failed:
     raise EvaluationError(f"{len(failed)} of {len(tracks)} tracks failed ({', '.join(failed)}); "
                           f"{output_dir / 'summary.md'} covers the others")

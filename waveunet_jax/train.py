@@ -28,7 +28,7 @@ import pathlib
 import re
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import flax
@@ -42,7 +42,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from waveunet_jax import models
+from waveunet_jax import models, write_text_atomic
 
 
 class TrainingError(RuntimeError):
@@ -474,10 +474,7 @@ def save_config(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> Non
   """Writes config.json beside the checkpoints (atomically); separation reads it."""
   if jax.process_index() != 0:
     return
-  path = workdir / "config.json"
-  tmp = path.with_suffix(".json.tmp")
-  tmp.write_text(config.to_json_best_effort(indent=2, sort_keys=True))
-  os.replace(tmp, path)
+  write_text_atomic(workdir / "config.json", config.to_json_best_effort(indent=2, sort_keys=True))
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
