@@ -1,0 +1,129 @@
+"""Where the time of a training step or a separation window goes: every convolution
+of the network timed alone, against the whole compiled computation.
+
+  python benchmarks/conv_profile.py --config=shallow --mode=train --batch=1
+  python benchmarks/conv_profile.py --config="deep M4" --mode=separate
+
+XLA:CPU runs convolutions asynchronously, so its trace (jax.profiler) shows when a
+convolution was launched, not how long it ran. This script times each one instead:
+it records the input shape, kernel and padding of every conv of `models.WaveUNet`
+at the benchmark's sizes (`benchmarks/run.py`: the config's training lengths, or the
+Separator's default window at batch 1), compiles that conv alone, and times it
+(`--mode=train` also times its two backward convs: the gradients with respect to the
+input and to the kernel). Each line gives milliseconds and GFLOP/s (XLA's cost
+analysis); the last lines compare the sum over all convs with the whole step or
+window, whose remainder is everything else (normalisation, activations, resampling,
+concatenation, the loss and the optimiser), and with the machine's matmul.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import sys
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import run  # noqa: E402  (benchmarks/run.py)
+
+import flax.linen as nn  # noqa: E402
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+from waveunet_jax import models, separate  # noqa: E402
+
+
+def conv_shapes(model: models.WaveUNet, variables, input_shape) -> list[tuple]:
+  """(input shape, kernel size, features, padding) of every nn.Conv, in call order."""
+  shapes, call = [], nn.Conv.__call__
+
+  def recording(self, x):
+    shapes.append((tuple(x.shape), self.kernel_size[0], self.features, self.padding))
+    return call(self, x)
+
+  nn.Conv.__call__ = recording
+  try:
+    jax.eval_shape(lambda v, x: model.apply(v, x), variables,
+                   jax.ShapeDtypeStruct(input_shape, jnp.float32))
+  finally:
+    nn.Conv.__call__ = call
+  return shapes
+
+
+def conv_timings(shape, kernel: int, features: int, padding: str, train: bool, reps: int):
+  """[(seconds, flops)] of the conv, and with `train` of its input and kernel gradients."""
+  x, w = jnp.ones(shape), jnp.ones((kernel, shape[-1], features))
+  conv = lambda x, w: jax.lax.conv_general_dilated(x, w, (1,), padding,
+                                                   dimension_numbers=("NWC", "WIO", "NWC"))
+  y = jax.eval_shape(conv, x, w)
+  y = jnp.ones(y.shape)
+  parts = [(jax.jit(conv), (x, w))]
+  if train:
+    parts += [(jax.jit(lambda g: jax.vjp(lambda x: conv(x, w), x)[1](g)), (y,)),
+              (jax.jit(lambda g: jax.vjp(lambda w: conv(x, w), w)[1](g)), (y,))]
+  out = []
+  for fn, args in parts:
+    compiled = fn.lower(*args).compile()
+    jax.block_until_ready(compiled(*args))
+    out.append((run.best_time(lambda: compiled(*args), reps), run.flops_of(compiled)))
+  return out
+
+
+def whole(config, mode: str, batch: int, reps: int) -> tuple[float, float, tuple]:
+  """(seconds, flops, input shape) of the compiled train step or separation window."""
+  model = models.WaveUNet(**config.model)
+  if mode == "train":
+    step, state, data, _ = run.compiled_train_step(config, batch)
+    box = [state]  # the state is donated: each step takes the last one's
+
+    def one_step():
+      box[0], metrics = step(box[0], data)
+      return metrics
+
+    jax.block_until_ready(one_step())
+    return run.best_time(one_step, reps), run.flops_of(step), tuple(data["mix"].shape)
+  sep = separate.Separator(model, run.init_variables(model), config.data.sample_rate)
+  window = jnp.zeros((1, sep.tiling.input_length, model.num_channels))
+  forward = sep._forward.lower(sep.variables, window).compile()
+  jax.block_until_ready(forward(sep.variables, window))
+  return (run.best_time(lambda: forward(sep.variables, window), reps), run.flops_of(forward),
+          tuple(window.shape))
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--config", default="deep M4", choices=list(run.CONFIGS))
+  parser.add_argument("--mode", default="train", choices=("train", "separate"))
+  parser.add_argument("--batch", type=int, default=1, help="training batch (train mode)")
+  parser.add_argument("--reps", type=int, default=2, help="timings per figure, best kept")
+  args = parser.parse_args()
+  import waveunet_jax
+
+  waveunet_jax.quiet_library_logs()
+  config = run.CONFIGS[args.config]()
+  model = models.WaveUNet(**config.model)
+  train = args.mode == "train"
+  step_s, step_flops, input_shape = whole(config, args.mode, args.batch, args.reps)
+  parts = ("forward", "grad input", "grad kernel") if train else ("forward",)
+  print(f"{args.config}, {args.mode}, input {input_shape}; per conv: ms, GFLOP/s of "
+        + ", ".join(parts))
+  totals = [[0.0, 0.0] for _ in parts]
+  for shape, kernel, features, padding in conv_shapes(model, run.init_variables(model),
+                                                      input_shape):
+    timings = conv_timings(shape, kernel, features, padding, train, args.reps)
+    for total, (seconds, flops) in zip(totals, timings):
+      total[0] += seconds
+      total[1] += flops
+    print(f"  {str(shape):>20} k={kernel:<3d} -> {features:<4d}"
+          + "".join(f"  {s * 1e3:8.1f} ms {f / s / 1e9:6.1f}" for s, f in timings), flush=True)
+  conv_s, conv_flops = sum(t[0] for t in totals), sum(t[1] for t in totals)
+  for name, (seconds, flops) in zip(parts, totals):
+    print(f"{name:>12}: {seconds:7.3f} s  {flops / seconds / 1e9:6.1f} GFLOP/s")
+  print(f"{'all convs':>12}: {conv_s:7.3f} s  {conv_flops / conv_s / 1e9:6.1f} GFLOP/s, "
+        f"{conv_flops / step_flops:.1%} of the FLOPs")
+  print(f"{'whole ' + args.mode:>12}: {step_s:7.3f} s  {step_flops / step_s / 1e9:6.1f} GFLOP/s; "
+        f"all convs alone take {conv_s / step_s:.0%} of its time")
+  print(f"{'matmul':>12}: {run.matmul_flops() / 1e9:.1f} GFLOP/s (4096^3 float32)")
+
+
+if __name__ == "__main__":
+  main()
