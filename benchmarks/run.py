@@ -32,9 +32,11 @@ Every time is taken after compilation and a warm-up call. The figures:
 * peak RSS: max resident memory of a fresh process running `separate_files` on a
   5- and a 30-minute wav (1 and 3 with --quick), its own VmHWM; the deep M4 only by
   default (the shallow net separates at ~1.6x real time on 2 cores: --memory_models).
-* GPU only (UNTESTED, no GPU was available when this was written): train FLOP/s in
-  float32 and bfloat16 (`config.model.dtype`) as % of the matmul of the same dtype,
-  and the largest power-of-two train batch that runs.
+* on a GPU or TPU (or any backend with --accelerator_figures): train FLOP/s in float32 and
+  bfloat16 (`config.model.dtype`) as % of the matmul of the same dtype, and the
+  largest power-of-two train batch (up to --max_batch) that runs. Never run on a GPU
+  yet: none was lent when this was written; on a CPU the path runs
+  (`--quick --accelerator_figures --max_batch=2`), its figures mean nothing there.
 """
 
 from __future__ import annotations
@@ -140,13 +142,15 @@ def train_figures(config, batch_size: int, steps: int) -> dict:
           "step_gflop": flops / 1e9, "flops_per_s": flops / step_s}
 
 
-def largest_batch(config, limit: int = 1024) -> int:
-  """UNTESTED (GPU only): the largest power-of-two batch whose train step runs."""
+def largest_batch(config, limit: int) -> int:
+  """The largest power-of-two batch up to `limit` whose train step runs: the first
+  that runs out of memory ends the search."""
   fits, batch = 0, 1
   while batch <= limit:
     try:
       step, state, data, _ = compiled_train_step(config, batch)
       jax.block_until_ready(step(state, data))
+      del step, state, data
       fits, batch = batch, batch * 2
     except Exception as e:  # XlaRuntimeError: RESOURCE_EXHAUSTED
       if "RESOURCE_EXHAUSTED" not in str(e) and "out of memory" not in str(e).lower():
@@ -294,8 +298,8 @@ def table(r: dict) -> str:
   row("train: GFLOP/s", tr + "flops_per_s", lambda x: f"{x / 1e9:.1f}")
   row("train: % of matmul", tr + "flops_per_s", pct)
   for dtype in ("float32", "bfloat16"):
-    row(f"train {dtype} (GPU): % of {dtype} matmul", f"gpu.{dtype}_mfu", "{:.1%}".format)
-  row("train (GPU): largest batch", "gpu.largest_batch", str)
+    row(f"train {dtype}: % of {dtype} matmul", f"gpu.{dtype}_mfu", "{:.1%}".format)
+  row("train: largest batch that runs", "gpu.largest_batch", str)
   row("sep: window in/kept samples", "separate",
       lambda s: f"{s['window_input']}/{s['window_kept']}")
   row("sep: recomputed share", sp + "recomputed_share", "{:.1%}".format)
@@ -330,6 +334,10 @@ def main() -> None:
   parser.add_argument("--json", help="also write the figures to this file")
   parser.add_argument("--memory_models", default="deep M4",
                       help="comma-separated configs for the peak-memory runs")
+  parser.add_argument("--accelerator_figures", action="store_true",
+                      help="the GPU figures (bfloat16, largest batch) on any backend")
+  parser.add_argument("--max_batch", type=int, default=1024,
+                      help="the largest batch the largest-batch search tries")
   parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.child:
@@ -338,14 +346,15 @@ def main() -> None:
 
   waveunet_jax.quiet_library_logs()
   began = time.perf_counter()
-  quick, gpu = args.quick, jax.default_backend() == "gpu"
+  quick, gpu = args.quick, jax.default_backend() != "cpu"  # a GPU or a TPU
+  accelerator = gpu or args.accelerator_figures
   batch = (8 if gpu else 1) if quick else (16 if gpu else 2)
   steps = {"shallow": 1 if quick else 3, "deep M4": 3 if quick else 10}
   reps = 1 if quick else 3
   minutes = (1.0, 3.0) if quick else (5.0, 30.0)
   r = {"mode": "quick" if quick else "full", "machine": machine(),
        "matmul_flops_per_s": matmul_flops(reps=reps + 2), "models": {}}
-  if gpu:
+  if accelerator:
     r["matmul_bf16_flops_per_s"] = matmul_flops(jnp.bfloat16, reps=reps + 1)
   print(f"{r['machine']}; matmul {r['matmul_flops_per_s'] / 1e9:.1f} GFLOP/s", flush=True)
   with tempfile.TemporaryDirectory() as tmp:
@@ -356,14 +365,14 @@ def main() -> None:
       out = r["models"][name] = {}
       out["train"] = train_figures(get_config(), batch, steps[name])
       print(name, "train", out["train"], flush=True)
-      if gpu:  # UNTESTED: no GPU was available when this was written.
+      if accelerator:
         out["gpu"] = {}
         for dtype, limit in (("float32", r["matmul_flops_per_s"]),
                              ("bfloat16", r["matmul_bf16_flops_per_s"])):
           config = get_config()
           config.model.dtype = dtype
           out["gpu"][f"{dtype}_mfu"] = train_figures(config, batch, steps[name])["flops_per_s"] / limit
-        out["gpu"]["largest_batch"] = largest_batch(get_config())
+        out["gpu"]["largest_batch"] = largest_batch(get_config(), args.max_batch)
       out["separate"] = separation_figures(get_config(), reps, 25.0 if quick else SONG_SECONDS, tmp)
       print(name, "separate", out["separate"], flush=True)
     # tf.data last: its threads must not run beside the timings above.
@@ -375,7 +384,7 @@ def main() -> None:
       out["pipeline"] = {"examples_per_s": examples,
                          "ratio": examples / (out["train"]["steps_per_s"] * batch)}
       print(name, "pipeline", out["pipeline"], flush=True)
-    for name in args.memory_models.split(","):
+    for name in filter(None, args.memory_models.split(",")):
       (short, short_s), (long, long_s) = (peak_memory(name, m, tmp) for m in minutes)
       r["models"][name]["memory"] = {"short": (minutes[0], short, short_s),
                                      "long": (minutes[1], long, long_s), "ratio": long / short}

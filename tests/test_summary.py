@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from experiments import deep, shallow
 from waveunet_jax import summary
@@ -77,3 +78,15 @@ def test_cli_bad_config_is_one_line_naming_the_field():
   result = run_summary("--config=experiments/deep.py", "--config.data.output_length=0")
   assert result.returncode != 0
   assert "config.data.output_length" in result.stderr
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--config=experiments/nope.py"],
+     "error: --config=experiments/nope.py: no such file (configs live in experiments/)"),
+    (["--config=experiments/deep.py", "--config.model.colour=red"], "colour"),
+])
+def test_cli_bad_flags_are_one_line(args, message):
+  result = run_summary(*args)
+  assert result.returncode != 0
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr

@@ -169,6 +169,7 @@ def test_early_stopping_then_fine_tune_stage(data_dir, tmp_path, monkeypatch):
   config.eval_every_steps = 5
   config.checkpoint_every_steps = 5
   config.num_train_steps = 200
+  config.optim.schedule, config.optim.warmup_steps = "warmup_cosine", 10
   script = {5: 1.0, 10: 0.9, 15: 0.95, 20: 0.85, 25: 0.86}
   evaluated, fine_tune_params = {}, []
 
@@ -196,7 +197,12 @@ def test_early_stopping_then_fine_tune_stage(data_dir, tmp_path, monkeypatch):
   for a, b in zip(jax.tree_util.tree_leaves(fine_tune_params[0]),
                   jax.tree_util.tree_leaves(evaluated[10][1])):
     np.testing.assert_array_equal(a, b)
-  assert rates[15] == config.optim.learning_rate and rates[20] == config.fine_tune.learning_rate
+  # The logged rate is the schedule's at the stage's own step count (the fine-tune
+  # stage starts its warm-up again after step 15).
+  schedule = lambda rate: optax.warmup_cosine_decay_schedule(0.0, rate, 10, 200)
+  assert rates[5] == pytest.approx(float(schedule(config.optim.learning_rate)(4)))
+  assert rates[15] == pytest.approx(float(schedule(config.optim.learning_rate)(14)))
+  assert rates[20] == pytest.approx(float(schedule(config.fine_tune.learning_rate)(4)))
   progress = train.read_progress(tmp_path)
   assert progress.done and progress.stage == 1 and progress.stage_start_step == 15
   assert (progress.best_step, progress.best_loss) == (20, 0.85)

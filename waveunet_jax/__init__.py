@@ -3,6 +3,7 @@
 import logging as _logging
 import os as _os
 import pathlib as _pathlib
+import sys as _sys
 
 __version__ = "0.1.0"
 
@@ -34,3 +35,25 @@ def write_text_atomic(path: _pathlib.Path, text: str) -> None:
     _os.replace(temp, path)
   finally:
     temp.unlink(missing_ok=True)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parser for the command-line programs, with a bad --config path or
+  override explained in one line instead of absl's usage dump."""
+  from absl import flags
+
+  for arg in argv[1:]:
+    if arg.startswith("--config="):
+      path = arg.split("=", 1)[1].split(":", 1)[0]
+      if not _pathlib.Path(path).is_file():
+        _sys.exit(f"error: --config={path}: no such file (configs live in experiments/)")
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    _sys.exit(f"error: {lines[-1] if lines else e}")
+  except (AttributeError, KeyError, TypeError, ValueError) as e:
+    # ml_collections raises these for an override of a field the config lacks.
+    overrides = [a for a in argv[1:] if a.startswith("--config.")]
+    _sys.exit(f"error: an override does not fit the config ({e}): check the field names "
+              f"and types of {' '.join(overrides)} against experiments/default.py")

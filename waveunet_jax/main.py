@@ -9,7 +9,6 @@ on every host of a multi-host TPU slice or GPU cluster.
 """
 
 import os
-import pathlib
 import sys
 
 from absl import app, flags, logging
@@ -24,25 +23,6 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, logs and Ten
 _DISTRIBUTED = flags.DEFINE_bool(
     "distributed", False, "Call jax.distributed.initialize() (multi-host TPU or GPU).")
 flags.mark_flags_as_required(["config", "workdir"])
-
-
-def parse_flags(argv: list[str]) -> list[str]:
-  """absl's parser, with bad --config paths and overrides explained in one line."""
-  for arg in argv[1:]:
-    if arg.startswith("--config="):
-      path = arg.split("=", 1)[1].split(":", 1)[0]
-      if not pathlib.Path(path).is_file():
-        sys.exit(f"error: --config={path}: no such file (configs live in experiments/)")
-  try:
-    return flags.FLAGS(argv)
-  except flags.Error as e:
-    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-    sys.exit(f"error: {lines[-1] if lines else e}")
-  except (AttributeError, KeyError, TypeError, ValueError) as e:
-    # ml_collections raises these for an override of a field the config lacks.
-    overrides = [a for a in argv[1:] if a.startswith("--config.")]
-    sys.exit(f"error: an override does not fit the config ({e}): check the field names "
-             f"and types of {' '.join(overrides)} against experiments/default.py")
 
 
 def main(argv: list[str]) -> None:
@@ -69,4 +49,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
-  app.run(main, flags_parser=parse_flags)
+  app.run(main, flags_parser=waveunet_jax.parse_flags)

@@ -19,6 +19,7 @@ import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
+import waveunet_jax
 from waveunet_jax import models
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -90,4 +91,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
   jax.config.update("jax_platforms", "cpu")
-  app.run(main)
+  app.run(main, flags_parser=waveunet_jax.parse_flags)

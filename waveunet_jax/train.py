@@ -89,17 +89,23 @@ def l2_mask(params: Any, pattern: str) -> Any:
       lambda path, _: bool(regex.fullmatch("/".join(k.key for k in path))), params)
 
 
+def learning_rate_schedule(config: ml_collections.ConfigDict,
+                           learning_rate: float) -> optax.Schedule:
+  """The stage's rate by optimiser step (counted from the stage's start)."""
+  optim = config.optim
+  if optim.schedule == "constant":
+    return optax.constant_schedule(learning_rate)
+  if optim.schedule == "warmup_cosine":
+    return optax.warmup_cosine_decay_schedule(
+        0.0, learning_rate, optim.warmup_steps, max(config.num_train_steps, optim.warmup_steps + 1))
+  raise models.ConfigError(f"config.optim.schedule: unknown value {optim.schedule!r}; "
+                           "choose 'constant' or 'warmup_cosine'")
+
+
 def make_optimizer(config: ml_collections.ConfigDict, learning_rate: float,
                    params: Any) -> optax.GradientTransformation:
   optim = config.optim
-  if optim.schedule == "constant":
-    schedule = optax.constant_schedule(learning_rate)
-  elif optim.schedule == "warmup_cosine":
-    schedule = optax.warmup_cosine_decay_schedule(
-        0.0, learning_rate, optim.warmup_steps, max(config.num_train_steps, optim.warmup_steps + 1))
-  else:
-    raise models.ConfigError(f"config.optim.schedule: unknown value {optim.schedule!r}; "
-                             "choose 'constant' or 'warmup_cosine'")
+  schedule = learning_rate_schedule(config, learning_rate)
   parts = []
   if optim.grad_clip_norm:
     parts.append(optax.clip_by_global_norm(optim.grad_clip_norm))
@@ -399,7 +405,10 @@ class Trainer:
               f"(step {self.checkpoints.latest_step()}) is in {self.workdir / 'checkpoints'}; "
               "lower config.optim.learning_rate or set config.optim.grad_clip_norm")
         seconds = time.perf_counter() - window_start
-        scalars = {"train/loss": loss, "train/learning_rate": learning_rate,
+        # The rate of this step: the stage's optimiser counts from the stage's start.
+        rate = float(learning_rate_schedule(config, learning_rate)(
+            step - 1 - progress.stage_start_step))
+        scalars = {"train/loss": loss, "train/learning_rate": rate,
                    "train/steps_per_second": window_steps / seconds,
                    "train/audio_seconds_per_second": window_steps * audio_per_step / seconds}
         logging.info("step %d (stage %d): loss %.5f, %.2f steps/s, %.1f audio s/s", step,
