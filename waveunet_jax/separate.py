@@ -331,13 +331,20 @@ class Separator:
     until the kept outputs reach the song's end."""
     t = self.tiling
     buffer = np.zeros((t.pad_left, self.model.num_channels), np.float32)
-    count = 0
+    pending, pending_frames, count = [], 0, 0
     for block in blocks:
       song.frames += len(block)
-      buffer = np.concatenate([buffer, block])
+      # Blocks wait in a list until a window is full: joining each one to the buffer
+      # as it came copied the whole window once per block.
+      pending.append(block)
+      pending_frames += len(block)
+      if len(buffer) + pending_frames < t.input_length:
+        continue
+      buffer, pending, pending_frames = np.concatenate([buffer, *pending]), [], 0
       while len(buffer) >= t.input_length:
         yield buffer[:t.input_length]
         buffer, count = buffer[t.hop:], count + 1
+    buffer = np.concatenate([buffer, *pending])
     song.done = True
     needed = -(-(song.frames + t.overlap) // t.hop) if song.frames else 0
     for _ in range(count, needed):
