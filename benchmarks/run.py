@@ -309,7 +309,7 @@ def table(r: dict) -> str:
   row("sep: model GFLOP/s", sp + "model_flops_per_s", lambda x: f"{x / 1e9:.1f}")
   row("sep: model % of matmul", sp + "model_flops_per_s", pct)
   row("sep: end-to-end audio s/s", "separate",
-      lambda s: f"{s['e2e_audio_s_per_s']:.2f} ({s['e2e_seconds'] / 60:g} min wav)")
+      lambda s: f"{s['e2e_audio_s_per_s']:.2f} ({s['e2e_seconds']:g} s wav)")
   row("sep: end-to-end / model-only time", sp + "e2e_over_model", "{:.2f}".format)
   row(f"pipeline: examples/s (batch {b})", "pipeline.examples_per_s", "{:.2f}".format)
   row("pipeline / train consumption", "pipeline.ratio", "{:.1f}x".format)
