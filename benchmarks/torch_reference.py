@@ -1,7 +1,7 @@
 """The same two networks in PyTorch, timed beside ours on this machine: the "other
 framework" that the efficiency targets of `benchmarks/run.py` are held against.
 
-  pip install torch==2.13.0   # a CPU build; PyTorch is not a dependency of the project
+  pip install torch   # not a dependency of the project; a CPU build is enough
   python benchmarks/torch_reference.py            # ~10 min on 2 CPU cores
   python benchmarks/torch_reference.py --quick    # batch 1, one timed step
   python benchmarks/torch_reference.py --json OUT.json
@@ -26,7 +26,7 @@ Both are divided into the same FLOP count, the one XLA's cost analysis gives for
 JAX computation, so each "% of matmul" compares times; the matmul is each
 framework's own 4096^3 float32 product, and the table also gives every time as
 PyTorch's over ours. PyTorch's OpenMP threads are told not to spin-wait
-(`OMP_WAIT_POLICY=PASSIVE`), or they would take the cores from JAX's timings.
+(`OMP_WAIT_POLICY=PASSIVE`), so that they cannot hold the cores during JAX's timings.
 """
 
 from __future__ import annotations
