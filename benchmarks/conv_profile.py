@@ -73,12 +73,7 @@ def whole(config, mode: str, batch: int, reps: int) -> tuple[float, float, tuple
   model = models.WaveUNet(**config.model)
   if mode == "train":
     step, state, data, _ = run.compiled_train_step(config, batch)
-    box = [state]  # the state is donated: each step takes the last one's
-
-    def one_step():
-      box[0], metrics = step(box[0], data)
-      return metrics
-
+    one_step = run.step_runner(step, state, data)
     jax.block_until_ready(one_step())
     return run.best_time(one_step, reps), run.flops_of(step), tuple(data["mix"].shape)
   sep = separate.Separator(model, run.init_variables(model), config.data.sample_rate)

@@ -124,15 +124,27 @@ def compiled_train_step(config, batch_size: int):
   return step.lower(state, batch).compile(), state, batch, size
 
 
+def step_runner(step, state, batch):
+  """A call with no arguments that runs one more train step and returns its metrics:
+  the step donates its state, so each call passes on the last call's."""
+  box = [state]
+
+  def one_step():
+    box[0], metrics = step(box[0], batch)
+    return metrics
+
+  return one_step
+
+
 def train_figures(config, batch_size: int, steps: int) -> dict:
   start = time.perf_counter()
   step, state, batch, size = compiled_train_step(config, batch_size)
   compile_s = time.perf_counter() - start
-  state, metrics = step(state, batch)  # warm-up
-  jax.block_until_ready(metrics)
+  one_step = step_runner(step, state, batch)
+  jax.block_until_ready(one_step())  # warm-up
   start = time.perf_counter()
   for _ in range(steps):
-    state, metrics = step(state, batch)
+    metrics = one_step()
   jax.block_until_ready(metrics)
   step_s = (time.perf_counter() - start) / steps
   flops = flops_of(step)
@@ -346,15 +358,15 @@ def main() -> None:
 
   waveunet_jax.quiet_library_logs()
   began = time.perf_counter()
-  quick, gpu = args.quick, jax.default_backend() != "cpu"  # a GPU or a TPU
-  accelerator = gpu or args.accelerator_figures
-  batch = (8 if gpu else 1) if quick else (16 if gpu else 2)
+  quick, on_accelerator = args.quick, jax.default_backend() != "cpu"  # a GPU or a TPU
+  accelerator_figures = on_accelerator or args.accelerator_figures
+  batch = (8 if on_accelerator else 1) if quick else (16 if on_accelerator else 2)
   steps = {"shallow": 1 if quick else 3, "deep M4": 3 if quick else 10}
   reps = 1 if quick else 3
   minutes = (1.0, 3.0) if quick else (5.0, 30.0)
   r = {"mode": "quick" if quick else "full", "machine": machine(),
        "matmul_flops_per_s": matmul_flops(reps=reps + 2), "models": {}}
-  if accelerator:
+  if accelerator_figures:
     r["matmul_bf16_flops_per_s"] = matmul_flops(jnp.bfloat16, reps=reps + 1)
   print(f"{r['machine']}; matmul {r['matmul_flops_per_s'] / 1e9:.1f} GFLOP/s", flush=True)
   with tempfile.TemporaryDirectory() as tmp:
@@ -365,7 +377,7 @@ def main() -> None:
       out = r["models"][name] = {}
       out["train"] = train_figures(get_config(), batch, steps[name])
       print(name, "train", out["train"], flush=True)
-      if accelerator:
+      if accelerator_figures:
         out["gpu"] = {}
         for dtype, limit in (("float32", r["matmul_flops_per_s"]),
                              ("bfloat16", r["matmul_bf16_flops_per_s"])):

@@ -37,7 +37,6 @@ import os
 import pathlib
 import re
 import sys
-import time
 
 import numpy as np
 
@@ -195,16 +194,7 @@ def check_same_network(config, variables, net: TorchWaveUNet) -> float:
 def torch_matmul_flops(n: int = 4096, reps: int = 5) -> float:
   a = torch.randn(n, n)
   a @ a
-  return 2 * n ** 3 / best(lambda: a @ a, reps)
-
-
-def best(fn, reps: int) -> float:
-  times = []
-  for _ in range(reps):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return min(times)
+  return 2 * n ** 3 / run.best_time(lambda: a @ a, reps)
 
 
 def torch_train_step(config, net: TorchWaveUNet, batch_size: int, crop: tuple[int, int]):
@@ -249,13 +239,9 @@ def figures(name: str, quick: bool, reps: int) -> dict:
   jax_step, state, data, size = run.compiled_train_step(config, batch)
   train_flops = run.flops_of(jax_step)
   torch_step = torch_train_step(config, net, batch, run.train.loss_crop(config, size.output_length))
-  state, _ = jax_step(state, data)  # warm-ups
+  jax_train = run.step_runner(jax_step, state, data)
+  jax.block_until_ready(jax_train())  # warm-ups
   torch_step()
-
-  def jax_train():
-    nonlocal state
-    state, metrics = jax_step(state, data)
-    jax.block_until_ready(metrics)
 
   sep = separate.Separator(model, variables, config.data.sample_rate)
   window = np.resize(run.song(30.0)[::2], (1, sep.tiling.input_length, model.num_channels))
@@ -278,9 +264,9 @@ def figures(name: str, quick: bool, reps: int) -> dict:
   for _ in range(reps):  # alternate, so a busy moment hits both
     for v, (train_fn, sep_fn) in variants.items():
       net.train(True)
-      times[v]["train"].append(best(train_fn, 1))
+      times[v]["train"].append(run.best_time(train_fn, 1))
       net.eval()
-      times[v]["separate"].append(best(sep_fn, 1))
+      times[v]["separate"].append(run.best_time(sep_fn, 1))
   out.update({"batch": batch, "train_gflop": train_flops / 1e9, "window_input": sep.tiling.input_length,
               "separate_gflop": sep_flops / 1e9})
   for v in variants:
