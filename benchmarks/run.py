@@ -340,6 +340,16 @@ def table(r: dict) -> str:
   return "\n".join(lines)
 
 
+def config_names(parser: argparse.ArgumentParser, flag: str, value: str) -> list[str]:
+  """The comma-separated config names of `flag`; an unknown one is a usage error."""
+  names = [name for name in value.split(",") if name]
+  unknown = [name for name in names if name not in CONFIGS]
+  if unknown:
+    parser.error(f"{flag}: unknown config {', '.join(map(repr, unknown))}; "
+                 f"choose from {', '.join(map(repr, CONFIGS))}")
+  return names
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--quick", action="store_true", help="a few minutes on 2 CPU cores")
@@ -352,6 +362,7 @@ def main() -> None:
                       help="the largest batch the largest-batch search tries")
   parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
   args = parser.parse_args()
+  memory_models = config_names(parser, "--memory_models", args.memory_models)
   if args.child:
     return child_separate(*args.child)
   import waveunet_jax
@@ -396,7 +407,7 @@ def main() -> None:
       out["pipeline"] = {"examples_per_s": examples,
                          "ratio": examples / (out["train"]["steps_per_s"] * batch)}
       print(name, "pipeline", out["pipeline"], flush=True)
-    for name in filter(None, args.memory_models.split(",")):
+    for name in memory_models:
       (short, short_s), (long, long_s) = (peak_memory(name, m, tmp) for m in minutes)
       r["models"][name]["memory"] = {"short": (minutes[0], short, short_s),
                                      "long": (minutes[1], long, long_s), "ratio": long / short}

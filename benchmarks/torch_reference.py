@@ -41,8 +41,12 @@ import sys
 import numpy as np
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch starts its threads
-import torch  # noqa: E402
-import torch.nn.functional as F
+try:
+  import torch
+  import torch.nn.functional as F
+except ImportError:
+  sys.exit("error: benchmarks/torch_reference.py needs PyTorch, which the project does "
+           "not install: pip install torch (a CPU build is enough)")
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import run  # noqa: E402  (benchmarks/run.py: the JAX side, the configs and the machine)
@@ -303,13 +307,14 @@ def main() -> None:
   parser.add_argument("--models", default=",".join(run.CONFIGS), help="comma-separated configs")
   parser.add_argument("--json", help="also write the figures to this file")
   args = parser.parse_args()
+  names = run.config_names(parser, "--models", args.models)
   import waveunet_jax
 
   waveunet_jax.quiet_library_logs()
   reps = args.reps or (1 if args.quick else 3)
   r = {"mode": "quick" if args.quick else "full", "machine": run.machine(),
        "jax_matmul": run.matmul_flops(reps=5), "torch_matmul": torch_matmul_flops(), "models": {}}
-  for name in args.models.split(","):
+  for name in names:
     r["models"][name] = figures(name, args.quick, reps)
   r["jax_matmul"] = max(r["jax_matmul"], run.matmul_flops(reps=5))
   r["torch_matmul"] = max(r["torch_matmul"], torch_matmul_flops())
