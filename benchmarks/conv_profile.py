@@ -76,11 +76,11 @@ def whole(config, mode: str, batch: int, reps: int) -> tuple[float, float, tuple
     one_step = run.step_runner(step, state, data)
     jax.block_until_ready(one_step())
     return run.best_time(one_step, reps), run.flops_of(step), tuple(data["mix"].shape)
-  sep = separate.Separator(model, run.init_variables(model), config.data.sample_rate)
+  sep = separate.Separator.from_model(model, run.init_variables(model), config.data.sample_rate)
   window = jnp.zeros((1, sep.tiling.input_length, model.num_channels))
-  forward = sep._forward.lower(sep.variables, window).compile()
-  jax.block_until_ready(forward(sep.variables, window))
-  return (run.best_time(lambda: forward(sep.variables, window), reps), run.flops_of(forward),
+  forward = sep.engine._forward.lower(sep.engine.variables, window).compile()
+  jax.block_until_ready(forward(sep.engine.variables, window))
+  return (run.best_time(lambda: forward(sep.engine.variables, window), reps), run.flops_of(forward),
           tuple(window.shape))
 
 

@@ -196,21 +196,21 @@ def write_wav(path: pathlib.Path, seconds: float) -> None:
 
 def make_separator(config) -> separate.Separator:
   model = models.WaveUNet(**config.model)
-  return separate.Separator(model, init_variables(model), config.data.sample_rate)
+  return separate.Separator.from_model(model, init_variables(model), config.data.sample_rate)
 
 
 def separation_figures(config, reps: int, e2e_seconds: float, tmp: pathlib.Path) -> dict:
   sep = make_separator(config)
   t, rate = sep.tiling, config.data.sample_rate
   window = jnp.asarray(np.resize(song(60.0)[::2], (1, t.input_length, 2)))  # any audio
-  forward = sep._forward.lower(sep.variables, window).compile()
-  jax.block_until_ready(forward(sep.variables, window))  # warm-up
-  window_s = best_time(lambda: forward(sep.variables, window), reps)
+  forward = sep.engine._forward.lower(sep.engine.variables, window).compile()
+  jax.block_until_ready(forward(sep.engine.variables, window))  # warm-up
+  window_s = best_time(lambda: forward(sep.engine.variables, window), reps)
   song_windows = lambda seconds: -(-(round(seconds * rate) + t.overlap) // t.hop)
   windows = song_windows(SONG_SECONDS)
   flops = flops_of(forward)
   # End to end through the command line's function, with the compiled forward reused.
-  sep._forward = forward
+  sep.engine._forward = forward
   wav = tmp / "song.wav"
   write_wav(wav, e2e_seconds)
   start = time.perf_counter()

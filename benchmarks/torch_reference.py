@@ -247,10 +247,10 @@ def figures(name: str, quick: bool, reps: int) -> dict:
   jax.block_until_ready(jax_train())  # warm-ups
   torch_step()
 
-  sep = separate.Separator(model, variables, config.data.sample_rate)
+  sep = separate.Separator.from_model(model, variables, config.data.sample_rate)
   window = np.resize(run.song(30.0)[::2], (1, sep.tiling.input_length, model.num_channels))
   window = window.astype(np.float32)
-  forward = sep._forward.lower(sep.variables, window).compile()
+  forward = sep.engine._forward.lower(sep.engine.variables, window).compile()
   sep_flops = run.flops_of(forward)
   window_t = torch.from_numpy(window).transpose(1, 2).contiguous()
   net.eval()
@@ -259,10 +259,10 @@ def figures(name: str, quick: bool, reps: int) -> dict:
     with torch.inference_mode():
       module(window_t)
 
-  variants = {"jax": (jax_train, lambda: jax.block_until_ready(forward(sep.variables, window))),
+  variants = {"jax": (jax_train, lambda: jax.block_until_ready(forward(sep.engine.variables, window))),
               "torch": (torch_step, lambda: torch_forward(net))}
   torch_forward(net)
-  jax.block_until_ready(forward(sep.variables, window))
+  jax.block_until_ready(forward(sep.engine.variables, window))
 
   times = {v: {"train": [], "separate": []} for v in variants}
   for _ in range(reps):  # alternate, so a busy moment hits both

@@ -39,7 +39,7 @@ def evaluated(corpus, tmp_path_factory):
   mix = np.zeros((1, models.lengths(model, 1).input_length, 2), np.float32)
   variables = jax.jit(model.init)(jax.random.key(0), mix)
   out = tmp_path_factory.mktemp("eval")
-  summary = evaluate.evaluate(separate.Separator(model, variables, 8000), corpus, out, wav=True,
+  summary = evaluate.evaluate(separate.Separator.from_model(model, variables, 8000), corpus, out, wav=True,
                               split="test")
   return out, summary
 

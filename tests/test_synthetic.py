@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from waveunet_jax import synthetic
+from waveunet_jax import audio, synthetic
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SR = synthetic.SAMPLE_RATE
@@ -122,7 +122,7 @@ def test_rerun_skips_complete_tracks_and_repairs_broken_ones(tmp_path):
   stamps = {p: (p / "vocals.wav").stat().st_mtime_ns for p in paths}
   reference = (paths[1] / "bass.wav").read_bytes()
   (paths[1] / "bass.wav").unlink()  # as if damaged
-  stale = tmp_path / "train" / f".{paths[0].name}.tmp-999999"
+  stale = tmp_path / "train" / f".{paths[0].name}.part-999999"
   stale.mkdir()  # as if left behind by a killed run
   assert synthetic.write_corpus(tmp_path, 2, 0, 2.0, seed=3) == paths
   assert (paths[0] / "vocals.wav").stat().st_mtime_ns == stamps[paths[0]]  # skipped
@@ -261,8 +261,8 @@ def test_stem_files_round_trip_through_musdb(tmp_path):
 
 
 def test_stems_without_ffmpeg_says_how_to_install(tmp_path, monkeypatch):
-  monkeypatch.setattr(synthetic.shutil, "which", lambda name: None)
-  with pytest.raises(RuntimeError, match=r"apt-get install ffmpeg"):
+  monkeypatch.setattr(audio.shutil, "which", lambda name: None)
+  with pytest.raises(audio.AudioError, match=r"apt-get install ffmpeg"):
     synthetic.write_corpus(tmp_path, 1, 0, 1.0, seed=0, stems=True)
   assert not any(tmp_path.iterdir())
 

@@ -1,7 +1,6 @@
 """Wave-U-Net music source separation on raw audio, in JAX/Flax."""
 
 import logging as _logging
-import os as _os
 import pathlib as _pathlib
 import sys as _sys
 
@@ -25,18 +24,6 @@ def quiet_library_logs() -> None:
   logging.get_absl_handler().addFilter(_LibraryChatter())
 
 
-def write_text_atomic(path: _pathlib.Path, text: str) -> None:
-  """Writes `text` to a temporary name beside `path` and renames it into place, so a
-  crash or a kill never leaves a half-written file."""
-  path.parent.mkdir(parents=True, exist_ok=True)
-  temp = path.with_name(f".{path.name}.part-{_os.getpid()}")
-  try:
-    temp.write_text(text)
-    _os.replace(temp, path)
-  finally:
-    temp.unlink(missing_ok=True)
-
-
 def parse_flags(argv: list[str]) -> list[str]:
   """absl's flag parser for the command-line programs, with a bad --config path or
   override explained in one line instead of absl's usage dump."""
@@ -57,3 +44,6 @@ def parse_flags(argv: list[str]) -> list[str]:
     overrides = [a for a in argv[1:] if a.startswith("--config.")]
     _sys.exit(f"error: an override does not fit the config ({e}): check the field names "
               f"and types of {' '.join(overrides)} against experiments/default.py")
+
+
+from waveunet_jax.audio import write_text_atomic  # noqa: E402 (one atomic writer, re-exported)

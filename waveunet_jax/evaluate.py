@@ -48,11 +48,13 @@ from typing import Any, Protocol
 import numpy as np
 from absl import app, flags, logging
 
-from waveunet_jax import models, prepare, separate, write_text_atomic
+from waveunet_jax import audio, models, prepare
+from waveunet_jax import separator as separator_lib
+from waveunet_jax import stems as stems_lib
 
 SPLITS = ("test", "valid")
 METRICS = ("SDR", "SIR", "SAR", "ISR")
-SOURCES = prepare.STEMS + tuple(prepare.DERIVED_SOURCES)
+SOURCES = stems_lib.STEMS + tuple(stems_lib.derivable(stems_lib.STEMS))
 BASELINE = "mixture-baseline"  # folder of the baseline's per-track JSON
 WINDOW_SECONDS = 1.0  # museval's window and hop, as in SiSEC 2018
 
@@ -66,7 +68,8 @@ class SeparatorLike(Protocol):
 
   sources: Sequence[str]
 
-  def separate(self, audio: np.ndarray, rate: int) -> dict[str, np.ndarray]: ...
+  def separate(self, audio: np.ndarray, rate: int, *, stems: Sequence[str] | None = None
+               ) -> dict[str, np.ndarray]: ...
 
 
 # --------------------------------------------------------------------------- #
@@ -108,8 +111,8 @@ def check_sources(sources: Sequence[str]) -> None:
 
 
 def references(stems: Mapping[str, np.ndarray], sources: Sequence[str]) -> dict[str, np.ndarray]:
-  """{source: [T, C]}: a stem, or the sum of a derived source's stems."""
-  return {s: sum(stems[stem] for stem in prepare.DERIVED_SOURCES.get(s, (s,))) for s in sources}
+  """{source: [T, C]}: a stem, or the sum of a derived source's stems (`stems.combine`)."""
+  return stems_lib.combine(stems, sources)
 
 
 # --------------------------------------------------------------------------- #
@@ -255,7 +258,8 @@ def _median_sdr(scores: Mapping[str, Mapping[str, np.ndarray]]) -> str:
 def evaluate(separator: SeparatorLike, musdb_root: str | os.PathLike,
              output_dir: str | os.PathLike, *, wav: bool = False, split: str = "test",
              valid_tracks: Sequence[str] | None = None,
-             max_tracks: int | None = None) -> dict[str, Any]:
+             max_tracks: int | None = None,
+             stems: Sequence[str] | None = None) -> dict[str, Any]:
   """Scores `separator` and the mixture baseline on a split (see the module docstring).
 
   Args:
@@ -264,13 +268,21 @@ def evaluate(separator: SeparatorLike, musdb_root: str | os.PathLike,
     output_dir: where the per-track JSON and the summary go.
     split: 'test' or 'valid' (musdb's validation tracks of `train`, or `valid_tracks`).
     max_tracks: only the split's first tracks (by name).
+    stems: score this stem layout of the model's sources (`stems`, e.g. vocals and
+      accompaniment of a four-source model); None: the model's sources.
   Returns:
     The summary written to `output_dir/summary.json`.
   Raises:
     EvaluationError: no tracks, sources without MUSDB18 references, unusable earlier
       results; or, after writing the summary of the others, tracks that failed.
   """
-  sources = tuple(separator.sources)
+  layout = None
+  if stems is not None:
+    try:
+      layout = stems_lib.check(stems, separator.sources)
+    except ValueError as e:
+      raise EvaluationError(f"--stems: {e}") from None
+  sources = tuple(layout or separator.sources)
   check_sources(sources)
   if max_tracks is not None and max_tracks < 1:
     raise EvaluationError(f"--tracks={max_tracks}: must be positive")
@@ -285,23 +297,24 @@ def evaluate(separator: SeparatorLike, musdb_root: str | os.PathLike,
     start, took, where = time.perf_counter(), {}, f"{split} [{i + 1}/{len(tracks)}] {track.name}"
     try:
       if todo:
-        stems, rate = prepare.read_stems(track)
-        refs = references(stems, sources)
-        mix = sum(stems[s] for s in prepare.STEMS)
+        track_stems, rate = prepare.read_stems(track)
+        refs = references(track_stems, sources)
+        mix = sum(track_stems[s] for s in prepare.STEMS)
         took["audio"] = len(mix) / rate
         for key in todo:
           tic = time.perf_counter()
           if key == "model":
             try:
-              estimates = separator.separate(mix, rate)
-            except separate.SeparationError as e:
+              estimates = (separator.separate(mix, rate) if layout is None
+                           else separator.separate(mix, rate, stems=layout))
+            except separator_lib.SeparationError as e:
               raise EvaluationError(f"track {track.name!r}: {e}") from None
             took["separation"] = time.perf_counter() - tic
           else:
             estimates = {s: mix for s in sources}
           tic = time.perf_counter()
           store = score(track.name, refs, {s: estimates[s] for s in sources}, rate)
-          write_text_atomic(paths[key], store.json)
+          audio.write_text_atomic(paths[key], store.json)
           took["museval"] = took.get("museval", 0.0) + time.perf_counter() - tic
     except (prepare.DataError, EvaluationError) as e:
       logging.error("%s: %s", where, e)
@@ -325,8 +338,8 @@ def evaluate(separator: SeparatorLike, musdb_root: str | os.PathLike,
                   "window_seconds": WINDOW_SECONDS, "hop_seconds": WINDOW_SECONDS},
       **{key: aggregate(s, sources) for key, s in scores.items()},
   }
-  write_text_atomic(output_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
-  write_text_atomic(output_dir / "summary.md", markdown(summary))
+  audio.write_text_atomic(output_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+  audio.write_text_atomic(output_dir / "summary.md", markdown(summary))
   if failed:
     raise EvaluationError(f"{len(failed)} of {len(tracks)} tracks failed ({', '.join(failed)}); "
                           f"{output_dir / 'summary.md'} covers the others")
@@ -349,6 +362,8 @@ def _define_flags() -> None:
                       "split (default: musdb's validation tracks).")
   flags.DEFINE_string("output_dir", None, "Where the per-track JSON and the summary go.")
   flags.DEFINE_integer("tracks", None, "Evaluate only the split's first N tracks.")
+  flags.DEFINE_string("stems", None, "Score these stems of the model's sources, e.g. "
+                      "vocals,accompaniment for a four-source model (default: its sources).")
   flags.mark_flags_as_required(["workdir", "musdb_root", "output_dir"])
 
 
@@ -362,10 +377,12 @@ def main(argv: list[str]) -> None:
   valid = prepare.track_names(args.valid_tracks)
   try:
     split_tracks(args.musdb_root, args.split, args.wav, valid)  # before loading the model
-    separator = separate.Separator.from_workdir(args.workdir, args.checkpoint)
-    evaluate(separator, args.musdb_root, args.output_dir, wav=args.wav, split=args.split,
-             valid_tracks=valid, max_tracks=args.tracks)
-  except (EvaluationError, prepare.DataError, separate.SeparationError, models.ConfigError) as e:
+    model = separator_lib.Separator.from_workdir(args.workdir, args.checkpoint)
+    evaluate(model, args.musdb_root, args.output_dir, wav=args.wav, split=args.split,
+             valid_tracks=valid, max_tracks=args.tracks,
+             stems=args.stems.split(",") if args.stems else None)
+  except (EvaluationError, prepare.DataError, separator_lib.SeparationError,
+          models.ConfigError) as e:
     sys.exit(f"error: {e}")
   print((pathlib.Path(args.output_dir) / "summary.md").read_text(), end="")
 

@@ -35,14 +35,14 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 from absl import logging
 
-from waveunet_jax import models
+from waveunet_jax import audio, models
+from waveunet_jax import stems as stems_lib
 
 MUSDB_SAMPLE_RATE = 44100
-# The four stems of MUSDB18, and their stream index in a `.stem.mp4` (0 is the mix).
-STEMS = ("vocals", "drums", "bass", "other")
+# The four stems of MUSDB18 (`stems` owns them and the sources derived from them), and
+# their stream index in a `.stem.mp4` (0 is the mix).
+STEMS = stems_lib.STEMS
 STEM_STREAMS = {"drums": 1, "bass": 2, "other": 3, "vocals": 4}
-# Sources made of stems; everything a config can name as a source.
-DERIVED_SOURCES = {"accompaniment": ("drums", "bass", "other")}
 SPLITS = ("train", "valid", "test")
 # int16 sample = round(float sample * AUDIO_SCALE), clipped to the int16 range.
 AUDIO_SCALE = 32768.0
@@ -89,9 +89,9 @@ def layout_for(config) -> Layout:
   """The dataset layout a training config needs."""
   sources = tuple(config.model.sources)
   for source in sources:
-    if source not in STEMS and source not in DERIVED_SOURCES:
+    if source not in STEMS and source not in stems_lib.derivable(STEMS):
       raise DataError(f"config.model.sources: {source!r} is not in MUSDB18; use "
-                      f"{', '.join(STEMS + tuple(DERIVED_SOURCES))}")
+                      f"{', '.join(STEMS + tuple(stems_lib.derivable(STEMS)))}")
   if config.model.num_channels not in (1, 2):
     raise DataError(f"config.model.num_channels: MUSDB18 is stereo; use 1 (downmixed) or 2, "
                     f"got {config.model.num_channels}")
@@ -148,19 +148,17 @@ def check_track(track: Track) -> None:
   if not track.wav:
     _stem_file_info(track)
     return
-  import soundfile
-
   infos = {}
   for stem in STEMS:
     path = _stem_path(track, stem)
     try:
-      infos[stem] = soundfile.info(str(path))
-    except Exception as e:  # soundfile raises several types for bad files
-      raise DataError(f"track {track.name!r}: cannot read {path} as audio ({e})") from None
+      infos[stem] = audio.audio_info(path)
+    except audio.AudioError as e:
+      raise DataError(f"track {track.name!r}: {e}") from None
     _check_channels(track, path.name, infos[stem].channels)
     if infos[stem].frames == 0:
       raise DataError(f"track {track.name!r}: {path} is empty")
-  for what, values in (("sample rates", {s: i.samplerate for s, i in infos.items()}),
+  for what, values in (("sample rates", {s: i.rate for s, i in infos.items()}),
                        ("lengths (samples)", {s: i.frames for s, i in infos.items()})):
     if len(set(values.values())) > 1:
       raise DataError(f"track {track.name!r}: stems have different {what} {values}")
@@ -174,48 +172,36 @@ def _stem_path(track: Track, stem: str) -> pathlib.Path:
   return path
 
 
-def _stem_file_info(track: Track):
-  import stempeg
-
-  if shutil.which("ffmpeg") is None or shutil.which("ffprobe") is None:
-    raise DataError("reading .stem.mp4 files needs ffmpeg and ffprobe: install ffmpeg "
-                    "(e.g. apt-get install ffmpeg), or use the MUSDB18-HQ wav release with --wav")
+def _stem_file_info(track: Track) -> None:
   try:
-    info = stempeg.Info(str(track.path))
-  except Exception as e:  # ffprobe failures surface as many exception types
-    raise DataError(f"track {track.name!r}: cannot read {track.path} as a stem file ({e})") from None
-  if info.nb_audio_streams < 5:
-    raise DataError(f"track {track.name!r}: {track.path} has {info.nb_audio_streams} audio "
-                    "streams; a MUSDB18 stem file has 5 (mixture, drums, bass, other, vocals)")
+    channels = audio.stem_file_channels(track.path, 1 + len(STEM_STREAMS))
+  except audio.AudioError as e:
+    raise DataError(f"track {track.name!r}: {e}" + (
+        "; or use the MUSDB18-HQ wav release with --wav" if "needs ffmpeg" in str(e) else "")
+    ) from None
   for stem, index in STEM_STREAMS.items():
-    _check_channels(track, f"{track.path.name} ({stem} stream)", info.channels(index))
-  return info
+    _check_channels(track, f"{track.path.name} ({stem} stream)", channels[index])
 
 
 def _read_wav(track: Track, path: pathlib.Path) -> tuple[np.ndarray, int]:
-  import soundfile
-
   try:
-    audio, rate = soundfile.read(path, dtype="float32", always_2d=True)
-  except Exception as e:  # soundfile raises several types for bad files
-    raise DataError(f"track {track.name!r}: cannot read {path} as audio ({e})") from None
-  _check_stereo(track, path.name, audio)
-  return audio, rate
+    data, rate = audio.read_audio(path)
+  except audio.AudioError as e:
+    raise DataError(f"track {track.name!r}: {e}") from None
+  _check_stereo(track, path.name, data)
+  return data, rate
 
 
 def _read_stem_file(track: Track) -> tuple[dict[str, np.ndarray], int]:
-  import stempeg
-
-  info = _stem_file_info(track)
+  _stem_file_info(track)
   try:
-    audio, rate = stempeg.read_stems(str(track.path), dtype=np.float32, info=info,
-                                     always_3d=True)
-  except Exception as e:  # ffprobe/ffmpeg failures surface as many exception types
-    raise DataError(f"track {track.name!r}: cannot decode {track.path} ({e})") from None
-  stems = {stem: np.asarray(audio[index], np.float32) for stem, index in STEM_STREAMS.items()}
-  for stem, data in stems.items():
-    _check_stereo(track, f"{track.path.name} ({stem} stream)", data)
-  return stems, int(rate)
+    data, rate = audio.read_stem_file(track.path, 1 + len(STEM_STREAMS))
+  except audio.AudioError as e:
+    raise DataError(f"track {track.name!r}: {e}") from None
+  stems = {stem: data[index] for stem, index in STEM_STREAMS.items()}
+  for stem, part in stems.items():
+    _check_stereo(track, f"{track.path.name} ({stem} stream)", part)
+  return stems, rate
 
 
 def _check_stereo(track: Track, what: str, audio: np.ndarray) -> None:
@@ -236,13 +222,12 @@ def track_sources(stems: dict[str, np.ndarray], rate: int, layout: Layout) -> np
   import soxr
 
   out = []
-  for source in layout.sources:
-    audio = sum(stems[s] for s in DERIVED_SOURCES.get(source, (source,)))
+  for source in stems_lib.combine(stems, layout.sources).values():
     if layout.num_channels == 1:
-      audio = audio.mean(axis=1, keepdims=True)
+      source = source.mean(axis=1, keepdims=True)
     if rate != layout.sample_rate:
-      audio = soxr.resample(audio, rate, layout.sample_rate, quality="HQ")
-    out.append(audio)
+      source = soxr.resample(source, rate, layout.sample_rate, quality="HQ")
+    out.append(source)
   return to_int16(np.stack(out))
 
 

@@ -34,14 +34,14 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import dataclasses
-import glob
 import os
 import pathlib
-import shutil
 import sys
 from typing import Callable, Sequence
 
 import numpy as np
+
+from waveunet_jax import audio
 
 SOURCES = ("vocals", "drums", "bass", "other")
 SAMPLE_RATE = 44100
@@ -749,47 +749,29 @@ def _track_name(split: str, index: int, track_seed: int) -> str:
 
 
 def _wav_complete(folder: pathlib.Path, frames: int) -> bool:
-  import soundfile as sf
   try:
-    return all((i := sf.info(str(folder / f"{k}.wav"))).frames == frames and i.channels == 2
-               and i.samplerate == SAMPLE_RATE for k in ("mixture",) + SOURCES)
-  except (OSError, RuntimeError):  # missing or unreadable file
+    return all((i := audio.audio_info(folder / f"{k}.wav")).frames == frames and i.channels == 2
+               and i.rate == SAMPLE_RATE for k in ("mixture",) + SOURCES)
+  except audio.AudioError:  # missing or unreadable file
     return False
 
 
-def _write_wavs(folder: pathlib.Path, audio: dict[str, np.ndarray]) -> None:
-  """Write the track into a hidden temporary folder, then rename: complete or absent."""
-  import soundfile as sf
-  tmp = folder.parent / f".{folder.name}.tmp-{os.getpid()}"
-  shutil.rmtree(tmp, ignore_errors=True)
-  tmp.mkdir(parents=True)
-  for k in ("mixture",) + SOURCES:
-    part = tmp / f"{k}.wav.part"
-    sf.write(str(part), audio[k], SAMPLE_RATE, subtype="PCM_16", format="WAV")
-    os.replace(part, tmp / f"{k}.wav")
-  shutil.rmtree(folder, ignore_errors=True)  # an outdated/incomplete earlier version
-  os.replace(tmp, folder)
+def _write_wavs(folder: pathlib.Path, tracks: dict[str, np.ndarray]) -> None:
+  """Writes the track into a hidden temporary folder, then renames it (replacing an
+  outdated or incomplete earlier version): complete or absent."""
+  with audio.atomic_path(folder) as temp:
+    temp.mkdir()
+    for k in ("mixture",) + SOURCES:
+      audio.write_audio(temp / f"{k}.wav", tracks[k], SAMPLE_RATE, fmt="wav16")
 
 
-def _write_stem_file(path: pathlib.Path, audio: dict[str, np.ndarray]) -> None:
-  import stempeg
-  # ffmpeg picks the container from the extension, so the temporary name ends in .mp4
-  # (but not in .stem.mp4, which musdb would list as a track).
-  tmp = path.parent / f".{path.name[:-len('.stem.mp4')]}.tmp-{os.getpid()}.mp4"
-  data = np.stack([audio[k] for k in STEM_ORDER])
-  try:
-    stempeg.write_stems(str(tmp), data, sample_rate=SAMPLE_RATE,
-                        writer=stempeg.StreamsWriter(codec="aac", bitrate=256000,
-                                                     stem_names=list(STEM_ORDER)))
-    os.replace(tmp, path)
-  finally:
-    tmp.unlink(missing_ok=True)
+def _write_stem_file(path: pathlib.Path, tracks: dict[str, np.ndarray]) -> None:
+  audio.write_stem_file(path, np.stack([tracks[k] for k in STEM_ORDER]), SAMPLE_RATE,
+                        list(STEM_ORDER))
 
 
 def _check_stem_tools() -> None:
-  if shutil.which("ffmpeg") is None or shutil.which("ffprobe") is None:
-    raise RuntimeError(
-        "--stems needs ffmpeg and ffprobe on PATH: install ffmpeg (apt-get install ffmpeg)")
+  audio.require_ffmpeg("--stems")
   try:
     import stempeg  # noqa: F401
   except ImportError as e:
@@ -825,11 +807,9 @@ def write_corpus(root: str | os.PathLike, num_train: int, num_test: int, seconds
       tseed = _track_seed(int(seed), split, i)
       name = _track_name(split, i, tseed)
       path = folder / (name + ".stem.mp4" if stems else name)
-      for stale in folder.glob(f".{glob.escape(name)}.tmp-*"):  # left behind by a killed run
-        shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
+      audio.remove_stale_parts(path)  # left behind by a killed run
       if not (path.is_file() if stems else _wav_complete(path, frames)):
-        audio = make_track(tseed, seconds)
-        (_write_stem_file if stems else _write_wavs)(path, audio)
+        (_write_stem_file if stems else _write_wavs)(path, make_track(tseed, seconds))
       paths.append(path)
   return paths
 
