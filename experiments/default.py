@@ -120,6 +120,14 @@ def get_config() -> ml_collections.ConfigDict:
   config.fine_tune.batch_size = 32
   config.fine_tune.learning_rate = 1e-5
 
+  config.separation = ml_collections.ConfigDict()
+  # The source that receives what the others miss when separating at another rate than
+  # the model's (the band above its Nyquist frequency): with difference output it is
+  # the input minus the other sources, so the stems add up to the input at any rate.
+  # None: 'accompaniment' if a source, else 'other', else the last source. It does not
+  # change training; `separate --residual_source` overrides it.
+  config.separation.residual_source = config_dict.placeholder(str)
+
   # Global batch size of the main stage (all devices and hosts together).
   config.batch_size = 16
   # Upper bound on optimiser steps over both stages; early stopping usually ends sooner.

@@ -219,6 +219,19 @@ def test_sources_without_musdb_references_are_refused(corpus, tmp_path):
     evaluate.evaluate(Stub(("vocals", "piano")), corpus, tmp_path, wav=True, split="test")
 
 
+def test_a_four_source_model_is_scored_as_vocals_and_accompaniment(corpus, tmp_path):
+  model = models.WaveUNet(**tiny_model_config(sources=("bass", "drums", "other", "vocals")))
+  mix = np.zeros((1, models.lengths(model, 1).input_length, 2), np.float32)
+  sep = separate.Separator.from_model(model, jax.jit(model.init)(jax.random.key(0), mix), 8000)
+  summary = evaluate.evaluate(sep, corpus, tmp_path, wav=True, max_tracks=1,
+                              stems=["vocals", "accompaniment"])
+  assert list(summary["model"]) == list(summary["mixture_baseline"]) == ["vocals",
+                                                                         "accompaniment"]
+  assert summary["model"]["accompaniment"]["SDR"]["frames"] > 0
+  with pytest.raises(evaluate.EvaluationError, match="--stems: 'piano'"):
+    evaluate.evaluate(sep, corpus, tmp_path, wav=True, stems=["piano"])
+
+
 def test_splits(corpus, tmp_path):
   train = prepare.find_tracks(corpus, "train", True)[0].name
   assert [t.name for t in evaluate.split_tracks(corpus, "valid", True, [train])] == [train]

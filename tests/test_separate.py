@@ -7,6 +7,7 @@ compiles once for the whole file.
 import functools
 import logging
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -18,7 +19,7 @@ import soundfile as sf
 import soxr
 
 from conftest import tiny_model_config
-from waveunet_jax import engine, models, separate
+from waveunet_jax import audio, engine, models, separate
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 RATE = 8000  # the tiny models' sample rate
@@ -173,12 +174,16 @@ def test_difference_stems_sum_to_the_input():
   assert np.abs(sources["vocals"]).max() < 1  # the clip did not act
   assert np.abs(sources["accompaniment"]).max() > 0.1
   np.testing.assert_allclose(sum(sources.values()), mix, rtol=0, atol=1e-6)
-  # At another rate: exactly the resampling round trip of the input, so about the input.
-  rate = 22050
-  mix = tones(0.5, rate, peak=0.3)
-  total = sum(sep.separate(mix, rate).values())
+  # At another rate too, band above the model's Nyquist frequency included.
+  for rate in (22050, 44100):
+    mix = tones(0.5, rate, peak=0.3) + noise(rate // 2, peak=0.2)
+    total = sum(sep.separate(mix, rate).values())
+    np.testing.assert_allclose(total, mix, rtol=0, atol=1e-6)
+  # Without a residual source the stems are band-limited: about the round trip.
+  plain = separate.Separator(sep.engine, residual_source=None)
+  total = sum(plain.separate(mix, rate).values())
   np.testing.assert_allclose(total, round_trip(mix, rate), rtol=0, atol=1e-5)
-  np.testing.assert_allclose(total, mix, rtol=0, atol=3e-3)
+  assert np.abs(total - mix).max() > 0.05
 
 
 def test_difference_is_clipped_only_where_it_leaves_the_audio_range():
@@ -207,6 +212,95 @@ def test_mono_and_stereo_inputs_into_stereo_and_mono_models():
     with pytest.raises(separate.SeparationError, match=f"has {channels} channels; the model "
                        "takes 2"):
       pass_through(window_seconds=SHORT).separate(noise(10, channels=channels), RATE)
+
+
+def band_energy(x, rate, low_hz):
+  """Energy of [T, C] above `low_hz`."""
+  spectrum = np.abs(np.fft.rfft(x, axis=0)) ** 2
+  return spectrum[np.fft.rfftfreq(len(x), 1 / rate) > low_hz].sum()
+
+
+# The shallow network's design (16 kHz, same padding, max pooling, BatchNorm) and the
+# paper's (22.05 kHz, valid padding, decimation), each at a tiny width.
+FULL_SIZE_DESIGNS = {
+    "shallow": (16000, dict(padding="same", downsampling="maxpool",
+                            downsampling_factors=(1, 4, 4), normalization="batchnorm")),
+    "M4": (22050, dict()),
+}
+
+
+@pytest.mark.parametrize("design", list(FULL_SIZE_DESIGNS))
+def test_full_band_stems_add_up_to_a_44k_file(tmp_path, design):
+  model_rate, overrides = FULL_SIZE_DESIGNS[design]
+  model = models.WaveUNet(**tiny_model_config(**overrides))
+  mix = np.zeros((1, models.lengths(model, 1).input_length, 2), np.float32)
+  variables = jax.jit(model.init)(jax.random.key(1), mix)
+  sep = separate.Separator.from_model(model, variables, model_rate, window_seconds=0.05)
+  assert sep.residual_source == "accompaniment"
+  rate = 44100
+  song = tones(1.5, rate) + noise(round(1.5 * rate), peak=0.3)
+  sf.write(tmp_path / "song.wav", song, rate, subtype="FLOAT")
+  paths = separate.separate_files(sep, [tmp_path / "song.wav"], tmp_path / "out", fmt="float")
+  stems = {p.stem: sf.read(p, dtype="float32", always_2d=True) for p in paths}
+  for audio, stem_rate in stems.values():
+    assert audio.shape == song.shape and stem_rate == rate
+  total = sum(audio for audio, _ in stems.values())
+  assert np.abs(total - song).max() < 1e-4
+  # The band the model cannot hear is all in the accompaniment; vocals have none of it.
+  nyquist = model_rate / 2
+  high = band_energy(song, rate, nyquist * 1.05)
+  assert band_energy(stems["vocals"][0], rate, nyquist * 1.05) < 1e-6 * high
+  assert band_energy(stems["accompaniment"][0], rate, nyquist * 1.05) == pytest.approx(high,
+                                                                                       rel=1e-3)
+
+
+def test_direct_output_residual_gets_the_missing_band_only():
+  rate = 44100
+  song = tones(0.5, rate) + noise(rate // 2, peak=0.3)
+  full = separator("valid", "direct", window_seconds=SHORT)
+  plain = separate.Separator(full.engine, residual_source=None)
+  a, b = full.separate(song, rate), plain.separate(song, rate)
+  np.testing.assert_array_equal(a["vocals"], b["vocals"])
+  np.testing.assert_allclose(a["accompaniment"] - b["accompaniment"],
+                             song - round_trip(song, rate), rtol=0, atol=1e-5)
+
+
+def test_residual_source_is_chosen_or_refused():
+  sep = separator(window_seconds=SHORT)
+  assert separate.Separator(sep.engine, residual_source="vocals").residual_source == "vocals"
+  with pytest.raises(separate.SeparationError, match="'piano' is not one of the model's"):
+    separate.Separator(sep.engine, residual_source="piano")
+
+
+FOUR = ("bass", "drums", "other", "vocals")
+
+
+@functools.cache
+def four_source_separator(**kwargs):
+  model = models.WaveUNet(**tiny_model_config(sources=FOUR))
+  mix = np.zeros((1, models.lengths(model, 1).input_length, 2), np.float32)
+  return separate.Separator.from_model(model, jax.jit(model.init)(jax.random.key(2), mix),
+                                       RATE, **kwargs)
+
+
+def test_stem_layouts_of_a_four_source_model():
+  sep = four_source_separator(window_seconds=SHORT)
+  assert sep.residual_source == "other"
+  song = noise(2000, peak=0.4) + tones(2000 / 44100, 44100)
+  four = sep.separate(song, 44100)
+  assert list(four) == list(FOUR)
+  np.testing.assert_allclose(sum(four.values()), song, rtol=0, atol=1e-6)
+  two = sep.separate(song, 44100, stems=["vocals", "accompaniment"])
+  assert list(two) == ["vocals", "accompaniment"]
+  np.testing.assert_array_equal(two["vocals"], four["vocals"])
+  np.testing.assert_allclose(two["accompaniment"], four["bass"] + four["drums"] + four["other"],
+                             rtol=0, atol=1e-6)
+  drums = sep.separate(song, 44100, stems=["drums", "no_drums"])
+  np.testing.assert_allclose(drums["no_drums"], song - four["drums"], rtol=0, atol=1e-6)
+  for bad, reason in ((["piano"], "'piano' is not one of the sources"),
+                      (["vocals", "vocals"], "named twice"), ([], "no stems")):
+    with pytest.raises(separate.SeparationError, match=reason):
+      sep.separate(song, 44100, stems=bad)
 
 
 # --------------------------------------------------------------------------- #
@@ -339,6 +433,55 @@ def test_inputs_whose_outputs_would_collide_are_refused(tmp_path):
   assert (tmp_path / "out" / "song" / "vocals.wav").is_file()
 
 
+def test_a_folder_gives_the_same_tree_and_every_file_its_own_stems(tmp_path):
+  # Files of different lengths, rates and channels, read ahead while the previous one
+  # is separated: each must get exactly its own stems.
+  album = tmp_path / "album"
+  songs = {"a": (noise(900, seed=1), RATE), "cd2/b": (noise(2500, channels=1, seed=2), 11025),
+           "cd2/deep/c": (noise(40, seed=3), 22050), "d": (noise(1300, seed=4), 44100)}
+  for name, (x, rate) in songs.items():
+    (album / name).parent.mkdir(parents=True, exist_ok=True)
+    sf.write(album / f"{name}.flac" if name == "d" else album / f"{name}.wav", x, rate,
+             subtype="FLOAT" if name != "d" else "PCM_24")
+  (album / ".hidden").mkdir()
+  sf.write(album / ".hidden" / "skip.wav", noise(10), RATE)
+  sep = separator(window_seconds=SHORT)
+  out = tmp_path / "out"
+  written = separate.separate_files(sep, [album], out, fmt="float",
+                                    filename="{track}.{trackext}/{stem}.{ext}")
+  assert len(written) == 2 * len(songs)
+  assert not (out / ".hidden").exists()
+  for name, (x, rate) in songs.items():
+    x = sf.read(album / f"{name}.{'flac' if name == 'd' else 'wav'}", dtype="float32",
+                always_2d=True)[0]
+    expected = sep.separate(x, rate)
+    folder = out / f"{name}.{'flac' if name == 'd' else 'wav'}"
+    for stem in sep.sources:
+      got, got_rate = sf.read(folder / f"{stem}.wav", dtype="float32", always_2d=True)
+      assert got_rate == rate
+      np.testing.assert_array_equal(got, expected[stem])
+  assert not leftovers(out)
+
+
+@needs_ffmpeg
+def test_lossy_outputs_and_the_filename_template(tmp_path):
+  sf.write(tmp_path / "song.wav", tones(1.0, 44100) + noise(44100, peak=0.05), 44100)
+  sep = separator(window_seconds=0.1)
+  paths = separate.separate_files(sep, [tmp_path / "song.wav"], tmp_path / "out", fmt="mp3",
+                                  bitrate="96k", filename="{stem}/{track}.{ext}")
+  assert paths == [tmp_path / "out" / s / "song.mp3" for s in sep.sources]
+  for path in paths:
+    info = audio.audio_info(path)
+    assert (info.rate, info.channels) == (44100, 2)
+    decoded, _ = audio.read_audio(path)
+    assert abs(len(decoded) - 44100) < 1200  # mp3's own framing, no more
+  assert not leftovers(tmp_path / "out")
+  for template, reason in (("{track}.{ext}", "use {stem}"), ("{stem}/{album}.{ext}", "{album}"),
+                           ("../{stem}.{ext}", "inside --output_dir")):
+    with pytest.raises(ValueError, match=re.escape(reason)):
+      separate.separate_files(sep, [tmp_path / "song.wav"], tmp_path / "out", filename=template)
+
+
 def test_a_long_file_streams_from_disk_to_disk(tmp_path):
   # Correctness only: 60 s of 44.1 kHz stereo through the default windows; memory and
   # time are measured outside the tests.
@@ -371,8 +514,9 @@ from waveunet_jax import models, separate
 import jax, numpy as np
 
 def from_workdir(cls, workdir, checkpoint="best", **kwargs):
-  assert (workdir, checkpoint) == ("RUN", "7"), (workdir, checkpoint)
-  model = models.WaveUNet(**conftest.tiny_model_config())
+  assert checkpoint == "7", checkpoint
+  sources = ("bass", "drums", "other", "vocals") if workdir == "FOUR" else None
+  model = models.WaveUNet(**conftest.tiny_model_config(**({"sources": sources} if sources else {})))
   variables = jax.jit(model.init)(jax.random.key(0), np.zeros((1, 161, 2), np.float32))
   return cls.from_model(model, variables, 8000, **kwargs)
 
@@ -397,6 +541,25 @@ def test_cli_goes_on_after_a_bad_input_and_exits_non_zero(tmp_path):
   assert sf.info(tmp_path / "out" / "a" / "vocals.wav").frames == 500
   info = sf.info(tmp_path / "out" / "b" / "accompaniment.wav")
   assert (info.frames, info.channels, info.samplerate, info.subtype) == (700, 1, 16000, "PCM_24")
+
+
+def test_cli_stem_layout_of_a_four_source_model(tmp_path):
+  sf.write(tmp_path / "a.wav", noise(500), 44100)
+  run = lambda *flags: subprocess.run(
+      [sys.executable, "-c", CLI, "--workdir=FOUR", "--checkpoint=7", str(tmp_path / "a.wav"),
+       f"--output_dir={tmp_path}/out", "--window_seconds=0.01", *flags],
+      cwd=ROOT, capture_output=True, text=True, timeout=120)
+  result = run("--stems=vocals,accompaniment", "--format=float")
+  assert result.returncode == 0, result.stderr
+  assert sorted(p.name for p in (tmp_path / "out" / "a").iterdir()) == [
+      "accompaniment.wav", "vocals.wav"]
+  total = sum(sf.read(tmp_path / "out" / "a" / f"{s}.wav", dtype="float32")[0]
+              for s in ("vocals", "accompaniment"))
+  np.testing.assert_allclose(total, sf.read(tmp_path / "a.wav", dtype="float32")[0],
+                             rtol=0, atol=1e-6)
+  result = run("--stems=vocals,piano")
+  assert result.returncode == 1 and "Traceback" not in result.stderr
+  assert result.stderr.strip().splitlines()[-1].startswith("error: stems: 'piano' is not one")
 
 
 def test_cli_missing_workdir_is_one_line(tmp_path):
