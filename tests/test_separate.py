@@ -242,9 +242,9 @@ def test_full_band_stems_add_up_to_a_44k_file(tmp_path, design):
   sf.write(tmp_path / "song.wav", song, rate, subtype="FLOAT")
   paths = separate.separate_files(sep, [tmp_path / "song.wav"], tmp_path / "out", fmt="float")
   stems = {p.stem: sf.read(p, dtype="float32", always_2d=True) for p in paths}
-  for audio, stem_rate in stems.values():
-    assert audio.shape == song.shape and stem_rate == rate
-  total = sum(audio for audio, _ in stems.values())
+  for stem, stem_rate in stems.values():
+    assert stem.shape == song.shape and stem_rate == rate
+  total = sum(stem for stem, _ in stems.values())
   assert np.abs(total - song).max() < 1e-4
   # The band the model cannot hear is all in the accompaniment; vocals have none of it.
   nyquist = model_rate / 2

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from waveunet_jax import audio, synthetic
+from waveunet_jax import audio as audio_io, synthetic
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SR = synthetic.SAMPLE_RATE
@@ -261,8 +261,8 @@ def test_stem_files_round_trip_through_musdb(tmp_path):
 
 
 def test_stems_without_ffmpeg_says_how_to_install(tmp_path, monkeypatch):
-  monkeypatch.setattr(audio.shutil, "which", lambda name: None)
-  with pytest.raises(audio.AudioError, match=r"apt-get install ffmpeg"):
+  monkeypatch.setattr(audio_io.shutil, "which", lambda name: None)
+  with pytest.raises(audio_io.AudioError, match=r"apt-get install ffmpeg"):
     synthetic.write_corpus(tmp_path, 1, 0, 1.0, seed=0, stems=True)
   assert not any(tmp_path.iterdir())
 

@@ -46,4 +46,4 @@ def parse_flags(argv: list[str]) -> list[str]:
               f"and types of {' '.join(overrides)} against experiments/default.py")
 
 
-from waveunet_jax.audio import write_text_atomic  # noqa: E402 (one atomic writer, re-exported)
+from waveunet_jax.audio import write_text_atomic  # noqa: E402,F401 (re-exported)

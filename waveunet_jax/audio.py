@@ -214,17 +214,9 @@ def read_stem_file(path: str | os.PathLike, streams: int) -> tuple[np.ndarray, i
   """A Native Instruments stem file (MUSDB18's `.stem.mp4`): float32
   [streams, time, channels] and the sample rate. Raises AudioError unless it holds at
   least `streams` audio streams."""
-  path = _existing(path)
-  require_ffmpeg(f"{path}: reading .stem.mp4 files")
   import stempeg
 
-  try:
-    info = stempeg.Info(str(path))
-  except Exception as e:  # ffprobe failures surface as many exception types
-    raise AudioError(f"{path}: cannot read it as a stem file ({e})") from None
-  if info.nb_audio_streams < streams:
-    raise AudioError(f"{path}: has {info.nb_audio_streams} audio streams; a stem file of "
-                     f"this layout has {streams}")
+  path, info = _stem_info(path, streams)
   try:
     audio, rate = stempeg.read_stems(str(path), dtype=np.float32, info=info, always_3d=True)
   except Exception as e:  # ffprobe/ffmpeg failures surface as many exception types
@@ -234,6 +226,11 @@ def read_stem_file(path: str | os.PathLike, streams: int) -> tuple[np.ndarray, i
 
 def stem_file_channels(path: str | os.PathLike, streams: int) -> list[int]:
   """The channel counts of a stem file's first `streams` streams, from its header."""
+  _, info = _stem_info(path, streams)
+  return [info.channels(i) for i in range(streams)]
+
+
+def _stem_info(path: str | os.PathLike, streams: int):
   path = _existing(path)
   require_ffmpeg(f"{path}: reading .stem.mp4 files")
   import stempeg
@@ -245,7 +242,7 @@ def stem_file_channels(path: str | os.PathLike, streams: int) -> list[int]:
   if info.nb_audio_streams < streams:
     raise AudioError(f"{path}: has {info.nb_audio_streams} audio streams; a stem file of "
                      f"this layout has {streams}")
-  return [info.channels(i) for i in range(streams)]
+  return path, info
 
 
 def _existing(path: str | os.PathLike) -> pathlib.Path:

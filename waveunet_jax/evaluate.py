@@ -7,7 +7,9 @@
 Reads the tracks as `prepare` does (`<track>.stem.mp4` files, or with --wav the MUSDB18-HQ
 folders, or any folder of multitracks in that layout). For each track: the mix is the
 sum of the four stems (the references then add up to it exactly), the model separates
-it whole (`separate.Separator`, at the model's rate and back), and museval scores the
+it whole (`separator.Separator`, at the model's rate and back, the band above the
+model's Nyquist frequency in the residual source unless --residual_source=none; with
+--stems, in that stem layout), and museval scores the
 model's sources against the original stems ('accompaniment' = drums + bass + other)
 with BSSEval v4 over 1 s windows at the track's rate (44.1 kHz for MUSDB18). Writes
 
@@ -64,7 +66,7 @@ class EvaluationError(ValueError):
 
 
 class SeparatorLike(Protocol):
-  """What evaluation needs of a `separate.Separator` (tests pass stubs)."""
+  """What evaluation needs of a `separator.Separator` (tests pass stubs)."""
 
   sources: Sequence[str]
 
@@ -263,7 +265,7 @@ def evaluate(separator: SeparatorLike, musdb_root: str | os.PathLike,
   """Scores `separator` and the mixture baseline on a split (see the module docstring).
 
   Args:
-    separator: a `separate.Separator`, or anything with its `sources` and `separate`.
+    separator: a `separator.Separator`, or anything with its `sources` and `separate`.
     musdb_root: folder with `train/` and `test/` (stem files, or with `wav` the HQ layout).
     output_dir: where the per-track JSON and the summary go.
     split: 'test' or 'valid' (musdb's validation tracks of `train`, or `valid_tracks`).
@@ -362,6 +364,9 @@ def _define_flags() -> None:
                       "split (default: musdb's validation tracks).")
   flags.DEFINE_string("output_dir", None, "Where the per-track JSON and the summary go.")
   flags.DEFINE_integer("tracks", None, "Evaluate only the split's first N tracks.")
+  flags.DEFINE_string("residual_source", "default",
+                      "As for separate: the source that receives the band above the model's "
+                      "Nyquist frequency; 'none': every source band-limited.")
   flags.DEFINE_string("stems", None, "Score these stems of the model's sources, e.g. "
                       "vocals,accompaniment for a four-source model (default: its sources).")
   flags.mark_flags_as_required(["workdir", "musdb_root", "output_dir"])
@@ -377,7 +382,9 @@ def main(argv: list[str]) -> None:
   valid = prepare.track_names(args.valid_tracks)
   try:
     split_tracks(args.musdb_root, args.split, args.wav, valid)  # before loading the model
-    model = separator_lib.Separator.from_workdir(args.workdir, args.checkpoint)
+    model = separator_lib.Separator.from_workdir(
+        args.workdir, args.checkpoint,
+        residual_source=None if args.residual_source == "none" else args.residual_source)
     evaluate(model, args.musdb_root, args.output_dir, wav=args.wav, split=args.split,
              valid_tracks=valid, max_tracks=args.tracks,
              stems=args.stems.split(",") if args.stems else None)

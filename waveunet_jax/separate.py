@@ -38,7 +38,6 @@ DEFAULT_FILENAME = "{track}/{stem}.{ext}"
 FILENAME_FIELDS = ("track", "trackext", "stem", "ext")
 # Blocks a reader decodes ahead of the network (about 100 s of 44.1 kHz audio).
 READ_AHEAD_BLOCKS = 64
-FORMATS = audio.FORMATS
 
 
 @dataclasses.dataclass(frozen=True)
