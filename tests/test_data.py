@@ -231,6 +231,8 @@ def no_dataset_left(data_dir: pathlib.Path):
     ("mono", "1 channel"),
     ("not_audio", "cannot read"),
     ("empty_file", "cannot read|is empty"),
+    ("nan", "vocals.wav: sample 22050 (at 0.500 s, channel 2) is nan"),
+    ("truncated", "vocals.wav: ends after"),
 ])
 def test_bad_tracks_are_named_and_leave_nothing(tmp_path, problem, message):
   good = silent_stems(1.0)
@@ -249,6 +251,13 @@ def test_bad_tracks_are_named_and_leave_nothing(tmp_path, problem, message):
     write_track(folder, {"other": np.zeros(44100, np.float32)})
   elif problem == "not_audio":
     (folder / "vocals.wav").write_text("this is not a wav file")
+  elif problem == "nan":  # one bad sample must not get into the dataset
+    vocals = np.zeros((44100, 2), np.float32)
+    vocals[22050, 1] = np.nan
+    write_track(folder, {"vocals": vocals}, subtype="FLOAT")
+  elif problem == "truncated":
+    data = (folder / "vocals.wav").read_bytes()
+    (folder / "vocals.wav").write_bytes(data[:len(data) // 3])
   else:
     (folder / "vocals.wav").write_bytes(b"")
   data_dir = tmp_path / "data"

@@ -139,11 +139,34 @@ def test_oracle_scores_high_and_only_missing_results_are_computed(corpus, evalua
   assert summary["mixture_baseline"]["vocals"]["SDR"]["pooled_median"] < 0
 
 
+def same_model(summary):
+  """An `identity` method giving what the evaluated model recorded."""
+  return lambda: {k: v for k, v in summary["separator"].items() if k != "stems"}
+
+
 def test_a_second_run_separates_nothing(corpus, evaluated, tmp_path):
   out = copy_outputs(evaluated, tmp_path)
   stub = Stub()
+  stub.identity = same_model(evaluated[1])
   assert evaluate.evaluate(stub, corpus, out, wav=True, split="test") == evaluated[1]
   assert stub.calls == 0
+
+
+def test_scores_of_another_model_are_never_reported_as_this_ones(corpus, evaluated, tmp_path):
+  out = copy_outputs(evaluated, tmp_path)
+  recorded = evaluated[1]["separator"]
+  assert recorded["engine"] == "jax" and len(recorded["params_sha256"]) == 64
+  assert recorded["residual_source"] == "accompaniment"
+  before = {p: p.read_bytes() for p in out.rglob("*.json")}
+  for change in ({"params_sha256": "0" * 64}, {"residual_source": None}):
+    other = Stub()
+    other.identity = lambda: {**same_model(evaluated[1])(), **change}
+    with pytest.raises(evaluate.EvaluationError, match=r"holds the scores of another model "
+                       r"\(jax, parameters [0-9a-f]{12}, residual source accompaniment\), "
+                       r"not of this one"):
+      evaluate.evaluate(other, corpus, out, wav=True, split="test")
+    assert other.calls == 0
+  assert {p: p.read_bytes() for p in out.rglob("*.json")} == before
 
 
 # --------------------------------------------------------------------------- #
@@ -206,8 +229,10 @@ def test_a_bad_track_is_reported_and_the_others_summarized(corpus, evaluated, tm
   shutil.copytree(good.path, root / "test" / "Broken Track")
   (root / "test" / "Broken Track" / "bass.wav").unlink()
   out = copy_outputs(evaluated, tmp_path)
+  stub = Stub()
+  stub.identity = same_model(evaluated[1])
   with pytest.raises(evaluate.EvaluationError, match="1 of 2 tracks failed .Broken Track."):
-    evaluate.evaluate(Stub(), root, out, wav=True, split="test")
+    evaluate.evaluate(stub, root, out, wav=True, split="test")
   summary = json.loads((out / "summary.json").read_text())
   assert summary["tracks"] == [good.name]
   assert "bass.wav" in summary["failed"]["Broken Track"]
@@ -250,13 +275,16 @@ def test_splits(corpus, tmp_path):
 
 # The command line, with a stub for the trained model (training one takes too long).
 CLI = """
-import sys
+import json, os, sys
 sys.path.insert(0, "tests")
 import conftest  # CPU only, like the tests
 from waveunet_jax import evaluate, separate
 
 class Resumed:
   sources = ("accompaniment", "vocals")
+
+  def identity(self):  # the model that scored before
+    return json.loads(os.environ["SCORED_BY"])
 
   def separate(self, audio, rate):
     raise AssertionError("a track scored before was separated again")
@@ -270,17 +298,18 @@ evaluate.cli()
 """
 
 
-def run_cli(*args, stub=False):
+def run_cli(*args, stub=None):
   command = ["-c", CLI] if stub else ["-m", "waveunet_jax.evaluate"]
   return subprocess.run([sys.executable, *command, *map(str, args)], cwd=ROOT,
                         capture_output=True, text=True, timeout=300,
-                        env={**os.environ, "PYTHONPATH": str(ROOT)})
+                        env={**os.environ, "PYTHONPATH": str(ROOT),
+                             "SCORED_BY": json.dumps(stub() if stub else None)})
 
 
 def test_cli_summarizes_the_first_tracks(corpus, evaluated, tmp_path):
   out = copy_outputs(evaluated, tmp_path)
   result = run_cli("--workdir=RUN", "--checkpoint=7", f"--musdb_root={corpus}", "--wav",
-                   f"--output_dir={out}", "--tracks=1", stub=True)
+                   f"--output_dir={out}", "--tracks=1", stub=same_model(evaluated[1]))
   assert result.returncode == 0, result.stderr
   first = prepare.find_tracks(corpus, "test", True)[0].name
   assert json.loads((out / "summary.json").read_text())["tracks"] == [first]

@@ -6,6 +6,7 @@ compiles once for the whole file.
 
 import functools
 import logging
+import os
 import pathlib
 import re
 import shutil
@@ -480,6 +481,85 @@ def test_lossy_outputs_and_the_filename_template(tmp_path):
                            ("../{stem}.{ext}", "inside --output_dir")):
     with pytest.raises(ValueError, match=re.escape(reason)):
       separate.separate_files(sep, [tmp_path / "song.wav"], tmp_path / "out", filename=template)
+
+
+def test_non_finite_or_truncated_inputs_are_refused_and_leave_nothing(tmp_path, caplog):
+  song = noise(4 * RATE, peak=0.5)
+  song[3 * RATE + 17, 0] = np.nan  # one bad sample would ruin a whole window of stems
+  song[3 * RATE + 20:3 * RATE + 30] = np.inf
+  sf.write(tmp_path / "nan.wav", song, RATE, subtype="FLOAT")
+  sf.write(tmp_path / "whole.wav", noise(4 * RATE), RATE, subtype="FLOAT")
+  data = (tmp_path / "whole.wav").read_bytes()
+  (tmp_path / "cut.wav").write_bytes(data[:len(data) // 2])
+  out = tmp_path / "out"
+  with caplog.at_level(logging.ERROR), pytest.raises(separate.SeparationError,
+                                                     match="2 input"):
+    separate.separate_files(pass_through(window_seconds=SHORT),
+                            [tmp_path / "nan.wav", tmp_path / "cut.wav"], out)
+  errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+  assert errors[0].endswith("nan.wav: sample 24017 (at 3.002 s, channel 1) is nan: it holds "
+                            "samples that are not numbers (NaN or infinite); repair it (e.g. "
+                            "replace them by 0) before using it")
+  assert re.search(r"cut.wav: ends after \d+ of the 32000 frames its header declares", errors[1])
+  assert not out.exists() or not any(out.rglob("*"))
+  with pytest.raises(separate.SeparationError, match=r"audio: sample 24017 \(at 3.002 s"):
+    pass_through(window_seconds=SHORT).separate(song, RATE)
+
+
+def test_clip_modes_for_stems_beyond_the_audio_range(tmp_path, caplog):
+  # Peaks of 5: every estimated source is tanh(-0.55) ~ -0.5, vocals = mix + 0.5 (with
+  # the clip of the difference output off) and accompaniment the rest.
+  mix = np.linspace(-5, 5, 900, dtype=np.float32)[:, None].repeat(2, axis=1)
+  sf.write(tmp_path / "loud.wav", mix, RATE, subtype="FLOAT")
+  sep = separator(bias=-0.55, window_seconds=SHORT, clip_difference=False)
+  run = lambda fmt, clip: [sf.read(p, dtype="float32")[0] for p in separate.separate_files(
+      sep, [tmp_path / "loud.wav"], tmp_path / f"{fmt}-{clip}", fmt=fmt, clip=clip)]
+  with caplog.at_level(logging.WARNING):
+    exact = run("float", None)  # float output keeps everything by default
+    np.testing.assert_allclose(sum(exact), mix, rtol=0, atol=1e-6)
+    assert np.abs(exact[1]).max() > 5
+    assert "reaches 5.000, beyond the [-1, 1]" in caplog.text
+    caplog.clear()
+    clamped = run("wav24", None)
+    assert max(np.abs(x).max() for x in clamped) == pytest.approx(1.0, abs=1e-4)
+    beyond = np.count_nonzero(np.abs(exact[1]) > 1)
+    assert f"vocals: {beyond} samples beyond [-1, 1] were clamped (peak 5.5" in caplog.text
+    caplog.clear()
+    rescaled = run("wav24", "rescale")
+    scale = 1 / max(np.abs(x).max() for x in exact)
+    assert f"stems scaled by {scale:.4f} together" in caplog.text
+    np.testing.assert_allclose(sum(rescaled), mix * scale, rtol=0, atol=1e-5)
+  assert not leftovers(tmp_path)
+  with pytest.raises(ValueError, match="--clip=none: --format=wav16 cannot hold"):
+    run("wav16", "none")
+
+
+def test_an_unwritable_output_dir_is_one_line(tmp_path):
+  sf.write(tmp_path / "song.wav", noise(300), RATE)
+  (tmp_path / "file").write_text("a regular file")
+  with pytest.raises(separate.SeparationError,
+                     match=r"^--output_dir=.*file/out: cannot create this folder \(Not a "
+                           r"directory\)$"):
+    separate.separate_files(pass_through(window_seconds=SHORT), [tmp_path / "song.wav"],
+                            tmp_path / "file" / "out")
+
+
+def test_a_rerun_removes_the_temporaries_of_a_killed_run_only(tmp_path):
+  sf.write(tmp_path / "song.wav", noise(300), RATE)
+  out = tmp_path / "out"
+  paths = separate.separate_files(pass_through(window_seconds=SHORT), [tmp_path / "song.wav"],
+                                  out)
+  dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                        capture_output=True, text=True, check=True).stdout.strip()
+  live = str(os.getppid())  # a process that runs: another job writing the same file
+  stale = [p.parent / f".{p.name}.part-{dead}" for p in paths] + [
+      paths[0].parent / f".{paths[0].name}.part-{dead}.spool"]
+  running = paths[1].parent / f".{paths[1].name}.part-{live}"
+  for p in stale + [running]:
+    p.write_bytes(b"half a song")
+  # The outputs exist, so nothing is redone, and the dead run's files go all the same.
+  separate.separate_files(pass_through(window_seconds=SHORT), [tmp_path / "song.wav"], out)
+  assert not any(p.exists() for p in stale) and running.exists()
 
 
 def test_a_long_file_streams_from_disk_to_disk(tmp_path):

@@ -29,6 +29,7 @@ from collections.abc import Iterator
 from typing import IO
 
 import numpy as np
+from absl import logging
 
 # Frames per block read from a file.
 BLOCK_FRAMES = 1 << 16
@@ -184,10 +185,12 @@ def audio_info(path: str | os.PathLike) -> AudioInfo:
     import soundfile
 
     try:
-      info = soundfile.info(str(path))
+      file = soundfile.SoundFile(str(path))
     except Exception as e:  # soundfile raises several types for bad files
       raise AudioError(f"{path}: cannot read it as audio ({e})") from None
-    return AudioInfo(info.samplerate, info.channels, info.frames)
+    with file:
+      _check_declared_length(file, path)
+      return AudioInfo(file.samplerate, file.channels, file.frames)
   rate, channels, seconds = _probe(path)
   return AudioInfo(rate, channels, round(seconds * rate))
 
@@ -221,7 +224,10 @@ def read_stem_file(path: str | os.PathLike, streams: int) -> tuple[np.ndarray, i
     audio, rate = stempeg.read_stems(str(path), dtype=np.float32, info=info, always_3d=True)
   except Exception as e:  # ffprobe/ffmpeg failures surface as many exception types
     raise AudioError(f"{path}: cannot decode it ({e})") from None
-  return np.asarray(audio, np.float32), int(rate)
+  audio = np.asarray(audio, np.float32)
+  for i, stream in enumerate(audio[:streams]):
+    check_finite(stream, 0, int(rate), f"{path} (stream {i})")
+  return audio, int(rate)
 
 
 def stem_file_channels(path: str | os.PathLike, streams: int) -> list[int]:
@@ -243,6 +249,20 @@ def _stem_info(path: str | os.PathLike, streams: int):
     raise AudioError(f"{path}: has {info.nb_audio_streams} audio streams; a stem file of "
                      f"this layout has {streams}")
   return path, info
+
+
+def check_finite(block: np.ndarray, offset: int, rate: int, name: str) -> None:
+  """Raises AudioError naming `name` and the time of the first NaN or infinite sample
+  of `block` [n, channels], whose first frame is frame `offset` of the audio: such a
+  sample would spread through a whole window of every separated source."""
+  finite = np.isfinite(block)
+  if finite.all():
+    return
+  frame, channel = np.argwhere(~finite)[0]
+  raise AudioError(
+      f"{name}: sample {offset + frame} (at {(offset + frame) / rate:.3f} s, channel "
+      f"{channel + 1}) is {block[frame, channel]}: it holds samples that are not numbers "
+      "(NaN or infinite); repair it (e.g. replace them by 0) before using it")
 
 
 def _existing(path: str | os.PathLike) -> pathlib.Path:
@@ -269,14 +289,47 @@ def _open_soundfile(path: pathlib.Path) -> Iterator[AudioStream]:
   with file:
     if file.frames == 0:
       raise AudioError(f"{path}: is empty (no audio samples)")
+    declared = _check_declared_length(file, path)
 
     def blocks():
+      total = 0
       try:
-        yield from file.blocks(BLOCK_FRAMES, dtype="float32", always_2d=True)
+        for block in file.blocks(BLOCK_FRAMES, dtype="float32", always_2d=True):
+          check_finite(block, total, file.samplerate, str(path))
+          total += len(block)
+          yield block
       except RuntimeError as e:  # libsndfile errors part-way through the file
         raise AudioError(f"{path}: cannot read it to the end ({e})") from None
+      if total < declared:
+        raise AudioError(_truncated(path, total, declared))
 
     yield AudioStream(file.samplerate, file.channels, file.frames, blocks())
+
+
+def _truncated(path: pathlib.Path, frames: int, declared: int) -> str:
+  return (f"{path}: ends after {frames} of the {declared} frames its header declares "
+          "(a download or copy cut short?); to use what is there, rewrite it first, e.g. "
+          f"ffmpeg -i '{path}' fixed.wav")
+
+
+def _check_declared_length(file, path: pathlib.Path) -> int:
+  """The frames an open soundfile declares; AudioError if it holds fewer."""
+  declared = max(file.frames, _declared_frames(file))
+  if declared > file.frames:
+    raise AudioError(_truncated(path, file.frames, declared))
+  return declared
+
+
+def _declared_frames(file) -> int:
+  """The frames a WAV header's data chunk declares (libsndfile itself counts only the
+  frames the file holds, and logs the declared size as "data : N (should be M)")."""
+  import re
+
+  match = re.search(r"^data\s*:\s*(\d+)\s*\(should be", file.extra_info, re.MULTILINE)
+  frame_bytes = re.search(r"Block Align\s*:\s*(\d+)", file.extra_info)
+  if not (match and frame_bytes and int(frame_bytes.group(1))):
+    return 0
+  return int(match.group(1)) // int(frame_bytes.group(1))
 
 
 def _probe(path: pathlib.Path) -> tuple[int, int, float]:
@@ -308,12 +361,17 @@ def _open_ffmpeg(path: pathlib.Path) -> Iterator[AudioStream]:
       frame_bytes, total = 4 * channels, 0
       while data := process.stdout.read(BLOCK_FRAMES * frame_bytes):
         block = np.frombuffer(data[:len(data) // frame_bytes * frame_bytes], "<f4")
-        total += len(block) // channels
-        yield block.reshape(-1, channels)
+        block = block.reshape(-1, channels)
+        check_finite(block, total, rate, str(path))
+        total += len(block)
+        yield block
       if process.wait() != 0:
         raise AudioError(f"{path}: ffmpeg cannot decode it ({_read_errors(errors)})")
       if total == 0:
         raise AudioError(f"{path}: is empty (no audio samples)")
+      if total < 0.99 * duration * rate - rate:  # the container's duration is an estimate
+        logging.warning("%s: decoded %.2f s of the %.2f s its container declares; the file "
+                        "may be cut short", path, total / rate, duration)
 
     try:
       yield AudioStream(rate, channels, round(duration * rate), blocks())
@@ -350,6 +408,7 @@ class AudioWriter:
     if fmt not in FORMATS:
       raise AudioError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     self.path, self.format, self.channels = pathlib.Path(path), FORMATS[fmt], channels
+    self.clipped, self.peak = 0, 0.0  # samples clipped so far, and the largest |sample|
     self._atomic = atomic_path(self.path, suffix=self.format.extension)
     self._temp = self._atomic.__enter__()
     self._closed = False
@@ -376,7 +435,10 @@ class AudioWriter:
 
   def write(self, block: np.ndarray) -> None:
     block = np.asarray(block, np.float32).reshape(-1, self.channels)
-    if self.format.clips:
+    if len(block):
+      self.peak = max(self.peak, float(np.abs(block).max()))
+    if self.format.clips and self.peak > 1.0:
+      self.clipped += int(np.count_nonzero(np.abs(block) > 1.0))
       block = np.clip(block, -1.0, 1.0)
     try:
       if self.format.lossy:
@@ -433,6 +495,36 @@ class AudioWriter:
       self.commit()
     else:
       self.discard()
+
+
+class Spool:
+  """Float32 frames [n, channels] kept on disk for a second pass, in a hidden file
+  beside `path` named as one of its temporaries (a killed run's spool is removed with
+  them); removed by `close()`."""
+
+  def __init__(self, path: str | os.PathLike, channels: int):
+    path = pathlib.Path(path)
+    self.path = path.parent / (_part_name(path, os.getpid()) + ".spool")
+    self.channels = channels
+    try:
+      path.parent.mkdir(parents=True, exist_ok=True)
+      self._file = open(self.path, "w+b")
+    except OSError as e:
+      raise AudioError(f"{path}: cannot write beside it ({e.strerror or e})") from None
+
+  def write(self, block: np.ndarray) -> None:
+    self._file.write(np.ascontiguousarray(block, "<f4").tobytes())
+
+  def blocks(self) -> Iterator[np.ndarray]:
+    self._file.flush()
+    self._file.seek(0)
+    frame_bytes = 4 * self.channels
+    while data := self._file.read(BLOCK_FRAMES * frame_bytes):
+      yield np.frombuffer(data, "<f4").reshape(-1, self.channels)
+
+  def close(self) -> None:
+    self._file.close()
+    self.path.unlink(missing_ok=True)
 
 
 def write_audio(path: str | os.PathLike, audio: np.ndarray, rate: int,

@@ -10,8 +10,10 @@ estimate). For the paper's M4 at 22050 Hz that is windows of 794611 input sample
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
+import pathlib
 from typing import Any
 
 import jax
@@ -87,6 +89,17 @@ def tiling(model: models.WaveUNet, sample_rate: int, window_seconds: float | Non
                 pad_left=size.offset + keep_start + overlap_length)
 
 
+def variables_hash(variables: Any) -> str:
+  """SHA-256 of a variables tree: every leaf's path, dtype, shape and bytes."""
+  digest = hashlib.sha256()
+  for path, leaf in sorted(jax.tree_util.tree_flatten_with_path(variables)[0],
+                           key=lambda item: jax.tree_util.keystr(item[0])):
+    leaf = np.asarray(leaf)
+    digest.update(f"{jax.tree_util.keystr(path)}:{leaf.dtype}:{leaf.shape};".encode())
+    digest.update(np.ascontiguousarray(leaf).tobytes())
+  return digest.hexdigest()
+
+
 class JaxEngine:
   """A Flax `models.WaveUNet` on the separator's windows (see `separator.Engine`).
 
@@ -112,6 +125,8 @@ class JaxEngine:
     self.batch_size = batch_size
     self.residual_source = residual_source
     self.tiling = tiling(model, self.sample_rate, window_seconds, overlap, batch_size)
+    # What evaluation records of the model it scored (from_workdir adds where from).
+    self.identity = {"engine": "jax", "params_sha256": variables_hash(variables)}
     self.variables = jax.device_put(variables)
     self._forward = jax.jit(lambda variables, windows: model.apply(variables, windows,
                                                                    train=False))
@@ -127,8 +142,11 @@ class JaxEngine:
     except train.TrainingError as e:  # no such workdir or checkpoint
       raise SeparationError(str(e)) from None
     residual = config.get("separation", {}).get("residual_source")
-    return cls(models.WaveUNet(**config.model), variables, config.data.sample_rate,
-               residual_source=residual, **kwargs)
+    engine = cls(models.WaveUNet(**config.model), variables, config.data.sample_rate,
+                 residual_source=residual, **kwargs)
+    engine.identity = {"engine": "jax", "workdir": str(pathlib.Path(workdir).resolve()),
+                       "checkpoint": str(checkpoint), **engine.identity}
+    return engine
 
   def forward(self, windows: np.ndarray) -> jax.Array:
     """[batch, input_length, C] -> [batch, S, output_length, C], asynchronously."""

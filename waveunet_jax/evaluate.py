@@ -185,6 +185,33 @@ def read_scores(path: pathlib.Path, sources: Sequence[str]) -> dict[str, dict[st
   return scores
 
 
+def _describe(model: Mapping[str, Any] | None) -> str:
+  if not model:
+    return "not recorded"
+  parts = [f"workdir {model['workdir']}" if model.get("workdir") else model.get("engine", ""),
+           f"checkpoint {model['checkpoint']}" if model.get("checkpoint") else "",
+           f"step {model['step']}" if model.get("step") is not None else "",
+           f"parameters {model.get('params_sha256', '?')[:12]}",
+           f"residual source {model.get('residual_source')}"]
+  return ", ".join(p for p in parts if p)
+
+
+def check_same_model(path: pathlib.Path, model: Mapping[str, Any] | None) -> None:
+  """Raises EvaluationError unless the per-track JSON at `path` holds scores of `model`
+  (what `separator.Separator.identity` gives), so that a resumed evaluation never
+  reports another model's scores as its own."""
+  try:
+    saved = json.loads(path.read_text()).get("separator")
+  except (OSError, ValueError, AttributeError) as e:
+    raise EvaluationError(f"{path}: cannot read it as museval scores ({e}); delete it to "
+                          "score the track again") from None
+  if saved != model:
+    raise EvaluationError(
+        f"{path} holds the scores of another model ({_describe(saved)}), not of this one "
+        f"({_describe(model)}); evaluate into another --output_dir, or delete "
+        f"{path.parent} to score this one there")
+
+
 def _stat(value: float) -> float | None:
   return round(float(value), 4) if np.isfinite(value) else None
 
@@ -291,6 +318,11 @@ def evaluate(separator: SeparatorLike, musdb_root: str | os.PathLike,
   tracks = split_tracks(musdb_root, split, wav, valid_tracks)[:max_tracks]
   output_dir = pathlib.Path(output_dir)
   folders = {"model": output_dir / split, "mixture_baseline": output_dir / BASELINE / split}
+  identity = getattr(separator, "identity", None)
+  model = {**identity(), "stems": list(sources)} if identity else None
+  for track in tracks:  # before any work: earlier scores must be this model's
+    if (folders["model"] / f"{track.name}.json").exists():
+      check_same_model(folders["model"] / f"{track.name}.json", model)
   scores = {key: {} for key in folders}
   failed = {}
   for i, track in enumerate(tracks):
@@ -315,8 +347,11 @@ def evaluate(separator: SeparatorLike, musdb_root: str | os.PathLike,
           else:
             estimates = {s: mix for s in sources}
           tic = time.perf_counter()
-          store = score(track.name, refs, {s: estimates[s] for s in sources}, rate)
-          audio.write_text_atomic(paths[key], store.json)
+          store = json.loads(score(track.name, refs, {s: estimates[s] for s in sources},
+                                   rate).json)
+          if key == "model":
+            store["separator"] = model
+          audio.write_text_atomic(paths[key], json.dumps(store) + "\n")
           took["museval"] = took.get("museval", 0.0) + time.perf_counter() - tic
     except (prepare.DataError, EvaluationError) as e:
       logging.error("%s: %s", where, e)
@@ -334,6 +369,7 @@ def evaluate(separator: SeparatorLike, musdb_root: str | os.PathLike,
   summary = {
       "split": split,
       "musdb_root": str(musdb_root),
+      "separator": model,
       "tracks": list(scores["model"]),
       "failed": failed,
       "museval": {"version": importlib.metadata.version("museval"), "mode": "v4",

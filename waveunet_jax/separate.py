@@ -36,6 +36,9 @@ from waveunet_jax.separator import SeparationError, Separator  # noqa: F401 (the
 
 DEFAULT_FILENAME = "{track}/{stem}.{ext}"
 FILENAME_FIELDS = ("track", "trackext", "stem", "ext")
+# --clip: what happens to stem samples beyond [-1, 1] (None: 'none' for float output,
+# 'clamp' for the formats that cannot hold them).
+CLIP_MODES = ("clamp", "rescale", "none")
 # Blocks a reader decodes ahead of the network (about 100 s of 44.1 kHz audio).
 READ_AHEAD_BLOCKS = 64
 
@@ -65,6 +68,19 @@ def check_filename(template: str) -> str:
   if template.startswith("/") or ".." in pathlib.PurePath(template).parts:
     raise ValueError(f"--filename={template}: must stay inside --output_dir")
   return template
+
+
+def clip_mode(clip: str | None, fmt: str) -> str:
+  """The --clip mode for `fmt`: as given, or by default 'none' for float output and
+  'clamp' else. ValueError for 'none' with a format that clips."""
+  if clip is None:
+    return "clamp" if audio.FORMATS[fmt].clips else "none"
+  if clip not in CLIP_MODES:
+    raise ValueError(f"--clip={clip}: use {', '.join(CLIP_MODES)}")
+  if clip == "none" and audio.FORMATS[fmt].clips:
+    raise ValueError(f"--clip=none: --format={fmt} cannot hold samples beyond [-1, 1]; "
+                     "use --format=float to keep them, or --clip=rescale")
+  return clip
 
 
 def output_paths(job: Job, output_dir: str | os.PathLike, names: Sequence[str], fmt: str,
@@ -190,8 +206,8 @@ def separate_file(separator: Separator, path: str | os.PathLike,
 def separate_files(separator: Separator, inputs: Sequence[str | os.PathLike],
                    output_dir: str | os.PathLike, *, fmt: str = "wav16",
                    bitrate: str = audio.DEFAULT_BITRATE, stems: Sequence[str] | None = None,
-                   filename: str = DEFAULT_FILENAME, overwrite: bool = False,
-                   progress: bool = False) -> list[pathlib.Path]:
+                   filename: str = DEFAULT_FILENAME, clip: str | None = None,
+                   overwrite: bool = False, progress: bool = False) -> list[pathlib.Path]:
   """Separates files, and the audio files of folders (recursively, the same tree out).
 
   Each output is written under a hidden temporary name and renamed when its whole
@@ -204,13 +220,23 @@ def separate_files(separator: Separator, inputs: Sequence[str | os.PathLike],
     stems: the stem layout (`stems` module); None: the model's sources.
     filename: where each stem goes below `output_dir`, from the fields {track} (the
       input's name without extension), {trackext}, {stem} and {ext}.
+    clip: samples beyond [-1, 1]: 'clamp' them (with a warning saying how many),
+      'rescale' all stems of a file together so that none clips, or 'none' (float
+      output only: the stems keep their exact sum); None: 'none' for float output,
+      'clamp' else.
   Returns:
     The outputs of the inputs that worked.
   """
   if fmt not in audio.FORMATS:
     raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(audio.FORMATS)}")
   check_filename(filename)
+  clip = clip_mode(clip, fmt)
   names = separator.stem_names(stems)
+  try:
+    pathlib.Path(output_dir).mkdir(parents=True, exist_ok=True)
+  except OSError as e:  # e.g. under a regular file: nothing could be written
+    raise SeparationError(f"--output_dir={output_dir}: cannot create this folder "
+                          f"({e.strerror or e})") from None
   plan, claimed = [], {}  # (job, its outputs, the stems to write, an error) in order
   for job, error in list_jobs(inputs):
     paths = output_paths(job, output_dir, names, fmt, filename)
@@ -221,6 +247,8 @@ def separate_files(separator: Separator, inputs: Sequence[str | os.PathLike],
                "--output_dir or name outputs with --filename")
     if error is None:
       claimed.update((p, job.path) for p in paths.values())
+    for path in paths.values():
+      audio.remove_stale_parts(path)  # a killed run's temporaries, whatever is redone
     plan.append((job, paths, [n for n in names if overwrite or not paths[n].exists()], error))
   work = [job for job, _, missing, error in plan if error is None and missing]
 
@@ -240,7 +268,7 @@ def separate_files(separator: Separator, inputs: Sequence[str | os.PathLike],
         try:
           if opened.error is not None:
             raise opened.error
-          _separate_one(separator, opened, paths, missing, names, fmt, bitrate, bar)
+          _separate_one(separator, opened, paths, missing, names, fmt, bitrate, clip, bar)
           outputs += paths.values()
           continue
         except (SeparationError, audio.AudioError) as e:
@@ -256,7 +284,7 @@ def separate_files(separator: Separator, inputs: Sequence[str | os.PathLike],
 
 
 def _separate_one(separator: Separator, opened: _Opened, paths: dict[str, pathlib.Path],
-                  missing: list[str], names: Sequence[str], fmt: str, bitrate: str,
+                  missing: list[str], names: Sequence[str], fmt: str, bitrate: str, clip: str,
                   bar) -> None:
   stream, path = opened.stream, opened.job.path
   made = set()  # folders this output makes, removed again if it fails
@@ -265,17 +293,37 @@ def _separate_one(separator: Separator, opened: _Opened, paths: dict[str, pathli
     while not folder.exists() and folder != folder.parent:
       made.add(folder)
       folder = folder.parent
-  writers = []
+  sinks, writers = [], []
+  input_peak, peak = _Peak(), _Peak()
   try:
     separator.check_channels(stream.channels, str(path))
-    writers = [audio.AudioWriter(paths[n], stream.rate, stream.channels, fmt, bitrate)
-               for n in missing]
+    if clip == "rescale":  # a first pass to learn the stems' peak
+      sinks = [audio.Spool(paths[n], stream.channels) for n in missing]
+    else:
+      sinks = writers = [audio.AudioWriter(paths[n], stream.rate, stream.channels, fmt,
+                                           bitrate) for n in missing]
     index = [names.index(n) for n in missing]
-    for block in separator.separate_blocks(opened.blocks(), stream.rate, stream.channels,
-                                           name=str(path), stems=names):
-      for writer, i in zip(writers, index):
-        writer.write(block[:, i])
+    for block in separator.separate_blocks(input_peak.track(opened.blocks()), stream.rate,
+                                           stream.channels, name=str(path), stems=names):
+      for sink, i in zip(sinks, index):
+        sink.write(block[:, i])
+      peak.add(block)
       bar.update(len(block) / stream.rate)
+    if clip == "rescale":
+      scale = 1.0 / peak.value if peak.value > 1.0 else 1.0
+      if scale < 1.0:
+        logging.warning("%s: stems scaled by %.4f together (their peak was %.3f) so that "
+                        "none clips", path, scale, peak.value)
+      writers = [audio.AudioWriter(paths[n], stream.rate, stream.channels, fmt, bitrate)
+                 for n in missing]
+      for spool, writer in zip(sinks, writers):
+        for block in spool.blocks():
+          writer.write(block * np.float32(scale))
+    for name, writer in zip(missing, writers):
+      if writer.clipped:
+        logging.warning("%s: %s: %d samples beyond [-1, 1] were clamped (peak %.3f); "
+                        "--clip=rescale scales all stems together instead, --format=float "
+                        "keeps them", path, name, writer.clipped, writer.peak)
     for writer in writers:
       writer.commit()
   except BaseException:
@@ -286,9 +334,32 @@ def _separate_one(separator: Separator, opened: _Opened, paths: dict[str, pathli
       if folder.is_dir() and not any(folder.iterdir()):
         folder.rmdir()
     raise
+  finally:
+    if clip == "rescale":
+      for spool in sinks:
+        spool.close()
+  if input_peak.value > 1.0:
+    logging.warning("%s: the input reaches %.3f, beyond the [-1, 1] the model was trained "
+                    "on; its stems may be poor", path, input_peak.value)
   kept = [n for n in names if n not in missing]
   logging.info("%s -> %s%s", path, paths[names[0]].parent,
                f" (kept existing {', '.join(kept)})" if kept else "")
+
+
+class _Peak:
+  """The largest |sample| of the blocks seen."""
+
+  def __init__(self):
+    self.value = 0.0
+
+  def add(self, block: np.ndarray) -> None:
+    if block.size:
+      self.value = max(self.value, float(np.abs(block).max()))
+
+  def track(self, blocks: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
+    for block in blocks:
+      self.add(block)
+      yield block
 
 
 def _progress_bar(jobs: Sequence[Job], enabled: bool):
@@ -335,6 +406,10 @@ def _define_flags() -> None:
                       "The source that receives the band above the model's Nyquist "
                       "frequency (stems then add up to the input); 'default': the "
                       "config's choice, else accompaniment or other; 'none': no source.")
+  flags.DEFINE_enum("clip", None, list(CLIP_MODES),
+                    "Stem samples beyond [-1, 1]: clamp (with a warning), rescale (all stems "
+                    "of a file together), none (float output keeps the exact sum). Default: "
+                    "none for --format=float, clamp else.")
   flags.DEFINE_bool("overwrite", False, "Replace existing outputs.")
   flags.DEFINE_float("overlap", 0.0, "Share of each window cross-faded with the next, in [0, 0.5].")
   flags.DEFINE_float("window_seconds", None, "Output seconds per window (default "
@@ -354,6 +429,7 @@ def main(argv: list[str]) -> None:
   residual = None if args.residual_source == "none" else args.residual_source
   try:
     check_filename(args.filename)
+    clip_mode(args.clip, args.format)
     separator = Separator.from_workdir(args.workdir, args.checkpoint,
                                        window_seconds=args.window_seconds,
                                        overlap=args.overlap, batch_size=args.batch_size,
@@ -363,7 +439,8 @@ def main(argv: list[str]) -> None:
     sys.exit(f"error: {e}")
   try:
     separate_files(separator, inputs, args.output_dir, fmt=args.format, bitrate=args.bitrate,
-                   stems=stems, filename=args.filename, overwrite=args.overwrite,
+                   stems=stems, filename=args.filename, clip=args.clip,
+                   overwrite=args.overwrite,
                    progress=True)
   except SeparationError as e:
     sys.exit(f"error: {e}")

@@ -60,6 +60,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from waveunet_jax import audio
 from waveunet_jax import stems as stems_lib
 
 RESAMPLING_QUALITY = "HQ"
@@ -161,6 +162,13 @@ class Separator:
   def sources(self) -> tuple[str, ...]:
     return tuple(self.engine.sources)
 
+  def identity(self) -> dict[str, Any]:
+    """What its results depend on: the engine's model (where from, a hash of its
+    parameters) and the separation settings. Evaluation records it beside scores."""
+    return {**getattr(self.engine, "identity", {"engine": type(self.engine).__name__}),
+            "residual_source": self.residual_source, "clip_difference": self.clip_difference,
+            "tiling": dataclasses.asdict(self.tiling)}
+
   @property
   def sample_rate(self) -> int:
     return int(self.engine.sample_rate)
@@ -229,7 +237,7 @@ class Separator:
     with_mix = residual is not None and e.output == "direct"
     song = _SongLength()
     mix_at_input = _Fifo() if residual is not None else None
-    x = _model_inputs(blocks, channels, e.num_channels, song, mix_at_input)
+    x = _model_inputs(blocks, channels, e.num_channels, song, mix_at_input, rate, name)
     if rate != self.sample_rate:
       x = _resample(x, rate, self.sample_rate, e.num_channels)
     mix_at_model = _Fifo() if with_mix else None
@@ -367,11 +375,16 @@ class _Fifo:
 
 
 def _model_inputs(blocks: Iterable[np.ndarray], channels: int, model_channels: int,
-                  song: _SongLength, mix: _Fifo | None) -> Iterator[np.ndarray]:
-  """The song's blocks as float32 [n, channels], counted into `song`, kept in `mix`
-  (for the full band), and converted to the model's channels."""
+                  song: _SongLength, mix: _Fifo | None, rate: int, name: str
+                  ) -> Iterator[np.ndarray]:
+  """The song's blocks as float32 [n, channels], checked to be finite, counted into
+  `song`, kept in `mix` (for the full band), and converted to the model's channels."""
   for block in blocks:
     block = np.asarray(block, np.float32).reshape(-1, channels)
+    try:
+      audio.check_finite(block, song.frames, rate, name)
+    except audio.AudioError as e:
+      raise SeparationError(str(e)) from None
     song.frames += len(block)
     if mix is not None:
       mix.push(block)
