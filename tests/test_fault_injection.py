@@ -1,0 +1,173 @@
+"""kill -9 at seeded random moments of each command, then a re-run: the result must equal
+an uninterrupted run's, with no temporary file left behind (the README's contract).
+
+Each command runs as its own process on tiny inputs. A kill lands while the command
+works on its outputs: after its first file appears under the output folder, at a
+seeded random share of the time the uninterrupted run took from there to its end.
+"""
+
+import json
+import os
+import pathlib
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from conftest import tiny_model_config
+from waveunet_jax import synthetic
+
+pytestmark = pytest.mark.faults
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+KILLS = 2  # moments per command
+SEED = 20261125
+
+
+def tree(folder: pathlib.Path) -> dict[str, bytes]:
+  """Every file below `folder`, by relative path (temporaries included)."""
+  return {str(p.relative_to(folder)): p.read_bytes()
+          for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def temporaries(folder: pathlib.Path) -> list[str]:
+  return [str(p) for p in folder.rglob("*")
+          if ".part-" in p.name or p.name.startswith("incomplete.") or ".tmp" in p.name]
+
+
+def run(command: list[str], watch: pathlib.Path, kill_after: float | None = None,
+        timeout: float = 240) -> tuple[int, float]:
+  """Runs `command`; with `kill_after`, SIGKILLs it that many seconds after the first
+  file appears under `watch`. Returns (exit code, seconds from that file to the end)."""
+  process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                             start_new_session=True)
+  deadline, started = time.monotonic() + timeout, None
+  try:
+    while process.poll() is None:
+      now = time.monotonic()
+      assert now < deadline, f"{command} ran past {timeout} s"
+      if started is None and watch.exists() and any(p.is_file() for p in watch.rglob("*")):
+        started = now
+      if started is not None and kill_after is not None and now - started >= kill_after:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        return -9, now - started
+      time.sleep(0.01)
+  finally:
+    if process.poll() is None:
+      os.killpg(process.pid, signal.SIGKILL)
+      process.wait()
+  stderr = process.stderr.read().decode(errors="replace")
+  assert process.returncode == 0, stderr
+  return 0, time.monotonic() - (started or time.monotonic())
+
+
+def kill_and_rerun(command, output: pathlib.Path, reference: dict[str, bytes], work: float,
+                   name: str, compare=None) -> None:
+  """Kills `command` KILLS times in a row at seeded moments (each run resuming what the
+  killed one left), then runs it to the end: its outputs must equal `reference` and
+  hold no temporary."""
+  rng = random.Random(f"{SEED}-{name}")
+  for kill in range(KILLS):
+    code, _ = run(command, output, kill_after=rng.uniform(0.05, 0.6) * work)
+    # The first run must be killed; a resumed one may have too little left to do.
+    assert code == -9 or kill > 0, "the command ended before the kill; give it more work"
+  assert run(command, output)[0] == 0
+  assert not temporaries(output), temporaries(output)
+  got = tree(output)
+  if compare:
+    compare(got, reference)
+  else:
+    assert got.keys() == reference.keys()
+    for path in reference:
+      assert got[path] == reference[path], path
+
+
+CLI_MODEL = """
+import sys
+sys.path.insert(0, "tests")
+import conftest
+import jax, numpy as np
+from waveunet_jax import evaluate, models, separate
+
+def from_workdir(cls, workdir, checkpoint="best", **kwargs):
+  model = models.WaveUNet(**conftest.tiny_model_config())
+  mix = np.zeros((1, models.lengths(model, 1).input_length, 2), np.float32)
+  kwargs["window_seconds"] = 0.05  # many windows: the kills land while it works
+  return cls.from_model(model, jax.jit(model.init)(jax.random.key(0), mix), 8000, **kwargs)
+
+separate.Separator.from_workdir = classmethod(from_workdir)
+(separate if sys.argv.pop(1) == "separate" else evaluate).cli()
+"""
+
+
+def test_separate_survives_kill_9(tmp_path):
+  songs = tmp_path / "songs"
+  songs.mkdir()
+  rng = np.random.default_rng(0)
+  for i in range(3):
+    sf.write(songs / f"song{i}.wav", rng.uniform(-0.5, 0.5, (20 * 44100, 2)), 44100,
+             subtype="PCM_16")
+  command = lambda out: [sys.executable, "-c", CLI_MODEL, "separate", "--workdir=RUN",
+                         str(songs), f"--output_dir={out}", "--format=flac"]
+  _, work = run(command(tmp_path / "reference"), tmp_path / "reference")
+  reference = tree(tmp_path / "reference")
+  assert len(reference) == 6
+  kill_and_rerun(command(tmp_path / "out"), tmp_path / "out", reference, work, "separate")
+
+
+def test_evaluate_survives_kill_9(tmp_path):
+  synthetic.write_corpus(tmp_path / "musdb", num_train=1, num_test=2, seconds=6, seed=1)
+  command = lambda out: [sys.executable, "-c", CLI_MODEL, "evaluate", "--workdir=RUN",
+                         f"--musdb_root={tmp_path / 'musdb'}", "--wav", f"--output_dir={out}"]
+  _, work = run(command(tmp_path / "reference"), tmp_path / "reference")
+  reference = tree(tmp_path / "reference")
+  assert len([p for p in reference if p.endswith(".json")]) == 5  # 2 + 2 + summary
+
+  def same_scores(got, reference):
+    assert got.keys() == reference.keys()
+    for path in reference:
+      if path.endswith("summary.json"):  # names the output folder
+        a, b = json.loads(got[path]), json.loads(reference[path])
+        assert {k: v for k, v in a.items() if k != "musdb_root"} == \
+            {k: v for k, v in b.items() if k != "musdb_root"}
+      else:
+        assert got[path] == reference[path], path
+
+  kill_and_rerun(command(tmp_path / "out"), tmp_path / "out", reference, work, "evaluate",
+                 same_scores)
+
+
+def test_prepare_survives_kill_9(tmp_path):
+  synthetic.write_corpus(tmp_path / "musdb", num_train=4, num_test=1, seconds=20, seed=2)
+  valid = sorted(p.name for p in (tmp_path / "musdb" / "train").iterdir())[0]
+  command = lambda out: [sys.executable, "-m", "waveunet_jax.prepare",
+                         f"--musdb_root={tmp_path / 'musdb'}", f"--data_dir={out}", "--wav",
+                         "--config=experiments/deep.py:M3", "--config.data.output_length=4096",
+                         f"--valid_tracks={valid}"]
+  _, work = run(command(tmp_path / "reference"), tmp_path / "reference")
+
+  def records(files: dict[str, bytes]) -> dict[str, list]:
+    """The examples of every TFRecord file, parsed: protobuf serialises a feature map in
+    no fixed order, so equal examples need not be equal bytes."""
+    import tensorflow as tf
+
+    out = {}
+    for path, data in files.items():
+      if ".tfrecord" in path:
+        (tmp_path / "record").write_bytes(data)
+        out[path] = [tf.train.Example.FromString(r.numpy())
+                     for r in tf.data.TFRecordDataset(str(tmp_path / "record"))]
+    return out
+
+  def same_records(got, reference):
+    assert records(got) and records(got) == records(reference)
+
+  kill_and_rerun(command(tmp_path / "out"), tmp_path / "out", tree(tmp_path / "reference"),
+                 work, "prepare", same_records)
