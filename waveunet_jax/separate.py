@@ -228,11 +228,11 @@ class Separator:
   def from_workdir(cls, workdir: str | os.PathLike, checkpoint: str = "best",
                    **kwargs) -> Separator:
     """The model of a training workdir at `checkpoint` ('best', 'latest' or a step)."""
-    from waveunet_jax import train  # the training stack loads only for this
+    from waveunet_jax import checkpoints  # Orbax loads only for this
 
     try:
-      config, variables = train.load_for_inference(workdir, checkpoint)
-    except train.TrainingError as e:  # no such workdir or checkpoint
+      config, variables = checkpoints.load_for_inference(workdir, checkpoint)
+    except checkpoints.WorkdirError as e:  # no such workdir or checkpoint
       raise SeparationError(str(e)) from None
     return cls(models.WaveUNet(**config.model), variables, config.data.sample_rate, **kwargs)
 
