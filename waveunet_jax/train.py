@@ -82,7 +82,8 @@ class StopOnSignal:
 
   def __exit__(self, *exc) -> None:
     for s, handler in self._previous.items():
-      signal.signal(s, handler)
+      # None: a handler installed outside Python, which cannot be put back.
+      signal.signal(s, signal.SIG_DFL if handler is None else handler)
     self._previous = {}
 
   def _handle(self, signum: int, frame) -> None:
@@ -388,8 +389,8 @@ class Trainer:
                           "validation tracks (--valid_tracks)")
     totals = jax.device_get(totals)
     metrics = {"loss": float(totals["loss_sum"] / totals["count"])}
-    for name, signal, noise in zip(self.model.sources, totals["signal"], totals["noise"]):
-      metrics[f"sdr/{name}"] = float(10 * np.log10((signal + 1e-10) / (noise + 1e-10)))
+    for name, energy, noise in zip(self.model.sources, totals["signal"], totals["noise"]):
+      metrics[f"sdr/{name}"] = float(10 * np.log10((energy + 1e-10) / (noise + 1e-10)))
     return metrics
 
   def write(self, step: int, scalars: dict[str, float]) -> None:
