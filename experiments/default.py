@@ -5,7 +5,9 @@ here does not exist. Inspect a config with
 
   python -m waveunet_jax.summary --config=experiments/default.py
 
-The network is `waveunet_jax.models.WaveUNet(**config.model)`.
+The network is `waveunet_jax.models.WaveUNet(**config.model)`. Re-running training in
+a workdir may change only the fields in `waveunet_jax.checkpoints.MAY_CHANGE_ON_RESUME`
+(step counts, intervals, data.data_dir); other changes are refused.
 """
 
 import ml_collections

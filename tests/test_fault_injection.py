@@ -19,7 +19,6 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import tiny_model_config
 from waveunet_jax import synthetic
 
 pytestmark = pytest.mark.faults

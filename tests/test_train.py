@@ -14,7 +14,7 @@ import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from conftest import tiny_data_config
-from waveunet_jax import models, prepare, synthetic, train
+from waveunet_jax import checkpoints, models, prepare, synthetic, train
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -203,7 +203,7 @@ def test_early_stopping_then_fine_tune_stage(data_dir, tmp_path, monkeypatch):
   assert rates[5] == pytest.approx(float(schedule(config.optim.learning_rate)(4)))
   assert rates[15] == pytest.approx(float(schedule(config.optim.learning_rate)(14)))
   assert rates[20] == pytest.approx(float(schedule(config.fine_tune.learning_rate)(4)))
-  progress = train.read_progress(tmp_path)
+  progress = checkpoints.read_progress(tmp_path)
   assert progress.done and progress.stage == 1 and progress.stage_start_step == 15
   assert (progress.best_step, progress.best_loss) == (20, 0.85)
   assert sorted(os.listdir(tmp_path / "best")) == ["20"]
@@ -244,7 +244,7 @@ def test_smoke_command_end_to_end_with_an_override(tmp_path):
   assert sorted(os.listdir(workdir / "checkpoints")) == ["10", "5"]
   assert os.listdir(workdir / "best")
   assert any(p.name.startswith("events.out.tfevents") for p in (workdir / "tensorboard").iterdir())
-  config, variables = train.load_for_inference(workdir, "latest")
+  config, variables, _ = checkpoints.load_for_inference(workdir, "latest")
   assert config.model.bottleneck_features == 40
   assert variables["params"]["bottleneck"]["conv"]["kernel"].shape[-1] == 40
   assert "batch_stats" in variables

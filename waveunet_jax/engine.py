@@ -135,17 +135,17 @@ class JaxEngine:
   def from_workdir(cls, workdir: str | os.PathLike, checkpoint: str = "best",
                    **kwargs) -> JaxEngine:
     """The model of a training workdir at `checkpoint` ('best', 'latest' or a step)."""
-    from waveunet_jax import train  # the training stack loads only for this
+    from waveunet_jax import checkpoints  # Orbax loads only for this
 
     try:
-      config, variables = train.load_for_inference(workdir, checkpoint)
-    except train.TrainingError as e:  # no such workdir or checkpoint
+      config, variables, step = checkpoints.load_for_inference(workdir, checkpoint)
+    except checkpoints.WorkdirError as e:  # no such workdir or checkpoint
       raise SeparationError(str(e)) from None
     residual = config.get("separation", {}).get("residual_source")
     engine = cls(models.WaveUNet(**config.model), variables, config.data.sample_rate,
                  residual_source=residual, **kwargs)
     engine.identity = {"engine": "jax", "workdir": str(pathlib.Path(workdir).resolve()),
-                       "checkpoint": str(checkpoint), **engine.identity}
+                       "checkpoint": str(checkpoint), "step": step, **engine.identity}
     return engine
 
   def forward(self, windows: np.ndarray) -> jax.Array:

@@ -9,6 +9,8 @@ on every host of a multi-host TPU slice or GPU cluster.
 """
 
 import os
+import shlex
+import signal
 import sys
 
 from absl import app, flags, logging
@@ -28,7 +30,10 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv: list[str]) -> None:
   waveunet_jax.quiet_library_logs()
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    sys.exit(f"error: unexpected arguments: {' '.join(argv[1:])} (the flags are --config, "
+             "--workdir, --config.<group>.<field> and --distributed)")
+  if not _WORKDIR.value.strip():  # "" would be the current directory
+    sys.exit("error: --workdir is empty: name a folder for the run's checkpoints and logs")
   # tf.data must not take the accelerators (or their memory) from JAX.
   import tensorflow as tf
 
@@ -37,14 +42,30 @@ def main(argv: list[str]) -> None:
 
   if _DISTRIBUTED.value:
     jax.distributed.initialize()
-  from waveunet_jax import models, prepare, train
+  from waveunet_jax import checkpoints, models, prepare, train
 
   logging.info("JAX process %d of %d, devices: %s", jax.process_index(), jax.process_count(),
                jax.devices())
   try:
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except (models.ConfigError, prepare.DataError, train.TrainingError) as e:
+  except (models.ConfigError, prepare.DataError, train.TrainingError,
+          checkpoints.WorkdirError) as e:
     sys.exit(f"error: {e}")
+  except train.Interrupted as e:
+    # 128 + the signal, as a shell reports a program its signal ended.
+    print(f"{e}; resume with: {resume_command()}", file=sys.stderr, flush=True)
+    sys.exit(128 + e.signum)
+  except KeyboardInterrupt as e:
+    print(f"error: interrupted ({e or 'SIGINT'}); re-running the same command resumes from "
+          "the last checkpoint, if there is one", file=sys.stderr, flush=True)
+    sys.exit(128 + signal.SIGINT)
+
+
+def resume_command() -> str:
+  """This process's command line, to run again: `python -m waveunet_jax.main ...`."""
+  python = os.path.relpath(sys.executable)
+  python = sys.executable if python.startswith("..") else python
+  return shlex.join([python, "-m", "waveunet_jax.main", *sys.argv[1:]])
 
 
 if __name__ == "__main__":

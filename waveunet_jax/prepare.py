@@ -374,15 +374,27 @@ def _builder_class():
               for split, tracks in self._tracks.items() if tracks}
 
     def _generate_examples(self, split: str, tracks: list[Track]):
+      longest, used = (0.0, ""), 0
       for i, track in enumerate(tracks):
         stems, rate = read_stems(track)
         sources = track_sources(stems, rate, self.layout)
         seconds = sources.shape[1] / self.layout.sample_rate
+        longest = max(longest, (seconds, track.name))
         if sources.shape[1] < self.layout.output_length:
           logging.warning("%s [%d/%d] %s: skipped, %.2f s is shorter than one output "
                           "(%d samples)", split, i + 1, len(tracks), track.name, seconds,
                           self.layout.output_length)
+          if i == len(tracks) - 1 and not used:
+            # Else TFDS stops with "No examples were yielded".
+            raise DataError(
+                f"every track of the {split} split is shorter than one training example: "
+                f"this config's examples have {self.layout.output_length} output samples at "
+                f"{self.layout.sample_rate} Hz, so tracks must last at least "
+                f"{self.layout.output_length / self.layout.sample_rate:.2f} s, and the "
+                f"longest, {longest[1]!r}, lasts {longest[0]:.2f} s. Use longer tracks or a "
+                "smaller config.data.output_length")
           continue
+        used += 1
         count = 0
         for window in track_windows(sources, self.layout):
           count += 1

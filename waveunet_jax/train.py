@@ -15,18 +15,22 @@
 * Checkpoints (Orbax): `checkpoints/` every `checkpoint_every_steps` (asynchronous)
   and `best/` at each new best validation loss; each holds the state and the
   schedule's progress, and the data iterator's position is saved beside them, so
-  re-running the same command resumes exactly where the run stopped.
+  re-running the same command resumes exactly where the run stopped. The workdir
+  itself (config.json, loading for inference) belongs to `checkpoints.py`.
+* Stopping: SIGINT (Ctrl-C) or SIGTERM (a preempted VM) ends the run after the current
+  step with a checkpoint of that step (`Interrupted`); a second one quits at once.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import os
 import pathlib
 import re
 import shutil
+import signal
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -42,11 +46,54 @@ from absl import logging
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from waveunet_jax import models, write_text_atomic
+from waveunet_jax import audio, checkpoints, models
 
 
 class TrainingError(RuntimeError):
   """The run cannot go on; the message says why and what to do."""
+
+
+class Interrupted(Exception):
+  """The run stopped on a signal after `step`, with a checkpoint of that step saved;
+  re-running the same command resumes from it."""
+
+  def __init__(self, step: int, signum: int):
+    self.step, self.signum = step, signum
+    super().__init__(f"stopped at step {step} on {signal.Signals(signum).name}, "
+                     "with a checkpoint of that step")
+
+
+class StopOnSignal:
+  """While active (a context manager), the first SIGINT or SIGTERM only records itself
+  in `.signum`, for the loop to stop after its current step; a second one raises
+  KeyboardInterrupt at once. Does nothing outside the main thread, where Python
+  cannot take signals."""
+
+  SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+  def __init__(self):
+    self.signum: int | None = None
+    self._previous = {}
+
+  def __enter__(self) -> StopOnSignal:
+    if threading.current_thread() is threading.main_thread():
+      self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+    return self
+
+  def __exit__(self, *exc) -> None:
+    for s, handler in self._previous.items():
+      # None: a handler installed outside Python, which cannot be put back.
+      signal.signal(s, signal.SIG_DFL if handler is None else handler)
+    self._previous = {}
+
+  def _handle(self, signum: int, frame) -> None:
+    del frame
+    if self.signum is not None:
+      self.__exit__()  # a third one gets Python's own handling
+      raise KeyboardInterrupt(f"{signal.Signals(signum).name} again: quitting without saving")
+    self.signum = signum
+    logging.warning("%s: stopping after this step with a checkpoint (again to quit at once, "
+                    "without saving)", signal.Signals(signum).name)
 
 
 @flax.struct.dataclass
@@ -56,18 +103,6 @@ class TrainState:
   batch_stats: Any
   opt_state: Any
   rng: jax.Array  # raw uint32 key data, folded with the step where randomness is needed
-
-
-@dataclasses.dataclass
-class Progress:
-  """Where the schedule stands; saved as JSON with every checkpoint."""
-
-  stage: int = 0                 # 0: main stage, 1: fine-tune stage
-  stage_start_step: int = 0
-  best_loss: float = float("inf")
-  best_step: int = -1
-  bad_validations: int = 0       # validations since the last improvement
-  done: bool = False
 
 
 # --------------------------------------------------------------------------- #
@@ -201,11 +236,8 @@ class DataIterator:
 
   def save(self, directory: pathlib.Path) -> None:
     """Writes atomically: into a temporary folder renamed when complete."""
-    tmp = directory.with_name(directory.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    self._checkpoint.write(str(tmp / "iterator"))
-    shutil.rmtree(directory, ignore_errors=True)
-    os.replace(tmp, directory)
+    with audio.atomic_path(directory) as temp:
+      self._checkpoint.write(str(temp / "iterator"))
 
   def restore(self, directory: pathlib.Path) -> None:
     self._checkpoint.read(str(directory / "iterator")).assert_consumed()
@@ -306,7 +338,7 @@ class Trainer:
   def data_state_dir(self, step: int) -> pathlib.Path:
     return self.workdir / "data_state" / f"process_{jax.process_index()}" / str(step)
 
-  def save(self, state: TrainState, progress: Progress, data: DataIterator) -> None:
+  def save(self, state: TrainState, progress: checkpoints.Progress, data: DataIterator) -> None:
     step = int(state.step)
     data.save(self.data_state_dir(step))
     self.checkpoints.save(step, args=ocp.args.Composite(
@@ -321,7 +353,7 @@ class Trainer:
     abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, target)
     restored = manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract), progress=ocp.args.JsonRestore()))
-    return restored["state"], Progress(**restored["progress"])
+    return restored["state"], checkpoints.Progress(**restored["progress"])
 
   # -- validation and logging --------------------------------------------------
 
@@ -354,8 +386,8 @@ class Trainer:
                           "validation tracks (--valid_tracks)")
     totals = jax.device_get(totals)
     metrics = {"loss": float(totals["loss_sum"] / totals["count"])}
-    for name, signal, noise in zip(self.model.sources, totals["signal"], totals["noise"]):
-      metrics[f"sdr/{name}"] = float(10 * np.log10((signal + 1e-10) / (noise + 1e-10)))
+    for name, energy, noise in zip(self.model.sources, totals["signal"], totals["noise"]):
+      metrics[f"sdr/{name}"] = float(10 * np.log10((energy + 1e-10) / (noise + 1e-10)))
     return metrics
 
   def write(self, step: int, scalars: dict[str, float]) -> None:
@@ -371,13 +403,29 @@ class Trainer:
   # -- the run -----------------------------------------------------------------
 
   def run(self, callback: Callable[[int, dict[str, float]], None] | None = None) -> TrainState:
+    """Trains to the end, or raises Interrupted after saving the step a signal stopped."""
+    with StopOnSignal() as self.stop:
+      return self._run(callback)
+
+  def stop_agreed(self, step: int) -> bool:
+    """Whether every process stops after `step`: at once with one process; with
+    several, all must stop at the same step, so they agree only at log boundaries
+    (where the loop waits for the device anyway)."""
+    if jax.process_count() == 1:
+      return self.stop.signum is not None
+    if step % self.config.log_every_steps:
+      return False
+    wanted = multihost_utils.process_allgather(np.int32(self.stop.signum is not None))
+    return bool(np.any(wanted))
+
+  def _run(self, callback: Callable[[int, dict[str, float]], None] | None) -> TrainState:
     config = self.config
     state, tx = self.new_state(0)
-    progress = Progress()
+    progress = checkpoints.Progress()
     latest = self.checkpoints.latest_step()
     if latest is not None:
       # The stage decides the optimiser (its learning rate), so read progress first.
-      progress = read_progress(self.workdir)
+      progress = checkpoints.read_progress(self.workdir)
       state, tx = self.new_state(progress.stage)
       state, progress = self.restore(self.checkpoints, latest, state)
       logging.info("resuming at step %d, stage %d", latest, progress.stage)
@@ -391,7 +439,7 @@ class Trainer:
 
     batch_size, learning_rate = stage_settings(config, progress.stage)
     audio_per_step = batch_size * self.lengths.output_length / config.data.sample_rate
-    step = int(state.step)
+    step = saved = int(state.step)
     window_loss, window_start, window_steps = jnp.zeros(()), time.perf_counter(), 0
     while step < config.num_train_steps:
       state, metrics = self.train_step(state, self.global_batch(next(data)))
@@ -456,8 +504,16 @@ class Trainer:
         logging.info("step %d: fine-tune stage from the best step %d (batch %d, lr %g)",
                      step, progress.best_step, batch_size, learning_rate)
         self.save(state, progress, data)
+        saved = step
       elif step % config.checkpoint_every_steps == 0 or step == config.num_train_steps:
         self.save(state, progress, data)
+        saved = step
+      if self.stop_agreed(step) and step < config.num_train_steps:
+        if saved != step:
+          self.save(state, progress, data)
+        self.checkpoints.wait_until_finished()
+        self.best.wait_until_finished()
+        raise Interrupted(step, self.stop.signum or signal.SIGTERM)
     self.checkpoints.wait_until_finished()
     self.best.wait_until_finished()
     return state
@@ -479,96 +535,41 @@ def check_batch_size(batch_size: int, field: str) -> None:
                         "processes")
 
 
-def save_config(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> None:
-  """Writes config.json beside the checkpoints (atomically); separation reads it."""
-  if jax.process_index() != 0:
-    return
-  write_text_atomic(workdir / "config.json", config.to_json_best_effort(indent=2, sort_keys=True))
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
                        callback: Callable[[int, dict[str, float]], None] | None = None
                        ) -> TrainState:
   """Trains `config` in `workdir`, resuming from its checkpoints if there are any.
 
   `callback(step, scalars)` is called with the logged metrics (a notebook hook).
+  A workdir that holds a run of another config is refused (checkpoints.WorkdirError)
+  before anything in it changes; a start that fails leaves no workdir it created behind.
+  SIGINT or SIGTERM stops the run cleanly after the current step with a checkpoint
+  (raises Interrupted); a second one raises KeyboardInterrupt at once.
   """
   workdir = pathlib.Path(workdir).absolute()
-  workdir.mkdir(parents=True, exist_ok=True)
   from waveunet_jax import input_pipeline
 
-  # Check what can be checked before anything slow.
-  models.WaveUNet(**config.model)
-  stages = ("config.batch_size", "config.fine_tune.batch_size")
-  for stage, field in enumerate(stages[:2 if config.fine_tune.enabled else 1]):
-    check_batch_size(stage_settings(config, stage)[0], field)
-  config = ensure_data(config, workdir)
-  input_pipeline.load_builder(config)  # the data is there, before compiling anything
-  save_config(config, workdir)
-  trainer = Trainer(config, workdir)
+  created = not workdir.exists()
+  try:
+    # Check what can be checked before anything slow, and before writing anything.
+    models.WaveUNet(**config.model)
+    stages = ("config.batch_size", "config.fine_tune.batch_size")
+    for stage, field in enumerate(stages[:2 if config.fine_tune.enabled else 1]):
+      check_batch_size(stage_settings(config, stage)[0], field)
+    checkpoints.check_resumable(config, workdir)
+    config = ensure_data(config, workdir)
+    input_pipeline.load_builder(config)  # the data is there, before compiling anything
+    workdir.mkdir(parents=True, exist_ok=True)
+    trainer = Trainer(config, workdir)
+  except BaseException:
+    # Nothing of a failed start stays behind in a workdir it made (a half-written
+    # synthetic corpus included); a workdir that was there keeps what it had.
+    if created and jax.process_index() == 0:
+      shutil.rmtree(workdir, ignore_errors=True)
+    raise
+  # The run starts: only now does the workdir describe it.
+  checkpoints.save_config(config, workdir)
   try:
     return trainer.run(callback)
   finally:
     trainer.close()
-
-
-def read_progress(workdir: str | os.PathLike) -> Progress | None:
-  """Where the run in `workdir` stands (its latest checkpoint), or None."""
-  with ocp.CheckpointManager(pathlib.Path(workdir) / "checkpoints") as manager:
-    step = manager.latest_step()
-    if step is None:
-      return None
-    restored = manager.restore(step, args=ocp.args.Composite(progress=ocp.args.JsonRestore()))
-  return Progress(**restored["progress"])
-
-
-def load_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
-  path = pathlib.Path(workdir) / "config.json"
-  if not path.is_file():
-    raise TrainingError(f"--workdir={workdir}: no config.json; is it a training workdir?")
-  return ml_collections.ConfigDict(_tuples(json.loads(path.read_text())))
-
-
-def _tuples(value):
-  """JSON lists back to the tuples the configs use."""
-  if isinstance(value, dict):
-    return {k: _tuples(v) for k, v in value.items()}
-  if isinstance(value, list):
-    return tuple(_tuples(v) for v in value)
-  return value
-
-
-def load_for_inference(workdir: str | os.PathLike, checkpoint: str = "best"
-                       ) -> tuple[ml_collections.ConfigDict, dict[str, Any]]:
-  """(config, variables) of a trained model: checkpoint 'best', 'latest' or a step."""
-  workdir = pathlib.Path(workdir)
-  config = load_config(workdir)
-  if checkpoint == "best":
-    folder, step = workdir / "best", None
-  elif checkpoint == "latest":
-    folder, step = workdir / "checkpoints", None
-  elif str(checkpoint).isdigit():
-    folder, step = workdir / "checkpoints", int(checkpoint)
-  else:
-    raise TrainingError(f"--checkpoint={checkpoint}: use best, latest or a step number")
-  handlers = {"state": ocp.StandardCheckpointHandler(), "progress": ocp.JsonCheckpointHandler()}
-  with ocp.CheckpointManager(folder, item_handlers=handlers) as manager:
-    steps = manager.all_steps()
-    if checkpoint == "best" and not steps:  # no validation yet: fall back to the latest
-      return load_for_inference(workdir, "latest")
-    step = step if step is not None else manager.latest_step()
-    if step is None or step not in steps:
-      raise TrainingError(f"--checkpoint={checkpoint}: no such checkpoint in {folder} "
-                          f"(steps: {sorted(steps) or 'none'})")
-    # Restore onto this process's first device, whatever devices the run trained on.
-    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    abstract = jax.tree_util.tree_map(
-        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-        manager.item_metadata(step)["state"])
-    restored = manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract)))
-  state = restored["state"]
-  variables = {"params": state["params"]}
-  if state.get("batch_stats"):
-    variables["batch_stats"] = state["batch_stats"]
-  return config, jax.device_get(variables)

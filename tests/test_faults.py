@@ -1,0 +1,253 @@
+"""What happens when... (README): each fault of a training start or run, and what the
+user gets: one line, nothing left behind, the workdir still describing its run."""
+
+import json
+import os
+import pathlib
+import shlex
+import signal
+import subprocess
+import sys
+
+import chex
+import jax
+import pytest
+
+from conftest import tiny_data_config
+from waveunet_jax import checkpoints, prepare, synthetic, train
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def tiny_config(data_dir=None):
+  config = tiny_data_config(8000, 1000, data_dir)
+  config.batch_size = 4
+  config.fine_tune.batch_size = 8
+  config.num_train_steps = 10
+  config.log_every_steps = 5
+  config.eval_every_steps = 10
+  config.checkpoint_every_steps = 10
+  config.patience = 100
+  return config
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  root = tmp_path_factory.mktemp("corpus")
+  data_dir = tmp_path_factory.mktemp("tfds")
+  tracks = synthetic.write_corpus(root, num_train=3, num_test=0, seconds=4, seed=1)
+  prepare.prepare(tiny_config(), root, data_dir, wav=True, valid_tracks=[tracks[0].name])
+  return str(data_dir)
+
+
+def run_main(*args, timeout=300):
+  return subprocess.run([sys.executable, "-m", "waveunet_jax.main", *args], cwd=ROOT,
+                        capture_output=True, text=True, timeout=timeout)
+
+
+def last_line(result) -> str:
+  return result.stderr.strip().splitlines()[-1]
+
+
+# --------------------------------------------------------------------------- #
+# Re-running with another config.
+# --------------------------------------------------------------------------- #
+
+
+@pytest.mark.parametrize("field,value,shown", [
+    # Same shapes: used to resume silently, config.json then describing another model.
+    ("model.negative_slope", 0.1, "config.model.negative_slope (0.2 in config.json, 0.1 now)"),
+    # Another network: used to end in Orbax's tree-mismatch traceback.
+    ("model.features", (4, 6, 10), "config.model.features ([4, 6, 8] in config.json, "
+                                   "[4, 6, 10] now)"),
+])
+def test_rerun_with_another_config_is_refused_before_touching_the_workdir(
+    data_dir, tmp_path, field, value, shown):
+  config = tiny_config(data_dir)
+  train.train_and_evaluate(config, tmp_path)
+  saved = (tmp_path / "config.json").read_bytes()
+  other = tiny_config(data_dir)
+  group, name = field.split(".")
+  other[group][name] = value
+  with pytest.raises(checkpoints.WorkdirError, match="holds a run of another config") as e:
+    train.train_and_evaluate(other, tmp_path)
+  assert shown in str(e.value) and "\n" not in str(e.value)
+  assert (tmp_path / "config.json").read_bytes() == saved
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["10"]
+
+
+def test_rerun_may_change_the_step_counts_and_resumes(data_dir, tmp_path):
+  config = tiny_config(data_dir)
+  first = jax.device_get(train.train_and_evaluate(config, tmp_path).params)
+  longer = tiny_config(data_dir)
+  longer.num_train_steps, longer.log_every_steps, longer.patience = 20, 2, 50
+  longer.data.data_dir = data_dir + "/"  # the same dataset, named another way
+  resumed = train.train_and_evaluate(longer, tmp_path)
+  assert int(resumed.step) == 20
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["10", "20"]
+  assert json.loads((tmp_path / "config.json").read_text())["num_train_steps"] == 20
+  restored = checkpoints.load_for_inference(tmp_path, "10")[1]["params"]
+  chex.assert_trees_all_equal(restored, first)
+
+
+def test_differences_name_every_field_but_the_resumable_ones():
+  saved, config = tiny_config(), tiny_config()
+  config.num_train_steps, config.data.data_dir = 99, "/elsewhere"
+  assert checkpoints.config_differences(saved, config) == []
+  config.data.sample_rate, config.optim.learning_rate = 16000, 3e-4
+  assert checkpoints.config_differences(saved, config) == [
+      ("data.sample_rate", 8000, 16000), ("optim.learning_rate", 1e-4, 3e-4)]
+
+
+def test_cli_rerun_with_another_network_is_one_line_and_keeps_config_json(tmp_path):
+  """The issue's case: experiments/deep.py:M1 on a shallow workdir."""
+  from experiments import shallow
+
+  checkpoints.save_config(shallow.get_config("smoke"), tmp_path)
+  saved = (tmp_path / "config.json").read_bytes()
+  result = run_main("--config", "experiments/deep.py:M1", "--workdir", str(tmp_path))
+  assert result.returncode == 1, result.stderr[-2000:]
+  assert last_line(result).startswith(f"error: --workdir={tmp_path} holds a run of another "
+                                      "config: config.model.sources, config.model.num_channels (2 in "
+                                      "config.json, 1 now), config.model.features")
+  assert "Traceback" not in result.stderr
+  assert (tmp_path / "config.json").read_bytes() == saved
+  assert os.listdir(tmp_path) == ["config.json"]
+
+
+# --------------------------------------------------------------------------- #
+# Failed starts: one line, whichever way the flags are written, and no workdir.
+# --------------------------------------------------------------------------- #
+
+SMOKE = "experiments/shallow.py:smoke"
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--config", "experiments/nope.py"], "error: --config=experiments/nope.py: no such file"),
+    (["-config=experiments/nope.py"], "error: --config=experiments/nope.py: no such file"),
+    (["--config", "experiments/nope.py:smoke"], "error: --config=experiments/nope.py: no such"),
+    (["--config", "experiments/shallow.py:nope"],
+     "error: --config=experiments/shallow.py:nope: unknown variant"),
+    (["--config", SMOKE, "--config.model.colour", "red"], "check the field names"),
+    (["--config", SMOKE, "--config.batch_size=abc"], "--config.batch_size=abc: invalid"),
+    (["--config", SMOKE, "--config.seed"], "error: --config.seed: missing value (the next "
+                                           "argument is the flag --workdir"),
+    (["--config", "--config.seed=1"], "error: --config: missing value"),
+    # These pass the flags and fail in training's checks, after importing JAX.
+    (["--config", SMOKE, "--config.model.features", "abc"],
+     "error: config.model.features: must be a positive integer"),
+    (["--config=" + SMOKE, "--config.data.data_dir=/nonexistent"],
+     "run python -m waveunet_jax.prepare"),
+])
+def test_failed_starts_are_one_line_and_leave_no_workdir(tmp_path, args, message):
+  workdir = tmp_path / "run"
+  result = run_main(*args, "--workdir", str(workdir))
+  assert result.returncode != 0
+  assert last_line(result).startswith("error: ") and message in last_line(result), \
+      result.stderr[-2000:]
+  assert "Traceback" not in result.stderr
+  assert not workdir.exists()
+
+
+def test_workdir_flag_without_a_value_is_one_line(tmp_path):
+  result = run_main("--workdir", f"--config={SMOKE}")
+  assert last_line(result) == f"error: --workdir: missing value (the next argument is the " \
+                              f"flag --config={SMOKE})"
+  result = run_main(f"--config={SMOKE}", "--workdir=")
+  assert last_line(result).startswith("error: --workdir is empty")
+
+
+def test_a_failed_start_in_python_removes_only_a_workdir_it_made(tmp_path):
+  config = tiny_config("/nonexistent")
+  with pytest.raises(prepare.DataError):
+    train.train_and_evaluate(config, tmp_path / "new")
+  assert not (tmp_path / "new").exists()
+  (tmp_path / "old").mkdir()
+  (tmp_path / "old" / "notes.txt").write_text("mine")
+  with pytest.raises(prepare.DataError):
+    train.train_and_evaluate(config, tmp_path / "old")
+  assert os.listdir(tmp_path / "old") == ["notes.txt"]
+
+
+# --------------------------------------------------------------------------- #
+# Ctrl-C and SIGTERM.
+# --------------------------------------------------------------------------- #
+
+
+def test_a_second_signal_raises_at_once_and_handlers_come_back():
+  before = signal.getsignal(signal.SIGINT)
+  with train.StopOnSignal() as stop:
+    os.kill(os.getpid(), signal.SIGTERM)
+    assert stop.signum == signal.SIGTERM
+    with pytest.raises(KeyboardInterrupt, match="SIGINT again"):
+      os.kill(os.getpid(), signal.SIGINT)
+  assert signal.getsignal(signal.SIGINT) is before
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_stops_training_with_a_checkpoint_and_the_run_resumes_exactly(
+    data_dir, tmp_path, signum):
+  config = tiny_config(data_dir)
+  config.num_train_steps = 100_000  # a run that only a signal ends
+  config.log_every_steps = 1
+  config_file = tmp_path / "tiny.py"
+  config_file.write_text("import ml_collections\n\n\ndef get_config():\n"
+                         f"  return ml_collections.ConfigDict({config.to_dict()!r})\n")
+  workdir = tmp_path / "run"
+  command = [sys.executable, "-m", "waveunet_jax.main", f"--config={config_file}",
+             "--workdir", str(workdir)]
+  process = subprocess.Popen(command, cwd=ROOT, stderr=subprocess.PIPE, text=True)
+  lines = []
+  try:
+    for line in process.stderr:  # absl logs to stderr
+      lines.append(line)
+      if "step 3 (stage 0)" in line:
+        process.send_signal(signum)
+        break
+    lines += process.stderr.readlines()
+    process.wait(timeout=120)
+  finally:
+    process.kill()
+  name = signal.Signals(signum).name
+  assert process.returncode == 128 + signum, "".join(lines[-30:])
+  assert "Traceback" not in "".join(lines)
+  stopped = lines[-1].strip()
+  assert stopped.startswith("stopped at step ") and f" on {name}, with a checkpoint" in stopped
+  step = int(stopped.split()[3])
+  assert step >= 3
+  assert str(step) in os.listdir(workdir / "checkpoints")
+  assert checkpoints.read_progress(workdir).done is False
+  # The printed command resumes; here for 5 more steps (step counts may change).
+  resume = shlex.split(stopped.split("; resume with: ", 1)[1])
+  assert resume[-4:] == command[-4:]
+  result = subprocess.run([*resume, f"--config.num_train_steps={step + 5}"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert f"resuming at step {step}, stage 0" in result.stderr
+  if signum == signal.SIGTERM:
+    return  # the exact comparison once is enough
+  # ... and ends where a run that was never stopped ends.
+  config.num_train_steps = step + 5
+  straight = train.train_and_evaluate(config, tmp_path / "straight")
+  _, resumed, _ = checkpoints.load_for_inference(workdir, "latest")
+  chex.assert_trees_all_equal(resumed["params"], jax.device_get(straight.params))
+
+
+# --------------------------------------------------------------------------- #
+# Preparing tracks too short for one training example.
+# --------------------------------------------------------------------------- #
+
+
+def test_prepare_with_every_track_too_short_says_how_long_they_must_be(tmp_path):
+  root = tmp_path / "corpus"
+  tracks = synthetic.write_corpus(root, num_train=2, num_test=0, seconds=1, seed=3)
+  config = tiny_data_config(8000, 16000)  # 2 s examples
+  with pytest.raises(prepare.DataError) as e:
+    prepare.prepare(config, root, tmp_path / "tfds", wav=True, valid_tracks=[tracks[0].name])
+  message = str(e.value)
+  output_length = 16003  # the network's, for the 16000 asked for
+  assert f"examples have {output_length} output samples at 8000 Hz, so tracks must last at " \
+         f"least {output_length / 8000:.2f} s, and the longest" in message
+  assert message.endswith("lasts 1.00 s. Use longer tracks or a smaller "
+                          "config.data.output_length")
+  assert not list((tmp_path / "tfds").glob("*/*/incomplete.*"))  # nothing half-written
