@@ -36,7 +36,7 @@ def tree(folder: pathlib.Path) -> dict[str, bytes]:
 
 def temporaries(folder: pathlib.Path) -> list[str]:
   return [str(p) for p in folder.rglob("*")
-          if ".part-" in p.name or p.name.startswith("incomplete.") or ".tmp" in p.name]
+          if ".part-" in p.name or p.name.startswith("incomplete.") or "tmp" in p.name]
 
 
 def run(command: list[str], watch: pathlib.Path, kill_after: float | None = None,
@@ -170,3 +170,41 @@ def test_prepare_survives_kill_9(tmp_path):
 
   kill_and_rerun(command(tmp_path / "out"), tmp_path / "out", tree(tmp_path / "reference"),
                  work, "prepare", same_records)
+
+
+def test_training_survives_kill_9(tmp_path):
+  import chex
+
+  from conftest import tiny_data_config
+  from waveunet_jax import checkpoints, prepare
+
+  tracks = synthetic.write_corpus(tmp_path / "musdb", num_train=3, num_test=0, seconds=4,
+                                  seed=1)
+  config = tiny_data_config(8000, 1000, tmp_path / "tfds")
+  config.batch_size = 4
+  config.num_train_steps = 40
+  config.log_every_steps = 5
+  config.eval_every_steps = 10
+  config.checkpoint_every_steps = 5
+  config.patience = 100
+  config.fine_tune.enabled = False
+  prepare.prepare(config, tmp_path / "musdb", tmp_path / "tfds", wav=True,
+                  valid_tracks=[tracks[0].name])
+  config_file = tmp_path / "tiny.py"
+  config_file.write_text("import ml_collections\n\n\ndef get_config():\n"
+                         f"  return ml_collections.ConfigDict({config.to_dict()!r})\n")
+  command = lambda workdir: [sys.executable, "-m", "waveunet_jax.main",
+                             f"--config={config_file}", f"--workdir={workdir}"]
+  _, work = run(command(tmp_path / "reference"), tmp_path / "reference" / "checkpoints")
+  rng = random.Random(f"{SEED}-main")
+  workdir = tmp_path / "run"
+  for kill in range(KILLS):
+    code, _ = run(command(workdir), workdir / "checkpoints",
+                  kill_after=rng.uniform(0.05, 0.6) * work)
+    assert code == -9 or kill > 0, "training ended before the kill; give it more steps"
+  assert run(command(workdir), workdir / "checkpoints")[0] == 0
+  reference = checkpoints.load_for_inference(tmp_path / "reference", "latest")
+  resumed = checkpoints.load_for_inference(workdir, "latest")
+  assert resumed.step == reference.step == 40
+  chex.assert_trees_all_equal(resumed.variables, reference.variables)
+  assert not temporaries(workdir), temporaries(workdir)
