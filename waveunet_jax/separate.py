@@ -264,6 +264,7 @@ def separate_files(separator: Separator, inputs: Sequence[str | os.PathLike],
         continue
       if error is None:
         opened = next(opened_files)
+        bar.set_description(f"file {work.index(job) + 1}/{len(work)}")
         bar.set_postfix_str(job.path.name)
         try:
           if opened.error is not None:
@@ -342,8 +343,8 @@ def _separate_one(separator: Separator, opened: _Opened, paths: dict[str, pathli
     logging.warning("%s: the input reaches %.3f, beyond the [-1, 1] the model was trained "
                     "on; its stems may be poor", path, input_peak.value)
   kept = [n for n in names if n not in missing]
-  logging.info("%s -> %s%s", path, paths[names[0]].parent,
-               f" (kept existing {', '.join(kept)})" if kept else "")
+  logging.info("%s -> %s%s", path, ", ".join(str(paths[n]) for n in missing),
+               f" (kept the existing {', '.join(kept)})" if kept else "")
 
 
 class _Peak:
@@ -374,9 +375,9 @@ def _progress_bar(jobs: Sequence[Job], enabled: bool):
     except audio.AudioError:
       pass  # reported when it is read
   return tqdm.tqdm(total=round(total, 1), unit="s", disable=not enabled, leave=False,
-                   desc=f"{len(jobs)} file{'' if len(jobs) == 1 else 's'}",
+                   desc=f"file 1/{len(jobs)}",
                    bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s "
-                              "of audio [{elapsed}<{remaining}, {rate_fmt}] {postfix}")
+                              "of audio [{elapsed}<{remaining}, {rate_fmt}{postfix}]")
 
 
 # --------------------------------------------------------------------------- #
