@@ -264,7 +264,7 @@ def separate_files(separator: Separator, inputs: Sequence[str | os.PathLike],
         continue
       if error is None:
         opened = next(opened_files)
-        bar.set_description(f"file {work.index(job) + 1}/{len(work)}")
+        bar.set_description_str(f"file {work.index(job) + 1}/{len(work)}")
         bar.set_postfix_str(job.path.name)
         try:
           if opened.error is not None:
