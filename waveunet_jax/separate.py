@@ -388,10 +388,11 @@ def _progress_bar(jobs: Sequence[Job], enabled: bool):
 def _define_flags() -> None:
   # Defined only when run as a program, so that importing this module next to other
   # command-line modules (which also define --workdir) cannot clash.
-  from waveunet_jax import engine
-
-  flags.DEFINE_string("workdir", None, "Training workdir of the model.")
+  flags.DEFINE_string("workdir", None, "Training workdir of the model (or --model).")
   flags.DEFINE_string("checkpoint", "best", "best, latest or a step number.")
+  flags.DEFINE_string("model", None, "An exported model instead of --workdir: .onnx, "
+                      ".tflite, .stablehlo or a SavedModel folder (python -m "
+                      "waveunet_jax.export); its window is the one it was exported with.")
   flags.DEFINE_string("output_dir", None, "Where the outputs go (see --filename).")
   flags.DEFINE_string("filename", DEFAULT_FILENAME,
                       "Output path below --output_dir, from {track} (input name without "
@@ -413,30 +414,45 @@ def _define_flags() -> None:
                     "none for --format=float, clamp else.")
   flags.DEFINE_bool("overwrite", False, "Replace existing outputs.")
   flags.DEFINE_float("overlap", 0.0, "Share of each window cross-faded with the next, in [0, 0.5].")
-  flags.DEFINE_float("window_seconds", None, "Output seconds per window (default "
-                     f"{engine.DEFAULT_WINDOW_SECONDS:g}, less if it would not fit in memory).")
-  flags.DEFINE_integer("batch_size", 1, "Windows per forward pass.")
-  flags.mark_flags_as_required(["workdir", "output_dir"])
+  flags.DEFINE_float("window_seconds", None, "Output seconds per window (default 30, less "
+                     "if it would not fit in memory).")
+  flags.DEFINE_integer("batch_size", None, "Windows per forward pass (default 1, or an "
+                       "exported model's fixed batch).")
+  flags.mark_flags_as_required(["output_dir"])
+
+
+def load_separator(args) -> Separator:
+  """The Separator the flags name: a workdir's model on JAX, or an exported model on
+  its runtime (which imports neither this project's JAX code nor JAX for ONNX)."""
+  residual = None if args.residual_source == "none" else args.residual_source
+  if (args.workdir is None) == (args.model is None):
+    raise SeparationError("give the model: --workdir=RUN (a training workdir) or "
+                          "--model=FILE (an export), not both")
+  if args.model is not None:
+    from waveunet_jax import exported
+
+    if args.window_seconds is not None or args.overlap:
+      raise SeparationError("--window_seconds and --overlap are fixed when a model is "
+                            "exported (python -m waveunet_jax.export)")
+    return Separator(exported.load(args.model, args.batch_size), residual_source=residual)
+  return Separator.from_workdir(args.workdir, args.checkpoint,
+                                window_seconds=args.window_seconds, overlap=args.overlap,
+                                batch_size=args.batch_size or 1, residual_source=residual)
 
 
 def main(argv: list[str]) -> None:
   import waveunet_jax
-  from waveunet_jax import models
 
   waveunet_jax.quiet_library_logs()
   inputs, args = argv[1:], flags.FLAGS
   if not inputs:
     raise app.UsageError("give the audio files or folders to separate")
-  residual = None if args.residual_source == "none" else args.residual_source
   try:
     check_filename(args.filename)
     clip_mode(args.clip, args.format)
-    separator = Separator.from_workdir(args.workdir, args.checkpoint,
-                                       window_seconds=args.window_seconds,
-                                       overlap=args.overlap, batch_size=args.batch_size,
-                                       residual_source=residual)
+    separator = load_separator(args)
     stems = separator.stem_names(args.stems.split(",") if args.stems else None)
-  except (ValueError, models.ConfigError) as e:  # SeparationError, a bad --overlap
+  except ValueError as e:  # SeparationError, ConfigError, a bad --overlap
     sys.exit(f"error: {e}")
   try:
     separate_files(separator, inputs, args.output_dir, fmt=args.format, bitrate=args.bitrate,

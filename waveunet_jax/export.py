@@ -1,0 +1,176 @@
+"""Exports a trained Wave-U-Net to run without this project's JAX code.
+
+  python -m waveunet_jax.export --workdir=runs/m4 --format=onnx --output=m4.onnx
+  python -m waveunet_jax.export --workdir=runs/m4 --checkpoint=latest --format=tflite \\
+      --float16 --output=m4.tflite
+  waveunet-separate --model=m4.onnx song.wav --output_dir=separated
+
+Formats (`exported.FORMATS`):
+
+* `stablehlo`: `jax.export`'s serialised module (runs with `jax.export.deserialize`);
+* `saved_model`: a TensorFlow SavedModel folder (`jax2tf`), serving signature
+  `mix [batch, input_length, channels] -> sources [batch, sources, output_length, channels]`;
+* `tflite`: LiteRT's flatbuffer of that SavedModel (float32, or float16 weights);
+* `onnx`: an ONNX model (`jax2onnx`), `OPSET` (optionally with int8 weights,
+  ONNX Runtime's dynamic quantisation).
+
+Each exports the network's forward pass on the separator's window: the time length is
+fixed (the window `separate` uses, `--window_seconds`), the batch dimension symbolic
+where the format allows it, else `--batch_size`. The metadata goes beside the model
+(`model.onnx.json`; `waveunet_jax.json` inside a SavedModel folder): see `metadata`.
+Both are written under temporary names and renamed when complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import sys
+from typing import Any
+
+from absl import app, flags, logging
+
+from waveunet_jax import audio, exported, models
+from waveunet_jax.separator import SeparationError
+
+OPSET = 17
+
+
+class ExportError(ValueError):
+  """An export that cannot be made; the message says why and what to do."""
+
+
+def metadata(engine, fmt: str, config=None, batch_size: int | None = None,
+             **extra) -> dict[str, Any]:
+  """What a consumer of the export needs, as JSON: the sources (in output order), the
+  sample rate (Hz), channels, output type ('difference': the last source is the mix
+  minus the others), the input and output length of one window, the offset of the
+  output's first sample in the input, the tiling the separator uses with them, the
+  batch size (None: any), the residual source for full-band separation, the
+  project version, where the parameters came from, and the training config."""
+  import waveunet_jax
+
+  model = engine.model
+  size = models.Lengths(engine.tiling.input_length,
+                        models.output_length_for(model, engine.tiling.input_length))
+  return {
+      "schema": exported.SCHEMA,
+      "format": fmt,
+      "project": "waveunet_jax",
+      "version": waveunet_jax.__version__,
+      "sources": list(engine.sources),
+      "sample_rate": engine.sample_rate,
+      "num_channels": engine.num_channels,
+      "output_type": engine.output,
+      "input_length": size.input_length,
+      "output_length": size.output_length,
+      "output_offset": size.offset,
+      "input": {"name": "mix", "shape": ["batch" if batch_size is None else batch_size,
+                                         size.input_length, engine.num_channels],
+                "dtype": "float32", "range": [-1.0, 1.0]},
+      "output": {"name": "sources",
+                 "shape": ["batch" if batch_size is None else batch_size,
+                           len(engine.sources), size.output_length, engine.num_channels],
+                 "dtype": "float32"},
+      "batch_size": batch_size,
+      "tiling": dict(engine.tiling.__dict__),
+      "residual_source": engine.residual_source,
+      "source_model": dict(engine.identity),
+      "config": json.loads(config.to_json_best_effort()) if config is not None else None,
+      **extra,
+  }
+
+
+def forward_function(engine):
+  """The network's inference forward pass with its variables as constants."""
+  model, variables = engine.model, engine.variables
+  return lambda mix: model.apply(variables, mix, train=False)
+
+
+def export_stablehlo(engine, batch_size: int | None) -> bytes:
+  import jax
+  import jax.numpy as jnp
+
+  batch = jax.export.symbolic_shape("batch")[0] if batch_size is None else batch_size
+  shape = (batch, engine.tiling.input_length, engine.num_channels)
+  return jax.export.export(jax.jit(forward_function(engine)))(
+      jax.ShapeDtypeStruct(shape, jnp.float32)).serialize()
+
+
+def export(engine, fmt: str, output: str | os.PathLike, *, config=None,
+           batch_size: int | None = None, float16: bool = False, int8: bool = False
+           ) -> pathlib.Path:
+  """Writes `engine`'s model (a `engine.JaxEngine`) as `fmt` to `output`, and its
+  metadata beside it. Returns the model's path."""
+  if fmt not in exported.FORMATS:
+    raise ExportError(f"--format={fmt}: use one of {', '.join(exported.FORMATS)}")
+  if float16 and fmt != "tflite":
+    raise ExportError("--float16 is for --format=tflite")
+  if int8 and fmt != "onnx":
+    raise ExportError("--int8 is for --format=onnx")
+  output = pathlib.Path(output)
+  expected = {"onnx": ".onnx", "tflite": ".tflite", "stablehlo": ".stablehlo"}.get(fmt)
+  if expected and output.suffix.lower() != expected:
+    raise ExportError(f"--output={output}: a {fmt} export's name ends in {expected}")
+  extra = {}
+  if fmt == "stablehlo":
+    with audio.atomic_path(output) as temp:
+      temp.write_bytes(export_stablehlo(engine, batch_size))
+  else:
+    raise ExportError(f"--format={fmt}: not available yet")
+  audio.write_text_atomic(exported.metadata_path(output, fmt), json.dumps(
+      metadata(engine, fmt, config, batch_size, **extra), indent=2) + "\n")
+  return output
+
+
+# --------------------------------------------------------------------------- #
+# Command line.
+# --------------------------------------------------------------------------- #
+
+
+def _define_flags() -> None:
+  flags.DEFINE_string("workdir", None, "Training workdir of the model.")
+  flags.DEFINE_string("checkpoint", "best", "best, latest or a step number.")
+  flags.DEFINE_enum("format", None, list(exported.FORMATS), "The export format.")
+  flags.DEFINE_string("output", None, "The model file (.onnx, .tflite, .stablehlo) or "
+                      "SavedModel folder to write.")
+  flags.DEFINE_float("window_seconds", None, "Output seconds per window (default: what "
+                     "separate uses).")
+  flags.DEFINE_float("overlap", 0.0, "As for separate.")
+  flags.DEFINE_integer("batch_size", None, "Windows per call (default: any, where the "
+                       "format allows it).")
+  flags.DEFINE_bool("float16", False, "tflite: float16 weights.")
+  flags.DEFINE_bool("int8", False, "onnx: int8 weights (ONNX Runtime dynamic quantisation).")
+  flags.mark_flags_as_required(["workdir", "format", "output"])
+
+
+def main(argv: list[str]) -> None:
+  import waveunet_jax
+  from waveunet_jax import checkpoints, engine as engine_lib
+
+  waveunet_jax.quiet_library_logs()
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  args = flags.FLAGS
+  try:
+    engine = engine_lib.JaxEngine.from_workdir(
+        args.workdir, args.checkpoint, window_seconds=args.window_seconds,
+        overlap=args.overlap, batch_size=args.batch_size or 1)
+    config = checkpoints.load_config(args.workdir)
+    path = export(engine, args.format, args.output, config=config,
+                  batch_size=args.batch_size, float16=args.float16, int8=args.int8)
+  except (ExportError, SeparationError, models.ConfigError, audio.AudioError) as e:
+    sys.exit(f"error: {e}")
+  logging.info("wrote %s and %s; separate with: waveunet-separate --model=%s SONG "
+               "--output_dir=OUT", path, exported.metadata_path(path, args.format), path)
+
+
+def cli() -> None:
+  """The program `python -m waveunet_jax.export` (and a console script's entry)."""
+  _define_flags()
+  app.run(main)
+
+
+if __name__ == "__main__":
+  cli()
