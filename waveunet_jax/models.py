@@ -345,7 +345,9 @@ class Upsample(nn.Module):
     if self.padding == "valid":
       x_pad, count, start = x, n - 1, 0
     else:
-      x_pad, count, start = jnp.pad(x, ((0, 0), (1, 1), (0, 0)), mode="edge"), n, 1
+      # Edge padding by one sample, written as slices: ONNX exporters mis-convert
+      # jnp.pad's edge mode (it lowers through zero-sized tensors).
+      x_pad, count, start = jnp.concatenate([x[:, :1], x, x[:, -1:]], axis=1), n, 1
     interpolated = [i for i in range(f) if left_weight[i] < 1.0]
     if self.learned:
       init_logits = np.log(left_weight[interpolated] / (1.0 - left_weight[interpolated]))
@@ -374,7 +376,7 @@ def _downsample(x: jax.Array, factor: int, downsampling: str) -> jax.Array:
     return x
   if downsampling == "decimate":
     return x[:, ::factor]
-  return nn.max_pool(x, (factor,), strides=(factor,), padding="VALID")
+  return nn.max_pool(x, window_shape=(factor,), strides=(factor,), padding="VALID")
 
 
 # --------------------------------------------------------------------------- #
