@@ -1,0 +1,84 @@
+"""Exports: every format's forward pass and whole-song separation equal the JAX ones.
+
+Tiny networks of both designs (the paper's: valid padding, decimation, linear or learned
+upsampling; the seed's: same padding, max pooling, BatchNorm with running statistics)
+at 8 kHz, exported at a short window so that a song takes many windows.
+"""
+
+import functools
+import json
+import pathlib
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import tiny_model_config
+from waveunet_jax import engine, export, exported, models, separator
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+RATE = 8000
+DESIGNS = {
+    "deep": dict(),
+    "deep-learned": dict(upsampling="learned", output="direct"),
+    "shallow": dict(padding="same", downsampling="maxpool", downsampling_factors=(1, 4, 4),
+                    normalization="batchnorm"),
+}
+EXTENSION = {"onnx": ".onnx", "tflite": ".tflite", "stablehlo": ".stablehlo",
+             "saved_model": ""}
+
+
+@functools.cache
+def jax_engine(design: str) -> engine.JaxEngine:
+  """A tiny random network; BatchNorm's running statistics made far from 0 and 1, so
+  that an export which ignored them would show."""
+  model = models.WaveUNet(**tiny_model_config(**DESIGNS[design]))
+  mix = np.zeros((1, models.lengths(model, 1).input_length, 2), np.float32)
+  variables = jax.jit(model.init)(jax.random.key(3), mix)
+  if "batch_stats" in variables:
+    rng = np.random.default_rng(0)
+    variables = {**variables, "batch_stats": jax.tree_util.tree_map(
+        lambda x: rng.uniform(0.5, 2.0, x.shape).astype(np.float32), variables["batch_stats"])}
+  return engine.JaxEngine(model, variables, RATE, window_seconds=0.05)
+
+
+def export_to(tmp_path, design, fmt, **kwargs) -> pathlib.Path:
+  path = tmp_path / f"{design}{EXTENSION[fmt]}"
+  return export.export(jax_engine(design), fmt, path, **kwargs)
+
+
+@pytest.mark.parametrize("design", list(DESIGNS))
+@pytest.mark.parametrize("fmt", ["stablehlo"])
+def test_exported_forward_and_separation_equal_jax(tmp_path, design, fmt):
+  path = export_to(tmp_path, design, fmt)
+  meta = json.loads(exported.metadata_path(path, fmt).read_text())
+  jax_side = jax_engine(design)
+  assert meta["sources"] == list(jax_side.sources) and meta["sample_rate"] == RATE
+  assert meta["input_length"] == jax_side.tiling.input_length
+  assert meta["output_offset"] == (meta["input_length"] - meta["output_length"]) // 2
+  loaded = exported.load(path, batch_size=3)
+  windows = np.random.default_rng(1).uniform(
+      -1, 1, (3, meta["input_length"], 2)).astype(np.float32)
+  want = np.asarray(jax_side.forward(windows))
+  got = np.asarray(loaded.forward(windows))
+  assert got.shape == want.shape == (3, 2, meta["output_length"], 2)
+  assert np.abs(got - want).max() < 1e-4
+  song = np.random.default_rng(2).uniform(-0.5, 0.5, (22050, 2)).astype(np.float32)
+  a = separator.Separator(loaded).separate(song, 22050)
+  b = separator.Separator(jax_side).separate(song, 22050)
+  for name in a:
+    assert np.abs(a[name] - b[name]).max() < 1e-4
+
+
+def test_bad_exports_are_one_line(tmp_path):
+  with pytest.raises(export.ExportError, match="a onnx export's name ends in .onnx"):
+    export.export(jax_engine("deep"), "onnx", tmp_path / "m.bin")
+  with pytest.raises(export.ExportError, match="--float16 is for --format=tflite"):
+    export.export(jax_engine("deep"), "stablehlo", tmp_path / "m.stablehlo", float16=True)
+  (tmp_path / "m.onnx").write_bytes(b"not a model")
+  with pytest.raises(separator.SeparationError, match="no metadata .*m.onnx.json"):
+    exported.load(tmp_path / "m.onnx")
+  with pytest.raises(separator.SeparationError, match="not an export"):
+    exported.format_of(tmp_path / "m.bin")
