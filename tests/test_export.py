@@ -50,7 +50,7 @@ def export_to(tmp_path, design, fmt, **kwargs) -> pathlib.Path:
 
 
 @pytest.mark.parametrize("design", list(DESIGNS))
-@pytest.mark.parametrize("fmt", ["stablehlo"])
+@pytest.mark.parametrize("fmt", ["stablehlo", "onnx"])
 def test_exported_forward_and_separation_equal_jax(tmp_path, design, fmt):
   path = export_to(tmp_path, design, fmt)
   meta = json.loads(exported.metadata_path(path, fmt).read_text())
@@ -82,3 +82,55 @@ def test_bad_exports_are_one_line(tmp_path):
     exported.load(tmp_path / "m.onnx")
   with pytest.raises(separator.SeparationError, match="not an export"):
     exported.format_of(tmp_path / "m.bin")
+
+
+NO_JAX = """
+import sys
+
+class Blocked:
+  def find_spec(self, name, path=None, target=None):
+    if name.split(".")[0] in ("jax", "jaxlib", "flax", "tensorflow", "optax", "orbax"):
+      raise ImportError(f"{name} is blocked: the ONNX path must not import it")
+
+sys.meta_path.insert(0, Blocked())
+from waveunet_jax import separate
+separate.cli()
+"""
+
+
+def test_separate_on_onnx_imports_neither_jax_nor_tensorflow(tmp_path):
+  import soundfile as sf
+
+  path = export_to(tmp_path, "shallow", "onnx")
+  song = np.random.default_rng(4).uniform(-0.5, 0.5, (30000, 2)).astype(np.float32)
+  sf.write(tmp_path / "song.wav", song, 44100, subtype="FLOAT")
+  result = subprocess.run(
+      [sys.executable, "-c", NO_JAX, f"--model={path}", str(tmp_path / "song.wav"),
+       f"--output_dir={tmp_path / 'out'}", "--format=float", "--batch_size=2"],
+      cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert result.returncode == 0, result.stderr[-3000:]
+  want = separator.Separator(jax_engine("shallow")).separate(song, 44100)
+  for name, audio in want.items():
+    got = sf.read(tmp_path / "out" / "song" / f"{name}.wav", dtype="float32")[0]
+    assert np.abs(got - audio).max() < 1e-4
+  # A --model with the flags that only a workdir's model takes is one line.
+  result = subprocess.run(
+      [sys.executable, "-c", NO_JAX, f"--model={path}", "--window_seconds=3",
+       str(tmp_path / "song.wav"), f"--output_dir={tmp_path / 'out'}"],
+      cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert result.returncode == 1
+  assert result.stderr.strip().splitlines()[-1] == (
+      "error: --window_seconds and --overlap are fixed when a model is exported "
+      "(python -m waveunet_jax.export)")
+
+
+def test_int8_onnx_runs_close_to_float(tmp_path):
+  path = export_to(tmp_path, "deep", "onnx", int8=True)
+  meta = json.loads(exported.metadata_path(path).read_text())
+  assert meta["weights"] == "int8" and meta["opset"] == export.OPSET
+  windows = np.random.default_rng(5).uniform(-1, 1, (2, meta["input_length"], 2)
+                                              ).astype(np.float32)
+  want = np.asarray(jax_engine("deep").forward(windows))
+  got = exported.load(path, batch_size=2).forward(windows)
+  error = np.sqrt(np.mean((got - want) ** 2) / np.mean(want ** 2))
+  assert 0 < error < 0.1  # quantised: close, not equal

@@ -98,6 +98,27 @@ def export_stablehlo(engine, batch_size: int | None) -> bytes:
       jax.ShapeDtypeStruct(shape, jnp.float32)).serialize()
 
 
+def export_onnx(engine, batch_size: int | None) -> bytes:
+  """ONNX through jax2onnx at `OPSET`, input `mix`, output `sources`."""
+  import jax2onnx
+
+  batch = "batch" if batch_size is None else batch_size
+  proto = jax2onnx.to_onnx(
+      forward_function(engine),
+      inputs=[(batch, engine.tiling.input_length, engine.num_channels)],
+      model_name="waveunet", opset=OPSET, input_names=["mix"], output_names=["sources"])
+  return proto.SerializeToString()
+
+
+def quantize_onnx(path: pathlib.Path) -> None:
+  """ONNX Runtime's dynamic quantisation in place: int8 weights, activations quantised
+  per call."""
+  from onnxruntime.quantization import QuantType, quantize_dynamic
+
+  with audio.atomic_path(path, suffix=".onnx") as temp:
+    quantize_dynamic(str(path), str(temp), weight_type=QuantType.QInt8)
+
+
 def export(engine, fmt: str, output: str | os.PathLike, *, config=None,
            batch_size: int | None = None, float16: bool = False, int8: bool = False
            ) -> pathlib.Path:
@@ -117,6 +138,12 @@ def export(engine, fmt: str, output: str | os.PathLike, *, config=None,
   if fmt == "stablehlo":
     with audio.atomic_path(output) as temp:
       temp.write_bytes(export_stablehlo(engine, batch_size))
+  elif fmt == "onnx":
+    with audio.atomic_path(output) as temp:
+      temp.write_bytes(export_onnx(engine, batch_size))
+    if int8:
+      quantize_onnx(output)
+    extra = {"opset": OPSET, "weights": "int8" if int8 else "float32"}
   else:
     raise ExportError(f"--format={fmt}: not available yet")
   audio.write_text_atomic(exported.metadata_path(output, fmt), json.dumps(
