@@ -50,7 +50,7 @@ def export_to(tmp_path, design, fmt, **kwargs) -> pathlib.Path:
 
 
 @pytest.mark.parametrize("design", list(DESIGNS))
-@pytest.mark.parametrize("fmt", ["stablehlo", "onnx"])
+@pytest.mark.parametrize("fmt", exported.FORMATS)
 def test_exported_forward_and_separation_equal_jax(tmp_path, design, fmt):
   path = export_to(tmp_path, design, fmt)
   meta = json.loads(exported.metadata_path(path, fmt).read_text())
@@ -58,12 +58,13 @@ def test_exported_forward_and_separation_equal_jax(tmp_path, design, fmt):
   assert meta["sources"] == list(jax_side.sources) and meta["sample_rate"] == RATE
   assert meta["input_length"] == jax_side.tiling.input_length
   assert meta["output_offset"] == (meta["input_length"] - meta["output_length"]) // 2
-  loaded = exported.load(path, batch_size=3)
+  batch = meta["batch_size"] or 3  # LiteRT's batch is fixed at export
+  loaded = exported.load(path, batch_size=batch)
   windows = np.random.default_rng(1).uniform(
-      -1, 1, (3, meta["input_length"], 2)).astype(np.float32)
+      -1, 1, (batch, meta["input_length"], 2)).astype(np.float32)
   want = np.asarray(jax_side.forward(windows))
   got = np.asarray(loaded.forward(windows))
-  assert got.shape == want.shape == (3, 2, meta["output_length"], 2)
+  assert got.shape == want.shape == (batch, 2, meta["output_length"], 2)
   assert np.abs(got - want).max() < 1e-4
   song = np.random.default_rng(2).uniform(-0.5, 0.5, (22050, 2)).astype(np.float32)
   a = separator.Separator(loaded).separate(song, 22050)
@@ -124,13 +125,16 @@ def test_separate_on_onnx_imports_neither_jax_nor_tensorflow(tmp_path):
       "(python -m waveunet_jax.export)")
 
 
-def test_int8_onnx_runs_close_to_float(tmp_path):
-  path = export_to(tmp_path, "deep", "onnx", int8=True)
+@pytest.mark.parametrize("fmt, option, weights", [("onnx", "int8", "int8"),
+                                                 ("tflite", "float16", "float16")])
+def test_reduced_precision_exports_run_close_to_float(tmp_path, fmt, option, weights):
+  path = export_to(tmp_path, "deep", fmt, **{option: True})
   meta = json.loads(exported.metadata_path(path).read_text())
-  assert meta["weights"] == "int8" and meta["opset"] == export.OPSET
-  windows = np.random.default_rng(5).uniform(-1, 1, (2, meta["input_length"], 2)
+  assert meta["weights"] == weights
+  batch = meta["batch_size"] or 2
+  windows = np.random.default_rng(5).uniform(-1, 1, (batch, meta["input_length"], 2)
                                               ).astype(np.float32)
   want = np.asarray(jax_engine("deep").forward(windows))
-  got = exported.load(path, batch_size=2).forward(windows)
+  got = exported.load(path, batch_size=batch).forward(windows)
   error = np.sqrt(np.mean((got - want) ** 2) / np.mean(want ** 2))
-  assert 0 < error < 0.1  # quantised: close, not equal
+  assert 0 < error < 0.1  # close, not equal

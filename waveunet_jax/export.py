@@ -27,8 +27,10 @@ import json
 import os
 import pathlib
 import sys
+import tempfile
 from typing import Any
 
+import numpy as np
 from absl import app, flags, logging
 
 from waveunet_jax import audio, exported, models
@@ -110,6 +112,48 @@ def export_onnx(engine, batch_size: int | None) -> bytes:
   return proto.SerializeToString()
 
 
+def save_saved_model(engine, folder: pathlib.Path, batch_size: int | None) -> None:
+  """A TensorFlow SavedModel through jax2tf (native serialisation: the network is one
+  XlaCallModule op holding its StableHLO), the weights as TF variables, and the serving
+  signature `mix -> {"sources": ...}` with a symbolic batch unless `batch_size`."""
+  import jax
+  import tensorflow as tf
+  from jax.experimental import jax2tf
+
+  model, channels = engine.model, engine.num_channels
+  length = engine.tiling.input_length
+  leaves, treedef = jax.tree_util.tree_flatten(engine.variables)
+  module = tf.Module()
+  module.weights = [tf.Variable(np.asarray(leaf), trainable=False) for leaf in leaves]
+  apply = jax2tf.convert(
+      lambda leaves, mix: model.apply(jax.tree_util.tree_unflatten(treedef, leaves), mix,
+                                      train=False),
+      polymorphic_shapes=[None, None if batch_size else f"(b, {length}, {channels})"],
+      with_gradient=False)
+
+  @tf.function(autograph=False, input_signature=[
+      tf.TensorSpec([batch_size, length, channels], tf.float32, name="mix")])
+  def serve(mix):
+    return {"sources": apply(module.weights, mix)}
+
+  module.serve = serve
+  tf.saved_model.save(module, str(folder), signatures={"serving_default": serve})
+
+
+def convert_tflite(saved_model: pathlib.Path, float16: bool) -> bytes:
+  """LiteRT's flatbuffer of a fixed-batch SavedModel: the converter legalises the
+  StableHLO inside jax2tf's XlaCallModule to builtin ops (no TF ops needed at run
+  time). float16: weights stored as float16, computed in float32."""
+  import tensorflow as tf
+
+  converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
+  converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+  if float16:
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.target_spec.supported_types = [tf.float16]
+  return converter.convert()
+
+
 def quantize_onnx(path: pathlib.Path) -> None:
   """ONNX Runtime's dynamic quantisation in place: int8 weights, activations quantised
   per call."""
@@ -144,8 +188,16 @@ def export(engine, fmt: str, output: str | os.PathLike, *, config=None,
     if int8:
       quantize_onnx(output)
     extra = {"opset": OPSET, "weights": "int8" if int8 else "float32"}
-  else:
-    raise ExportError(f"--format={fmt}: not available yet")
+  elif fmt == "saved_model":
+    with audio.atomic_path(output) as temp:
+      save_saved_model(engine, temp, batch_size)
+  else:  # tflite: a fixed batch (LiteRT's converter refuses a symbolic one)
+    batch_size = batch_size or 1
+    with audio.atomic_path(output) as temp:
+      with tempfile.TemporaryDirectory() as folder:
+        save_saved_model(engine, pathlib.Path(folder) / "saved_model", batch_size)
+        temp.write_bytes(convert_tflite(pathlib.Path(folder) / "saved_model", float16))
+    extra = {"weights": "float16" if float16 else "float32"}
   audio.write_text_atomic(exported.metadata_path(output, fmt), json.dumps(
       metadata(engine, fmt, config, batch_size, **extra), indent=2) + "\n")
   return output
