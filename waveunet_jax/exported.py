@@ -11,7 +11,8 @@ consumer needs (see `export.py` and the README's Export section): sources, sampl
 rate, channels, output type, the window's input and output lengths and the offset of
 the output in the input, the tiling, the batch size (null: any), the config and the
 project version. This module imports each runtime only when it loads a model of its
-format: ONNX needs `onnxruntime` alone (`pip install waveunet_jax[onnx]`).
+format: ONNX needs `onnxruntime` alone (`pip install waveunet_jax[onnx]`), LiteRT
+`ai-edge-litert` (`[tflite]`; else TensorFlow's deprecated copy of it).
 """
 
 from __future__ import annotations
@@ -102,7 +103,7 @@ def load(path: str | os.PathLike, batch_size: int | None = None) -> ExportedEngi
     forward = loaders[fmt](path, metadata, batch_size)
   except ImportError as e:
     package = {"onnx": "onnxruntime (pip install 'waveunet_jax[onnx]')",
-               "tflite": "ai-edge-litert or tensorflow", "saved_model": "tensorflow",
+               "tflite": "ai-edge-litert (pip install 'waveunet_jax[tflite]')", "saved_model": "tensorflow",
                "stablehlo": "jax"}[fmt]
     raise SeparationError(f"--model={path}: running a {fmt} export needs {package} ({e})"
                           ) from None
@@ -121,13 +122,14 @@ def _onnx(path: pathlib.Path, metadata: dict[str, Any], batch_size: int):
 
 
 def _tflite(path: pathlib.Path, metadata: dict[str, Any], batch_size: int):
-  try:
+  try:  # LiteRT's own runtime; TensorFlow's copy of it is deprecated
     from ai_edge_litert.interpreter import Interpreter
   except ImportError:
     import tensorflow as tf
 
     Interpreter = tf.lite.Interpreter
-  interpreter = Interpreter(model_path=str(path))
+  # LiteRT takes one thread unless told; JAX and ONNX Runtime take every core.
+  interpreter = Interpreter(model_path=str(path), num_threads=os.cpu_count())
   inp = interpreter.get_input_details()[0]
   if inp["shape"][0] != batch_size:
     interpreter.resize_tensor_input(inp["index"], [batch_size, *inp["shape"][1:]])
