@@ -4,11 +4,13 @@
   python -m waveunet_jax.separate --workdir=runs/m4 --checkpoint=latest --format=mp3 \\
       --stems=vocals,accompaniment --filename="{stem}/{track}.{ext}" album/ \\
       --output_dir=separated
+  python -m waveunet_jax.separate --model=m4.onnx song.wav --output_dir=separated
 
 writes `separated/<track>/<stem>.wav` (the `--filename` template) for every stem, at
 the input's sample rate, length and channel count; a folder input gives the same tree
-of folders out. The work is the `separator.Separator`'s; this module lists the
-inputs, reads them (`audio.open_audio`, the next file decoded while the network runs
+of folders out. The model is a training workdir's (on JAX) or an export's (`--model`,
+on its own runtime: see `export.py`). The work is the `separator.Separator`'s; this
+module lists the inputs, reads them (`audio.open_audio`, the next file decoded while the network runs
 on the current one), names and writes the outputs (`audio.AudioWriter`: complete or
 absent) and shows one progress bar for the whole job. From Python:
 
