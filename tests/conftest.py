@@ -41,3 +41,20 @@ def tiny_data_config(sample_rate: int, output_length: int, data_dir=None, **mode
 @pytest.fixture
 def tiny_config():
   return tiny_model_config
+
+
+TINY_RATE, TINY_OUTPUT = 8000, 1000  # tiny_data_dir's layout
+
+
+@pytest.fixture(scope="session")
+def tiny_data_dir(tmp_path_factory) -> str:
+  """A synthetic corpus prepared once for tiny_data_config(TINY_RATE, TINY_OUTPUT), for
+  every test that trains (the dataset depends only on rate, lengths and sources)."""
+  from waveunet_jax import prepare, synthetic
+
+  root = tmp_path_factory.mktemp("corpus")
+  data_dir = tmp_path_factory.mktemp("tfds")
+  tracks = synthetic.write_corpus(root, num_train=3, num_test=0, seconds=4, seed=1)
+  prepare.prepare(tiny_data_config(TINY_RATE, TINY_OUTPUT), root, data_dir, wav=True,
+                  valid_tracks=[tracks[0].name])
+  return str(data_dir)

@@ -172,15 +172,13 @@ def test_prepare_survives_kill_9(tmp_path):
                  work, "prepare", same_records)
 
 
-def test_training_survives_kill_9(tmp_path):
+def test_training_survives_kill_9(tmp_path, tiny_data_dir):
   import chex
 
-  from conftest import tiny_data_config
-  from waveunet_jax import checkpoints, prepare
+  from conftest import TINY_OUTPUT, TINY_RATE, tiny_data_config
+  from waveunet_jax import checkpoints
 
-  tracks = synthetic.write_corpus(tmp_path / "musdb", num_train=3, num_test=0, seconds=4,
-                                  seed=1)
-  config = tiny_data_config(8000, 1000, tmp_path / "tfds")
+  config = tiny_data_config(TINY_RATE, TINY_OUTPUT, tiny_data_dir)
   config.batch_size = 4
   config.num_train_steps = 40
   config.log_every_steps = 5
@@ -188,8 +186,6 @@ def test_training_survives_kill_9(tmp_path):
   config.checkpoint_every_steps = 5
   config.patience = 100
   config.fine_tune.enabled = False
-  prepare.prepare(config, tmp_path / "musdb", tmp_path / "tfds", wav=True,
-                  valid_tracks=[tracks[0].name])
   config_file = tmp_path / "tiny.py"
   config_file.write_text("import ml_collections\n\n\ndef get_config():\n"
                          f"  return ml_collections.ConfigDict({config.to_dict()!r})\n")

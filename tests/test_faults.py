@@ -13,14 +13,14 @@ import chex
 import jax
 import pytest
 
-from conftest import tiny_data_config
+from conftest import TINY_OUTPUT, TINY_RATE, tiny_data_config
 from waveunet_jax import checkpoints, prepare, synthetic, train
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 def tiny_config(data_dir=None):
-  config = tiny_data_config(8000, 1000, data_dir)
+  config = tiny_data_config(TINY_RATE, TINY_OUTPUT, data_dir)
   config.batch_size = 4
   config.fine_tune.batch_size = 8
   config.num_train_steps = 10
@@ -31,13 +31,9 @@ def tiny_config(data_dir=None):
   return config
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  root = tmp_path_factory.mktemp("corpus")
-  data_dir = tmp_path_factory.mktemp("tfds")
-  tracks = synthetic.write_corpus(root, num_train=3, num_test=0, seconds=4, seed=1)
-  prepare.prepare(tiny_config(), root, data_dir, wav=True, valid_tracks=[tracks[0].name])
-  return str(data_dir)
+@pytest.fixture
+def data_dir(tiny_data_dir):
+  return tiny_data_dir
 
 
 def run_main(*args, timeout=300):

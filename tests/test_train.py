@@ -13,14 +13,14 @@ import optax
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from conftest import tiny_data_config
-from waveunet_jax import checkpoints, models, prepare, synthetic, train
+from conftest import TINY_OUTPUT, TINY_RATE, tiny_data_config
+from waveunet_jax import checkpoints, models, train
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 def tiny_config(**model):
-  config = tiny_data_config(8000, 1000, **model)
+  config = tiny_data_config(TINY_RATE, TINY_OUTPUT, **model)
   config.optim.learning_rate = 1e-3
   config.batch_size = 4
   config.fine_tune.batch_size = 8
@@ -122,14 +122,9 @@ def test_bfloat16_compute_keeps_float32_parameters():
   assert all(p.dtype == jnp.float32 for p in jax.tree_util.tree_leaves(state.params))
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  """A synthetic corpus prepared once for tiny_config()."""
-  root = tmp_path_factory.mktemp("corpus")
-  data_dir = tmp_path_factory.mktemp("tfds")
-  tracks = synthetic.write_corpus(root, num_train=3, num_test=0, seconds=4, seed=1)
-  prepare.prepare(tiny_config(), root, data_dir, wav=True, valid_tracks=[tracks[0].name])
-  return str(data_dir)
+@pytest.fixture
+def data_dir(tiny_data_dir):
+  return tiny_data_dir
 
 
 def params_of(state):

@@ -77,7 +77,9 @@ class ExportedEngine:
     self.residual_source = metadata.get("residual_source")
     self.tiling = Tiling(**metadata["tiling"])
     self.batch_size = batch_size
-    self.identity = {"engine": metadata["format"], **metadata.get("source_model", {})}
+    # What evaluation records: the exported model's origin, run on this format.
+    self.identity = {**metadata.get("source_model", {}), "engine": metadata["format"],
+                     "weights": metadata.get("weights", "float32")}
     self._forward = forward
 
   def forward(self, windows: np.ndarray) -> np.ndarray:
