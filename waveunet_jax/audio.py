@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import glob
 import json
 import os
 import pathlib
@@ -95,17 +96,13 @@ def _part_name(path: pathlib.Path, pid: int) -> str:
 def remove_stale_parts(path: pathlib.Path) -> None:
   """Removes the temporaries of `path` left by killed processes: those of processes
   that still run (another job writing the same file) are kept."""
-  prefix = _part_name(path, 0)[:-1]
+  prefix = f".{path.name}.part-"  # `_part_name` without the pid
   if not path.parent.is_dir():
     return
-  for part in path.parent.glob(f"{glob_escape(prefix)}*"):
+  for part in path.parent.glob(f"{glob.escape(prefix)}*"):
     pid = part.name[len(prefix):].split(".", 1)[0]
     if pid.isdigit() and int(pid) != os.getpid() and not _running(int(pid)):
       _remove(part)
-
-
-def glob_escape(text: str) -> str:
-  return "".join(f"[{c}]" if c in "*?[" else c for c in text)
 
 
 def _running(pid: int) -> bool:
@@ -408,7 +405,7 @@ class AudioWriter:
     if fmt not in FORMATS:
       raise AudioError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     self.path, self.format, self.channels = pathlib.Path(path), FORMATS[fmt], channels
-    self.clipped, self.peak = 0, 0.0  # samples clipped so far, and the largest |sample|
+    self.clipped, self.peak = 0, 0.0  # samples clipped so far, and the largest of them
     self._atomic = atomic_path(self.path, suffix=self.format.extension)
     self._temp = self._atomic.__enter__()
     self._closed = False
@@ -435,11 +432,13 @@ class AudioWriter:
 
   def write(self, block: np.ndarray) -> None:
     block = np.asarray(block, np.float32).reshape(-1, self.channels)
-    if len(block):
-      self.peak = max(self.peak, float(np.abs(block).max()))
-    if self.format.clips and self.peak > 1.0:
-      self.clipped += int(np.count_nonzero(np.abs(block) > 1.0))
-      block = np.clip(block, -1.0, 1.0)
+    if self.format.clips:
+      magnitude = np.abs(block)
+      beyond = int(np.count_nonzero(magnitude > 1.0))
+      if beyond:
+        self.clipped += beyond
+        self.peak = max(self.peak, float(magnitude.max()))
+        block = np.clip(block, -1.0, 1.0)
     try:
       if self.format.lossy:
         self._process.stdin.write(np.ascontiguousarray(block, "<f4").tobytes())

@@ -10,6 +10,7 @@ estimate). For the paper's M4 at 22050 Hz that is windows of 794611 input sample
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import os
@@ -125,8 +126,7 @@ class JaxEngine:
     self.batch_size = batch_size
     self.residual_source = residual_source
     self.tiling = tiling(model, self.sample_rate, window_seconds, overlap, batch_size)
-    # What evaluation records of the model it scored (from_workdir adds where from).
-    self.identity = {"engine": "jax", "params_sha256": variables_hash(variables)}
+    self.origin: dict[str, Any] = {}  # where the variables came from (from_workdir)
     self.variables = jax.device_put(variables)
     self._forward = jax.jit(lambda variables, windows: model.apply(variables, windows,
                                                                    train=False))
@@ -144,9 +144,15 @@ class JaxEngine:
     residual = config.get("separation", {}).get("residual_source")
     engine = cls(models.WaveUNet(**config.model), variables, config.data.sample_rate,
                  residual_source=residual, **kwargs)
-    engine.identity = {"engine": "jax", "workdir": str(pathlib.Path(workdir).resolve()),
-                       "checkpoint": str(checkpoint), "step": step, **engine.identity}
+    engine.origin = {"workdir": str(pathlib.Path(workdir).resolve()),
+                     "checkpoint": str(checkpoint), "step": step}
     return engine
+
+  @functools.cached_property
+  def identity(self) -> dict[str, Any]:
+    """What evaluation and export record of the model: where it came from and a hash
+    of its variables (computed on first use: hashing a model takes a while)."""
+    return {"engine": "jax", **self.origin, "params_sha256": variables_hash(self.variables)}
 
   def forward(self, windows: np.ndarray) -> jax.Array:
     """[batch, input_length, C] -> [batch, S, output_length, C], asynchronously."""

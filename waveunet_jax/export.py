@@ -23,6 +23,7 @@ Both are written under temporary names and renamed when complete.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -76,7 +77,7 @@ def metadata(engine, fmt: str, config=None, batch_size: int | None = None,
                            len(engine.sources), size.output_length, engine.num_channels],
                  "dtype": "float32"},
       "batch_size": batch_size,
-      "tiling": dict(engine.tiling.__dict__),
+      "tiling": dataclasses.asdict(engine.tiling),
       "residual_source": engine.residual_source,
       "source_model": dict(engine.identity),
       "config": json.loads(config.to_json_best_effort()) if config is not None else None,

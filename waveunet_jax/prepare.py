@@ -172,13 +172,16 @@ def _stem_path(track: Track, stem: str) -> pathlib.Path:
   return path
 
 
+def _stem_file_error(track: Track, error: audio.AudioError) -> DataError:
+  return DataError(f"track {track.name!r}: {error}" + (
+      "; or use the MUSDB18-HQ wav release with --wav" if "needs ffmpeg" in str(error) else ""))
+
+
 def _stem_file_info(track: Track) -> None:
   try:
     channels = audio.stem_file_channels(track.path, 1 + len(STEM_STREAMS))
   except audio.AudioError as e:
-    raise DataError(f"track {track.name!r}: {e}" + (
-        "; or use the MUSDB18-HQ wav release with --wav" if "needs ffmpeg" in str(e) else "")
-    ) from None
+    raise _stem_file_error(track, e) from None
   for stem, index in STEM_STREAMS.items():
     _check_channels(track, f"{track.path.name} ({stem} stream)", channels[index])
 
@@ -193,11 +196,12 @@ def _read_wav(track: Track, path: pathlib.Path) -> tuple[np.ndarray, int]:
 
 
 def _read_stem_file(track: Track) -> tuple[dict[str, np.ndarray], int]:
-  _stem_file_info(track)
+  # check_track read the header before; read_stem_file checks the stream count again
+  # and the channels are checked on the decoded streams, so ffprobe runs once here.
   try:
     data, rate = audio.read_stem_file(track.path, 1 + len(STEM_STREAMS))
   except audio.AudioError as e:
-    raise DataError(f"track {track.name!r}: {e}") from None
+    raise _stem_file_error(track, e) from None
   stems = {stem: data[index] for stem, index in STEM_STREAMS.items()}
   for stem, part in stems.items():
     _check_stereo(track, f"{track.path.name} ({stem} stream)", part)

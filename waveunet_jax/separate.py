@@ -257,7 +257,7 @@ def separate_files(separator: Separator, inputs: Sequence[str | os.PathLike],
   outputs, failed = [], []
   bar = _progress_bar(work, enabled=progress)
   reader = _Reader(work)
-  opened_files = iter(reader)
+  opened_files = enumerate(reader, 1)
   try:
     for job, paths, missing, error in plan:
       if error is None and not missing:
@@ -265,8 +265,8 @@ def separate_files(separator: Separator, inputs: Sequence[str | os.PathLike],
         outputs += paths.values()
         continue
       if error is None:
-        opened = next(opened_files)
-        bar.set_description_str(f"file {work.index(job) + 1}/{len(work)}")
+        number, opened = next(opened_files)
+        bar.set_description_str(f"file {number}/{len(work)}")
         bar.set_postfix_str(job.path.name)
         try:
           if opened.error is not None:
@@ -310,7 +310,8 @@ def _separate_one(separator: Separator, opened: _Opened, paths: dict[str, pathli
                                            stream.channels, name=str(path), stems=names):
       for sink, i in zip(sinks, index):
         sink.write(block[:, i])
-      peak.add(block)
+      if clip == "rescale":
+        peak.add(block)
       bar.update(len(block) / stream.rate)
     if clip == "rescale":
       scale = 1.0 / peak.value if peak.value > 1.0 else 1.0
@@ -366,11 +367,12 @@ class _Peak:
 
 
 def _progress_bar(jobs: Sequence[Job], enabled: bool):
-  """One bar for the whole job, in seconds of audio (from the files' headers)."""
+  """One bar for the whole job, in seconds of audio (from the files' headers, read
+  only for a bar that shows)."""
   import tqdm
 
   total = 0.0
-  for job in jobs:
+  for job in jobs if enabled else ():
     try:
       info = audio.audio_info(job.path)
       total += info.frames / info.rate

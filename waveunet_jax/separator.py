@@ -60,12 +60,10 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from waveunet_jax import audio
+from waveunet_jax import audio as audio_lib
 from waveunet_jax import stems as stems_lib
 
 RESAMPLING_QUALITY = "HQ"
-# Frames per block cut from an array.
-BLOCK_FRAMES = 1 << 16
 DEFAULT = "default"  # residual_source: the config's, else stems.default_residual_source
 
 
@@ -211,7 +209,8 @@ class Separator:
     audio = audio[:, None] if audio.ndim == 1 else audio
     if audio.ndim != 2:
       raise SeparationError(f"audio must be [time, channels] or [time], got {audio.shape}")
-    blocks = (audio[i:i + BLOCK_FRAMES] for i in range(0, len(audio), BLOCK_FRAMES))
+    step = audio_lib.BLOCK_FRAMES
+    blocks = (audio[i:i + step] for i in range(0, len(audio), step))
     out = list(self.separate_blocks(blocks, rate, audio.shape[1], stems=names))
     out = (np.concatenate(out) if out
            else np.zeros((0, len(names), audio.shape[1]), np.float32))
@@ -347,11 +346,10 @@ class _Fifo:
   """Frames held until a later stage of the same stream asks for exactly as many."""
 
   def __init__(self):
-    self._blocks, self._frames = collections.deque(), 0
+    self._blocks = collections.deque()
 
   def push(self, block: np.ndarray) -> None:
     self._blocks.append(block)
-    self._frames += len(block)
 
   def tee(self, blocks: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
     for block in blocks:
@@ -368,7 +366,6 @@ class _Fifo:
         block = block[:n]
       out.append(block)
       n -= len(block)
-      self._frames -= len(block)
     if n > 0 and out:
       out.append(np.zeros((n, *out[0].shape[1:]), np.float32))
     return np.concatenate(out) if len(out) != 1 else out[0]
@@ -382,8 +379,8 @@ def _model_inputs(blocks: Iterable[np.ndarray], channels: int, model_channels: i
   for block in blocks:
     block = np.asarray(block, np.float32).reshape(-1, channels)
     try:
-      audio.check_finite(block, song.frames, rate, name)
-    except audio.AudioError as e:
+      audio_lib.check_finite(block, song.frames, rate, name)
+    except audio_lib.AudioError as e:
       raise SeparationError(str(e)) from None
     song.frames += len(block)
     if mix is not None:
@@ -394,7 +391,6 @@ def _model_inputs(blocks: Iterable[np.ndarray], channels: int, model_channels: i
       yield np.repeat(block, model_channels, axis=1)
     else:
       yield block.mean(axis=1, keepdims=True)
-  song.done = True
 
 
 def _to_channels(block: np.ndarray, channels: int) -> np.ndarray:
