@@ -5,7 +5,7 @@ A workdir holds one run:
   WORKDIR/config.json      the config the run trains (written by process 0 when it starts)
   WORKDIR/checkpoints/     Orbax checkpoints every config.checkpoint_every_steps
   WORKDIR/best/            the checkpoint of the best validation loss
-  WORKDIR/data_state/      each process's input pipeline position, beside each checkpoint
+  WORKDIR/data_state/      each device's input pipeline position, beside each checkpoint
   WORKDIR/tensorboard/     metrics
 
 Re-running training in a workdir resumes its run, so the new config must describe the
@@ -63,6 +63,7 @@ class Progress:
   best_step: int = -1
   bad_validations: int = 0       # validations since the last improvement
   done: bool = False
+  data_start_step: int = 0       # where the data order last started afresh (see train.py)
 
 
 # --------------------------------------------------------------------------- #
@@ -110,17 +111,18 @@ def _flat(tree: dict, prefix: str = "") -> dict[str, Any]:
   return flat
 
 
-def config_differences(saved: ml_collections.ConfigDict, config: ml_collections.ConfigDict
-                       ) -> list[tuple[str, Any, Any]]:
-  """(field, saved value, new value) of every field that differs and may not change
-  on resume, in the config's field order (the network first). A field only one of
-  them has counts, as None."""
+def config_differences(saved: ml_collections.ConfigDict, config: ml_collections.ConfigDict,
+                       may_change: tuple[str, ...] | None = None) -> list[tuple[str, Any, Any]]:
+  """(field, saved value, new value) of every field that differs, except those in
+  `may_change` (default: MAY_CHANGE_ON_RESUME), in the config's field order (the
+  network first). A field only one of them has counts, as None."""
+  may_change = MAY_CHANGE_ON_RESUME if may_change is None else may_change
   # Both through JSON, so that tuples and lists, and placeholders, compare alike.
   old = _flat(json.loads(saved.to_json_best_effort()))
   new = _flat(json.loads(config.to_json_best_effort()))
   names = list(new) + [name for name in old if name not in new]
   return [(name, old.get(name), new.get(name)) for name in names
-          if name not in MAY_CHANGE_ON_RESUME and old.get(name) != new.get(name)]
+          if name not in may_change and old.get(name) != new.get(name)]
 
 
 def check_resumable(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> None:

@@ -12,9 +12,13 @@ with sources ordered as `config.model.sources`. Validation batches tile every
 validation track with hop = output length, in a fixed order, and add
 'weight': [B] float32, 0 for the examples that pad the last batch.
 
-Each process reads its own share of the files (`tfds.split_for_jax_process`) and
-builds batches of its local batch size. Randomness is stateless and seeded, so the
-same seed gives the same batches.
+Data parallelism shards the data by device, not by process: device d of D reads
+share d of the files (`shard=d, num_shards=D`) into its own batches of the per-device
+batch size, with its own seed, and a process stacks the batches of its devices. The
+global batch therefore depends on the devices' number only, not on how they are
+spread over hosts: 2 processes of 1 device and 1 process of 2 devices train on the
+same batches. Randomness is stateless and seeded, so the same seed gives the same
+batches.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import ml_collections
+import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
@@ -116,15 +121,30 @@ def _scaled(sources: tf.Tensor) -> tf.Tensor:
   return tf.cast(sources, tf.float32) / prepare.AUDIO_SCALE
 
 
+def shard_seed(seed: int, shard: int) -> int:
+  """The seed of one shard's stream: decorrelated from the other shards'."""
+  return int(np.random.SeedSequence([seed, shard]).generate_state(1)[0] >> 1)
+
+
+def shard_split(split: str, shard: int, num_shards: int):
+  """Share `shard` of `num_shards` of a split's examples (disjoint, together all)."""
+  if not 0 <= shard < num_shards:
+    raise ValueError(f"shard {shard} is not in [0, {num_shards})")
+  return tfds.split_for_jax_process(split, process_index=shard, process_count=num_shards)
+
+
 def train_dataset(config: ml_collections.ConfigDict, batch_size: int, *, seed: int,
-                  process_index: int | None = None,
-                  process_count: int | None = None) -> tf.data.Dataset:
-  """Endless training batches of `batch_size` (this process's share of the global
-  batch). `process_index`/`process_count` default to JAX's."""
+                  shard: int = 0, num_shards: int = 1) -> tf.data.Dataset:
+  """Endless training batches of `batch_size` from share `shard` of `num_shards` of
+  the training windows (in training: one device's share of the global batch); with
+  fewer windows than shards, every shard reads them all."""
   builder, layout = load_builder(config)
   data = config.data
-  split = tfds.split_for_jax_process("train", process_index=process_index,
-                                     process_count=process_count)
+  # Fewer windows than devices (a tiny corpus): each device crops from all of them,
+  # with its own seed.
+  few = builder.info.splits["train"].num_examples < num_shards
+  split = "train" if few else shard_split("train", shard, num_shards)
+  seed = shard_seed(seed, shard)
   ds = builder.as_dataset(split=split, shuffle_files=True,
                           read_config=tfds.ReadConfig(shuffle_seed=seed))
   ds = ds.filter(lambda window: window["num_starts"] > 0)
@@ -150,17 +170,18 @@ def train_dataset(config: ml_collections.ConfigDict, batch_size: int, *, seed: i
 
 
 def eval_dataset(config: ml_collections.ConfigDict, batch_size: int, *, split: str = "valid",
-                 process_index: int | None = None,
-                 process_count: int | None = None) -> tf.data.Dataset:
-  """Every tile (hop = output length) of every track of `split`, in a fixed order, in
-  batches of `batch_size`; the last batch is padded with weight-0 examples."""
+                 shard: int = 0, num_shards: int = 1) -> tf.data.Dataset:
+  """Every tile (hop = output length) of every track of share `shard` of `num_shards`
+  of `split`, in a fixed order, in batches of `batch_size`; the last batch is padded
+  with weight-0 examples. Shares may hold different numbers of tiles."""
   builder, layout = load_builder(config)
   if split not in builder.info.splits:
     raise prepare.DataError(f"the prepared dataset in {config.data.data_dir} has no "
                             f"{split!r} split (it has {', '.join(builder.info.splits)})")
-  split = tfds.split_for_jax_process(split, process_index=process_index,
-                                     process_count=process_count)
-  ds = builder.as_dataset(split=split, shuffle_files=False)
+  if builder.info.splits[split].num_examples > shard:
+    ds = builder.as_dataset(split=shard_split(split, shard, num_shards), shuffle_files=False)
+  else:  # fewer windows than shards: this one's share is empty
+    ds = builder.as_dataset(split=split, shuffle_files=False).take(0)
 
   def tiles(window):
     starts = tf.range(window["num_tiles"]) * layout.output_length

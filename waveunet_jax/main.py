@@ -4,8 +4,12 @@
   python -m waveunet_jax.main --config=experiments/deep.py:M4 --workdir=runs/m4 \\
       --config.data.data_dir=/data/tfds --config.optim.learning_rate=3e-4
 
-Re-running the same command resumes from the workdir's checkpoints. Add --distributed
-on every host of a multi-host TPU slice or GPU cluster.
+Re-running the same command resumes from the workdir's checkpoints.
+
+Several processes (the hosts of a TPU slice or a GPU cluster, or one process per GPU)
+run the same command, each with --distributed (JAX finds the others on Cloud TPU,
+SLURM and Open MPI) or with --coordinator_address=HOST:PORT --num_processes=N
+--process_id=I (I = 0 on the host at that address); see the README's recipes.
 """
 
 import os
@@ -23,7 +27,17 @@ _CONFIG = config_flags.DEFINE_config_file(
     lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, logs and TensorBoard go.")
 _DISTRIBUTED = flags.DEFINE_bool(
-    "distributed", False, "Call jax.distributed.initialize() (multi-host TPU or GPU).")
+    "distributed", False, "Join the other processes of the run, found by JAX (Cloud TPU, "
+    "SLURM, Open MPI).")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "HOST:PORT of process 0, which every process of the run "
+    "connects to (with --num_processes and --process_id; implies --distributed).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes of the run.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, 0 to "
+                                   "--num_processes - 1 (0 runs at --coordinator_address).")
+_HEARTBEAT_TIMEOUT = flags.DEFINE_integer(
+    "heartbeat_timeout", 100, "Seconds after which a silent process (killed, crashed) ends "
+    "the run of the others, which would otherwise wait for it forever.", lower_bound=1)
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -31,7 +45,8 @@ def main(argv: list[str]) -> None:
   waveunet_jax.quiet_library_logs()
   if len(argv) > 1:
     sys.exit(f"error: unexpected arguments: {' '.join(argv[1:])} (the flags are --config, "
-             "--workdir, --config.<group>.<field> and --distributed)")
+             "--workdir, --config.<group>.<field> and the multi-process ones: --distributed, "
+             "--coordinator_address, --num_processes, --process_id, --heartbeat_timeout)")
   if not _WORKDIR.value.strip():  # "" would be the current directory
     sys.exit("error: --workdir is empty: name a folder for the run's checkpoints and logs")
   # tf.data must not take the accelerators (or their memory) from JAX.
@@ -40,9 +55,14 @@ def main(argv: list[str]) -> None:
   tf.config.set_visible_devices([], "GPU")
   import jax
 
-  if _DISTRIBUTED.value:
-    jax.distributed.initialize()
   from waveunet_jax import checkpoints, models, prepare, train
+
+  named = (_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  if _DISTRIBUTED.value or any(v is not None for v in named):
+    try:
+      train.connect(*named, heartbeat_timeout=_HEARTBEAT_TIMEOUT.value)
+    except train.TrainingError as e:
+      sys.exit(f"error: {e}")
 
   logging.info("JAX process %d of %d, devices: %s", jax.process_index(), jax.process_count(),
                jax.devices())

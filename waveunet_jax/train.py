@@ -3,8 +3,14 @@
 `train_and_evaluate(config, workdir)` is the whole job; `main.py` only parses flags.
 
 * State: `TrainState` (step, params, batch_stats, opt_state, rng), one pytree,
-  replicated over a 1-D device mesh; batches are sharded on its `data` axis and built
-  from each process's local share, so BatchNorm statistics are global-batch ones.
+  replicated over a 1-D device mesh of every device of every process; batches are
+  sharded on its `data` axis, so BatchNorm statistics are global-batch ones. Each
+  device has its own input stream (`input_pipeline`: shard d of D), so the run is
+  the same whether its D devices sit in one process or in several.
+* Several processes (hosts): `connect` joins them (`jax.distributed`); every process
+  runs the same command, and `check_same_run` refuses to start if their configs or
+  workdirs differ. Process 0 alone writes config.json, TensorBoard and the synthetic
+  corpus; Orbax checkpoints are written and read by all together.
 * Optimiser: Adam (AMSGrad for the seed's config) after L2 with Keras semantics
   (loss += weight_decay * sum(w^2), i.e. 2 * weight_decay * w added to the gradient)
   on the parameters whose path matches `config.optim.l2_mask`, optional global-norm
@@ -25,6 +31,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
+import json
 import os
 import pathlib
 import re
@@ -220,7 +228,7 @@ def eval_step(state: TrainState, batch: dict[str, jax.Array], *, model: models.W
 
 class DataIterator:
   """A tf.data iterator of numpy batches whose position can be saved and restored
-  (`tf.train.Checkpoint`), one file set per process."""
+  (`tf.train.Checkpoint`)."""
 
   def __init__(self, dataset):
     import tensorflow as tf
@@ -241,6 +249,35 @@ class DataIterator:
 
   def restore(self, directory: pathlib.Path) -> None:
     self._checkpoint.read(str(directory / "iterator")).assert_consumed()
+
+
+class ShardedData:
+  """This process's devices' input streams: `shards[i]` is the mesh position of the
+  i-th local device, whose stream is share `shards[i]` of `num_shards`.
+  `next()` gives one batch per local device; positions are saved per shard, under
+  `DIR/shard_<d>_of_<D>`, so another grouping of the same devices into processes
+  restores them."""
+
+  def __init__(self, datasets: list, shards: list[int], num_shards: int):
+    self.iterators = [DataIterator(d) for d in datasets]
+    self.shards, self.num_shards = shards, num_shards
+
+  def __next__(self) -> list[dict[str, np.ndarray]]:
+    return [next(it) for it in self.iterators]
+
+  def shard_dir(self, directory: pathlib.Path, shard: int) -> pathlib.Path:
+    return directory / f"shard_{shard}_of_{self.num_shards}"
+
+  def save(self, directory: pathlib.Path) -> None:
+    for shard, iterator in zip(self.shards, self.iterators):
+      iterator.save(self.shard_dir(directory, shard))
+
+  def can_restore(self, directory: pathlib.Path) -> bool:
+    return all(self.shard_dir(directory, s).is_dir() for s in self.shards)
+
+  def restore(self, directory: pathlib.Path) -> None:
+    for shard, iterator in zip(self.shards, self.iterators):
+      iterator.restore(self.shard_dir(directory, shard))
 
 
 def ensure_data(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> ml_collections.ConfigDict:
@@ -285,6 +322,11 @@ class Trainer:
     self.mesh = Mesh(np.array(jax.devices()), ("data",))
     self.replicated = NamedSharding(self.mesh, PartitionSpec())
     self.sharded = NamedSharding(self.mesh, PartitionSpec("data"))
+    # Device d of the mesh reads data shard d; these are this process's.
+    self.local_devices = [d for d in self.mesh.devices.flat
+                          if d.process_index == jax.process_index()]
+    self.shards = [int(np.flatnonzero(self.mesh.devices.flat == d)[0])
+                   for d in self.local_devices]
     self.init = create_state(config, self.model, optax.identity())
     options = dict(enable_async_checkpointing=True, create=True)
     self.checkpoints = ocp.CheckpointManager(
@@ -322,32 +364,49 @@ class Trainer:
                              in_shardings=(self.replicated, self.sharded),
                              out_shardings=self.replicated)
 
-  def global_batch(self, local: dict[str, np.ndarray]) -> dict[str, jax.Array]:
-    return jax.make_array_from_process_local_data(self.sharded, local)
+  def global_batch(self, per_device: list[dict[str, np.ndarray]]) -> dict[str, jax.Array]:
+    """One batch per local device (in `self.local_devices` order) -> the global batch,
+    device d's rows at the d-th place."""
+    def stack(*parts):
+      shape = (parts[0].shape[0] * len(self.mesh.devices.flat),) + parts[0].shape[1:]
+      return jax.make_array_from_single_device_arrays(
+          shape, self.sharded, [jax.device_put(p, d) for p, d in zip(parts, self.local_devices)])
 
-  def train_data(self, stage: int) -> DataIterator:
+    return jax.tree_util.tree_map(stack, *per_device)
+
+  def data_seed(self, progress: checkpoints.Progress) -> int:
+    """The seed of the data order: per stage, and anew where the order restarted."""
+    seeds = np.random.SeedSequence([self.config.seed, progress.stage, progress.data_start_step])
+    return int(seeds.generate_state(1)[0] >> 1)
+
+  def train_data(self, progress: checkpoints.Progress) -> ShardedData:
     from waveunet_jax import input_pipeline
 
-    batch_size, _ = stage_settings(self.config, stage)
-    dataset = input_pipeline.train_dataset(self.config, batch_size // jax.process_count(),
-                                           seed=self.config.seed + stage)
-    return DataIterator(dataset)
+    batch_size, _ = stage_settings(self.config, progress.stage)
+    num_shards = len(self.mesh.devices.flat)
+    seed = self.data_seed(progress)
+    return ShardedData([
+        input_pipeline.train_dataset(self.config, batch_size // num_shards, seed=seed,
+                                     shard=shard, num_shards=num_shards)
+        for shard in self.shards], self.shards, num_shards)
 
   # -- checkpoints -------------------------------------------------------------
 
   def data_state_dir(self, step: int) -> pathlib.Path:
-    return self.workdir / "data_state" / f"process_{jax.process_index()}" / str(step)
+    return self.workdir / "data_state" / str(step)
 
-  def save(self, state: TrainState, progress: checkpoints.Progress, data: DataIterator) -> None:
+  def save(self, state: TrainState, progress: checkpoints.Progress, data: ShardedData) -> None:
     step = int(state.step)
     data.save(self.data_state_dir(step))
     self.checkpoints.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), progress=ocp.args.JsonSave(dataclasses.asdict(progress))))
-    # The iterator positions of checkpoints Orbax no longer keeps are useless.
-    kept = {str(s) for s in self.checkpoints.all_steps()} | {str(step)}
-    for old in self.data_state_dir(step).parent.iterdir():
-      if old.name not in kept:
-        shutil.rmtree(old, ignore_errors=True)
+    # The data positions of checkpoints Orbax no longer keeps are useless; process 0
+    # removes them (the others may still be writing the current step's).
+    if jax.process_index() == 0:
+      kept = {str(s) for s in self.checkpoints.all_steps()} | {str(step)}
+      for old in self.data_state_dir(step).parent.iterdir():
+        if old.name not in kept:
+          shutil.rmtree(old, ignore_errors=True)
 
   def restore(self, manager: ocp.CheckpointManager, step: int, target: TrainState):
     abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, target)
@@ -361,25 +420,27 @@ class Trainer:
     from waveunet_jax import input_pipeline
 
     batch_size, _ = stage_settings(self.config, stage)
-    local = batch_size // jax.process_count()
-    batches = iter(input_pipeline.as_numpy(input_pipeline.eval_dataset(self.config, local)))
-    # Every process must run the same number of steps: a process that has run out of
-    # validation tiles joins in with weight-0 batches until all have.
-    shapes = {"mix": (local, self.lengths.input_length, self.model.num_channels),
-              "sources": (local, self.model.num_sources, self.lengths.output_length,
-                          self.model.num_channels),
-              "weight": (local,)}
+    num_shards = len(self.mesh.devices.flat)
+    per_device = batch_size // num_shards
+    streams = [iter(input_pipeline.as_numpy(input_pipeline.eval_dataset(
+        self.config, per_device, shard=shard, num_shards=num_shards))) for shard in self.shards]
+    # Shares may differ in tiles: a device (or a process) that has run out joins in
+    # with weight-0 batches until every device of every process has.
+    empty = {"mix": np.zeros((per_device, self.lengths.input_length, self.model.num_channels),
+                             np.float32),
+             "sources": np.zeros((per_device, self.model.num_sources, self.lengths.output_length,
+                                  self.model.num_channels), np.float32),
+             "weight": np.zeros((per_device,), np.float32)}
     totals = None
     while True:
-      batch = next(batches, None)
+      batches = [next(stream, None) for stream in streams]
+      more = any(b is not None for b in batches)
       if jax.process_count() > 1:
-        if not np.any(multihost_utils.process_allgather(np.array(batch is not None))):
-          break
-        if batch is None:
-          batch = {k: np.zeros(shape, np.float32) for k, shape in shapes.items()}
-      elif batch is None:
+        more = bool(np.any(multihost_utils.process_allgather(np.array(more))))
+      if not more:
         break
-      sums = self.eval_step(state, self.global_batch(batch))
+      batches = [empty if b is None else b for b in batches]
+      sums = self.eval_step(state, self.global_batch(batches))
       totals = sums if totals is None else jax.tree_util.tree_map(jnp.add, totals, sums)
     if totals is None:
       raise TrainingError("the validation split is empty: prepare the data with some "
@@ -433,9 +494,19 @@ class Trainer:
       logging.info("training finished before (step %d); nothing to do", int(state.step))
       return state
     self.compile_steps(tx)
-    data = self.train_data(progress.stage)
+    data = self.train_data(progress)
     if latest is not None:
-      data.restore(self.data_state_dir(latest))
+      if data.can_restore(self.data_state_dir(latest)):
+        data.restore(self.data_state_dir(latest))
+      else:
+        saved_as = sorted({p.name.rsplit("_of_", 1)[-1] for p in
+                           self.data_state_dir(latest).glob("shard_*_of_*")})
+        logging.warning(
+            "step %d's data positions were saved for %s device(s), and this run has %d: the "
+            "parameters and the optimiser resume exactly, the training data start a new "
+            "random order here", latest, " or ".join(saved_as) or "no", data.num_shards)
+        progress.data_start_step = latest
+        data = self.train_data(progress)
 
     batch_size, learning_rate = stage_settings(config, progress.stage)
     audio_per_step = batch_size * self.lengths.output_length / config.data.sample_rate
@@ -498,7 +569,7 @@ class Trainer:
                                        bad_validations=0)
         state, tx = self.new_state(1, best_state.params, best_state.batch_stats, step)
         self.compile_steps(tx)
-        data = self.train_data(1)
+        data = self.train_data(progress)
         batch_size, learning_rate = stage_settings(config, 1)
         audio_per_step = batch_size * self.lengths.output_length / config.data.sample_rate
         logging.info("step %d: fine-tune stage from the best step %d (batch %d, lr %g)",
@@ -525,6 +596,60 @@ class Trainer:
     self.best.close()
 
 
+def connect(coordinator_address: str | None = None, num_processes: int | None = None,
+            process_id: int | None = None, heartbeat_timeout: int = 100) -> None:
+  """Joins this process to the others of a multi-process run (`jax.distributed`),
+  before anything uses JAX. With no arguments, JAX detects the cluster (Cloud TPU,
+  SLURM, Open MPI); otherwise all three are needed. A process that stays silent for
+  `heartbeat_timeout` seconds (killed, crashed, its host gone) ends the others' run,
+  instead of leaving them waiting in a collective forever."""
+  named = (coordinator_address, num_processes, process_id)
+  if any(v is not None for v in named) and not all(v is not None for v in named):
+    raise TrainingError("--coordinator_address, --num_processes and --process_id go together: "
+                        "give all three (or none, on a cluster JAX detects)")
+  if num_processes is not None and not 0 <= process_id < num_processes:
+    raise TrainingError(f"--process_id={process_id} is not in [0, --num_processes="
+                        f"{num_processes})")
+  # Collectives between CPU devices of different processes (tests, CPU clusters);
+  # TPUs and GPUs have their own.
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.distributed.initialize(coordinator_address, num_processes, process_id,
+                             heartbeat_timeout_seconds=heartbeat_timeout)
+
+
+def check_same_run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> None:
+  """Raises TrainingError, on every process, unless all processes were started with
+  the same config and workdir (a run whose hosts disagree would hang or diverge)."""
+  if jax.process_count() == 1:
+    return
+  mine = json.dumps({"workdir": str(workdir), "config": json.loads(config.to_json_best_effort())},
+                    sort_keys=True).encode()
+  digests = multihost_utils.process_allgather(
+      np.frombuffer(hashlib.sha256(mine).digest(), np.uint8))
+  others = [i for i, d in enumerate(digests) if not np.array_equal(d, digests[0])]
+  if not others:
+    return
+  # Process 0's run to every process, which names what differs from its own.
+  length = int(np.max(multihost_utils.process_allgather(np.int64(len(mine)))))
+  padded = np.zeros(length, np.uint8)
+  padded[:len(mine)] = np.frombuffer(mine, np.uint8)
+  first = json.loads(bytes(np.asarray(multihost_utils.broadcast_one_to_all(padded))).rstrip(b"\0"))
+  what = "start every process with the same --config, --config.* overrides and --workdir"
+  if jax.process_index() == 0:
+    raise TrainingError(f"process(es) {', '.join(map(str, others))} of {jax.process_count()} "
+                        f"were started with another config or --workdir than this one; {what}")
+  if jax.process_index() not in others:
+    raise TrainingError(f"process(es) {', '.join(map(str, others))} of {jax.process_count()} "
+                        f"were started with another config or --workdir than process 0; {what}")
+  fields = [f"config.{name} ({json.dumps(old)} on process 0, {json.dumps(new)} here)"
+            for name, old, new in checkpoints.config_differences(
+                ml_collections.ConfigDict(first["config"]), config, may_change=())]
+  if first["workdir"] != str(workdir):
+    fields.append(f"--workdir ({first['workdir']} on process 0, {workdir} here)")
+  raise TrainingError(f"process {jax.process_index()} was started with another run than "
+                      f"process 0: {', '.join(fields[:4])} differ; {what}")
+
+
 def check_batch_size(batch_size: int, field: str) -> None:
   devices, processes = jax.device_count(), jax.process_count()
   if batch_size % devices:
@@ -549,6 +674,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   workdir = pathlib.Path(workdir).absolute()
   from waveunet_jax import input_pipeline
 
+  check_same_run(config, workdir)  # first: until they agree, processes may not wait on each other
   created = not workdir.exists()
   try:
     # Check what can be checked before anything slow, and before writing anything.
