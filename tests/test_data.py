@@ -1,6 +1,8 @@
 """MUSDB18 -> TFDS windows (prepare) -> tf.data batches (input_pipeline)."""
 
+import logging
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -219,14 +221,78 @@ def test_stem_files_round_trip(tmp_path):
   assert correlation > 0.98
 
 
+def noise_stems(names, seconds: float, seed: int):
+  rng = np.random.default_rng(seed)
+  return {name: rng.uniform(-0.2, 0.2, (int(seconds * 44100), 2)).astype(np.float32)
+          for name in names}
+
+
+def read_wavs(folder: pathlib.Path) -> dict:
+  return {p.stem: soundfile.read(p, dtype="float32")[0] for p in folder.glob("*.wav")}
+
+
+def stored_sources(config, split: str, track: str) -> np.ndarray:
+  """A track's stored sources, int16 [S, N, C], put back together from its windows
+  (N runs on into the zero padding past the track's end)."""
+  builder, _ = input_pipeline.load_builder(config)
+  layout = prepare.layout_for(config)
+  windows = sorted((int(x["index"]), x["sources"])
+                   for x in builder.as_dataset(split=split).as_numpy_iterator()
+                   if x["track"].decode() == track)
+  return np.concatenate([w[:, :layout.hop] for _, w in windows], axis=1)[:, layout.offset:]
+
+
+@pytest.mark.parametrize("sources", [("accompaniment", "vocals"),
+                                     ("vocals", "drums", "bass", "other")])
+def test_an_extra_stem_is_accompaniment_and_other(tmp_path, caplog, sources):
+  caplog.set_level(logging.INFO)
+  root = tmp_path / "own"
+  # A mixture.wav is never a stem: were it summed, accompaniment would not match below.
+  write_track(root / "train" / "A - piano",
+              noise_stems(synthetic.SOURCES + ("piano", "mixture"), 1, 0))
+  write_track(root / "train" / "B - plain", silent_stems(1.0))
+  # At 44.1 kHz nothing is resampled: the stored sources are the sums of the files.
+  config = tiny_data_config(44100, 3000, tmp_path / "data", sources=sources)
+  prepare.prepare(config, root, tmp_path / "data", wav=True, valid_tracks=["B - plain"])
+  wavs = read_wavs(root / "train" / "A - piano")
+  expected = {**wavs, "other": wavs["other"] + wavs["piano"],
+              "accompaniment": wavs["drums"] + wavs["bass"] + wavs["other"] + wavs["piano"]}
+  stored = stored_sources(config, "train", "A - piano")
+  for i, source in enumerate(sources):
+    np.testing.assert_array_equal(stored[i, :44100], prepare.to_int16(expected[source]))
+  assert re.search(r"A - piano: 1.0 s, \d+ windows \(piano counted as other\)", caplog.text)
+
+
+def test_a_stem_no_source_needs_may_be_missing(tmp_path):
+  root = tmp_path / "own"
+  folder = root / "train" / "A - no drums"
+  write_track(folder, noise_stems(("vocals", "bass"), 1, 0))
+  write_track(root / "train" / "B - plain", silent_stems(1.0))
+  config = tiny_data_config(44100, 3000, tmp_path / "data")  # accompaniment, vocals
+  prepare.prepare(config, root, tmp_path / "data", wav=True, valid_tracks=["B - plain"])
+  stored = stored_sources(config, "train", "A - no drums")
+  bass = read_wavs(folder)["bass"]
+  np.testing.assert_array_equal(stored[config.model.sources.index("accompaniment"), :44100],
+                                prepare.to_int16(bass))
+  # The four stems need drums.wav.
+  config = tiny_data_config(44100, 3000, tmp_path / "data4",
+                            sources=("vocals", "drums", "bass", "other"))
+  with pytest.raises(prepare.DataError) as error:
+    prepare.prepare(config, root, tmp_path / "data4", wav=True, valid_tracks=["B - plain"])
+  assert str(error.value) == (f"track 'A - no drums': no drums.wav in {folder} (needed for the "
+                              "source 'drums' of config.model.sources)")
+
+
 def no_dataset_left(data_dir: pathlib.Path):
   leftovers = [p for p in data_dir.rglob("*") if p.is_file() and "tfrecord" in p.name]
   return not leftovers and not list(data_dir.rglob("incomplete.*"))
 
 
 @pytest.mark.parametrize("problem,message", [
-    ("missing", "missing stem drums.wav"),
+    ("missing", "no vocals.wav in "),
+    ("only_vocals", "no stem but vocals.wav in "),
     ("unequal_length", "different lengths"),
+    ("extra_unequal_length", "different lengths"),
     ("unequal_rate", "different sample rates"),
     ("mono", "1 channel"),
     ("not_audio", "cannot read"),
@@ -242,9 +308,14 @@ def test_bad_tracks_are_named_and_leave_nothing(tmp_path, problem, message):
   folder = root / "train" / "B - bad"
   write_track(folder, bad)
   if problem == "missing":
-    (folder / "drums.wav").unlink()
+    (folder / "vocals.wav").unlink()
+  elif problem == "only_vocals":  # nothing for the accompaniment
+    for stem in ("drums", "bass", "other"):
+      (folder / f"{stem}.wav").unlink()
   elif problem == "unequal_length":
     write_track(folder, {"bass": np.zeros((40000, 2), np.float32)})
+  elif problem == "extra_unequal_length":
+    write_track(folder, {"piano": np.zeros((40000, 2), np.float32)})
   elif problem == "unequal_rate":
     write_track(folder, {"bass": np.zeros((48000, 2), np.float32)}, rate=48000)
   elif problem == "mono":

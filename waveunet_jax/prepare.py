@@ -1,12 +1,15 @@
-"""MUSDB18 (stem files or the HQ wav release) -> a TFDS dataset of TFRecord windows.
+"""MUSDB18 (stem files or the HQ wav release) or one's own multitracks -> a TFDS
+dataset of TFRecord windows.
 
   python -m waveunet_jax.prepare --musdb_root=DIR --data_dir=OUT --config=experiments/shallow.py
   python -m waveunet_jax.prepare --musdb_root=DIR --wav ...      # MUSDB18-HQ layout
 
 Reads `DIR/{train,test}`: `<track>.stem.mp4` files (MUSDB18, decoded by stempeg with
-ffmpeg) or, with `--wav`, `<track>/{vocals,drums,bass,other}.wav` folders (MUSDB18-HQ,
-or any multitrack folder in that layout). The splits are `train`, `valid` (musdb's
-14-track validation split of the training set, or `--valid_tracks`) and `test`.
+ffmpeg) or, with `--wav`, `<track>/<stem>.wav` folders (MUSDB18-HQ, or one's own
+multitracks: extra stems such as `piano.wav` count as `other`, and a stem that no
+source of the config needs may be missing; `stems` owns the rule). The splits are
+`train`, `valid` (musdb's 14-track validation split of the training set, or
+`--valid_tracks`) and `test`.
 
 Storage, chosen so that a random crop never decodes a whole track:
 * only the config's sources are stored (never a mix: training sums the sources), at
@@ -43,6 +46,10 @@ MUSDB_SAMPLE_RATE = 44100
 # their stream index in a `.stem.mp4` (0 is the mix).
 STEMS = stems_lib.STEMS
 STEM_STREAMS = {"drums": 1, "bass": 2, "other": 3, "vocals": 4}
+# MUSDB18-HQ's mix, beside the stems: never read (training sums the stems).
+MIXTURE = "mixture"
+# Why a track's stem is needed, in errors of `prepare`.
+NEEDED_FOR = " of config.model.sources"
 SPLITS = ("train", "valid", "test")
 # int16 sample = round(float sample * AUDIO_SCALE), clipped to the int16 range.
 AUDIO_SCALE = 32768.0
@@ -124,15 +131,44 @@ def find_tracks(root: pathlib.Path, subset: str, wav: bool) -> list[Track]:
   return [Track(p.name[:-len(suffix)], p, False) for p in sorted(folder.glob(f"*{suffix}"))]
 
 
-def read_stems(track: Track) -> tuple[dict[str, np.ndarray], int]:
-  """The four stems of a track, float32 [time, 2] each, and their sample rate."""
+def stem_files(track: Track) -> dict[str, pathlib.Path]:
+  """{stem: path} of a track folder's wavs: every `<stem>.wav` but `mixture.wav`,
+  MUSDB18's four stems first (in STEMS order, which fixes the order of sums), then
+  any others (`piano.wav`, ...) by name."""
+  found = {p.stem: p for p in track.path.iterdir()
+           if p.suffix.lower() == ".wav" and not p.name.startswith(".") and p.stem != MIXTURE
+           and p.is_file()}
+  order = [s for s in STEMS if s in found] + sorted(s for s in found if s not in STEMS)
+  return {stem: found[stem] for stem in order}
+
+
+def needed_stems(track: Track, sources: Sequence[str],
+                 needed_for: str = NEEDED_FOR) -> dict[str, pathlib.Path]:
+  """The stem files of a track folder that `sources` sum (`stems.multitrack_parts`):
+  a stem no source needs is not read, and may be missing. Raises DataError naming the
+  track and the file when a source has none."""
+  files = stem_files(track)
+  needed = set()
+  for source in sources:
+    members = stems_lib.multitrack_parts(source, list(files))
+    if not members:
+      raise DataError(f"track {track.name!r}: {stems_lib.describe_missing(source, '.wav')} in "
+                      f"{track.path} (needed for the source {source!r}{needed_for})")
+    needed.update(members)
+  return {stem: path for stem, path in files.items() if stem in needed}
+
+
+def read_multitrack(track: Track, sources: Sequence[str],
+                    needed_for: str = NEEDED_FOR) -> tuple[dict[str, np.ndarray], int]:
+  """The stems of a track that `sources` need (all four of a `.stem.mp4`), float32
+  [time, 2] each, and their sample rate."""
   if track.wav:
     stems, rates = {}, {}
-    for stem in STEMS:
-      stems[stem], rates[stem] = _read_wav(track, _stem_path(track, stem))
+    for stem, path in needed_stems(track, sources, needed_for).items():
+      stems[stem], rates[stem] = _read_wav(track, path)
     if len(set(rates.values())) > 1:
       raise DataError(f"track {track.name!r}: stems have different sample rates {rates}")
-    rate = rates["vocals"]
+    rate = next(iter(rates.values()))
   else:
     stems, rate = _read_stem_file(track)
   lengths = {stem: len(audio) for stem, audio in stems.items()}
@@ -141,16 +177,22 @@ def read_stems(track: Track) -> tuple[dict[str, np.ndarray], int]:
   return stems, rate
 
 
-def check_track(track: Track) -> None:
+def read_stems(track: Track) -> tuple[dict[str, np.ndarray], int]:
+  """MUSDB18's four stems of a track, float32 [time, 2] each (any extra stem summed into
+  `other`, as `stems` says), and their sample rate."""
+  stems, rate = read_multitrack(track, STEMS, needed_for=" of MUSDB18's four stems")
+  return stems_lib.combine_multitrack(stems, STEMS), rate
+
+
+def check_track(track: Track, sources: Sequence[str] = STEMS) -> None:
   """Cheap header checks of one track, so that a bad track fails before hours of
-  decoding rather than in the middle: stems present, readable, stereo, and (wav)
-  of one rate and length."""
+  decoding rather than in the middle: the stems `sources` need present, readable,
+  stereo, and (wav) of one rate and length."""
   if not track.wav:
     _stem_file_info(track)
     return
   infos = {}
-  for stem in STEMS:
-    path = _stem_path(track, stem)
+  for stem, path in needed_stems(track, sources).items():
     try:
       infos[stem] = audio.audio_info(path)
     except audio.AudioError as e:
@@ -162,14 +204,6 @@ def check_track(track: Track) -> None:
                        ("lengths (samples)", {s: i.frames for s, i in infos.items()})):
     if len(set(values.values())) > 1:
       raise DataError(f"track {track.name!r}: stems have different {what} {values}")
-
-
-def _stem_path(track: Track, stem: str) -> pathlib.Path:
-  path = track.path / f"{stem}.wav"
-  if not path.is_file():
-    raise DataError(f"track {track.name!r}: missing stem {path.name} in {path.parent} "
-                    f"(a MUSDB18-HQ track folder holds {', '.join(s + '.wav' for s in STEMS)})")
-  return path
 
 
 def _stem_file_error(track: Track, error: audio.AudioError) -> DataError:
@@ -221,12 +255,13 @@ def _check_channels(track: Track, what: str, channels: int) -> None:
 
 
 def track_sources(stems: dict[str, np.ndarray], rate: int, layout: Layout) -> np.ndarray:
-  """The layout's sources of one track: int16 [sources, time, channels], resampled
+  """The layout's sources of one track's stems (`read_multitrack`), summed as `stems`
+  says: int16 [sources, time, channels], resampled
   with a band-limited resampler (soxr, high quality) and downmixed if mono."""
   import soxr
 
   out = []
-  for source in stems_lib.combine(stems, layout.sources).values():
+  for source in stems_lib.combine_multitrack(stems, layout.sources).values():
     if layout.num_channels == 1:
       source = source.mean(axis=1, keepdims=True)
     if rate != layout.sample_rate:
@@ -331,8 +366,6 @@ def split_tracks(root: pathlib.Path, wav: bool,
   if not splits["train"]:
     raise DataError("--valid_tracks: every training track is a validation track; "
                     "leave some for training")
-  for track in train + test:
-    check_track(track)
   return splits
 
 
@@ -380,8 +413,9 @@ def _builder_class():
     def _generate_examples(self, split: str, tracks: list[Track]):
       longest, used = (0.0, ""), 0
       for i, track in enumerate(tracks):
-        stems, rate = read_stems(track)
+        stems, rate = read_multitrack(track, self.layout.sources)
         sources = track_sources(stems, rate, self.layout)
+        extra = [s for s in stems if s not in STEMS]
         seconds = sources.shape[1] / self.layout.sample_rate
         longest = max(longest, (seconds, track.name))
         if sources.shape[1] < self.layout.output_length:
@@ -403,8 +437,9 @@ def _builder_class():
         for window in track_windows(sources, self.layout):
           count += 1
           yield f"{track.name}/{window['index']}", {"track": track.name, **window}
-        logging.info("%s [%d/%d] %s: %.1f s, %d windows", split, i + 1, len(tracks),
-                     track.name, seconds, count)
+        logging.info("%s [%d/%d] %s: %.1f s, %d windows%s", split, i + 1, len(tracks),
+                     track.name, seconds, count,
+                     f" ({', '.join(extra)} counted as {stems_lib.EXTRA})" if extra else "")
 
   _BUILDER = MusdbWindows
   return _BUILDER
@@ -436,6 +471,8 @@ def prepare(config, musdb_root: str | pathlib.Path, data_dir: str | pathlib.Path
   splits = split_tracks(pathlib.Path(musdb_root), wav, valid_tracks)
   for split, tracks in splits.items():
     logging.info("%s: %d tracks", split, len(tracks))
+  for track in (track for tracks in splits.values() for track in tracks):
+    check_track(track, layout.sources)
   result = builder(layout, data_dir, splits)
   version_dir = pathlib.Path(result.data_dir)
   for stale in version_dir.parent.glob("incomplete.*"):
@@ -473,7 +510,8 @@ def _define_flags() -> None:
       lock_config=True)
   flags.DEFINE_string("musdb_root", None, "MUSDB18 folder with train/ and test/.")
   flags.DEFINE_string("data_dir", None, "Where to write the TFDS dataset.")
-  flags.DEFINE_bool("wav", False, "Read the MUSDB18-HQ wav layout instead of .stem.mp4.")
+  flags.DEFINE_bool("wav", False, "Read <track>/<stem>.wav folders (MUSDB18-HQ, your own "
+                    "multitracks) instead of .stem.mp4 files.")
   flags.DEFINE_string("valid_tracks", None, "Comma-separated training tracks to validate on "
                       "(default: musdb's 14-track validation split).")
   flags.mark_flags_as_required(["config", "musdb_root", "data_dir"])
