@@ -3,13 +3,16 @@ dataset of TFRecord windows.
 
   python -m waveunet_jax.prepare --musdb_root=DIR --data_dir=OUT --config=experiments/shallow.py
   python -m waveunet_jax.prepare --musdb_root=DIR --wav ...      # MUSDB18-HQ layout
+  python -m waveunet_jax.prepare --tracks_file=FILE ...          # track folders listed
 
-Reads `DIR/{train,test}`: `<track>.stem.mp4` files (MUSDB18, decoded by stempeg with
-ffmpeg) or, with `--wav`, `<track>/<stem>.wav` folders (MUSDB18-HQ, or one's own
-multitracks: extra stems such as `piano.wav` count as `other`, and a stem that no
-source of the config needs may be missing; `stems` owns the rule). The splits are
-`train`, `valid` (musdb's 14-track validation split of the training set, or
-`--valid_tracks`) and `test`.
+Reads `DIR/{train,valid,test}` (valid/ and test/ optional): `<track>.stem.mp4` files
+(MUSDB18, decoded by stempeg with ffmpeg) or, with `--wav`, `<track>/<stem>.wav`
+folders (MUSDB18-HQ, or one's own multitracks: extra stems such as `piano.wav` count
+as `other`, and a stem that no source of the config needs may be missing; `stems`
+owns the rule). `--tracks_file` lists track folders instead (`read_tracks_file`).
+The splits are `train`, `valid` and `test`; the validation tracks are
+`--valid_tracks`, else the valid/ folder (or lines), else musdb's 14-track split
+for MUSDB18, else about 10 % of the training tracks (`choose_validation`).
 
 Storage, chosen so that a random crop never decodes a whole track:
 * only the config's sources are stored (never a mix: training sums the sources), at
@@ -30,6 +33,7 @@ Never on the training path: training only reads what this wrote.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 import pathlib
 import shutil
@@ -51,6 +55,9 @@ MIXTURE = "mixture"
 # Why a track's stem is needed, in errors of `prepare`.
 NEEDED_FOR = " of config.model.sources"
 SPLITS = ("train", "valid", "test")
+# Without validation tracks named or found, about this share of the training tracks
+# becomes the validation split.
+VALID_SHARE = 0.1
 # int16 sample = round(float sample * AUDIO_SCALE), clipped to the int16 range.
 AUDIO_SCALE = 32768.0
 # Windows hold about this many input lengths of crop starts (overlap is 1 / this).
@@ -308,8 +315,78 @@ def track_windows(sources: np.ndarray, layout: Layout) -> Iterator[dict[str, np.
 
 
 # --------------------------------------------------------------------------- #
-# The TFDS builder.
+# Splits.
 # --------------------------------------------------------------------------- #
+
+
+def folder_tracks(root: pathlib.Path, wav: bool) -> dict[str, list[Track]]:
+  """--musdb_root's tracks per split: `root/train`, and `root/valid` and `root/test`
+  where they exist."""
+  root = pathlib.Path(root)
+  if not root.is_dir():
+    raise DataError(f"--musdb_root={root}: no such directory")
+  splits = {split: find_tracks(root, split, wav) for split in SPLITS}
+  if not splits["train"]:
+    kind = "<track>/<stem>.wav folders" if wav else "<track>.stem.mp4 files"
+    hint = "" if wav else " (for the MUSDB18-HQ wav release or your own multitracks, add --wav)"
+    raise DataError(f"--musdb_root={root}: no tracks found in {root / 'train'}; expected "
+                    f"{kind}{hint}")
+  both = sorted({t.name for t in splits["train"]} & {t.name for t in splits["valid"]})
+  if both:
+    raise DataError(f"--musdb_root={root}: {both[0]!r} is in both train/ and valid/; a track "
+                    "belongs to one split")
+  return splits
+
+
+def read_tracks_file(path: str | pathlib.Path) -> dict[str, list[Track]]:
+  """--tracks_file's tracks per split, each sorted by name. Each line names a track
+  folder (absolute, or relative to the file's folder), optionally followed by
+  whitespace and its split: train (the default), valid or test. Blank lines and lines
+  starting with # are skipped. A track's name is its folder's name."""
+  path = pathlib.Path(path)
+  try:
+    text = path.read_text()
+  except (OSError, UnicodeDecodeError) as e:
+    raise DataError(f"--tracks_file={path}: cannot read it ({getattr(e, 'strerror', e)})") \
+        from None
+  splits = {split: [] for split in SPLITS}
+  line_of = {}
+  for number, line in enumerate(text.splitlines(), 1):
+    if not line.strip() or line.lstrip().startswith("#"):
+      continue
+    folder, split = _track_line(line.strip(), path.parent, f"{path}:{number}")
+    if folder.name in line_of:
+      raise DataError(f"{path}:{number}: a second track named {folder.name!r} (the first is on "
+                      f"line {line_of[folder.name]}); a track is named by its folder, and "
+                      "names must differ")
+    line_of[folder.name] = number
+    splits[split].append(Track(folder.name, folder, True))
+  if not splits["train"]:
+    raise DataError(f"--tracks_file={path}: no training track (a line with no split or with "
+                    "train); write one track folder per line")
+  return {split: sorted(tracks, key=lambda t: t.name) for split, tracks in splits.items()}
+
+
+def _track_line(text: str, base: pathlib.Path, where: str) -> tuple[pathlib.Path, str]:
+  """(folder, split) of one --tracks_file line; a whole line that is a folder is one
+  (its name may end in a split's name), else the last word may be the split."""
+  folder = base / pathlib.Path(text).expanduser()
+  if folder.is_dir():
+    return folder, "train"
+  head, _, word = text.rpartition(" ") if "\t" not in text else text.rpartition("\t")
+  head, word = head.strip(), word.strip()
+  if head:
+    head_folder = base / pathlib.Path(head).expanduser()
+    if word in SPLITS and head_folder.is_dir():
+      return head_folder, word
+    if head_folder.is_dir():
+      raise DataError(f"{where}: unknown split {word!r} for {head_folder}; use train, valid "
+                      "or test")
+    if word in SPLITS:
+      folder = head_folder
+  what = "is not a folder" if folder.exists() else "no such folder"
+  raise DataError(f"{where}: {folder}: {what}; a line names a track folder of wav stems "
+                  f"(absolute, or relative to {base}), then optionally its split")
 
 
 def musdb_validation_tracks() -> tuple[str, ...]:
@@ -333,40 +410,101 @@ def validation_names(train: Sequence[Track], folder: pathlib.Path,
                      valid_tracks: Sequence[str] | None) -> set[str]:
   """The names of the validation tracks among `train` (the tracks of `folder`):
   `valid_tracks`, or musdb's validation split when None."""
-  names = {t.name for t in train}
   if valid_tracks is None:
-    wanted = set(musdb_validation_tracks())
-    if not wanted & names:
+    wanted = _musdb_validation(train)
+    if not wanted:
       raise DataError(f"--musdb_root={folder.parent}: none of musdb's validation tracks is in "
                       f"{folder}; choose some with --valid_tracks=NAME,NAME")
-    return wanted & names
-  missing = sorted(set(valid_tracks) - names)
+    return wanted
+  return _named_validation(train, str(folder), valid_tracks)
+
+
+def _musdb_validation(train: Sequence[Track]) -> set[str]:
+  return set(musdb_validation_tracks()) & {t.name for t in train}
+
+
+def _named_validation(train: Sequence[Track], where: str,
+                      valid_tracks: Sequence[str]) -> set[str]:
+  missing = sorted(set(valid_tracks) - {t.name for t in train})
   if missing:
-    raise DataError(f"--valid_tracks: not in {folder}: {', '.join(missing)}")
+    raise DataError(f"--valid_tracks: not in {where}: {', '.join(missing)}")
   return set(valid_tracks)
 
 
-def split_tracks(root: pathlib.Path, wav: bool,
-                 valid_tracks: Sequence[str] | None) -> dict[str, list[Track]]:
-  """Tracks per split. `valid_tracks` None means musdb's validation split."""
-  root = pathlib.Path(root)
-  if not root.is_dir():
-    raise DataError(f"--musdb_root={root}: no such directory")
-  train = find_tracks(root, "train", wav)
-  test = find_tracks(root, "test", wav)
-  if not train:
-    kind = "<track>/{vocals,drums,bass,other}.wav folders" if wav else "<track>.stem.mp4 files"
-    hint = "" if wav else " (for the MUSDB18-HQ wav release or your own multitracks, add --wav)"
-    raise DataError(f"--musdb_root={root}: no tracks found in {root / 'train'}; expected "
-                    f"{kind}{hint}")
-  wanted = validation_names(train, root / "train", valid_tracks)
-  splits = {"train": [t for t in train if t.name not in wanted],
-            "valid": [t for t in train if t.name in wanted],
-            "test": test}
-  if not splits["train"]:
-    raise DataError("--valid_tracks: every training track is a validation track; "
-                    "leave some for training")
-  return splits
+def hashed_validation(train: Sequence[Track]) -> set[str]:
+  """About VALID_SHARE of `train` (at least one, never all): the tracks whose names
+  hash lowest (sha256), so the choice depends on the names alone (not on the order a
+  file system lists them, nor on the machine), and most of it stays when tracks are
+  added."""
+  count = max(1, round(VALID_SHARE * len(train)))
+  ranked = sorted(train, key=lambda t: (hashlib.sha256(t.name.encode()).hexdigest(), t.name))
+  return {t.name for t in ranked[:count]}
+
+
+def choose_validation(splits: dict[str, list[Track]], valid_tracks: Sequence[str] | None,
+                      train_from: str, valid_from: str) -> dict[str, list[Track]]:
+  """`splits` with the validation tracks settled, the first of:
+  `valid_tracks` (moved out of train); the given valid tracks (a valid/ folder, or lines
+  marked valid); musdb's validation tracks, if train holds any (MUSDB18 itself); about
+  VALID_SHARE of train (`hashed_validation`). Logs the choice in one line.
+
+  `train_from`, `valid_from`: where the train and valid tracks come from, for the
+  messages ("DIR/train", "DIR/valid/").
+  """
+  train, valid = splits["train"], splits["valid"]
+  if valid_tracks is not None:
+    if valid:
+      logging.warning("--valid_tracks names the validation tracks: the %d track(s) of %s "
+                      "are not used", len(valid), valid_from)
+    wanted = _named_validation(train, train_from, valid_tracks)
+    why = "named by --valid_tracks"
+  elif valid:
+    logging.info("validation: the %d track(s) of %s", len(valid), valid_from)
+    return splits
+  elif wanted := _musdb_validation(train):
+    why = "musdb's validation split of MUSDB18"
+  elif len(train) < 2:
+    raise DataError(f"only one training track ({train[0].name!r}) in {train_from}: validation "
+                    f"needs at least 2 tracks there (about {VALID_SHARE:.0%} are held out) or "
+                    f"tracks of its own in {valid_from}")
+  else:
+    wanted = hashed_validation(train)
+    why = (f"about {VALID_SHARE:.0%} chosen by a hash of their names (no --valid_tracks, "
+           f"no {valid_from}, no track of MUSDB18)")
+  kept = [t for t in train if t.name not in wanted]
+  if not kept:
+    raise DataError(f"every track of {train_from} is a validation track ({why}); leave some "
+                    "for training")
+  logging.info("validation: %d of the %d tracks of %s, %s: %s", len(wanted), len(train),
+               train_from, why, ", ".join(repr(name) for name in sorted(wanted)))
+  return {**splits, "train": kept, "valid": [t for t in train if t.name in wanted]}
+
+
+def _check_one_of(musdb_root, tracks_file) -> None:
+  if bool(musdb_root) == bool(tracks_file):
+    raise DataError("give --musdb_root=DIR (a folder with train/, and optionally valid/ and "
+                    "test/) or --tracks_file=FILE (one track folder per line)"
+                    + (", not both" if musdb_root else ""))
+
+
+def split_tracks(musdb_root: str | pathlib.Path | None, wav: bool,
+                 valid_tracks: Sequence[str] | None, *,
+                 tracks_file: str | pathlib.Path | None = None) -> dict[str, list[Track]]:
+  """Tracks per split, from --musdb_root's folders or --tracks_file's lines (exactly one
+  given), with the validation tracks chosen by `choose_validation`."""
+  _check_one_of(musdb_root, tracks_file)
+  if tracks_file:
+    splits = read_tracks_file(tracks_file)
+    return choose_validation(splits, valid_tracks, f"the train lines of {tracks_file}",
+                             f"valid lines in {tracks_file}")
+  root = pathlib.Path(musdb_root)
+  return choose_validation(folder_tracks(root, wav), valid_tracks, str(root / "train"),
+                           f"{root / 'valid'}/")
+
+
+# --------------------------------------------------------------------------- #
+# The TFDS builder.
+# --------------------------------------------------------------------------- #
 
 
 def _builder_class():
@@ -453,14 +591,17 @@ def builder(layout: Layout, data_dir: str | pathlib.Path, splits=None):
   return _builder_class()(layout=layout, splits=splits, data_dir=str(data_dir))
 
 
-def prepare(config, musdb_root: str | pathlib.Path, data_dir: str | pathlib.Path, *,
-            wav: bool = False, valid_tracks: Sequence[str] | None = None):
-  """Builds the dataset `config` trains on; does nothing if it is already there.
+def prepare(config, musdb_root: str | pathlib.Path | None, data_dir: str | pathlib.Path, *,
+            wav: bool = False, valid_tracks: Sequence[str] | None = None,
+            tracks_file: str | pathlib.Path | None = None):
+  """Builds the dataset `config` trains on from the tracks of `musdb_root` or of
+  `tracks_file` (`split_tracks`); does nothing if it is already there.
 
   TFDS writes into a temporary `incomplete.*` folder and renames it when every split
   is written, so a killed run leaves no dataset that loads half-written; leftovers
   of killed runs are removed here and the next run starts the job again.
   """
+  _check_one_of(musdb_root, tracks_file)
   import tensorflow_datasets as tfds
 
   layout = layout_for(config)
@@ -468,7 +609,7 @@ def prepare(config, musdb_root: str | pathlib.Path, data_dir: str | pathlib.Path
   if result.is_prepared():
     logging.info("%s is already prepared in %s", layout.name, result.data_dir)
     return result
-  splits = split_tracks(pathlib.Path(musdb_root), wav, valid_tracks)
+  splits = split_tracks(musdb_root, wav, valid_tracks, tracks_file=tracks_file)
   for split, tracks in splits.items():
     logging.info("%s: %d tracks", split, len(tracks))
   for track in (track for tracks in splits.values() for track in tracks):
@@ -492,7 +633,7 @@ def main(argv: Sequence[str]) -> None:
   valid = track_names(FLAGS.valid_tracks)
   try:
     result = prepare(FLAGS.config, FLAGS.musdb_root, FLAGS.data_dir, wav=FLAGS.wav,
-                     valid_tracks=valid)
+                     valid_tracks=valid, tracks_file=FLAGS.tracks_file)
   except (DataError, models.ConfigError) as e:
     raise SystemExit(f"error: {e}") from None
   splits = {name: split.num_examples for name, split in result.info.splits.items()}
@@ -508,13 +649,18 @@ def _define_flags() -> None:
   config_flags.DEFINE_config_file(
       "config", None, "Training config whose sources, rate and lengths to prepare.",
       lock_config=True)
-  flags.DEFINE_string("musdb_root", None, "MUSDB18 folder with train/ and test/.")
+  flags.DEFINE_string("musdb_root", None, "MUSDB18, or any folder in its layout: train/, "
+                      "optionally valid/ and test/.")
+  flags.DEFINE_string("tracks_file", None, "Instead of --musdb_root: a text file naming one "
+                      "track folder per line, optionally followed by its split (train, valid, "
+                      "test).")
   flags.DEFINE_string("data_dir", None, "Where to write the TFDS dataset.")
   flags.DEFINE_bool("wav", False, "Read <track>/<stem>.wav folders (MUSDB18-HQ, your own "
                     "multitracks) instead of .stem.mp4 files.")
   flags.DEFINE_string("valid_tracks", None, "Comma-separated training tracks to validate on "
-                      "(default: musdb's 14-track validation split).")
-  flags.mark_flags_as_required(["config", "musdb_root", "data_dir"])
+                      "(default: the valid/ folder or valid lines; else musdb's 14-track "
+                      "split for MUSDB18; else about 10 % of the training tracks).")
+  flags.mark_flags_as_required(["config", "data_dir"])
 
 
 if __name__ == "__main__":
