@@ -1,6 +1,8 @@
 """MUSDB18 -> TFDS windows (prepare) -> tf.data batches (input_pipeline)."""
 
+import logging
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -219,14 +221,78 @@ def test_stem_files_round_trip(tmp_path):
   assert correlation > 0.98
 
 
+def noise_stems(names, seconds: float, seed: int):
+  rng = np.random.default_rng(seed)
+  return {name: rng.uniform(-0.2, 0.2, (int(seconds * 44100), 2)).astype(np.float32)
+          for name in names}
+
+
+def read_wavs(folder: pathlib.Path) -> dict:
+  return {p.stem: soundfile.read(p, dtype="float32")[0] for p in folder.glob("*.wav")}
+
+
+def stored_sources(config, split: str, track: str) -> np.ndarray:
+  """A track's stored sources, int16 [S, N, C], put back together from its windows
+  (N runs on into the zero padding past the track's end)."""
+  builder, _ = input_pipeline.load_builder(config)
+  layout = prepare.layout_for(config)
+  windows = sorted((int(x["index"]), x["sources"])
+                   for x in builder.as_dataset(split=split).as_numpy_iterator()
+                   if x["track"].decode() == track)
+  return np.concatenate([w[:, :layout.hop] for _, w in windows], axis=1)[:, layout.offset:]
+
+
+@pytest.mark.parametrize("sources", [("accompaniment", "vocals"),
+                                     ("vocals", "drums", "bass", "other")])
+def test_an_extra_stem_is_accompaniment_and_other(tmp_path, caplog, sources):
+  caplog.set_level(logging.INFO)
+  root = tmp_path / "own"
+  # A mixture.wav is never a stem: were it summed, accompaniment would not match below.
+  write_track(root / "train" / "A - piano",
+              noise_stems(synthetic.SOURCES + ("piano", "mixture"), 1, 0))
+  write_track(root / "train" / "B - plain", silent_stems(1.0))
+  # At 44.1 kHz nothing is resampled: the stored sources are the sums of the files.
+  config = tiny_data_config(44100, 3000, tmp_path / "data", sources=sources)
+  prepare.prepare(config, root, tmp_path / "data", wav=True, valid_tracks=["B - plain"])
+  wavs = read_wavs(root / "train" / "A - piano")
+  expected = {**wavs, "other": wavs["other"] + wavs["piano"],
+              "accompaniment": wavs["drums"] + wavs["bass"] + wavs["other"] + wavs["piano"]}
+  stored = stored_sources(config, "train", "A - piano")
+  for i, source in enumerate(sources):
+    np.testing.assert_array_equal(stored[i, :44100], prepare.to_int16(expected[source]))
+  assert re.search(r"A - piano: 1.0 s, \d+ windows \(piano counted as other\)", caplog.text)
+
+
+def test_a_stem_no_source_needs_may_be_missing(tmp_path):
+  root = tmp_path / "own"
+  folder = root / "train" / "A - no drums"
+  write_track(folder, noise_stems(("vocals", "bass"), 1, 0))
+  write_track(root / "train" / "B - plain", silent_stems(1.0))
+  config = tiny_data_config(44100, 3000, tmp_path / "data")  # accompaniment, vocals
+  prepare.prepare(config, root, tmp_path / "data", wav=True, valid_tracks=["B - plain"])
+  stored = stored_sources(config, "train", "A - no drums")
+  bass = read_wavs(folder)["bass"]
+  np.testing.assert_array_equal(stored[config.model.sources.index("accompaniment"), :44100],
+                                prepare.to_int16(bass))
+  # The four stems need drums.wav.
+  config = tiny_data_config(44100, 3000, tmp_path / "data4",
+                            sources=("vocals", "drums", "bass", "other"))
+  with pytest.raises(prepare.DataError) as error:
+    prepare.prepare(config, root, tmp_path / "data4", wav=True, valid_tracks=["B - plain"])
+  assert str(error.value) == (f"track 'A - no drums': no drums.wav in {folder} (needed for the "
+                              "source 'drums' of config.model.sources)")
+
+
 def no_dataset_left(data_dir: pathlib.Path):
   leftovers = [p for p in data_dir.rglob("*") if p.is_file() and "tfrecord" in p.name]
   return not leftovers and not list(data_dir.rglob("incomplete.*"))
 
 
 @pytest.mark.parametrize("problem,message", [
-    ("missing", "missing stem drums.wav"),
+    ("missing", "no vocals.wav in "),
+    ("only_vocals", "no stem but vocals.wav in "),
     ("unequal_length", "different lengths"),
+    ("extra_unequal_length", "different lengths"),
     ("unequal_rate", "different sample rates"),
     ("mono", "1 channel"),
     ("not_audio", "cannot read"),
@@ -242,9 +308,14 @@ def test_bad_tracks_are_named_and_leave_nothing(tmp_path, problem, message):
   folder = root / "train" / "B - bad"
   write_track(folder, bad)
   if problem == "missing":
-    (folder / "drums.wav").unlink()
+    (folder / "vocals.wav").unlink()
+  elif problem == "only_vocals":  # nothing for the accompaniment
+    for stem in ("drums", "bass", "other"):
+      (folder / f"{stem}.wav").unlink()
   elif problem == "unequal_length":
     write_track(folder, {"bass": np.zeros((40000, 2), np.float32)})
+  elif problem == "extra_unequal_length":
+    write_track(folder, {"piano": np.zeros((40000, 2), np.float32)})
   elif problem == "unequal_rate":
     write_track(folder, {"bass": np.zeros((48000, 2), np.float32)}, rate=48000)
   elif problem == "mono":
@@ -272,11 +343,135 @@ def test_empty_folder_and_unknown_validation_track(tmp_path):
   with pytest.raises(prepare.DataError, match="no tracks found"):
     prepare.prepare(tiny_config(), tmp_path / "musdb", tmp_path / "data", wav=True)
   write_track(tmp_path / "musdb" / "train" / "A - a", silent_stems(1.0))
-  with pytest.raises(prepare.DataError, match="musdb's validation tracks"):
+  with pytest.raises(prepare.DataError, match="only one training track .* validation needs at "
+                     "least 2 tracks there .* or tracks of its own in .*valid/"):
     prepare.prepare(tiny_config(), tmp_path / "musdb", tmp_path / "data", wav=True)
   with pytest.raises(prepare.DataError, match="--valid_tracks: not in"):
     prepare.prepare(tiny_config(), tmp_path / "musdb", tmp_path / "data", wav=True,
                     valid_tracks=["Nobody - Nothing"])
+
+
+def track_folders(root: pathlib.Path, names) -> None:
+  for name in names:
+    (root / name).mkdir(parents=True)
+
+
+def names(tracks) -> list:
+  return [t.name for t in tracks]
+
+
+def stored_tracks(config) -> dict:
+  builder, _ = input_pipeline.load_builder(config)
+  return {split: {x["track"].decode() for x in builder.as_dataset(split=split).as_numpy_iterator()}
+          for split in builder.info.splits}
+
+
+def test_without_named_validation_a_tenth_is_held_out_by_name(tmp_path, caplog):
+  caplog.set_level(logging.INFO)
+  tracks = [f"Artist {i:02d} - Song" for i in range(30)]
+  track_folders(tmp_path / "a" / "train", tracks)
+  track_folders(tmp_path / "b" / "train", tracks[::-1])
+  a = prepare.split_tracks(tmp_path / "a", True, None)
+  # The names alone decide (sha256), not the order of the folders: the same everywhere.
+  held_out = ["Artist 06 - Song", "Artist 10 - Song", "Artist 13 - Song"]
+  assert names(a["valid"]) == names(prepare.split_tracks(tmp_path / "b", True, None)["valid"]) \
+      == held_out
+  assert names(a["train"]) == [t for t in tracks if t not in held_out]
+  assert (f"validation: 3 of the 30 tracks of {tmp_path / 'a' / 'train'}, about 10% chosen by a "
+          f"hash of their names (no --valid_tracks, no {tmp_path / 'a' / 'valid'}/, no track of "
+          "MUSDB18): 'Artist 06 - Song', 'Artist 10 - Song', 'Artist 13 - Song'") in caplog.text
+  # Adding tracks keeps the earlier choice here; two tracks give one of each.
+  track_folders(tmp_path / "a" / "train", [f"Artist {i:02d} - Song" for i in range(30, 40)])
+  assert set(held_out) < set(names(prepare.split_tracks(tmp_path / "a", True, None)["valid"]))
+  track_folders(tmp_path / "c" / "train", tracks[:2])
+  two = prepare.split_tracks(tmp_path / "c", True, None)
+  assert len(two["train"]) == len(two["valid"]) == 1
+
+
+def test_prepare_a_folder_of_ones_own_chooses_validation(corpus, tmp_path, caplog):
+  caplog.set_level(logging.INFO)
+  config = tiny_config(tmp_path)
+  prepare.prepare(config, corpus, tmp_path, wav=True)  # no --valid_tracks, no valid/
+  train = prepare.find_tracks(corpus, "train", True)
+  chosen = prepare.hashed_validation(train)
+  assert stored_tracks(config) == {"train": {t.name for t in train} - chosen, "valid": chosen,
+                                   "test": set(names(prepare.find_tracks(corpus, "test", True)))}
+  assert f"validation: 1 of the 3 tracks of {corpus / 'train'}" in caplog.text
+
+
+def test_a_valid_folder_is_the_validation_split(tmp_path, caplog):
+  caplog.set_level(logging.INFO)
+  root = tmp_path / "own"
+  for split, name in (("train", "A - a"), ("train", "B - b"), ("valid", "C - c")):
+    write_track(root / split / name, silent_stems(1.0))
+  config = tiny_config(tmp_path / "data")
+  prepare.prepare(config, root, tmp_path / "data", wav=True)
+  assert stored_tracks(config) == {"train": {"A - a", "B - b"}, "valid": {"C - c"}}  # no test/
+  assert f"validation: the 1 track(s) of {root / 'valid'}/" in caplog.text
+  # --valid_tracks still decides.
+  splits = prepare.split_tracks(root, True, ["A - a"])
+  assert (names(splits["train"]), names(splits["valid"])) == (["B - b"], ["A - a"])
+  assert f"the 1 track(s) of {root / 'valid'}/ are not used" in caplog.text
+  write_track(root / "valid" / "A - a", silent_stems(1.0))
+  with pytest.raises(prepare.DataError, match="'A - a' is in both train/ and valid/"):
+    prepare.split_tracks(root, True, None)
+
+
+def test_tracks_file_names_folders_and_their_splits(tmp_path, caplog):
+  caplog.set_level(logging.INFO)
+  songs = tmp_path / "songs"
+  for name in ("A - a", "B - b", "C - c", "D - d"):
+    write_track(songs / name, silent_stems(1.0))
+  listing = tmp_path / "lists" / "tracks.txt"
+  listing.parent.mkdir()
+  listing.write_text(f"# my songs: folder, then its split\n\n{songs / 'A - a'}\n"
+                     "../songs/B - b\ttrain\n  ../songs/C - c   valid\n"
+                     f"{songs / 'D - d'} test\n")
+  config = tiny_config(tmp_path / "data")
+  prepare.prepare(config, None, tmp_path / "data", tracks_file=listing)
+  assert stored_tracks(config) == {"train": {"A - a", "B - b"}, "valid": {"C - c"},
+                                   "test": {"D - d"}}
+  # No line says valid: the same choice as for a folder.
+  (songs / "E - test").mkdir()  # a folder whose name ends in a split's name
+  listing.write_text("../songs/A - a\n../songs/B - b\n../songs/E - test\n")
+  splits = prepare.split_tracks(None, True, None, tracks_file=listing)
+  assert names(splits["valid"]) == sorted(prepare.hashed_validation(
+      splits["train"] + splits["valid"]))
+  assert sorted(names(splits["train"] + splits["valid"])) == ["A - a", "B - b", "E - test"]
+  assert f"of the 3 tracks of the train lines of {listing}" in caplog.text
+
+
+@pytest.mark.parametrize("lines,message", [
+    ("../songs/A - a\n{songs}/Z - z valid\n",
+     "{listing}:2: {songs}/Z - z: no such folder; a line names a track folder of wav stems "
+     "(absolute, or relative to {base}), then optionally its split"),
+    ("# a comment\n../songs/A - a tarin\n",
+     "{listing}:2: unknown split 'tarin' for {base}/../songs/A - a; use train, valid or test"),
+    ("../songs/A - a\n\n{songs}/A - a valid\n",
+     "{listing}:3: a second track named 'A - a' (the first is on line 1); a track is named by "
+     "its folder, and names must differ"),
+    ("../songs/A - a valid\n",
+     "--tracks_file={listing}: no training track (a line with no split or with train); write "
+     "one track folder per line"),
+])
+def test_tracks_file_bad_lines_are_named(tmp_path, lines, message):
+  songs = tmp_path / "songs"
+  (songs / "A - a").mkdir(parents=True)
+  listing = tmp_path / "lists" / "tracks.txt"
+  listing.parent.mkdir()
+  listing.write_text(lines.format(songs=songs))
+  with pytest.raises(prepare.DataError) as error:
+    prepare.split_tracks(None, True, None, tracks_file=listing)
+  assert str(error.value) == message.format(listing=listing, songs=songs, base=listing.parent)
+
+
+def test_musdb_root_or_tracks_file(tmp_path):
+  for root, listing, problem in ((None, None, ""), (tmp_path, tmp_path / "t.txt", ", not both")):
+    with pytest.raises(prepare.DataError) as error:
+      prepare.prepare(tiny_config(), root, tmp_path / "data", tracks_file=listing)
+    assert str(error.value) == (
+        "give --musdb_root=DIR (a folder with train/, and optionally valid/ and test/) or "
+        f"--tracks_file=FILE (one track folder per line){problem}")
 
 
 def test_too_short_track_is_skipped_with_a_log(tmp_path, caplog):
@@ -330,3 +525,10 @@ def test_prepare_cli(corpus, tmp_path):
   assert result.returncode != 0
   assert result.stderr.strip().splitlines()[-1] == (
       "error: --valid_tracks: not in " + str(corpus / "train") + ": Nobody - Nothing")
+  # --tracks_file instead of --musdb_root.
+  listing = tmp_path / "nope.txt"
+  result = subprocess.run([c for c in other if not c.startswith("--musdb_root")]
+                          + [f"--tracks_file={listing}"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=600)
+  assert result.stderr.strip().splitlines()[-1] == (
+      f"error: --tracks_file={listing}: cannot read it (No such file or directory)")

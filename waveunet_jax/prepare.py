@@ -1,12 +1,18 @@
-"""MUSDB18 (stem files or the HQ wav release) -> a TFDS dataset of TFRecord windows.
+"""MUSDB18 (stem files or the HQ wav release) or one's own multitracks -> a TFDS
+dataset of TFRecord windows.
 
   python -m waveunet_jax.prepare --musdb_root=DIR --data_dir=OUT --config=experiments/shallow.py
   python -m waveunet_jax.prepare --musdb_root=DIR --wav ...      # MUSDB18-HQ layout
+  python -m waveunet_jax.prepare --tracks_file=FILE ...          # track folders listed
 
-Reads `DIR/{train,test}`: `<track>.stem.mp4` files (MUSDB18, decoded by stempeg with
-ffmpeg) or, with `--wav`, `<track>/{vocals,drums,bass,other}.wav` folders (MUSDB18-HQ,
-or any multitrack folder in that layout). The splits are `train`, `valid` (musdb's
-14-track validation split of the training set, or `--valid_tracks`) and `test`.
+Reads `DIR/{train,valid,test}` (valid/ and test/ optional): `<track>.stem.mp4` files
+(MUSDB18, decoded by stempeg with ffmpeg) or, with `--wav`, `<track>/<stem>.wav`
+folders (MUSDB18-HQ, or one's own multitracks: extra stems such as `piano.wav` count
+as `other`, and a stem that no source of the config needs may be missing; `stems`
+owns the rule). `--tracks_file` lists track folders instead (`read_tracks_file`).
+The splits are `train`, `valid` and `test`; the validation tracks are
+`--valid_tracks`, else the valid/ folder (or lines), else musdb's 14-track split
+for MUSDB18, else about 10 % of the training tracks (`choose_validation`).
 
 Storage, chosen so that a random crop never decodes a whole track:
 * only the config's sources are stored (never a mix: training sums the sources), at
@@ -27,6 +33,7 @@ Never on the training path: training only reads what this wrote.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 import pathlib
 import shutil
@@ -43,7 +50,14 @@ MUSDB_SAMPLE_RATE = 44100
 # their stream index in a `.stem.mp4` (0 is the mix).
 STEMS = stems_lib.STEMS
 STEM_STREAMS = {"drums": 1, "bass": 2, "other": 3, "vocals": 4}
+# MUSDB18-HQ's mix, beside the stems: never read (training sums the stems).
+MIXTURE = "mixture"
+# Why a track's stem is needed, in errors of `prepare`.
+NEEDED_FOR = " of config.model.sources"
 SPLITS = ("train", "valid", "test")
+# Without validation tracks named or found, about this share of the training tracks
+# becomes the validation split.
+VALID_SHARE = 0.1
 # int16 sample = round(float sample * AUDIO_SCALE), clipped to the int16 range.
 AUDIO_SCALE = 32768.0
 # Windows hold about this many input lengths of crop starts (overlap is 1 / this).
@@ -124,15 +138,44 @@ def find_tracks(root: pathlib.Path, subset: str, wav: bool) -> list[Track]:
   return [Track(p.name[:-len(suffix)], p, False) for p in sorted(folder.glob(f"*{suffix}"))]
 
 
-def read_stems(track: Track) -> tuple[dict[str, np.ndarray], int]:
-  """The four stems of a track, float32 [time, 2] each, and their sample rate."""
+def stem_files(track: Track) -> dict[str, pathlib.Path]:
+  """{stem: path} of a track folder's wavs: every `<stem>.wav` but `mixture.wav`,
+  MUSDB18's four stems first (in STEMS order, which fixes the order of sums), then
+  any others (`piano.wav`, ...) by name."""
+  found = {p.stem: p for p in track.path.iterdir()
+           if p.suffix.lower() == ".wav" and not p.name.startswith(".") and p.stem != MIXTURE
+           and p.is_file()}
+  order = [s for s in STEMS if s in found] + sorted(s for s in found if s not in STEMS)
+  return {stem: found[stem] for stem in order}
+
+
+def needed_stems(track: Track, sources: Sequence[str],
+                 needed_for: str = NEEDED_FOR) -> dict[str, pathlib.Path]:
+  """The stem files of a track folder that `sources` sum (`stems.multitrack_parts`):
+  a stem no source needs is not read, and may be missing. Raises DataError naming the
+  track and the file when a source has none."""
+  files = stem_files(track)
+  needed = set()
+  for source in sources:
+    members = stems_lib.multitrack_parts(source, list(files))
+    if not members:
+      raise DataError(f"track {track.name!r}: {stems_lib.describe_missing(source, '.wav')} in "
+                      f"{track.path} (needed for the source {source!r}{needed_for})")
+    needed.update(members)
+  return {stem: path for stem, path in files.items() if stem in needed}
+
+
+def read_multitrack(track: Track, sources: Sequence[str],
+                    needed_for: str = NEEDED_FOR) -> tuple[dict[str, np.ndarray], int]:
+  """The stems of a track that `sources` need (all four of a `.stem.mp4`), float32
+  [time, 2] each, and their sample rate."""
   if track.wav:
     stems, rates = {}, {}
-    for stem in STEMS:
-      stems[stem], rates[stem] = _read_wav(track, _stem_path(track, stem))
+    for stem, path in needed_stems(track, sources, needed_for).items():
+      stems[stem], rates[stem] = _read_wav(track, path)
     if len(set(rates.values())) > 1:
       raise DataError(f"track {track.name!r}: stems have different sample rates {rates}")
-    rate = rates["vocals"]
+    rate = next(iter(rates.values()))
   else:
     stems, rate = _read_stem_file(track)
   lengths = {stem: len(audio) for stem, audio in stems.items()}
@@ -141,16 +184,22 @@ def read_stems(track: Track) -> tuple[dict[str, np.ndarray], int]:
   return stems, rate
 
 
-def check_track(track: Track) -> None:
+def read_stems(track: Track) -> tuple[dict[str, np.ndarray], int]:
+  """MUSDB18's four stems of a track, float32 [time, 2] each (any extra stem summed into
+  `other`, as `stems` says), and their sample rate."""
+  stems, rate = read_multitrack(track, STEMS, needed_for=" of MUSDB18's four stems")
+  return stems_lib.combine_multitrack(stems, STEMS), rate
+
+
+def check_track(track: Track, sources: Sequence[str] = STEMS) -> None:
   """Cheap header checks of one track, so that a bad track fails before hours of
-  decoding rather than in the middle: stems present, readable, stereo, and (wav)
-  of one rate and length."""
+  decoding rather than in the middle: the stems `sources` need present, readable,
+  stereo, and (wav) of one rate and length."""
   if not track.wav:
     _stem_file_info(track)
     return
   infos = {}
-  for stem in STEMS:
-    path = _stem_path(track, stem)
+  for stem, path in needed_stems(track, sources).items():
     try:
       infos[stem] = audio.audio_info(path)
     except audio.AudioError as e:
@@ -162,14 +211,6 @@ def check_track(track: Track) -> None:
                        ("lengths (samples)", {s: i.frames for s, i in infos.items()})):
     if len(set(values.values())) > 1:
       raise DataError(f"track {track.name!r}: stems have different {what} {values}")
-
-
-def _stem_path(track: Track, stem: str) -> pathlib.Path:
-  path = track.path / f"{stem}.wav"
-  if not path.is_file():
-    raise DataError(f"track {track.name!r}: missing stem {path.name} in {path.parent} "
-                    f"(a MUSDB18-HQ track folder holds {', '.join(s + '.wav' for s in STEMS)})")
-  return path
 
 
 def _stem_file_error(track: Track, error: audio.AudioError) -> DataError:
@@ -221,12 +262,13 @@ def _check_channels(track: Track, what: str, channels: int) -> None:
 
 
 def track_sources(stems: dict[str, np.ndarray], rate: int, layout: Layout) -> np.ndarray:
-  """The layout's sources of one track: int16 [sources, time, channels], resampled
+  """The layout's sources of one track's stems (`read_multitrack`), summed as `stems`
+  says: int16 [sources, time, channels], resampled
   with a band-limited resampler (soxr, high quality) and downmixed if mono."""
   import soxr
 
   out = []
-  for source in stems_lib.combine(stems, layout.sources).values():
+  for source in stems_lib.combine_multitrack(stems, layout.sources).values():
     if layout.num_channels == 1:
       source = source.mean(axis=1, keepdims=True)
     if rate != layout.sample_rate:
@@ -273,8 +315,78 @@ def track_windows(sources: np.ndarray, layout: Layout) -> Iterator[dict[str, np.
 
 
 # --------------------------------------------------------------------------- #
-# The TFDS builder.
+# Splits.
 # --------------------------------------------------------------------------- #
+
+
+def folder_tracks(root: pathlib.Path, wav: bool) -> dict[str, list[Track]]:
+  """--musdb_root's tracks per split: `root/train`, and `root/valid` and `root/test`
+  where they exist."""
+  root = pathlib.Path(root)
+  if not root.is_dir():
+    raise DataError(f"--musdb_root={root}: no such directory")
+  splits = {split: find_tracks(root, split, wav) for split in SPLITS}
+  if not splits["train"]:
+    kind = "<track>/<stem>.wav folders" if wav else "<track>.stem.mp4 files"
+    hint = "" if wav else " (for the MUSDB18-HQ wav release or your own multitracks, add --wav)"
+    raise DataError(f"--musdb_root={root}: no tracks found in {root / 'train'}; expected "
+                    f"{kind}{hint}")
+  both = sorted({t.name for t in splits["train"]} & {t.name for t in splits["valid"]})
+  if both:
+    raise DataError(f"--musdb_root={root}: {both[0]!r} is in both train/ and valid/; a track "
+                    "belongs to one split")
+  return splits
+
+
+def read_tracks_file(path: str | pathlib.Path) -> dict[str, list[Track]]:
+  """--tracks_file's tracks per split, each sorted by name. Each line names a track
+  folder (absolute, or relative to the file's folder), optionally followed by
+  whitespace and its split: train (the default), valid or test. Blank lines and lines
+  starting with # are skipped. A track's name is its folder's name."""
+  path = pathlib.Path(path)
+  try:
+    text = path.read_text()
+  except (OSError, UnicodeDecodeError) as e:
+    raise DataError(f"--tracks_file={path}: cannot read it ({getattr(e, 'strerror', e)})") \
+        from None
+  splits = {split: [] for split in SPLITS}
+  line_of = {}
+  for number, line in enumerate(text.splitlines(), 1):
+    if not line.strip() or line.lstrip().startswith("#"):
+      continue
+    folder, split = _track_line(line.strip(), path.parent, f"{path}:{number}")
+    if folder.name in line_of:
+      raise DataError(f"{path}:{number}: a second track named {folder.name!r} (the first is on "
+                      f"line {line_of[folder.name]}); a track is named by its folder, and "
+                      "names must differ")
+    line_of[folder.name] = number
+    splits[split].append(Track(folder.name, folder, True))
+  if not splits["train"]:
+    raise DataError(f"--tracks_file={path}: no training track (a line with no split or with "
+                    "train); write one track folder per line")
+  return {split: sorted(tracks, key=lambda t: t.name) for split, tracks in splits.items()}
+
+
+def _track_line(text: str, base: pathlib.Path, where: str) -> tuple[pathlib.Path, str]:
+  """(folder, split) of one --tracks_file line; a whole line that is a folder is one
+  (its name may end in a split's name), else the last word may be the split."""
+  folder = base / pathlib.Path(text).expanduser()
+  if folder.is_dir():
+    return folder, "train"
+  head, _, word = text.rpartition(" ") if "\t" not in text else text.rpartition("\t")
+  head, word = head.strip(), word.strip()
+  if head:
+    head_folder = base / pathlib.Path(head).expanduser()
+    if word in SPLITS and head_folder.is_dir():
+      return head_folder, word
+    if head_folder.is_dir():
+      raise DataError(f"{where}: unknown split {word!r} for {head_folder}; use train, valid "
+                      "or test")
+    if word in SPLITS:
+      folder = head_folder
+  what = "is not a folder" if folder.exists() else "no such folder"
+  raise DataError(f"{where}: {folder}: {what}; a line names a track folder of wav stems "
+                  f"(absolute, or relative to {base}), then optionally its split")
 
 
 def musdb_validation_tracks() -> tuple[str, ...]:
@@ -298,42 +410,101 @@ def validation_names(train: Sequence[Track], folder: pathlib.Path,
                      valid_tracks: Sequence[str] | None) -> set[str]:
   """The names of the validation tracks among `train` (the tracks of `folder`):
   `valid_tracks`, or musdb's validation split when None."""
-  names = {t.name for t in train}
   if valid_tracks is None:
-    wanted = set(musdb_validation_tracks())
-    if not wanted & names:
+    wanted = _musdb_validation(train)
+    if not wanted:
       raise DataError(f"--musdb_root={folder.parent}: none of musdb's validation tracks is in "
                       f"{folder}; choose some with --valid_tracks=NAME,NAME")
-    return wanted & names
-  missing = sorted(set(valid_tracks) - names)
+    return wanted
+  return _named_validation(train, str(folder), valid_tracks)
+
+
+def _musdb_validation(train: Sequence[Track]) -> set[str]:
+  return set(musdb_validation_tracks()) & {t.name for t in train}
+
+
+def _named_validation(train: Sequence[Track], where: str,
+                      valid_tracks: Sequence[str]) -> set[str]:
+  missing = sorted(set(valid_tracks) - {t.name for t in train})
   if missing:
-    raise DataError(f"--valid_tracks: not in {folder}: {', '.join(missing)}")
+    raise DataError(f"--valid_tracks: not in {where}: {', '.join(missing)}")
   return set(valid_tracks)
 
 
-def split_tracks(root: pathlib.Path, wav: bool,
-                 valid_tracks: Sequence[str] | None) -> dict[str, list[Track]]:
-  """Tracks per split. `valid_tracks` None means musdb's validation split."""
-  root = pathlib.Path(root)
-  if not root.is_dir():
-    raise DataError(f"--musdb_root={root}: no such directory")
-  train = find_tracks(root, "train", wav)
-  test = find_tracks(root, "test", wav)
-  if not train:
-    kind = "<track>/{vocals,drums,bass,other}.wav folders" if wav else "<track>.stem.mp4 files"
-    hint = "" if wav else " (for the MUSDB18-HQ wav release or your own multitracks, add --wav)"
-    raise DataError(f"--musdb_root={root}: no tracks found in {root / 'train'}; expected "
-                    f"{kind}{hint}")
-  wanted = validation_names(train, root / "train", valid_tracks)
-  splits = {"train": [t for t in train if t.name not in wanted],
-            "valid": [t for t in train if t.name in wanted],
-            "test": test}
-  if not splits["train"]:
-    raise DataError("--valid_tracks: every training track is a validation track; "
-                    "leave some for training")
-  for track in train + test:
-    check_track(track)
-  return splits
+def hashed_validation(train: Sequence[Track]) -> set[str]:
+  """About VALID_SHARE of `train` (at least one, never all): the tracks whose names
+  hash lowest (sha256), so the choice depends on the names alone (not on the order a
+  file system lists them, nor on the machine), and most of it stays when tracks are
+  added."""
+  count = max(1, round(VALID_SHARE * len(train)))
+  ranked = sorted(train, key=lambda t: (hashlib.sha256(t.name.encode()).hexdigest(), t.name))
+  return {t.name for t in ranked[:count]}
+
+
+def choose_validation(splits: dict[str, list[Track]], valid_tracks: Sequence[str] | None,
+                      train_from: str, valid_from: str) -> dict[str, list[Track]]:
+  """`splits` with the validation tracks settled, the first of:
+  `valid_tracks` (moved out of train); the given valid tracks (a valid/ folder, or lines
+  marked valid); musdb's validation tracks, if train holds any (MUSDB18 itself); about
+  VALID_SHARE of train (`hashed_validation`). Logs the choice in one line.
+
+  `train_from`, `valid_from`: where the train and valid tracks come from, for the
+  messages ("DIR/train", "DIR/valid/").
+  """
+  train, valid = splits["train"], splits["valid"]
+  if valid_tracks is not None:
+    if valid:
+      logging.warning("--valid_tracks names the validation tracks: the %d track(s) of %s "
+                      "are not used", len(valid), valid_from)
+    wanted = _named_validation(train, train_from, valid_tracks)
+    why = "named by --valid_tracks"
+  elif valid:
+    logging.info("validation: the %d track(s) of %s", len(valid), valid_from)
+    return splits
+  elif wanted := _musdb_validation(train):
+    why = "musdb's validation split of MUSDB18"
+  elif len(train) < 2:
+    raise DataError(f"only one training track ({train[0].name!r}) in {train_from}: validation "
+                    f"needs at least 2 tracks there (about {VALID_SHARE:.0%} are held out) or "
+                    f"tracks of its own in {valid_from}")
+  else:
+    wanted = hashed_validation(train)
+    why = (f"about {VALID_SHARE:.0%} chosen by a hash of their names (no --valid_tracks, "
+           f"no {valid_from}, no track of MUSDB18)")
+  kept = [t for t in train if t.name not in wanted]
+  if not kept:
+    raise DataError(f"every track of {train_from} is a validation track ({why}); leave some "
+                    "for training")
+  logging.info("validation: %d of the %d tracks of %s, %s: %s", len(wanted), len(train),
+               train_from, why, ", ".join(repr(name) for name in sorted(wanted)))
+  return {**splits, "train": kept, "valid": [t for t in train if t.name in wanted]}
+
+
+def _check_one_of(musdb_root, tracks_file) -> None:
+  if bool(musdb_root) == bool(tracks_file):
+    raise DataError("give --musdb_root=DIR (a folder with train/, and optionally valid/ and "
+                    "test/) or --tracks_file=FILE (one track folder per line)"
+                    + (", not both" if musdb_root else ""))
+
+
+def split_tracks(musdb_root: str | pathlib.Path | None, wav: bool,
+                 valid_tracks: Sequence[str] | None, *,
+                 tracks_file: str | pathlib.Path | None = None) -> dict[str, list[Track]]:
+  """Tracks per split, from --musdb_root's folders or --tracks_file's lines (exactly one
+  given), with the validation tracks chosen by `choose_validation`."""
+  _check_one_of(musdb_root, tracks_file)
+  if tracks_file:
+    splits = read_tracks_file(tracks_file)
+    return choose_validation(splits, valid_tracks, f"the train lines of {tracks_file}",
+                             f"valid lines in {tracks_file}")
+  root = pathlib.Path(musdb_root)
+  return choose_validation(folder_tracks(root, wav), valid_tracks, str(root / "train"),
+                           f"{root / 'valid'}/")
+
+
+# --------------------------------------------------------------------------- #
+# The TFDS builder.
+# --------------------------------------------------------------------------- #
 
 
 def _builder_class():
@@ -380,8 +551,9 @@ def _builder_class():
     def _generate_examples(self, split: str, tracks: list[Track]):
       longest, used = (0.0, ""), 0
       for i, track in enumerate(tracks):
-        stems, rate = read_stems(track)
+        stems, rate = read_multitrack(track, self.layout.sources)
         sources = track_sources(stems, rate, self.layout)
+        extra = [s for s in stems if s not in STEMS]
         seconds = sources.shape[1] / self.layout.sample_rate
         longest = max(longest, (seconds, track.name))
         if sources.shape[1] < self.layout.output_length:
@@ -403,8 +575,9 @@ def _builder_class():
         for window in track_windows(sources, self.layout):
           count += 1
           yield f"{track.name}/{window['index']}", {"track": track.name, **window}
-        logging.info("%s [%d/%d] %s: %.1f s, %d windows", split, i + 1, len(tracks),
-                     track.name, seconds, count)
+        logging.info("%s [%d/%d] %s: %.1f s, %d windows%s", split, i + 1, len(tracks),
+                     track.name, seconds, count,
+                     f" ({', '.join(extra)} counted as {stems_lib.EXTRA})" if extra else "")
 
   _BUILDER = MusdbWindows
   return _BUILDER
@@ -418,14 +591,17 @@ def builder(layout: Layout, data_dir: str | pathlib.Path, splits=None):
   return _builder_class()(layout=layout, splits=splits, data_dir=str(data_dir))
 
 
-def prepare(config, musdb_root: str | pathlib.Path, data_dir: str | pathlib.Path, *,
-            wav: bool = False, valid_tracks: Sequence[str] | None = None):
-  """Builds the dataset `config` trains on; does nothing if it is already there.
+def prepare(config, musdb_root: str | pathlib.Path | None, data_dir: str | pathlib.Path, *,
+            wav: bool = False, valid_tracks: Sequence[str] | None = None,
+            tracks_file: str | pathlib.Path | None = None):
+  """Builds the dataset `config` trains on from the tracks of `musdb_root` or of
+  `tracks_file` (`split_tracks`); does nothing if it is already there.
 
   TFDS writes into a temporary `incomplete.*` folder and renames it when every split
   is written, so a killed run leaves no dataset that loads half-written; leftovers
   of killed runs are removed here and the next run starts the job again.
   """
+  _check_one_of(musdb_root, tracks_file)
   import tensorflow_datasets as tfds
 
   layout = layout_for(config)
@@ -433,9 +609,11 @@ def prepare(config, musdb_root: str | pathlib.Path, data_dir: str | pathlib.Path
   if result.is_prepared():
     logging.info("%s is already prepared in %s", layout.name, result.data_dir)
     return result
-  splits = split_tracks(pathlib.Path(musdb_root), wav, valid_tracks)
+  splits = split_tracks(musdb_root, wav, valid_tracks, tracks_file=tracks_file)
   for split, tracks in splits.items():
     logging.info("%s: %d tracks", split, len(tracks))
+  for track in (track for tracks in splits.values() for track in tracks):
+    check_track(track, layout.sources)
   result = builder(layout, data_dir, splits)
   version_dir = pathlib.Path(result.data_dir)
   for stale in version_dir.parent.glob("incomplete.*"):
@@ -455,7 +633,7 @@ def main(argv: Sequence[str]) -> None:
   valid = track_names(FLAGS.valid_tracks)
   try:
     result = prepare(FLAGS.config, FLAGS.musdb_root, FLAGS.data_dir, wav=FLAGS.wav,
-                     valid_tracks=valid)
+                     valid_tracks=valid, tracks_file=FLAGS.tracks_file)
   except (DataError, models.ConfigError) as e:
     raise SystemExit(f"error: {e}") from None
   splits = {name: split.num_examples for name, split in result.info.splits.items()}
@@ -471,12 +649,18 @@ def _define_flags() -> None:
   config_flags.DEFINE_config_file(
       "config", None, "Training config whose sources, rate and lengths to prepare.",
       lock_config=True)
-  flags.DEFINE_string("musdb_root", None, "MUSDB18 folder with train/ and test/.")
+  flags.DEFINE_string("musdb_root", None, "MUSDB18, or any folder in its layout: train/, "
+                      "optionally valid/ and test/.")
+  flags.DEFINE_string("tracks_file", None, "Instead of --musdb_root: a text file naming one "
+                      "track folder per line, optionally followed by its split (train, valid, "
+                      "test).")
   flags.DEFINE_string("data_dir", None, "Where to write the TFDS dataset.")
-  flags.DEFINE_bool("wav", False, "Read the MUSDB18-HQ wav layout instead of .stem.mp4.")
+  flags.DEFINE_bool("wav", False, "Read <track>/<stem>.wav folders (MUSDB18-HQ, your own "
+                    "multitracks) instead of .stem.mp4 files.")
   flags.DEFINE_string("valid_tracks", None, "Comma-separated training tracks to validate on "
-                      "(default: musdb's 14-track validation split).")
-  flags.mark_flags_as_required(["config", "musdb_root", "data_dir"])
+                      "(default: the valid/ folder or valid lines; else musdb's 14-track "
+                      "split for MUSDB18; else about 10 % of the training tracks).")
+  flags.mark_flags_as_required(["config", "data_dir"])
 
 
 if __name__ == "__main__":

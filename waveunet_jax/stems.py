@@ -11,6 +11,13 @@ asks for other names, each one of
 
 Datasets (`prepare`) and references (`evaluate`) derive their sources from MUSDB18's
 four stems with the same rule.
+
+A multitrack of one's own may hold other stems than those four (`piano`, `guitar`,
+`strings`, ...) and may lack some. Each extra stem counts as `other`, where MUSDB18
+files every instrument that is not vocals, drums or bass; so `other` is `other` plus
+the extra stems, `accompaniment` is every stem but `vocals` (a piano is
+accompaniment), and `no_<source>` every stem but those counted as that source. A
+source needs at least one of its stems; a stem that no source needs may be missing.
 """
 
 from __future__ import annotations
@@ -21,6 +28,8 @@ import numpy as np
 
 # MUSDB18's stems, in the order of its stem files' streams (after the mixture).
 STEMS = ("vocals", "drums", "bass", "other")
+# The stem of STEMS that every other stem of a multitrack counts as.
+EXTRA = "other"
 ACCOMPANIMENT = "accompaniment"
 WITHOUT = "no_"
 
@@ -75,6 +84,47 @@ def combine(sources: Mapping[str, np.ndarray], names: Sequence[str]) -> dict[str
     total = sources[members[0]]
     for member in members[1:]:
       total = total + sources[member]
+    out[name] = total
+  return out
+
+
+def counts_as(stem: str) -> str:
+  """The stem of MUSDB18 that a multitrack's stem counts as: itself, or `other`."""
+  return stem if stem in STEMS else EXTRA
+
+
+def multitrack_parts(source: str, stems: Sequence[str]) -> tuple[str, ...]:
+  """The stems of a multitrack (their names, `stems`, in the order given) whose sum is
+  `source`, one of MUSDB18's stems or a source derived from them (see the module
+  docstring). Empty if the multitrack holds none of them."""
+  wanted = parts(source, STEMS)
+  return tuple(stem for stem in stems if counts_as(stem) in wanted)
+
+
+def describe_missing(source: str, suffix: str = "") -> str:
+  """What a multitrack lacks when `multitrack_parts(source, ...)` is empty, for an
+  error message; `suffix` ends each stem name (a file's `.wav`)."""
+  wanted = parts(source, STEMS)
+  if EXTRA not in wanted:
+    names = [stem + suffix for stem in wanted]
+    return f"no {names[0]}" if len(names) == 1 else f"none of {', '.join(names)}"
+  if wanted == (EXTRA,):
+    return f"no {EXTRA}{suffix} nor any stem beyond {', '.join(s + suffix for s in STEMS)}"
+  return "no stem but " + " and ".join(s + suffix for s in STEMS if s not in wanted)
+
+
+def combine_multitrack(stems: Mapping[str, np.ndarray],
+                       names: Sequence[str]) -> dict[str, np.ndarray]:
+  """`combine` for a multitrack: {name: the sum of its `multitrack_parts`} for each of
+  `names`. ValueError if one has no parts in `stems`."""
+  out = {}
+  for name in names:
+    members = multitrack_parts(name, list(stems))
+    if not members:
+      raise ValueError(f"{describe_missing(name)} for the source {name!r}")
+    total = stems[members[0]]
+    for member in members[1:]:
+      total = total + stems[member]
     out[name] = total
   return out
 
