@@ -328,12 +328,16 @@ class Trainer:
     self.shards = [int(np.flatnonzero(self.mesh.devices.flat == d)[0])
                    for d in self.local_devices]
     self.init = create_state(config, self.model, optax.identity())
-    options = dict(enable_async_checkpointing=True, create=True)
+    # Both save the same step at times: with several processes their barriers need
+    # names of their own, or the two saves meet in one barrier and time out.
+    options = lambda name: dict(
+        enable_async_checkpointing=True, create=True,
+        multiprocessing_options=ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=name))
     self.checkpoints = ocp.CheckpointManager(
         workdir / "checkpoints", options=ocp.CheckpointManagerOptions(
-            max_to_keep=config.keep_checkpoints, **options))
+            max_to_keep=config.keep_checkpoints, **options("checkpoints")))
     self.best = ocp.CheckpointManager(
-        workdir / "best", options=ocp.CheckpointManagerOptions(max_to_keep=1, **options))
+        workdir / "best", options=ocp.CheckpointManagerOptions(max_to_keep=1, **options("best")))
     self.writer = None
     if jax.process_index() == 0:
       import tensorflow as tf

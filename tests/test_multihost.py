@@ -1,0 +1,225 @@
+"""Several JAX processes on this machine's CPU, joined by `jax.distributed` with gloo
+collectives, as the hosts of a pod are: `python -m waveunet_jax.main` run as 2
+processes of 1 device each must train exactly as 1 process of 2 devices, resume each
+other's checkpoints, and fail cleanly (a killed process, processes started with
+different configs).
+
+Every process runs in its own session and is killed with its children whatever
+happens, so no test leaves a process behind.
+"""
+
+import contextlib
+import logging
+import os
+import shutil
+import tempfile
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import chex
+import numpy as np
+import pytest
+
+from conftest import TINY_OUTPUT, TINY_RATE, tiny_data_config
+from waveunet_jax import checkpoints, input_pipeline
+from waveunet_jax import train as train_lib
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+TIMEOUT = 90  # seconds for any one command of these tests
+
+
+@pytest.fixture(scope="module")
+def config_file(tmp_path_factory, tiny_data_dir) -> pathlib.Path:
+  config = tiny_data_config(TINY_RATE, TINY_OUTPUT, tiny_data_dir)
+  config.batch_size = 4
+  config.num_train_steps = 6
+  config.log_every_steps = 3
+  config.eval_every_steps = 3
+  config.checkpoint_every_steps = 3
+  config.patience = 100
+  config.fine_tune.enabled = False
+  path = tmp_path_factory.mktemp("multihost") / "tiny.py"
+  path.write_text("import ml_collections\n\n\ndef get_config():\n"
+                  f"  return ml_collections.ConfigDict({config.to_dict()!r})\n")
+  return path
+
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+def environment(devices: int) -> dict[str, str]:
+  return {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu",
+          "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices} "
+                       "--xla_backend_optimization_level=0"}
+
+
+@contextlib.contextmanager
+def processes(commands: list[list[str]], devices: int):
+  """Starts `commands` at once, each in its own session, its stderr into a file (a
+  pipe nobody reads while waiting for another process would block it); kills what is
+  left at the end."""
+  logs = [tempfile.TemporaryFile("w+") for _ in commands]
+  started = [subprocess.Popen(c, cwd=ROOT, env=environment(devices), stdout=subprocess.DEVNULL,
+                              stderr=log, text=True, start_new_session=True)
+             for c, log in zip(commands, logs)]
+  for p, log in zip(started, logs):
+    p.log = log
+  try:
+    yield started
+  finally:
+    for p in started:
+      if p.poll() is None:
+        os.killpg(p.pid, signal.SIGKILL)
+      p.wait()
+      p.log.close()
+
+
+def finish(started: list[subprocess.Popen], timeout: float = TIMEOUT) -> list[tuple[int, str]]:
+  """(exit code, stderr) of each, waiting at most `timeout` for all together."""
+  deadline = time.monotonic() + timeout
+  results = []
+  for p in started:
+    try:
+      p.wait(timeout=max(deadline - time.monotonic(), 0.1))
+    except subprocess.TimeoutExpired:
+      p.log.seek(0)
+      pytest.fail(f"{p.args} ran past {timeout} s; its stderr ends: {p.log.read()[-2000:]}")
+    p.log.seek(0)
+    results.append((p.returncode, p.log.read()))
+  return results
+
+
+def train(config_file, workdir, num_processes: int, *overrides: str) -> list[str]:
+  """Trains with 2 devices: 1 process of 2, or 2 processes of 1. Returns the stderrs."""
+  command = [sys.executable, "-m", "waveunet_jax.main", f"--config={config_file}",
+             f"--workdir={workdir}", *overrides]
+  if num_processes == 1:
+    commands, devices = [command], 2
+  else:
+    port = free_port()
+    commands, devices = [command + [f"--coordinator_address=localhost:{port}",
+                                    "--num_processes=2", f"--process_id={i}"]
+                         for i in range(2)], 1
+  with processes(commands, devices) as started:
+    results = finish(started)
+  for code, stderr in results:
+    assert code == 0, stderr[-3000:]
+  return [stderr for _, stderr in results]
+
+
+def scalars(workdir: pathlib.Path) -> dict[tuple[str, int], float]:
+  import tensorflow as tf
+
+  values = {}
+  for path in sorted((workdir / "tensorboard").glob("events.out.tfevents.*")):
+    for record in tf.data.TFRecordDataset(str(path)):
+      event = tf.compat.v1.Event.FromString(record.numpy())
+      for value in event.summary.value:
+        values[value.tag, event.step] = float(tf.make_ndarray(value.tensor))
+  return values
+
+
+def parameters(workdir: pathlib.Path, step: int):
+  restored = checkpoints.load_for_inference(workdir, str(step))
+  return restored.variables
+
+
+def test_two_processes_train_as_one_process_of_two_devices_and_resume_each_other(
+    tmp_path, config_file, tiny_data_dir, caplog):
+  # The validation tiles split unevenly over the 2 devices, so one process runs out of
+  # validation batches first and joins in with empty ones until the other is done.
+  config = tiny_data_config(TINY_RATE, TINY_OUTPUT, tiny_data_dir)
+  tiles = [sum(b["weight"].sum() for b in input_pipeline.as_numpy(input_pipeline.eval_dataset(
+      config, 2, shard=d, num_shards=2))) for d in range(2)]
+  assert tiles[0] != tiles[1], tiles
+
+  uninterrupted, one_then_two, two_then_one = (tmp_path / n for n in ("c", "a", "b"))
+  train(config_file, uninterrupted, 1)
+  train(config_file, one_then_two, 1, "--config.num_train_steps=3")
+  logs = train(config_file, two_then_one, 2, "--config.num_train_steps=3")
+  # One process writes config.json and TensorBoard; both checkpoints, one step each.
+  assert [p.name for p in two_then_one.iterdir() if p.is_file()] == ["config.json"]
+  assert len(list((two_then_one / "tensorboard").iterdir())) == 1
+  assert all("JAX process" in log for log in logs)
+  assert sorted(p.name for p in (two_then_one / "data_state" / "3").iterdir()) == [
+      "shard_0_of_2", "shard_1_of_2"]
+  # After the same steps, 2 processes of 1 device = 1 process of 2 devices, bit for
+  # bit: the same batches (a data stream per device), and a 2-way all-reduce is
+  # exact in any order (a + b == b + a).
+  chex.assert_trees_all_equal(parameters(two_then_one, 3), parameters(one_then_two, 3))
+  chex.assert_trees_all_equal(parameters(two_then_one, 3), parameters(uninterrupted, 3))
+
+  # On another number of devices (this process has 4), the state resumes and the data
+  # order starts afresh, saying so.
+  four = tmp_path / "four"
+  shutil.copytree(one_then_two, four)
+  config = checkpoints.load_config(four)
+  config.num_train_steps = 6
+  with caplog.at_level(logging.WARNING):
+    train_lib.train_and_evaluate(config, four)
+  assert "saved for 2 device(s), and this run has 4" in caplog.text
+  assert checkpoints.read_progress(four).data_start_step == 3
+  assert sorted(p.name for p in (four / "data_state" / "6").iterdir()) == [
+      f"shard_{d}_of_4" for d in range(4)]
+
+  # Each resumes on the other topology, with every device's data position.
+  train(config_file, one_then_two, 2)
+  train(config_file, two_then_one, 1)
+  for workdir in (one_then_two, two_then_one):
+    chex.assert_trees_all_equal(parameters(workdir, 6), parameters(uninterrupted, 6))
+  reference = scalars(uninterrupted)
+  for workdir in (one_then_two, two_then_one):
+    logged = scalars(workdir)
+    for step in (3, 6):
+      for tag in ("valid/loss", "valid/sdr/accompaniment", "train/loss"):
+        assert logged[tag, step] == reference[tag, step], (workdir, tag, step)
+
+
+def test_processes_started_with_different_configs_refuse_to_start(tmp_path, config_file):
+  workdir = tmp_path / "run"
+  port = free_port()
+  command = lambda i, *more: [
+      sys.executable, "-m", "waveunet_jax.main", f"--config={config_file}",
+      f"--workdir={workdir}", f"--coordinator_address=localhost:{port}", "--num_processes=2",
+      f"--process_id={i}", *more]
+  with processes([command(0), command(1, "--config.optim.learning_rate=0.01")], 1) as started:
+    (code0, err0), (code1, err1) = finish(started, timeout=60)
+  assert code0 == code1 == 1
+  last = lambda err: err.strip().splitlines()[-1]
+  assert last(err1) == (
+      "error: process 1 was started with another run than process 0: "
+      "config.optim.learning_rate (0.0001 on process 0, 0.01 here) differ; start every "
+      "process with the same --config, --config.* overrides and --workdir")
+  assert last(err0).startswith("error: process(es) 1 of 2 were started with another config")
+  assert not workdir.exists()
+
+
+def test_a_killed_process_ends_the_others_run(tmp_path, config_file):
+  workdir = tmp_path / "run"
+  port = free_port()
+  commands = [[sys.executable, "-m", "waveunet_jax.main", f"--config={config_file}",
+               f"--workdir={workdir}", "--config.num_train_steps=100000",
+               "--config.eval_every_steps=100000", f"--coordinator_address=localhost:{port}",
+               "--num_processes=2", f"--process_id={i}", "--heartbeat_timeout=5"]
+              for i in range(2)]
+  with processes(commands, devices=1) as (first, second):
+    deadline = time.monotonic() + TIMEOUT
+    while not (workdir / "checkpoints" / "3").exists():
+      assert first.poll() is None and second.poll() is None, "training ended early"
+      assert time.monotonic() < deadline, "no checkpoint in time"
+      time.sleep(0.2)
+    os.killpg(second.pid, signal.SIGKILL)
+    killed = time.monotonic()
+    # The survivor must not wait in a collective forever: it ends within the heartbeat
+    # timeout (and some seconds to notice), with a message that says why.
+    [(code, stderr)] = finish([first], timeout=60)
+    assert time.monotonic() - killed < 60
+  assert code != 0
+  assert "another task died" in stderr or "heartbeat" in stderr, stderr[-3000:]
