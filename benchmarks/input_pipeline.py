@@ -1,11 +1,14 @@
 """Training-input throughput: examples/s and audio seconds/s of input_pipeline.
 
-  python benchmarks/input_pipeline.py [--tracks 6 --seconds 60 --batches 30]
+  python benchmarks/input_pipeline.py [--tracks 6 --seconds 60 --batches 30] [--batch 16]
 
 Makes a synthetic corpus (MUSDB18-HQ layout, 44.1 kHz), prepares it for the shallow
 and the deep (M4) configs at their training lengths, then times training batches
 after a warm-up batch. "audio s/s" counts the target (output) audio per second of
-wall time, at the model's rate; the training step consumes the same unit.
+wall time, at the model's rate; the training step consumes the same unit. --batch
+sets one batch size for both configs, e.g. the 16 of run.py's GPU figures: against
+a GPU's steps/s x 16 it says whether the pipeline keeps up (measured on this
+machine's cores, not the GPU host's).
 """
 
 import argparse
@@ -30,6 +33,7 @@ def main() -> None:
   parser.add_argument("--tracks", type=int, default=6, help="training tracks to generate")
   parser.add_argument("--seconds", type=float, default=60.0, help="length of each track")
   parser.add_argument("--batches", type=int, default=30, help="batches to time per config")
+  parser.add_argument("--batch", type=int, help="batch size for both configs (default: 8 and 16)")
   args = parser.parse_args()
   tf.config.set_visible_devices([], "GPU")
   with tempfile.TemporaryDirectory() as tmp:
@@ -42,6 +46,7 @@ def main() -> None:
     valid = [p.name for p in sorted((root / "train").iterdir())][:1]
     print(f"{'config':<10} {'batch':>5} {'prepare s':>9} {'examples/s':>10} {'audio s/s':>10}")
     for name, (get_config, batch_size) in CONFIGS.items():
+      batch_size = args.batch or batch_size
       config = get_config()
       config.data.data_dir = str(pathlib.Path(tmp) / "data")
       start = time.perf_counter()

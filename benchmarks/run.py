@@ -34,9 +34,20 @@ Every time is taken after compilation and a warm-up call. The figures:
   default (the shallow net separates at ~1.6x real time on 2 cores: --memory_models).
 * on a GPU or TPU (or any backend with --accelerator_figures): train FLOP/s in float32 and
   bfloat16 (`config.model.dtype`) as % of the matmul of the same dtype, and the
-  largest power-of-two train batch (up to --max_batch) that runs. Never run on a GPU
+  largest power-of-two train batch (up to --max_batch) that runs. On an accelerator
+  the matmul is 8192^3, timed over 10 calls per repetition (a 4096^3 product alone is
+  a fraction of a millisecond there, its dispatch a large share of it). The largest
+  batch is searched from a guess (the batch of the train figures' compiled memory,
+  scaled to the device's memory limit), doubling while a step runs and halving while
+  it does not, so a few compiles instead of one per power of two. Never run on a GPU
   yet: none was lent when this was written; on a CPU the path runs
   (`--quick --accelerator_figures --max_batch=2`), its figures mean nothing there.
+
+Parts can be left out: --skip_pipeline (needs TensorFlow), --skip_memory (peak RSS
+of fresh processes, a CPU figure), --skip_e2e (the end-to-end separation, which needs
+soundfile and soxr); --models picks the configs and --train_steps the timed steps.
+A GPU machine without TensorFlow runs
+`--accelerator_figures --skip_pipeline --skip_memory` (see benchmarks/gpu_check.sh).
 """
 
 from __future__ import annotations
@@ -72,8 +83,13 @@ SONG_SECONDS = 180.0
 def machine() -> dict:
   cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
               if line.startswith("model name")), platform.processor())
-  return {"cpu": cpu, "cores": os.cpu_count(), "jax": jax.__version__,
-          "backend": jax.default_backend(), "device": str(jax.devices()[0].device_kind)}
+  out = {"cpu": cpu, "cores": os.cpu_count(), "jax": jax.__version__,
+         "backend": jax.default_backend(), "device": str(jax.devices()[0].device_kind)}
+  limit = device_memory_limit()
+  if limit:
+    out["device_memory_limit_gib"] = round(limit / 2 ** 30, 1)
+    out["xla_mem_fraction"] = os.environ.get("XLA_PYTHON_CLIENT_MEM_FRACTION", "default")
+  return out
 
 
 def best_time(fn, reps: int) -> float:
@@ -85,11 +101,34 @@ def best_time(fn, reps: int) -> float:
   return min(times)
 
 
-def matmul_flops(dtype=jnp.float32, n: int = 4096, reps: int = 3) -> float:
+def matmul_flops(dtype=jnp.float32, n: int = 4096, reps: int = 3, calls: int = 1) -> float:
+  """FLOP/s of a jitted n x n @ n x n product on random data: the best of `reps`
+  timings of `calls` products in a row."""
   a = jnp.asarray(np.random.default_rng(0).standard_normal((n, n)), dtype)
   f = jax.jit(lambda x, y: x @ y)
   jax.block_until_ready(f(a, a))
-  return 2 * n ** 3 / best_time(lambda: f(a, a), reps)
+
+  def some():
+    for _ in range(calls):
+      out = f(a, a)
+    return out
+
+  return 2 * n ** 3 * calls / best_time(some, reps)
+
+
+def matmul_size(on_accelerator: bool) -> tuple[int, int]:
+  """(n, calls per timing) of the reference matmul."""
+  return (8192, 10) if on_accelerator else (4096, 1)
+
+
+def device_memory_limit() -> int | None:
+  """Bytes the first device's allocator may use (None where the backend does not say,
+  as on the CPU)."""
+  try:
+    stats = jax.devices()[0].memory_stats()
+  except Exception:  # not implemented on some backends
+    return None
+  return (stats or {}).get("bytes_limit")
 
 
 def flops_of(compiled) -> float:
@@ -151,24 +190,70 @@ def train_figures(config, batch_size: int, steps: int) -> dict:
   return {"batch": batch_size, "steps": steps, "compile_s": compile_s, "step_s": step_s,
           "steps_per_s": 1 / step_s,
           "audio_s_per_s": batch_size * size.output_length / config.data.sample_rate / step_s,
-          "step_gflop": flops / 1e9, "flops_per_s": flops / step_s}
+          "step_gflop": flops / 1e9, "flops_per_s": flops / step_s,
+          "compiled_bytes": compiled_bytes(step)}
 
 
-def largest_batch(config, limit: int) -> int:
-  """The largest power-of-two batch up to `limit` whose train step runs: the first
-  that runs out of memory ends the search."""
-  fits, batch = 0, 1
-  while batch <= limit:
-    try:
-      step, state, data, _ = compiled_train_step(config, batch)
-      jax.block_until_ready(step(state, data))
-      del step, state, data
-      fits, batch = batch, batch * 2
-    except Exception as e:  # XlaRuntimeError: RESOURCE_EXHAUSTED
-      if "RESOURCE_EXHAUSTED" not in str(e) and "out of memory" not in str(e).lower():
-        raise
-      break
-  return fits
+def compiled_bytes(compiled) -> int | None:
+  """Device memory a compiled step needs by XLA's own account (arguments, outputs
+  not aliased to them, temporaries); None where the backend does not say."""
+  try:
+    m = compiled.memory_analysis()
+    return int(m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
+               + m.temp_size_in_bytes)
+  except Exception:  # no memory analysis on this backend or version
+    return None
+
+
+def step_runs(config, batch: int) -> bool:
+  """Whether a train step of `batch` compiles and runs; False when it runs out of
+  device memory (XlaRuntimeError RESOURCE_EXHAUSTED, at compile or run time)."""
+  try:
+    step, state, data, _ = compiled_train_step(config, batch)
+    jax.block_until_ready(step(state, data))
+    return True
+  except Exception as e:  # XlaRuntimeError: RESOURCE_EXHAUSTED
+    if "RESOURCE_EXHAUSTED" not in str(e) and "out of memory" not in str(e).lower():
+      raise
+    return False
+
+
+def batch_guess(limit: int, known: dict | None) -> int:
+  """A power-of-two batch up to `limit` that should just fit: the device's memory
+  limit over the bytes per example of a compiled step (`known`: train_figures of some
+  batch; the state's share counts as per-example, so the guess errs low). 1 where the
+  backend reports no memory."""
+  memory = device_memory_limit()
+  if not memory or not known or not known.get("compiled_bytes"):
+    return 1
+  per_example = known["compiled_bytes"] / known["batch"]
+  guess = 1
+  while guess * 2 <= min(limit, memory / per_example):
+    guess *= 2
+  return guess
+
+
+def largest_batch(config, limit: int, known: dict | None = None) -> dict:
+  """The largest power-of-two batch up to `limit` whose train step runs (0: none),
+  and the batches tried. From `batch_guess`: doubling while a step runs, else halving
+  until one does; the same answer as doubling from 1, if memory grows with the batch."""
+  guess = batch_guess(limit, known)
+  tried = {}
+
+  def runs(batch):
+    tried[batch] = step_runs(config, batch)
+    return tried[batch]
+
+  if runs(guess):
+    fits = guess
+    while fits * 2 <= limit and runs(fits * 2):
+      fits *= 2
+  else:
+    fits = guess // 2
+    while fits >= 1 and not runs(fits):
+      fits //= 2
+  return {"largest_batch": fits, "guess": guess,
+          "tried": {str(b): ok for b, ok in sorted(tried.items())}}
 
 
 # --------------------------------------------------------------------------- #
@@ -199,7 +284,8 @@ def make_separator(config) -> separate.Separator:
   return separate.Separator.from_model(model, init_variables(model), config.data.sample_rate)
 
 
-def separation_figures(config, reps: int, e2e_seconds: float, tmp: pathlib.Path) -> dict:
+def separation_figures(config, reps: int, e2e_seconds: float | None, tmp: pathlib.Path) -> dict:
+  """Model-only figures, and end-to-end ones unless `e2e_seconds` is None."""
   sep = make_separator(config)
   t, rate = sep.tiling, config.data.sample_rate
   window = jnp.asarray(np.resize(song(60.0)[::2], (1, t.input_length, 2)))  # any audio
@@ -209,6 +295,12 @@ def separation_figures(config, reps: int, e2e_seconds: float, tmp: pathlib.Path)
   song_windows = lambda seconds: -(-(round(seconds * rate) + t.overlap) // t.hop)
   windows = song_windows(SONG_SECONDS)
   flops = flops_of(forward)
+  out = {"window_input": t.input_length, "window_kept": t.hop, "window_s": window_s,
+         "song_windows": windows, "model_audio_s_per_s": SONG_SECONDS / (windows * window_s),
+         "model_flops_per_s": flops / window_s, "window_gflop": flops / 1e9,
+         "recomputed_share": t.recomputed_share}
+  if e2e_seconds is None:
+    return out
   # End to end through the command line's function, with the compiled forward reused.
   sep.engine._forward = forward
   wav = tmp / "song.wav"
@@ -216,11 +308,7 @@ def separation_figures(config, reps: int, e2e_seconds: float, tmp: pathlib.Path)
   start = time.perf_counter()
   separate.separate_files(sep, [wav], tmp / "out", overwrite=True)
   e2e_s = time.perf_counter() - start
-  return {"window_input": t.input_length, "window_kept": t.hop, "window_s": window_s,
-          "song_windows": windows, "model_audio_s_per_s": SONG_SECONDS / (windows * window_s),
-          "model_flops_per_s": flops / window_s, "window_gflop": flops / 1e9,
-          "recomputed_share": t.recomputed_share, "e2e_seconds": e2e_seconds,
-          "e2e_audio_s_per_s": e2e_seconds / e2e_s,
+  return {**out, "e2e_seconds": e2e_seconds, "e2e_audio_s_per_s": e2e_seconds / e2e_s,
           "e2e_over_model": e2e_s / (song_windows(e2e_seconds) * window_s)}
 
 
@@ -286,7 +374,7 @@ def pipeline_examples_per_s(config, batch_size: int, batches: int, corpus: pathl
 
 
 def table(r: dict) -> str:
-  names = list(CONFIGS)
+  names = [name for name in CONFIGS if name in r["models"]]
   m, limit = r["machine"], r["matmul_flops_per_s"]
   pct = lambda x: f"{100 * x / limit:.1f} %"
   rows = [("", names)]
@@ -301,7 +389,7 @@ def table(r: dict) -> str:
     rows.append((label, values))
 
   tr, sp = "train.", "separate."
-  b = r["models"][names[0]]["train"]["batch"]
+  b = r["batch"]
   row("train: batch, timed steps", "train", lambda t: f"{t['batch']}, {t['steps']}")
   row("train: init + compile s", tr + "compile_s", "{:.1f}".format)
   row("train: steps/s", tr + "steps_per_s", "{:.3f}".format)
@@ -311,6 +399,7 @@ def table(r: dict) -> str:
   row("train: % of matmul", tr + "flops_per_s", pct)
   for dtype in ("float32", "bfloat16"):
     row(f"train {dtype}: % of {dtype} matmul", f"gpu.{dtype}_mfu", "{:.1%}".format)
+  row("train bfloat16: steps/s over float32's", "gpu.bfloat16_speedup", "{:.2f}x".format)
   row("train: largest batch that runs", "gpu.largest_batch", str)
   row("sep: window in/kept samples", "separate",
       lambda s: f"{s['window_input']}/{s['window_kept']}")
@@ -333,7 +422,7 @@ def table(r: dict) -> str:
   cols = [max(len(v[i]) for _, v in rows) for i in range(len(names))]
   lines = [f"machine: {m['cpu']}, {m['cores']} cores, jax {m['jax']}, backend {m['backend']} "
            f"({m['device']}); mode: {r['mode']}",
-           f"matmul 4096^3 float32: {limit / 1e9:.1f} GFLOP/s"
+           f"matmul {r.get('matmul_n', 4096)}^3 float32: {limit / 1e9:.1f} GFLOP/s"
            + (f"; bfloat16: {r['matmul_bf16_flops_per_s'] / 1e9:.1f}" if "matmul_bf16_flops_per_s" in r else "")]
   lines += [f"{label:<{width}}  " + "  ".join(f"{v:>{c}}" for v, c in zip(values, cols))
             for label, values in rows]
@@ -354,15 +443,27 @@ def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--quick", action="store_true", help="a few minutes on 2 CPU cores")
   parser.add_argument("--json", help="also write the figures to this file")
+  parser.add_argument("--models", default=",".join(CONFIGS),
+                      help="comma-separated configs to measure")
   parser.add_argument("--memory_models", default="deep M4",
                       help="comma-separated configs for the peak-memory runs")
   parser.add_argument("--accelerator_figures", action="store_true",
                       help="the GPU figures (bfloat16, largest batch) on any backend")
   parser.add_argument("--max_batch", type=int, default=1024,
                       help="the largest batch the largest-batch search tries")
+  parser.add_argument("--train_steps", type=int,
+                      help="timed train steps per figure (default: by config and mode)")
+  parser.add_argument("--skip_pipeline", action="store_true",
+                      help="leave out the input pipeline (it needs TensorFlow)")
+  parser.add_argument("--skip_memory", action="store_true",
+                      help="leave out the peak-memory runs")
+  parser.add_argument("--skip_e2e", action="store_true",
+                      help="leave out end-to-end separation (it needs soundfile and soxr)")
   parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
   args = parser.parse_args()
-  memory_models = config_names(parser, "--memory_models", args.memory_models)
+  model_names = config_names(parser, "--models", args.models)
+  memory_models = [] if args.skip_memory else config_names(parser, "--memory_models",
+                                                           args.memory_models)
   if args.child:
     return child_separate(*args.child)
   import waveunet_jax
@@ -373,18 +474,24 @@ def main() -> None:
   accelerator_figures = on_accelerator or args.accelerator_figures
   batch = (8 if on_accelerator else 1) if quick else (16 if on_accelerator else 2)
   steps = {"shallow": 1 if quick else 3, "deep M4": 3 if quick else 10}
+  if args.train_steps:
+    steps = dict.fromkeys(steps, args.train_steps)
   reps = 1 if quick else 3
   minutes = (1.0, 3.0) if quick else (5.0, 30.0)
-  r = {"mode": "quick" if quick else "full", "machine": machine(),
-       "matmul_flops_per_s": matmul_flops(reps=reps + 2), "models": {}}
+  n, calls = matmul_size(on_accelerator)
+  r = {"mode": "quick" if quick else "full", "machine": machine(), "batch": batch, "matmul_n": n,
+       "matmul_flops_per_s": matmul_flops(n=n, reps=reps + 2, calls=calls), "models": {}}
   if accelerator_figures:
-    r["matmul_bf16_flops_per_s"] = matmul_flops(jnp.bfloat16, reps=reps + 1)
+    r["matmul_bf16_flops_per_s"] = matmul_flops(jnp.bfloat16, n=n, reps=reps + 1, calls=calls)
   print(f"{r['machine']}; matmul {r['matmul_flops_per_s'] / 1e9:.1f} GFLOP/s", flush=True)
   with tempfile.TemporaryDirectory() as tmp:
     tmp = pathlib.Path(tmp)
     corpus = tmp / "corpus"
-    synthetic.write_corpus(corpus, num_train=3, num_test=0, seconds=30.0 if quick else 60.0, seed=0)
-    for name, get_config in CONFIGS.items():
+    if not args.skip_pipeline:
+      synthetic.write_corpus(corpus, num_train=3, num_test=0, seconds=30.0 if quick else 60.0,
+                             seed=0)
+    for name in model_names:
+      get_config = CONFIGS[name]
       out = r["models"][name] = {}
       out["train"] = train_figures(get_config(), batch, steps[name])
       print(name, "train", out["train"], flush=True)
@@ -393,13 +500,27 @@ def main() -> None:
         for dtype, limit in (("float32", r["matmul_flops_per_s"]),
                              ("bfloat16", r["matmul_bf16_flops_per_s"])):
           config = get_config()
-          config.model.dtype = dtype
-          out["gpu"][f"{dtype}_mfu"] = train_figures(config, batch, steps[name])["flops_per_s"] / limit
-        out["gpu"]["largest_batch"] = largest_batch(get_config(), args.max_batch)
-      out["separate"] = separation_figures(get_config(), reps, 25.0 if quick else SONG_SECONDS, tmp)
+          if config.model.dtype == dtype:  # the figures just taken
+            figures = out["train"]
+          else:
+            config.model.dtype = dtype
+            figures = train_figures(config, batch, steps[name])
+          out["gpu"][dtype] = figures
+          out["gpu"][f"{dtype}_mfu"] = figures["flops_per_s"] / limit
+        out["gpu"]["bfloat16_speedup"] = (out["gpu"]["bfloat16"]["steps_per_s"]
+                                          / out["gpu"]["float32"]["steps_per_s"])
+        print(name, "bfloat16", out["gpu"]["bfloat16"], flush=True)
+        search = largest_batch(get_config(), args.max_batch, known=out["train"])
+        out["gpu"]["largest_batch"] = search.pop("largest_batch")
+        out["gpu"]["largest_batch_search"] = search
+        print(name, "accelerator", {k: v for k, v in out["gpu"].items()
+                                    if k not in ("float32", "bfloat16")}, flush=True)
+      e2e_seconds = None if args.skip_e2e else 25.0 if quick else SONG_SECONDS
+      out["separate"] = separation_figures(get_config(), reps, e2e_seconds, tmp)
       print(name, "separate", out["separate"], flush=True)
     # tf.data last: its threads must not run beside the timings above.
-    for name, get_config in CONFIGS.items():
+    for name in [] if args.skip_pipeline else model_names:
+      get_config = CONFIGS[name]
       out = r["models"][name]
       batches = -(-(64 if quick else 256) // batch)
       examples = pipeline_examples_per_s(get_config(), batch, batches, corpus,
@@ -409,12 +530,22 @@ def main() -> None:
       print(name, "pipeline", out["pipeline"], flush=True)
     for name in memory_models:
       (short, short_s), (long, long_s) = (peak_memory(name, m, tmp) for m in minutes)
-      r["models"][name]["memory"] = {"short": (minutes[0], short, short_s),
-                                     "long": (minutes[1], long, long_s), "ratio": long / short}
+      r["models"].setdefault(name, {})["memory"] = {
+          "short": (minutes[0], short, short_s), "long": (minutes[1], long, long_s),
+          "ratio": long / short}
       print(name, "memory", r["models"][name]["memory"], flush=True)
   r["wall_s"] = time.perf_counter() - began
   # Best of both ends of the run: the machine may be shared.
-  r["matmul_flops_per_s"] = max(r["matmul_flops_per_s"], matmul_flops(reps=reps + 2))
+  r["matmul_flops_per_s"] = max(r["matmul_flops_per_s"],
+                                matmul_flops(n=n, reps=reps + 2, calls=calls))
+  if accelerator_figures:  # every "% of matmul" against the same best matmul
+    r["matmul_bf16_flops_per_s"] = max(r["matmul_bf16_flops_per_s"], matmul_flops(
+        jnp.bfloat16, n=n, reps=reps + 1, calls=calls))
+    for out in r["models"].values():
+      for dtype, key in (("float32", "matmul_flops_per_s"),
+                         ("bfloat16", "matmul_bf16_flops_per_s")):
+        if dtype in out.get("gpu", {}):
+          out["gpu"][f"{dtype}_mfu"] = out["gpu"][dtype]["flops_per_s"] / r[key]
   print(table(r))
   print(f"total {r['wall_s']:.0f} s")
   if args.json:
