@@ -21,7 +21,6 @@ import sys
 import time
 
 import chex
-import numpy as np
 import pytest
 
 from conftest import TINY_OUTPUT, TINY_RATE, tiny_data_config

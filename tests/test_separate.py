@@ -652,3 +652,25 @@ def test_cli_missing_workdir_is_one_line(tmp_path):
   assert result.stderr.strip().splitlines()[-1].startswith("error: --workdir=")
   assert "no config.json" in result.stderr and "Traceback" not in result.stderr
   assert not (tmp_path / "out").exists()
+
+
+def test_the_jax_engine_splits_its_batch_over_every_local_device():
+  model, variables = model_and_variables("valid", "direct")
+  devices = jax.local_devices()
+  assert len(devices) == 4  # conftest's virtual CPU devices
+  every = engine.JaxEngine(model, variables, RATE, window_seconds=SHORT)
+  one = engine.JaxEngine(model, variables, RATE, window_seconds=SHORT, devices=devices[:1])
+  assert (every.batch_size, one.batch_size) == (4, 1)
+  windows = noise(4 * every.tiling.input_length, peak=0.5).reshape(
+      4, every.tiling.input_length, 2)
+  out = every.forward(windows)
+  assert {shard.device for shard in out.addressable_shards} == set(devices)
+  np.testing.assert_allclose(np.asarray(out), np.concatenate(
+      [np.asarray(one.forward(w[None])) for w in windows]), rtol=0, atol=1e-6)
+  # A batch that does not divide is padded; a whole song is the same on any devices.
+  odd = engine.JaxEngine(model, variables, RATE, window_seconds=SHORT, batch_size=3)
+  mix = noise(5000, peak=0.5, seed=3)
+  a = separate.Separator(odd).separate(mix, RATE)
+  b = separate.Separator(one).separate(mix, RATE)
+  for name in a:
+    np.testing.assert_allclose(a[name], b[name], rtol=0, atol=1e-6)

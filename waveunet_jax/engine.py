@@ -102,20 +102,27 @@ def variables_hash(variables: Any) -> str:
 
 
 class JaxEngine:
-  """A Flax `models.WaveUNet` on the separator's windows (see `separator.Engine`).
+  """A Flax `models.WaveUNet` on the separator's windows (see `separator.Engine`),
+  data-parallel over this process's devices: each forward pass gives every device
+  `batch_size / devices` windows (a 4-GPU host separates 4 windows at once).
 
   Args:
     model: the network.
     variables: its variables (`params`, and `batch_stats` with BatchNorm).
     sample_rate: the rate (Hz) the model works at (`config.data.sample_rate`).
-    window_seconds, overlap: see `tiling`.
-    batch_size: windows per forward pass.
+    window_seconds, overlap: see `tiling` (the memory bound is per device).
+    batch_size: windows per forward pass (best a multiple of the devices' number: a
+      batch is padded to one); None: one per device.
     residual_source: the config's `separation.residual_source` (None: the default rule).
+    devices: the devices to use; None: all of this process's (`jax.local_devices()`).
   """
 
   def __init__(self, model: models.WaveUNet, variables: Any, sample_rate: int, *,
                window_seconds: float | None = None, overlap: float = 0.0,
-               batch_size: int = 1, residual_source: str | None = None):
+               batch_size: int | None = None, residual_source: str | None = None,
+               devices: list[jax.Device] | None = None):
+    devices = list(devices or jax.local_devices())
+    batch_size = len(devices) if batch_size is None else batch_size
     if batch_size < 1:
       raise ValueError(f"batch_size must be positive, got {batch_size}")
     self.model = model
@@ -124,12 +131,20 @@ class JaxEngine:
     self.sample_rate = int(sample_rate)
     self.output = model.output
     self.batch_size = batch_size
+    self.devices = devices
     self.residual_source = residual_source
-    self.tiling = tiling(model, self.sample_rate, window_seconds, overlap, batch_size)
+    # Each device gets as many windows; a batch that does not divide is padded.
+    per_device = -(-batch_size // len(devices))
+    self._padding = per_device * len(devices) - batch_size
+    self.tiling = tiling(model, self.sample_rate, window_seconds, overlap, per_device)
     self.origin: dict[str, Any] = {}  # where the variables came from (from_workdir)
-    self.variables = jax.device_put(variables)
-    self._forward = jax.jit(lambda variables, windows: model.apply(variables, windows,
-                                                                   train=False))
+    mesh = jax.sharding.Mesh(np.array(devices), ("data",))
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    sharded = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+    self.variables = jax.device_put(variables, replicated)
+    self._forward = jax.jit(
+        lambda variables, windows: model.apply(variables, windows, train=False),
+        in_shardings=(replicated, sharded), out_shardings=sharded)
 
   @classmethod
   def from_workdir(cls, workdir: str | os.PathLike, checkpoint: str = "best",
@@ -155,5 +170,9 @@ class JaxEngine:
     return {"engine": "jax", **self.origin, "params_sha256": variables_hash(self.variables)}
 
   def forward(self, windows: np.ndarray) -> jax.Array:
-    """[batch, input_length, C] -> [batch, S, output_length, C], asynchronously."""
+    """[batch, input_length, C] -> [batch, S, output_length, C], asynchronously; the
+    batch is split over the devices."""
+    if self._padding:
+      padding = np.zeros((self._padding,) + windows.shape[1:], windows.dtype)
+      return self._forward(self.variables, np.concatenate([windows, padding]))[:len(windows)]
     return self._forward(self.variables, windows)

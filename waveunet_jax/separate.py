@@ -420,8 +420,9 @@ def _define_flags() -> None:
   flags.DEFINE_float("overlap", 0.0, "Share of each window cross-faded with the next, in [0, 0.5].")
   flags.DEFINE_float("window_seconds", None, "Output seconds per window (default 30, less "
                      "if it would not fit in memory).")
-  flags.DEFINE_integer("batch_size", None, "Windows per forward pass (default 1, or an "
-                       "exported model's fixed batch).")
+  flags.DEFINE_integer("batch_size", None, "Windows per forward pass, split over this "
+                       "host's devices (default: one per device, or an exported model's "
+                       "fixed batch).")
   flags.mark_flags_as_required(["output_dir"])
 
 
@@ -441,7 +442,7 @@ def load_separator(args) -> Separator:
     return Separator(exported.load(args.model, args.batch_size), residual_source=residual)
   return Separator.from_workdir(args.workdir, args.checkpoint,
                                 window_seconds=args.window_seconds, overlap=args.overlap,
-                                batch_size=args.batch_size or 1, residual_source=residual)
+                                batch_size=args.batch_size, residual_source=residual)
 
 
 def main(argv: list[str]) -> None:

@@ -138,9 +138,9 @@ class Separator:
 
   @classmethod
   def from_workdir(cls, workdir, checkpoint: str = "best", *, window_seconds=None,
-                   overlap: float = 0.0, batch_size: int = 1, **kwargs) -> Separator:
+                   overlap: float = 0.0, batch_size: int | None = None, **kwargs) -> Separator:
     """The model of a training workdir at `checkpoint` ('best', 'latest' or a step),
-    on the JAX engine."""
+    on the JAX engine (all local devices; `batch_size` None: one window each)."""
     from waveunet_jax import engine
 
     return cls(engine.JaxEngine.from_workdir(workdir, checkpoint,
@@ -149,8 +149,9 @@ class Separator:
 
   @classmethod
   def from_model(cls, model, variables, sample_rate: int, *, window_seconds=None,
-                 overlap: float = 0.0, batch_size: int = 1, **kwargs) -> Separator:
-    """A Flax `models.WaveUNet` and its variables, on the JAX engine."""
+                 overlap: float = 0.0, batch_size: int | None = None, **kwargs) -> Separator:
+    """A Flax `models.WaveUNet` and its variables, on the JAX engine (all local devices;
+    `batch_size` None: one window each)."""
     from waveunet_jax import engine
 
     return cls(engine.JaxEngine(model, variables, sample_rate, window_seconds=window_seconds,
