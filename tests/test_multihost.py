@@ -4,11 +4,12 @@ processes of 1 device each must train exactly as 1 process of 2 devices, resume 
 other's checkpoints, and fail cleanly (a killed process, processes started with
 different configs).
 
-Every process runs in its own session and is killed with its children whatever
-happens, so no test leaves a process behind.
+Every process runs in its own session and is killed with its children when its test
+ends, and by the kernel if pytest itself dies, so no test leaves a process behind.
 """
 
 import contextlib
+import ctypes
 import logging
 import os
 import shutil
@@ -59,6 +60,11 @@ def environment(devices: int) -> dict[str, str]:
                        "--xla_backend_optimization_level=0"}
 
 
+def die_with_parent() -> None:
+  """In the child, before it runs: SIGKILL when the parent (pytest) dies (Linux)."""
+  ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
 @contextlib.contextmanager
 def processes(commands: list[list[str]], devices: int):
   """Starts `commands` at once, each in its own session, its stderr into a file (a
@@ -66,7 +72,8 @@ def processes(commands: list[list[str]], devices: int):
   left at the end."""
   logs = [tempfile.TemporaryFile("w+") for _ in commands]
   started = [subprocess.Popen(c, cwd=ROOT, env=environment(devices), stdout=subprocess.DEVNULL,
-                              stderr=log, text=True, start_new_session=True)
+                              stderr=log, text=True, start_new_session=True,
+                              preexec_fn=die_with_parent)
              for c, log in zip(commands, logs)]
   for p, log in zip(started, logs):
     p.log = log
@@ -200,7 +207,8 @@ def test_processes_started_with_different_configs_refuse_to_start(tmp_path, conf
   assert not workdir.exists()
 
 
-def test_a_killed_process_ends_the_others_run(tmp_path, config_file):
+@pytest.mark.parametrize("victim", [1, 0])  # 0 is the coordinator
+def test_a_killed_process_ends_the_others_run(tmp_path, config_file, victim):
   workdir = tmp_path / "run"
   port = free_port()
   commands = [[sys.executable, "-m", "waveunet_jax.main", f"--config={config_file}",
@@ -208,17 +216,45 @@ def test_a_killed_process_ends_the_others_run(tmp_path, config_file):
                "--config.eval_every_steps=100000", f"--coordinator_address=localhost:{port}",
                "--num_processes=2", f"--process_id={i}", "--heartbeat_timeout=5"]
               for i in range(2)]
-  with processes(commands, devices=1) as (first, second):
+  with processes(commands, devices=1) as started:
     deadline = time.monotonic() + TIMEOUT
     while not (workdir / "checkpoints" / "3").exists():
-      assert first.poll() is None and second.poll() is None, "training ended early"
+      assert all(p.poll() is None for p in started), "training ended early"
       assert time.monotonic() < deadline, "no checkpoint in time"
       time.sleep(0.2)
-    os.killpg(second.pid, signal.SIGKILL)
+    os.killpg(started[victim].pid, signal.SIGKILL)
     killed = time.monotonic()
     # The survivor must not wait in a collective forever: it ends within the heartbeat
     # timeout (and some seconds to notice), with a message that says why.
-    [(code, stderr)] = finish([first], timeout=60)
+    [(code, stderr)] = finish([started[1 - victim]], timeout=60)
     assert time.monotonic() - killed < 60
   assert code != 0
   assert "another task died" in stderr or "heartbeat" in stderr, stderr[-3000:]
+
+
+def test_sigterm_on_one_process_stops_all_at_one_step_with_a_checkpoint(tmp_path, config_file):
+  workdir = tmp_path / "run"
+  port = free_port()
+  commands = [[sys.executable, "-m", "waveunet_jax.main", f"--config={config_file}",
+               f"--workdir={workdir}", "--config.num_train_steps=100000",
+               "--config.eval_every_steps=100000", f"--coordinator_address=localhost:{port}",
+               "--num_processes=2", f"--process_id={i}"] for i in range(2)]
+  with processes(commands, devices=1) as started:
+    deadline = time.monotonic() + TIMEOUT
+    while not (workdir / "checkpoints" / "3").exists():
+      assert all(p.poll() is None for p in started), "training ended early"
+      assert time.monotonic() < deadline, "no checkpoint in time"
+      time.sleep(0.2)
+    started[1].send_signal(signal.SIGTERM)  # a preempted host: only one gets it
+    results = finish(started, timeout=60)
+  # Both stop after the same step, a log boundary they agree at, with its checkpoint.
+  steps = set()
+  for code, stderr in results:
+    assert code == 128 + signal.SIGTERM, stderr[-3000:]
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("stopped at step ") and "resume with:" in last, last
+    steps.add(int(last.split()[3]))
+  [step] = steps
+  assert step % 3 == 0 and checkpoints.read_progress(workdir) is not None
+  restored = checkpoints.load_for_inference(workdir, "latest")
+  assert restored.step == step
