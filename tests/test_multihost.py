@@ -258,3 +258,18 @@ def test_sigterm_on_one_process_stops_all_at_one_step_with_a_checkpoint(tmp_path
   assert step % 3 == 0 and checkpoints.read_progress(workdir) is not None
   restored = checkpoints.load_for_inference(workdir, "latest")
   assert restored.step == step
+
+
+def test_distributed_flags_that_cannot_work_are_one_line(tmp_path, config_file):
+  base = [sys.executable, "-m", "waveunet_jax.main", f"--config={config_file}",
+          f"--workdir={tmp_path / 'run'}"]
+  cases = [(["--distributed"], "error: --distributed: JAX detected no cluster to join"),
+           (["--coordinator_address=localhost:1", "--num_processes=2"],
+            "error: --coordinator_address, --num_processes and --process_id go together"),
+           (["--coordinator_address=localhost:1", "--num_processes=2", "--process_id=2"],
+            "error: --process_id=2 is not in [0, --num_processes=2)")]
+  with processes([base + flags for flags, _ in cases], devices=1) as started:
+    results = finish(started, timeout=120)
+  for (code, stderr), (_, expected) in zip(results, cases):
+    assert code == 1 and stderr.strip().splitlines()[-1].startswith(expected), stderr[-2000:]
+  assert not (tmp_path / "run").exists()

@@ -617,8 +617,19 @@ def connect(coordinator_address: str | None = None, num_processes: int | None = 
   # Collectives between CPU devices of different processes (tests, CPU clusters);
   # TPUs and GPUs have their own.
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
-  jax.distributed.initialize(coordinator_address, num_processes, process_id,
-                             heartbeat_timeout_seconds=heartbeat_timeout)
+  try:
+    jax.distributed.initialize(coordinator_address, num_processes, process_id,
+                               heartbeat_timeout_seconds=heartbeat_timeout)
+  except ValueError as e:  # nothing detected, or given values JAX refuses
+    if coordinator_address is None:
+      raise TrainingError("--distributed: JAX detected no cluster to join (Cloud TPU, SLURM, "
+                          "Open MPI); elsewhere give --coordinator_address, --num_processes "
+                          "and --process_id") from None
+    raise TrainingError(f"cannot join the run's processes: {e}") from None
+  except RuntimeError as e:  # e.g. no coordinator at the address within the timeout
+    message = str(e).splitlines()[0] if str(e) else type(e).__name__
+    raise TrainingError(f"cannot join the run's processes ({message}): process 0 must run "
+                        "at --coordinator_address, reachable from every process") from None
 
 
 def check_same_run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> None:
