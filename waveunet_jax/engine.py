@@ -135,7 +135,6 @@ class JaxEngine:
     self.residual_source = residual_source
     # Each device gets as many windows; a batch that does not divide is padded.
     per_device = -(-batch_size // len(devices))
-    self._padding = per_device * len(devices) - batch_size
     self.tiling = tiling(model, self.sample_rate, window_seconds, overlap, per_device)
     self.origin: dict[str, Any] = {}  # where the variables came from (from_workdir)
     mesh = jax.sharding.Mesh(np.array(devices), ("data",))
@@ -172,7 +171,8 @@ class JaxEngine:
   def forward(self, windows: np.ndarray) -> jax.Array:
     """[batch, input_length, C] -> [batch, S, output_length, C], asynchronously; the
     batch is split over the devices."""
-    if self._padding:
-      padding = np.zeros((self._padding,) + windows.shape[1:], windows.dtype)
-      return self._forward(self.variables, np.concatenate([windows, padding]))[:len(windows)]
+    padding = -len(windows) % len(self.devices)  # a batch that does not divide
+    if padding:
+      zeros = np.zeros((padding,) + windows.shape[1:], windows.dtype)
+      return self._forward(self.variables, np.concatenate([windows, zeros]))[:len(windows)]
     return self._forward(self.variables, windows)
