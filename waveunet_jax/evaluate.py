@@ -59,6 +59,9 @@ METRICS = ("SDR", "SIR", "SAR", "ISR")
 SOURCES = stems_lib.STEMS + tuple(stems_lib.derivable(stems_lib.STEMS))
 BASELINE = "mixture-baseline"  # folder of the baseline's per-track JSON
 WINDOW_SECONDS = 1.0  # museval's window and hop, as in SiSEC 2018
+# The aggregate statistics of each source and metric (see `aggregate`), with their titles.
+STATISTICS = {"sisec_median": "SiSEC median", "pooled_median": "pooled median",
+              "pooled_mad": "MAD", "pooled_mean": "mean", "pooled_std": "SD"}
 
 
 class EvaluationError(ValueError):
@@ -212,6 +215,14 @@ def check_same_model(path: pathlib.Path, model: Mapping[str, Any] | None) -> Non
         f"{path.parent} to score this one there")
 
 
+def track_median(frames: Sequence[float]) -> float:
+  """A track's score in SiSEC 2018's aggregate: the median over its finite frames
+  (NaN if it has none)."""
+  frames = np.asarray(frames, np.float64)
+  frames = frames[np.isfinite(frames)]
+  return float(np.median(frames)) if frames.size else float("nan")
+
+
 def _stat(value: float) -> float | None:
   return round(float(value), 4) if np.isfinite(value) else None
 
@@ -231,7 +242,7 @@ def aggregate(scores: Mapping[str, Mapping[str, Mapping[str, Sequence[float]]]],
     for metric in METRICS:
       per_track = [np.asarray(scores[t][source][metric], np.float64) for t in scores]
       finite = [x[np.isfinite(x)] for x in per_track]
-      medians = np.array([np.median(x) for x in finite if x.size])
+      medians = np.array([track_median(x) for x in finite if x.size])
       pooled = np.concatenate(finite) if finite else np.zeros(0)
       median = np.median(pooled) if pooled.size else np.nan
       nothing = not pooled.size
@@ -256,8 +267,8 @@ def markdown(summary: Mapping[str, Any]) -> str:
            "SiSEC: median over each track's frames, then over tracks (SiSEC 2018). Pooled: "
            "over all frames of all tracks (the Wave-U-Net paper). Undefined (NaN) frames "
            "are skipped; tracks and frames count those that remain."]
-  columns = ("sisec_median", "pooled_median", "pooled_mad", "pooled_mean", "pooled_std")
-  header = "| source | metric | SiSEC median | pooled median | MAD | mean | SD | tracks | frames |"
+  columns = tuple(STATISTICS)
+  header = f"| source | metric | {' | '.join(STATISTICS.values())} | tracks | frames |"
   for key, title in (("model", "Model"),
                      ("mixture_baseline", "Mixture baseline (mix as every source)")):
     lines += ["", f"## {title}", "", header, "|---|---|--:|--:|--:|--:|--:|--:|--:|"]
@@ -277,11 +288,7 @@ def markdown(summary: Mapping[str, Any]) -> str:
 
 
 def _median_sdr(scores: Mapping[str, Mapping[str, np.ndarray]]) -> str:
-  def median(x):
-    x = x[np.isfinite(x)]
-    return f"{np.median(x):.2f}" if x.size else "nan"
-
-  return ", ".join(f"{s} {median(m['SDR'])}" for s, m in scores.items())
+  return ", ".join(f"{s} {track_median(m['SDR']):.2f}" for s, m in scores.items())
 
 
 def evaluate(separator: SeparatorLike, musdb_root: str | os.PathLike,
