@@ -127,10 +127,18 @@ def same_model(summary):
 
 def test_a_second_run_separates_nothing(musdb_corpus, evaluated, tmp_path):
   out = copy_outputs(evaluated, tmp_path)
+  (out / evaluate.REPORT).unlink()
   stub = Stub()
   stub.identity = same_model(evaluated[1])
   assert evaluate.evaluate(stub, musdb_corpus, out, wav=True, split="test") == evaluated[1]
   assert stub.calls == 0
+  # The report is written again, and plays the excerpts the first run kept; one that
+  # has gone is left out.
+  players = lambda: (out / evaluate.REPORT).read_text().count("<audio controls")
+  assert players() == 2 * (1 + len(SOURCES))
+  next((out / evaluate.EXCERPTS).rglob("vocals.*")).unlink()
+  evaluate.evaluate(stub, musdb_corpus, out, wav=True, split="test")
+  assert players() == 2 * (1 + len(SOURCES)) - 1 and stub.calls == 0
 
 
 def test_scores_of_another_model_are_never_reported_as_this_ones(musdb_corpus, evaluated, tmp_path):
@@ -294,7 +302,8 @@ def test_cli_summarizes_the_first_tracks(musdb_corpus, evaluated, tmp_path):
   assert result.returncode == 0, result.stderr
   first = prepare.find_tracks(musdb_corpus, "test", True)[0].name
   assert json.loads((out / "summary.json").read_text())["tracks"] == [first]
-  assert result.stdout == (out / "summary.md").read_text()
+  assert result.stdout == ((out / "summary.md").read_text()
+                           + f"report: {out / 'report.html'} (open it in a browser)\n")
   assert "# test split: 1 track\n" in result.stdout
 
 
