@@ -58,3 +58,33 @@ def tiny_data_dir(tmp_path_factory) -> str:
   prepare.prepare(tiny_data_config(TINY_RATE, TINY_OUTPUT), root, data_dir, wav=True,
                   valid_tracks=[tracks[0].name])
   return str(data_dir)
+
+
+@pytest.fixture(scope="session")
+def musdb_corpus(tmp_path_factory):
+  """A MUSDB18-HQ-layout corpus: one training and two 6 s test tracks."""
+  from waveunet_jax import synthetic
+
+  root = tmp_path_factory.mktemp("musdb")
+  synthetic.write_corpus(root, num_train=1, num_test=2, seconds=6, seed=0)
+  return root
+
+
+@pytest.fixture(scope="session")
+def evaluated(musdb_corpus, tmp_path_factory):
+  """(output folder, summary) of a tiny random two-source model at 8 kHz scored on the
+  corpus's two test tracks, once for every test of evaluation and of its report
+  (museval costs seconds per track); tests copy the folder before changing it."""
+  import jax
+  import numpy as np
+
+  from waveunet_jax import evaluate, models, separate
+
+  model = models.WaveUNet(**tiny_model_config())
+  assert tuple(model.sources) == ("accompaniment", "vocals")
+  mix = np.zeros((1, models.lengths(model, 1).input_length, 2), np.float32)
+  variables = jax.jit(model.init)(jax.random.key(0), mix)
+  out = tmp_path_factory.mktemp("eval")
+  summary = evaluate.evaluate(separate.Separator.from_model(model, variables, 8000),
+                              musdb_corpus, out, wav=True, split="test")
+  return out, summary

@@ -17,31 +17,11 @@ import numpy as np
 import pytest
 
 from conftest import tiny_model_config
-from waveunet_jax import evaluate, models, prepare, separate, synthetic
+from waveunet_jax import evaluate, models, prepare, separate
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 SOURCES = ("accompaniment", "vocals")  # the default (paper M4) config's
 NAN = float("nan")
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-  root = tmp_path_factory.mktemp("corpus")
-  synthetic.write_corpus(root, num_train=1, num_test=2, seconds=6, seed=0)
-  return root
-
-
-@pytest.fixture(scope="module")
-def evaluated(corpus, tmp_path_factory):
-  """A tiny random model at 8 kHz, scored on the corpus's two test tracks."""
-  model = models.WaveUNet(**tiny_model_config())
-  assert tuple(model.sources) == SOURCES
-  mix = np.zeros((1, models.lengths(model, 1).input_length, 2), np.float32)
-  variables = jax.jit(model.init)(jax.random.key(0), mix)
-  out = tmp_path_factory.mktemp("eval")
-  summary = evaluate.evaluate(separate.Separator.from_model(model, variables, 8000), corpus, out, wav=True,
-                              split="test")
-  return out, summary
 
 
 class Stub:
@@ -81,9 +61,9 @@ def copy_outputs(evaluated, tmp_path):
 # --------------------------------------------------------------------------- #
 
 
-def test_writes_museval_json_and_both_aggregates(corpus, evaluated):
+def test_writes_museval_json_and_both_aggregates(musdb_corpus, evaluated):
   out, summary = evaluated
-  names = [t.name for t in prepare.find_tracks(corpus, "test", True)]
+  names = [t.name for t in prepare.find_tracks(musdb_corpus, "test", True)]
   assert summary == json.loads((out / "summary.json").read_text())
   assert summary["tracks"] == names and summary["failed"] == {}
   import jsonschema
@@ -120,16 +100,17 @@ def test_writes_museval_json_and_both_aggregates(corpus, evaluated):
   assert not [p for p in out.rglob(".*")]  # no temporaries left behind
 
 
-def test_oracle_scores_high_and_only_missing_results_are_computed(corpus, evaluated, tmp_path):
+def test_oracle_scores_high_and_only_missing_results_are_computed(musdb_corpus, evaluated,
+                                                                   tmp_path):
   out = copy_outputs(evaluated, tmp_path)
-  tracks = prepare.find_tracks(corpus, "test", True)
+  tracks = prepare.find_tracks(musdb_corpus, "test", True)
   (out / "test" / f"{tracks[0].name}.json").unlink()
   baseline = out / "mixture-baseline" / "test" / f"{tracks[0].name}.json"
   before = baseline.read_text()
   # The true stems with errors 60 dB down: exactly true stems score +inf, which museval's
   # JSON stores as NaN (and aggregates skip).
   oracle = Stub(tracks=tracks[:1])
-  summary = evaluate.evaluate(oracle, corpus, out, wav=True, split="test", max_tracks=1)
+  summary = evaluate.evaluate(oracle, musdb_corpus, out, wav=True, split="test", max_tracks=1)
   assert oracle.calls == 1 and baseline.read_text() == before
   assert summary["tracks"] == [tracks[0].name]
   for source in SOURCES:
@@ -144,15 +125,23 @@ def same_model(summary):
   return lambda: {k: v for k, v in summary["separator"].items() if k != "stems"}
 
 
-def test_a_second_run_separates_nothing(corpus, evaluated, tmp_path):
+def test_a_second_run_separates_nothing(musdb_corpus, evaluated, tmp_path):
   out = copy_outputs(evaluated, tmp_path)
+  (out / evaluate.REPORT).unlink()
   stub = Stub()
   stub.identity = same_model(evaluated[1])
-  assert evaluate.evaluate(stub, corpus, out, wav=True, split="test") == evaluated[1]
+  assert evaluate.evaluate(stub, musdb_corpus, out, wav=True, split="test") == evaluated[1]
   assert stub.calls == 0
+  # The report is written again, and plays the excerpts the first run kept; one that
+  # has gone is left out.
+  players = lambda: (out / evaluate.REPORT).read_text().count("<audio controls")
+  assert players() == 2 * (1 + len(SOURCES))
+  next((out / evaluate.EXCERPTS).rglob("vocals.*")).unlink()
+  evaluate.evaluate(stub, musdb_corpus, out, wav=True, split="test")
+  assert players() == 2 * (1 + len(SOURCES)) - 1 and stub.calls == 0
 
 
-def test_scores_of_another_model_are_never_reported_as_this_ones(corpus, evaluated, tmp_path):
+def test_scores_of_another_model_are_never_reported_as_this_ones(musdb_corpus, evaluated, tmp_path):
   out = copy_outputs(evaluated, tmp_path)
   recorded = evaluated[1]["separator"]
   assert recorded["engine"] == "jax" and len(recorded["params_sha256"]) == 64
@@ -164,7 +153,7 @@ def test_scores_of_another_model_are_never_reported_as_this_ones(corpus, evaluat
     with pytest.raises(evaluate.EvaluationError, match=r"holds the scores of another model "
                        r"\(jax, parameters [0-9a-f]{12}, residual source accompaniment\), "
                        r"not of this one"):
-      evaluate.evaluate(other, corpus, out, wav=True, split="test")
+      evaluate.evaluate(other, musdb_corpus, out, wav=True, split="test")
     assert other.calls == 0
   assert {p: p.read_bytes() for p in out.rglob("*.json")} == before
 
@@ -223,8 +212,8 @@ def test_sources_are_grouped_as_museval_groups_them():
 # --------------------------------------------------------------------------- #
 
 
-def test_a_bad_track_is_reported_and_the_others_summarized(corpus, evaluated, tmp_path):
-  root, good = tmp_path / "musdb", prepare.find_tracks(corpus, "test", True)[0]
+def test_a_bad_track_is_reported_and_the_others_summarized(musdb_corpus, evaluated, tmp_path):
+  root, good = tmp_path / "musdb", prepare.find_tracks(musdb_corpus, "test", True)[0]
   shutil.copytree(good.path, root / "test" / good.name)
   shutil.copytree(good.path, root / "test" / "Broken Track")
   (root / "test" / "Broken Track" / "bass.wav").unlink()
@@ -239,33 +228,33 @@ def test_a_bad_track_is_reported_and_the_others_summarized(corpus, evaluated, tm
   assert "Broken Track" in (out / "summary.md").read_text()
 
 
-def test_sources_without_musdb_references_are_refused(corpus, tmp_path):
+def test_sources_without_musdb_references_are_refused(musdb_corpus, tmp_path):
   with pytest.raises(evaluate.EvaluationError, match="piano"):
-    evaluate.evaluate(Stub(("vocals", "piano")), corpus, tmp_path, wav=True, split="test")
+    evaluate.evaluate(Stub(("vocals", "piano")), musdb_corpus, tmp_path, wav=True, split="test")
 
 
-def test_a_four_source_model_is_scored_as_vocals_and_accompaniment(corpus, tmp_path):
+def test_a_four_source_model_is_scored_as_vocals_and_accompaniment(musdb_corpus, tmp_path):
   model = models.WaveUNet(**tiny_model_config(sources=("bass", "drums", "other", "vocals")))
   mix = np.zeros((1, models.lengths(model, 1).input_length, 2), np.float32)
   sep = separate.Separator.from_model(model, jax.jit(model.init)(jax.random.key(0), mix), 8000)
-  summary = evaluate.evaluate(sep, corpus, tmp_path, wav=True, max_tracks=1,
+  summary = evaluate.evaluate(sep, musdb_corpus, tmp_path, wav=True, max_tracks=1,
                               stems=["vocals", "accompaniment"])
   assert list(summary["model"]) == list(summary["mixture_baseline"]) == ["vocals",
                                                                          "accompaniment"]
   assert summary["model"]["accompaniment"]["SDR"]["frames"] > 0
   with pytest.raises(evaluate.EvaluationError, match="--stems: 'piano'"):
-    evaluate.evaluate(sep, corpus, tmp_path, wav=True, stems=["piano"])
+    evaluate.evaluate(sep, musdb_corpus, tmp_path, wav=True, stems=["piano"])
 
 
-def test_splits(corpus, tmp_path):
-  train = prepare.find_tracks(corpus, "train", True)[0].name
-  assert [t.name for t in evaluate.split_tracks(corpus, "valid", True, [train])] == [train]
+def test_splits(musdb_corpus, tmp_path):
+  train = prepare.find_tracks(musdb_corpus, "train", True)[0].name
+  assert [t.name for t in evaluate.split_tracks(musdb_corpus, "valid", True, [train])] == [train]
   with pytest.raises(evaluate.EvaluationError, match="--valid_tracks"):
-    evaluate.split_tracks(corpus, "valid", True)  # none of musdb's validation tracks
+    evaluate.split_tracks(musdb_corpus, "valid", True)  # none of musdb's validation tracks
   with pytest.raises(evaluate.EvaluationError, match="--valid_tracks: not in .*: Nope"):
-    evaluate.split_tracks(corpus, "valid", True, ["Nope"])
+    evaluate.split_tracks(musdb_corpus, "valid", True, ["Nope"])
   with pytest.raises(evaluate.EvaluationError, match="add --wav"):
-    evaluate.split_tracks(corpus, "test", False)
+    evaluate.split_tracks(musdb_corpus, "test", False)
   (tmp_path / "test").mkdir()
   (tmp_path / "test" / "A - B.stem.mp4").touch()  # the stem-file layout (read by prepare)
   assert [t.name for t in evaluate.split_tracks(tmp_path, "test", False)] == ["A - B"]
@@ -306,14 +295,15 @@ def run_cli(*args, stub=None):
                              "SCORED_BY": json.dumps(stub() if stub else None)})
 
 
-def test_cli_summarizes_the_first_tracks(corpus, evaluated, tmp_path):
+def test_cli_summarizes_the_first_tracks(musdb_corpus, evaluated, tmp_path):
   out = copy_outputs(evaluated, tmp_path)
-  result = run_cli("--workdir=RUN", "--checkpoint=7", f"--musdb_root={corpus}", "--wav",
+  result = run_cli("--workdir=RUN", "--checkpoint=7", f"--musdb_root={musdb_corpus}", "--wav",
                    f"--output_dir={out}", "--tracks=1", stub=same_model(evaluated[1]))
   assert result.returncode == 0, result.stderr
-  first = prepare.find_tracks(corpus, "test", True)[0].name
+  first = prepare.find_tracks(musdb_corpus, "test", True)[0].name
   assert json.loads((out / "summary.json").read_text())["tracks"] == [first]
-  assert result.stdout == (out / "summary.md").read_text()
+  assert result.stdout == ((out / "summary.md").read_text()
+                           + f"report: {out / 'report.html'} (open it in a browser)\n")
   assert "# test split: 1 track\n" in result.stdout
 
 
@@ -323,8 +313,8 @@ def cli_error(*args):
   return result.stderr.strip().splitlines()[-1]
 
 
-def test_cli_errors_are_one_line(corpus, tmp_path):
-  line = cli_error(f"--workdir={tmp_path / 'no-run'}", f"--musdb_root={corpus}", "--wav",
+def test_cli_errors_are_one_line(musdb_corpus, tmp_path):
+  line = cli_error(f"--workdir={tmp_path / 'no-run'}", f"--musdb_root={musdb_corpus}", "--wav",
                  f"--output_dir={tmp_path / 'out'}")
   assert line.startswith("error: --workdir=") and "no-run" in line
   line = cli_error(f"--workdir={tmp_path / 'no-run'}", f"--musdb_root={tmp_path}", "--wav",

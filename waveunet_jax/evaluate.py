@@ -16,6 +16,8 @@ with BSSEval v4 over 1 s windows at the track's rate (44.1 kHz for MUSDB18). Wri
   OUT/<split>/<track>.json                   museval's per-track JSON (TrackStore)
   OUT/mixture-baseline/<split>/<track>.json  the same for the unprocessed mixture
   OUT/summary.json, OUT/summary.md           the aggregates below
+  OUT/report.html                            plots, the aggregates and audio in one file
+  OUT/excerpts/<split>/<track>/              what the report plays (see `report`)
 
 The mixture baseline estimates every source as the mix itself (the usual "mixture"
 baseline; BSSEval v4 is not scale invariant, so not mix / number of sources). It does
@@ -34,6 +36,9 @@ infinite score (an exact estimate) as NaN too. Aggregates skip those frames:
 with the number of tracks and frames that counted. Resumable: a track whose JSON
 exists is not separated again, its scores are read back; every JSON is written to a
 temporary name and renamed.
+
+The report comes last: if it cannot be written, the scores and summary stay and the
+error says so (`ReportError`).
 """
 
 from __future__ import annotations
@@ -51,6 +56,7 @@ import numpy as np
 from absl import app, flags, logging
 
 from waveunet_jax import audio, models, prepare
+from waveunet_jax import report as report_lib
 from waveunet_jax import separator as separator_lib
 from waveunet_jax import stems as stems_lib
 
@@ -58,11 +64,20 @@ SPLITS = ("test", "valid")
 METRICS = ("SDR", "SIR", "SAR", "ISR")
 SOURCES = stems_lib.STEMS + tuple(stems_lib.derivable(stems_lib.STEMS))
 BASELINE = "mixture-baseline"  # folder of the baseline's per-track JSON
+EXCERPTS = "excerpts"  # folder of the audio excerpts the report plays
+REPORT = "report.html"
 WINDOW_SECONDS = 1.0  # museval's window and hop, as in SiSEC 2018
+# The aggregate statistics of each source and metric (see `aggregate`), with their titles.
+STATISTICS = {"sisec_median": "SiSEC median", "pooled_median": "pooled median",
+              "pooled_mad": "MAD", "pooled_mean": "mean", "pooled_std": "SD"}
 
 
 class EvaluationError(ValueError):
   """An evaluation that cannot run or finish; the message names the flag, file or track."""
+
+
+class ReportError(EvaluationError):
+  """The report could not be written; the scores and the summary were."""
 
 
 class SeparatorLike(Protocol):
@@ -212,6 +227,14 @@ def check_same_model(path: pathlib.Path, model: Mapping[str, Any] | None) -> Non
         f"{path.parent} to score this one there")
 
 
+def track_median(frames: Sequence[float]) -> float:
+  """A track's score in SiSEC 2018's aggregate: the median over its finite frames
+  (NaN if it has none)."""
+  frames = np.asarray(frames, np.float64)
+  frames = frames[np.isfinite(frames)]
+  return float(np.median(frames)) if frames.size else float("nan")
+
+
 def _stat(value: float) -> float | None:
   return round(float(value), 4) if np.isfinite(value) else None
 
@@ -231,7 +254,7 @@ def aggregate(scores: Mapping[str, Mapping[str, Mapping[str, Sequence[float]]]],
     for metric in METRICS:
       per_track = [np.asarray(scores[t][source][metric], np.float64) for t in scores]
       finite = [x[np.isfinite(x)] for x in per_track]
-      medians = np.array([np.median(x) for x in finite if x.size])
+      medians = np.array([track_median(x) for x in finite if x.size])
       pooled = np.concatenate(finite) if finite else np.zeros(0)
       median = np.median(pooled) if pooled.size else np.nan
       nothing = not pooled.size
@@ -256,8 +279,8 @@ def markdown(summary: Mapping[str, Any]) -> str:
            "SiSEC: median over each track's frames, then over tracks (SiSEC 2018). Pooled: "
            "over all frames of all tracks (the Wave-U-Net paper). Undefined (NaN) frames "
            "are skipped; tracks and frames count those that remain."]
-  columns = ("sisec_median", "pooled_median", "pooled_mad", "pooled_mean", "pooled_std")
-  header = "| source | metric | SiSEC median | pooled median | MAD | mean | SD | tracks | frames |"
+  columns = tuple(STATISTICS)
+  header = f"| source | metric | {' | '.join(STATISTICS.values())} | tracks | frames |"
   for key, title in (("model", "Model"),
                      ("mixture_baseline", "Mixture baseline (mix as every source)")):
     lines += ["", f"## {title}", "", header, "|---|---|--:|--:|--:|--:|--:|--:|--:|"]
@@ -277,18 +300,14 @@ def markdown(summary: Mapping[str, Any]) -> str:
 
 
 def _median_sdr(scores: Mapping[str, Mapping[str, np.ndarray]]) -> str:
-  def median(x):
-    x = x[np.isfinite(x)]
-    return f"{np.median(x):.2f}" if x.size else "nan"
-
-  return ", ".join(f"{s} {median(m['SDR'])}" for s, m in scores.items())
+  return ", ".join(f"{s} {track_median(m['SDR']):.2f}" for s, m in scores.items())
 
 
 def evaluate(separator: SeparatorLike, musdb_root: str | os.PathLike,
              output_dir: str | os.PathLike, *, wav: bool = False, split: str = "test",
              valid_tracks: Sequence[str] | None = None,
              max_tracks: int | None = None,
-             stems: Sequence[str] | None = None) -> dict[str, Any]:
+             stems: Sequence[str] | None = None, report: bool = True) -> dict[str, Any]:
   """Scores `separator` and the mixture baseline on a split (see the module docstring).
 
   Args:
@@ -299,11 +318,13 @@ def evaluate(separator: SeparatorLike, musdb_root: str | os.PathLike,
     max_tracks: only the split's first tracks (by name).
     stems: score this stem layout of the model's sources (`stems`, e.g. vocals and
       accompaniment of a four-source model); None: the model's sources.
+    report: keep an excerpt of each track separated and write `output_dir/report.html`.
   Returns:
     The summary written to `output_dir/summary.json`.
   Raises:
     EvaluationError: no tracks, sources without MUSDB18 references, unusable earlier
       results; or, after writing the summary of the others, tracks that failed.
+    ReportError: after writing the scores and the summary, the report could not be.
   """
   layout = None
   if stems is not None:
@@ -344,6 +365,9 @@ def evaluate(separator: SeparatorLike, musdb_root: str | os.PathLike,
             except separator_lib.SeparationError as e:
               raise EvaluationError(f"track {track.name!r}: {e}") from None
             took["separation"] = time.perf_counter() - tic
+            if report:
+              _save_excerpts(output_dir / EXCERPTS / split / track.name, mix, estimates,
+                             sources, rate, model)
           else:
             estimates = {s: mix for s in sources}
           tic = time.perf_counter()
@@ -378,10 +402,48 @@ def evaluate(separator: SeparatorLike, musdb_root: str | os.PathLike,
   }
   audio.write_text_atomic(output_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
   audio.write_text_atomic(output_dir / "summary.md", markdown(summary))
+  report_error = None
+  if report:
+    try:
+      _write_report(output_dir, summary, scores, sources)
+    except (OSError, ValueError) as e:  # audio.AudioError is a ValueError
+      report_error = f"{output_dir / REPORT}: cannot write the report ({e})"
   if failed:
     raise EvaluationError(f"{len(failed)} of {len(tracks)} tracks failed ({', '.join(failed)}); "
-                          f"{output_dir / 'summary.md'} covers the others")
+                          f"{output_dir / 'summary.md'} covers the others"
+                          + (f"; and {report_error}" if report_error else ""))
+  if report_error:
+    raise ReportError(f"{report_error}; the scores and {output_dir / 'summary.md'} are written")
   return summary
+
+
+def _save_excerpts(folder: pathlib.Path, mix: np.ndarray, estimates: Mapping[str, np.ndarray],
+                   sources: Sequence[str], rate: int, model: Mapping[str, Any] | None) -> None:
+  """Keeps the report's excerpts of a track; one that cannot be kept costs only its
+  players, never the track's scores."""
+  try:
+    report_lib.save_excerpts(folder, mix, {s: estimates[s] for s in sources}, rate, model)
+  except (OSError, ValueError) as e:  # audio.AudioError is a ValueError
+    logging.warning("%s: cannot keep the excerpts of this track (%s); the report will have "
+                    "no audio for it", folder, e)
+
+
+def _write_report(output_dir: pathlib.Path, summary: Mapping[str, Any],
+                  scores: Mapping[str, Mapping[str, Mapping[str, Mapping[str, np.ndarray]]]],
+                  sources: Sequence[str]) -> pathlib.Path:
+  """`report.html` from the scores read back and the summary (see `report`)."""
+  split, tracks = summary["split"], []
+  for name in summary["tracks"]:
+    sdr = {key: {s: by_track[name][s]["SDR"] for s in sources}
+           for key, by_track in scores.items()}
+    folder = output_dir / EXCERPTS / split / name
+    tracks.append(report_lib.Track(
+        name, sdr, {key: {s: track_median(x) for s, x in by_source.items()}
+                    for key, by_source in sdr.items()},
+        report_lib.load_excerpts(folder, summary["separator"]),
+        missing_excerpts=f"no excerpt of this model in {folder} (to make one, delete "
+                         f"{output_dir / split / name}.json and evaluate again)"))
+  return report_lib.write(output_dir / REPORT, summary, tracks, STATISTICS)
 
 
 # --------------------------------------------------------------------------- #
@@ -405,6 +467,8 @@ def _define_flags() -> None:
                       "Nyquist frequency; 'none': every source band-limited.")
   flags.DEFINE_string("stems", None, "Score these stems of the model's sources, e.g. "
                       "vocals,accompaniment for a four-source model (default: its sources).")
+  flags.DEFINE_bool("report", True, f"Write OUTPUT_DIR/{REPORT} (plots, the aggregates and "
+                    "audio excerpts in one file); --noreport: neither it nor the excerpts.")
   flags.mark_flags_as_required(["workdir", "musdb_root", "output_dir"])
 
 
@@ -416,18 +480,24 @@ def main(argv: list[str]) -> None:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   args = flags.FLAGS
   valid = prepare.track_names(args.valid_tracks)
+  output_dir = pathlib.Path(args.output_dir)
   try:
     split_tracks(args.musdb_root, args.split, args.wav, valid)  # before loading the model
     model = separator_lib.Separator.from_workdir(
         args.workdir, args.checkpoint,
         residual_source=None if args.residual_source == "none" else args.residual_source)
-    evaluate(model, args.musdb_root, args.output_dir, wav=args.wav, split=args.split,
+    evaluate(model, args.musdb_root, output_dir, wav=args.wav, split=args.split,
              valid_tracks=valid, max_tracks=args.tracks,
-             stems=args.stems.split(",") if args.stems else None)
+             stems=args.stems.split(",") if args.stems else None, report=args.report)
+  except ReportError as e:  # the scores are there: show them, then the failure
+    print((output_dir / "summary.md").read_text(), end="")
+    sys.exit(f"error: {e}")
   except (EvaluationError, prepare.DataError, separator_lib.SeparationError,
           models.ConfigError) as e:
     sys.exit(f"error: {e}")
-  print((pathlib.Path(args.output_dir) / "summary.md").read_text(), end="")
+  print((output_dir / "summary.md").read_text(), end="")
+  if args.report:
+    print(f"report: {output_dir / REPORT} (open it in a browser)")
 
 
 def cli() -> None:
