@@ -67,7 +67,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.output_length = 16384
   # TFDS data dir written by `python -m waveunet_jax.prepare`; unset (None): train on
   # a synthetic corpus made under the workdir. (Placeholders are None fields that
-  # command-line overrides can still set.)
+  # command-line overrides can still set.) Several prepared datasets, each a share of
+  # the training crops: 'DIR:WEIGHT,DIR:WEIGHT,...', e.g. '/data/musdb:0.7,/data/mine:0.3'
+  # (weights are normalised; a weight left out is 1). All must be prepared with this
+  # config. Validation logs each as valid/<name>/... (<name>: the last folder names
+  # that tell the datasets apart, e.g. musdb_tfds) and their weight-averaged loss and
+  # SDR as valid/loss and valid/sdr/*, which early stopping and best/ follow.
   config.data.data_dir = config_dict.placeholder(str)
   # Augmentations of the training sources, applied in order (names from
   # input_pipeline.AUGMENTATIONS: 'gain', 'channel_swap', 'remix'); the mix is

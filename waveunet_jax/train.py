@@ -275,9 +275,18 @@ class ShardedData:
   def can_restore(self, directory: pathlib.Path) -> bool:
     return all(self.shard_dir(directory, s).is_dir() for s in self.shards)
 
-  def restore(self, directory: pathlib.Path) -> None:
-    for shard, iterator in zip(self.shards, self.iterators):
-      iterator.restore(self.shard_dir(directory, shard))
+  def restore(self, directory: pathlib.Path) -> bool:
+    """Whether the saved positions were restored: False if they do not fit these
+    streams (another mixture of datasets), which must then not be used."""
+    import tensorflow as tf
+
+    try:
+      for shard, iterator in zip(self.shards, self.iterators):
+        iterator.restore(self.shard_dir(directory, shard))
+    except (tf.errors.OpError, AssertionError) as e:
+      logging.info("the data positions in %s do not fit: %s", directory, str(e)[:300])
+      return False
+    return True
 
 
 def ensure_data(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> ml_collections.ConfigDict:
@@ -421,13 +430,41 @@ class Trainer:
   # -- validation and logging --------------------------------------------------
 
   def evaluate(self, state: TrainState, stage: int) -> dict[str, float]:
+    """Validation loss ('loss') and pooled SDR per source ('sdr/<source>') on the
+    validation split. With several datasets (config.data.data_dir), each one's as
+    '<name>/loss' and '<name>/sdr/<source>', and 'loss' and 'sdr/<source>' weight-
+    averaged: as if each dataset's tiles counted by its sampling weight (loss: the
+    weighted mean of the datasets' losses; SDR: of their mean energies), so that the
+    datasets' sizes do not decide early stopping, their weights do."""
+    from waveunet_jax import input_pipeline
+
+    datasets = input_pipeline.data_dirs(self.config)
+    totals = {d.name: self.validation_sums(state, stage, d.path) for d in datasets}
+    if len(datasets) == 1:
+      return self.validation_metrics(totals[datasets[0].name])
+    weighted = {key: sum(d.weight * totals[d.name][key] / totals[d.name]["count"]
+                         for d in datasets) for key in ("loss_sum", "signal", "noise")}
+    metrics = self.validation_metrics({**weighted, "count": 1.0})
+    for d in datasets:
+      metrics.update({f"{d.name}/{k}": v for k, v in self.validation_metrics(totals[d.name]).items()})
+    return metrics
+
+  def validation_metrics(self, totals: dict[str, Any]) -> dict[str, float]:
+    metrics = {"loss": float(totals["loss_sum"] / totals["count"])}
+    for name, energy, noise in zip(self.model.sources, totals["signal"], totals["noise"]):
+      metrics[f"sdr/{name}"] = float(10 * np.log10((energy + 1e-10) / (noise + 1e-10)))
+    return metrics
+
+  def validation_sums(self, state: TrainState, stage: int, data_dir: str) -> dict[str, np.ndarray]:
+    """`eval_step`'s sums over every validation tile of one dataset."""
     from waveunet_jax import input_pipeline
 
     batch_size, _ = stage_settings(self.config, stage)
     num_shards = len(self.mesh.devices.flat)
     per_device = batch_size // num_shards
     streams = [iter(input_pipeline.as_numpy(input_pipeline.eval_dataset(
-        self.config, per_device, shard=shard, num_shards=num_shards))) for shard in self.shards]
+        self.config, per_device, shard=shard, num_shards=num_shards, data_dir=data_dir)))
+        for shard in self.shards]
     # Shares may differ in tiles: a device (or a process) that has run out joins in
     # with weight-0 batches until every device of every process has.
     empty = {"mix": np.zeros((per_device, self.lengths.input_length, self.model.num_channels),
@@ -447,13 +484,9 @@ class Trainer:
       sums = self.eval_step(state, self.global_batch(batches))
       totals = sums if totals is None else jax.tree_util.tree_map(jnp.add, totals, sums)
     if totals is None:
-      raise TrainingError("the validation split is empty: prepare the data with some "
-                          "validation tracks (--valid_tracks)")
-    totals = jax.device_get(totals)
-    metrics = {"loss": float(totals["loss_sum"] / totals["count"])}
-    for name, energy, noise in zip(self.model.sources, totals["signal"], totals["noise"]):
-      metrics[f"sdr/{name}"] = float(10 * np.log10((energy + 1e-10) / (noise + 1e-10)))
-    return metrics
+      raise TrainingError(f"the validation split of {data_dir} is empty: prepare the data "
+                          "with some validation tracks (--valid_tracks)")
+    return jax.device_get(totals)
 
   def write(self, step: int, scalars: dict[str, float]) -> None:
     if self.writer is None:
@@ -500,15 +533,19 @@ class Trainer:
     self.compile_steps(tx)
     data = self.train_data(progress)
     if latest is not None:
-      if data.can_restore(self.data_state_dir(latest)):
-        data.restore(self.data_state_dir(latest))
-      else:
-        saved_as = sorted({p.name.rsplit("_of_", 1)[-1] for p in
-                           self.data_state_dir(latest).glob("shard_*_of_*")})
-        logging.warning(
-            "step %d's data positions were saved for %s device(s), and this run has %d: the "
-            "parameters and the optimiser resume exactly, the training data start a new "
-            "random order here", latest, " or ".join(saved_as) or "no", data.num_shards)
+      positions = self.data_state_dir(latest)
+      restored = data.can_restore(positions) and data.restore(positions)
+      if jax.process_count() > 1:  # all restore, or all start anew
+        restored = bool(np.all(multihost_utils.process_allgather(np.int32(restored))))
+      if not restored:
+        if data.can_restore(positions):
+          why = "do not fit this run's datasets (config.data.data_dir names others)"
+        else:
+          saved_as = sorted({p.name.rsplit("_of_", 1)[-1] for p in positions.glob("shard_*_of_*")})
+          why = (f"were saved for {' or '.join(saved_as) or 'no'} device(s), and this run has "
+                 f"{data.num_shards}")
+        logging.warning("step %d's data positions %s: the parameters and the optimiser resume "
+                        "exactly, the training data start a new random order here", latest, why)
         progress.data_start_step = latest
         data = self.train_data(progress)
 
@@ -688,7 +725,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
       check_batch_size(stage_settings(config, stage)[0], field)
     checkpoints.check_resumable(config, workdir)
     config = ensure_data(config, workdir)
-    input_pipeline.load_builder(config)  # the data is there, before compiling anything
+    input_pipeline.load_builders(config)  # the data is there, before compiling anything
     workdir.mkdir(parents=True, exist_ok=True)
     trainer = Trainer(config, workdir)
   except BaseException:
