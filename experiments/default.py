@@ -150,5 +150,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.keep_checkpoints = 2
   # Seeds parameter initialisation and the data pipeline.
   config.seed = 0
+  # Start from another run's parameters and BatchNorm statistics (fine-tuning), with a
+  # fresh optimiser at step 0: 'WORKDIR' or 'WORKDIR:CHECKPOINT' (best, latest or a
+  # step; default best). The network must be that run's, or differ only in its
+  # sources (the output layer then starts fresh). Used only when the workdir has no
+  # checkpoint yet; config.json records the step it started from.
+  config.init_from = config_dict.placeholder(str)
 
   return config

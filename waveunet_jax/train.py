@@ -181,6 +181,58 @@ def create_state(config: ml_collections.ConfigDict, model: models.WaveUNet,
                     opt_state=tx.init(params), rng=rng)
 
 
+# The module of models.WaveUNet whose parameters depend on the sources: fine-tuning
+# into other sources starts it afresh.
+OUTPUT_LAYER = "output"
+
+
+def start_from(config: ml_collections.ConfigDict, workdir: pathlib.Path, params: Any,
+               batch_stats: Any) -> tuple[Any, Any, dict[str, Any]]:
+  """The parameters and BatchNorm statistics of the run `config.init_from` names, in
+  place of the fresh ones (`params`, `batch_stats`: this run's initialisation), and
+  where they come from (`checkpoints.STARTED_FROM`). Same network: all are loaded.
+  Other sources (`config.model.sources` or `.output`): the output layer keeps its
+  fresh values. Anything else that differs is refused (TrainingError) naming the
+  first parameter that does not fit."""
+  try:
+    trained, origin = checkpoints.load_init_from(config.init_from, workdir)
+  except checkpoints.WorkdirError as e:
+    raise TrainingError(str(e)) from None
+  same_sources = (tuple(trained.config.model.sources) == tuple(config.model.sources)
+                  and trained.config.model.output == config.model.output)
+  fresh = flax.traverse_util.flatten_dict({"params": params, "batch_stats": batch_stats},
+                                          sep="/")
+  there = flax.traverse_util.flatten_dict(dict(trained.variables), sep="/")
+  fit = "; only the output layer may differ (other config.model.sources): start from a run of this network"
+  merged = {}
+  for path in list(fresh) + [p for p in there if p not in fresh]:
+    here, theirs = fresh.get(path), there.get(path)
+    if not same_sources and path.split("/")[1] == OUTPUT_LAYER:
+      if here is not None:
+        merged[path] = here
+      continue
+    if theirs is None:
+      raise TrainingError(f"config.init_from={config.init_from}: that run's network has no "
+                          f"{path} (shape {tuple(here.shape)} here){fit}")
+    if here is None:
+      raise TrainingError(f"config.init_from={config.init_from}: that run's {path} (shape "
+                          f"{tuple(theirs.shape)}) is not in this network{fit}")
+    if here.shape != theirs.shape:
+      raise TrainingError(f"config.init_from={config.init_from}: {path} has shape "
+                          f"{tuple(theirs.shape)} there and {tuple(here.shape)} here{fit}")
+    merged[path] = jnp.asarray(theirs, here.dtype)
+  if trained.config.data.sample_rate != config.data.sample_rate:
+    logging.warning("config.init_from=%s trained at %d Hz and this run trains at %d Hz: the "
+                    "network's filters will hear other frequencies", config.init_from,
+                    trained.config.data.sample_rate, config.data.sample_rate)
+  logging.info("starting from the parameters of %s, checkpoint %s (step %d)%s",
+               origin["workdir"], origin["checkpoint"], origin["step"],
+               "" if same_sources else f"; the output layer anew, for the sources "
+               f"{', '.join(config.model.sources)}")
+  variables = flax.traverse_util.unflatten_dict(merged, sep="/")
+  return variables["params"], variables.get("batch_stats", {}), origin
+
+
 def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: models.WaveUNet,
                tx: optax.GradientTransformation, crop: tuple[int, int],
                scale: float) -> tuple[TrainState, dict[str, jax.Array]]:
@@ -347,6 +399,16 @@ class Trainer:
             max_to_keep=config.keep_checkpoints, **options("checkpoints")))
     self.best = ocp.CheckpointManager(
         workdir / "best", options=ocp.CheckpointManagerOptions(max_to_keep=1, **options("best")))
+    # Where this run starts (checkpoints.STARTED_FROM), if from another run: only if it
+    # has no checkpoint of its own to resume from.
+    self.started_from = None
+    if config.init_from and self.checkpoints.latest_step() is None:
+      params, batch_stats, self.started_from = start_from(
+          config, workdir, self.init.params, self.init.batch_stats)
+      self.init = self.init.replace(params=params, batch_stats=batch_stats)
+    elif config.init_from:
+      logging.info("the workdir has checkpoints: resuming from them (config.init_from=%s "
+                   "served the run's start)", config.init_from)
     self.writer = None
     if jax.process_index() == 0:
       import tensorflow as tf
@@ -735,7 +797,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
       shutil.rmtree(workdir, ignore_errors=True)
     raise
   # The run starts: only now does the workdir describe it.
-  checkpoints.save_config(config, workdir)
+  checkpoints.save_config(config, workdir, trainer.started_from)
   try:
     return trainer.run(callback)
   finally:
