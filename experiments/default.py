@@ -112,6 +112,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.optim.l2_mask = r"(down_\d+|up_\d+|bottleneck)/conv/kernel"
   # Clip gradients to this global norm; None: no clipping.
   config.optim.grad_clip_norm = config_dict.placeholder(float)
+  # Only the parameters whose path fully matches this regex train, the others stay
+  # exactly as they are (no update, no weight decay); None: all train. With init_from:
+  # 'output/.*' the output layer alone, r'(up_\d+|upsample_\d+|output)/.*' the up path
+  # and the output layer. BatchNorm statistics are no parameters: they follow the data
+  # in every layer.
+  config.optim.trainable = config_dict.placeholder(str)
 
   config.loss = ml_collections.ConfigDict()
   # The loss is scale * MSE over the output samples, averaged over sources.

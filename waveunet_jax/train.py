@@ -14,7 +14,12 @@
 * Optimiser: Adam (AMSGrad for the seed's config) after L2 with Keras semantics
   (loss += weight_decay * sum(w^2), i.e. 2 * weight_decay * w added to the gradient)
   on the parameters whose path matches `config.optim.l2_mask`, optional global-norm
-  clipping, a learning-rate schedule.
+  clipping, a learning-rate schedule; only on those `config.optim.trainable` selects,
+  if set (the others are frozen).
+* Fine-tuning: `config.init_from` starts a new run from another run's parameters and
+  BatchNorm statistics (`start_from`), with a fresh optimiser at step 0.
+* Data: one prepared dataset, or several mixed by weight (`config.data.data_dir`,
+  see `input_pipeline`), each validated and logged on its own as well.
 * Schedule (the paper's): validate every `eval_every_steps`; a stage ends after
   `patience` validations without improvement; then the fine-tune stage restarts from
   the best parameters with its own batch size and learning rate and a fresh optimiser.
@@ -125,11 +130,29 @@ def stage_settings(config: ml_collections.ConfigDict, stage: int) -> tuple[int, 
   return config.fine_tune.batch_size, config.fine_tune.learning_rate
 
 
-def l2_mask(params: Any, pattern: str) -> Any:
-  """True for every parameter whose '/'-joined path matches `pattern`."""
+def path_mask(params: Any, pattern: str) -> Any:
+  """True for every parameter whose '/'-joined path ('down_0/conv/kernel') fully
+  matches `pattern`."""
   regex = re.compile(pattern)
   return jax.tree_util.tree_map_with_path(
       lambda path, _: bool(regex.fullmatch("/".join(k.key for k in path))), params)
+
+
+def trainable_mask(config: ml_collections.ConfigDict, params: Any) -> Any | None:
+  """True for the parameters `config.optim.trainable` selects; None: all train."""
+  pattern = config.optim.trainable
+  if pattern is None:
+    return None
+  try:
+    mask = path_mask(params, pattern)
+  except re.error as e:
+    raise models.ConfigError(f"config.optim.trainable={pattern}: not a regular expression "
+                             f"({e})") from None
+  if not any(jax.tree_util.tree_leaves(mask)):
+    raise models.ConfigError(
+        f"config.optim.trainable={pattern}: matches no parameter; paths look like "
+        "down_0/conv/kernel, up_0/conv/kernel, upsample_0/weights, output/kernel")
+  return mask
 
 
 def learning_rate_schedule(config: ml_collections.ConfigDict,
@@ -153,12 +176,19 @@ def make_optimizer(config: ml_collections.ConfigDict, learning_rate: float,
   if optim.grad_clip_norm:
     parts.append(optax.clip_by_global_norm(optim.grad_clip_norm))
   if optim.weight_decay:
-    # Keras L2: d/dw (wd * w^2) = 2 wd w, added to the gradient before Adam.
+    # Keras L2: d/dw (wd * w^2) = 2 wd w, added to the gradient before Adam. A
+    # function of the parameters it sees: with `trainable`, only the trainable ones.
     parts.append(optax.add_decayed_weights(2 * optim.weight_decay,
-                                           mask=l2_mask(params, optim.l2_mask)))
+                                           mask=lambda p: path_mask(p, optim.l2_mask)))
   adam = optax.amsgrad if optim.amsgrad else optax.adam
   parts.append(adam(schedule, b1=optim.b1, b2=optim.b2, eps=optim.eps))
-  return optax.chain(*parts)
+  trainable = trainable_mask(config, params)
+  if trainable is None:
+    return optax.chain(*parts)
+  # Frozen parameters get zero updates (exactly: p + 0 = p), and no optimiser state.
+  labels = jax.tree_util.tree_map(lambda t: "train" if t else "freeze", trainable)
+  return optax.multi_transform({"train": optax.chain(*parts), "freeze": optax.set_to_zero()},
+                               labels)
 
 
 def loss_crop(config: ml_collections.ConfigDict, output_length: int) -> tuple[int, int]:
@@ -389,6 +419,7 @@ class Trainer:
     self.shards = [int(np.flatnonzero(self.mesh.devices.flat == d)[0])
                    for d in self.local_devices]
     self.init = create_state(config, self.model, optax.identity())
+    trainable_mask(config, self.init.params)  # a pattern that selects nothing fails here
     # Both save the same step at times: with several processes their barriers need
     # names of their own, or the two saves meet in one barrier and time out.
     options = lambda name: dict(
