@@ -102,7 +102,8 @@ def _named(source: str | None, flag: str, value: Any) -> str:
   return source or f"{flag}={value}"
 
 
-def load_config(workdir: str | os.PathLike, *, source: str | None = None) -> ml_collections.ConfigDict:
+def load_config(workdir: str | os.PathLike, *,
+                source: str | None = None) -> ml_collections.ConfigDict:
   """The config.json of `workdir` as a ConfigDict (lists back to tuples). Errors name
   `source` if given, else --workdir."""
   path = pathlib.Path(workdir) / "config.json"
@@ -112,7 +113,8 @@ def load_config(workdir: str | os.PathLike, *, source: str | None = None) -> ml_
   try:
     saved = json.loads(path.read_text())
   except (OSError, ValueError) as e:
-    raise WorkdirError(f"{_named(source, '--workdir', workdir)}: cannot read {path} ({e})") from None
+    raise WorkdirError(
+        f"{_named(source, '--workdir', workdir)}: cannot read {path} ({e})") from None
   saved.pop(STARTED_FROM, None)
   return ml_collections.ConfigDict(_tuples(saved))
 

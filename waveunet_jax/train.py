@@ -233,7 +233,8 @@ def start_from(config: ml_collections.ConfigDict, workdir: pathlib.Path, params:
   fresh = flax.traverse_util.flatten_dict({"params": params, "batch_stats": batch_stats},
                                           sep="/")
   there = flax.traverse_util.flatten_dict(dict(trained.variables), sep="/")
-  fit = "; only the output layer may differ (other config.model.sources): start from a run of this network"
+  fit = ("; only the output layer may differ (other config.model.sources): start from a run "
+         "of this network")
   merged = {}
   for path in list(fresh) + [p for p in there if p not in fresh]:
     here, theirs = fresh.get(path), there.get(path)
@@ -539,7 +540,8 @@ class Trainer:
                          for d in datasets) for key in ("loss_sum", "signal", "noise")}
     metrics = self.validation_metrics({**weighted, "count": 1.0})
     for d in datasets:
-      metrics.update({f"{d.name}/{k}": v for k, v in self.validation_metrics(totals[d.name]).items()})
+      own = self.validation_metrics(totals[d.name])
+      metrics.update({f"{d.name}/{key}": value for key, value in own.items()})
     return metrics
 
   def validation_metrics(self, totals: dict[str, Any]) -> dict[str, float]:
