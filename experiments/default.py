@@ -67,7 +67,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.output_length = 16384
   # TFDS data dir written by `python -m waveunet_jax.prepare`; unset (None): train on
   # a synthetic corpus made under the workdir. (Placeholders are None fields that
-  # command-line overrides can still set.)
+  # command-line overrides can still set.) Several prepared datasets, each a share of
+  # the training crops: 'DIR:WEIGHT,DIR:WEIGHT,...', e.g. '/data/musdb:0.7,/data/mine:0.3'
+  # (weights are normalised; a weight left out is 1). All must be prepared with this
+  # config. Validation logs each as valid/<name>/... (<name>: the last folder names
+  # that tell the datasets apart, e.g. musdb_tfds) and their weight-averaged loss and
+  # SDR as valid/loss and valid/sdr/*, which early stopping and best/ follow.
   config.data.data_dir = config_dict.placeholder(str)
   # Augmentations of the training sources, applied in order (names from
   # input_pipeline.AUGMENTATIONS: 'gain', 'channel_swap', 'remix'); the mix is
@@ -107,6 +112,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.optim.l2_mask = r"(down_\d+|up_\d+|bottleneck)/conv/kernel"
   # Clip gradients to this global norm; None: no clipping.
   config.optim.grad_clip_norm = config_dict.placeholder(float)
+  # Only the parameters whose path fully matches this regex train, the others stay
+  # exactly as they are (no update, no weight decay); None: all train. With init_from:
+  # 'output/.*' the output layer alone, r'(up_\d+|upsample_\d+|output)/.*' the up path
+  # and the output layer. BatchNorm statistics are no parameters: they follow the data
+  # in every layer.
+  config.optim.trainable = config_dict.placeholder(str)
 
   config.loss = ml_collections.ConfigDict()
   # The loss is scale * MSE over the output samples, averaged over sources.
@@ -145,5 +156,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.keep_checkpoints = 2
   # Seeds parameter initialisation and the data pipeline.
   config.seed = 0
+  # Start from another run's parameters and BatchNorm statistics (fine-tuning), with a
+  # fresh optimiser at step 0: 'WORKDIR' or 'WORKDIR:CHECKPOINT' (best, latest or a
+  # step; default best). The network must be that run's, or differ only in its
+  # sources (the output layer then starts fresh). Used only when the workdir has no
+  # checkpoint yet; config.json records the step it started from.
+  config.init_from = config_dict.placeholder(str)
 
   return config

@@ -97,7 +97,7 @@ def test_l2_changes_only_the_masked_kernels():
   config.optim.weight_decay = 0.01
   model = models.WaveUNet(**config.model)
   params = train.create_state(config, model, optax.identity()).params
-  mask = train.l2_mask(params, config.optim.l2_mask)
+  mask = train.path_mask(params, config.optim.l2_mask)
   flat = {"/".join(k.key for k in path): m
           for path, m in jax.tree_util.tree_leaves_with_path(mask)}
   assert flat["down_0/conv/kernel"] and flat["up_2/conv/kernel"] and flat["bottleneck/conv/kernel"]

@@ -2,7 +2,8 @@
 
 A workdir holds one run:
 
-  WORKDIR/config.json      the config the run trains (written by process 0 when it starts)
+  WORKDIR/config.json      the config the run trains (written by process 0 when it starts),
+                           and where it started if from another run (`STARTED_FROM`)
   WORKDIR/checkpoints/     Orbax checkpoints every config.checkpoint_every_steps
   WORKDIR/best/            the checkpoint of the best validation loss
   WORKDIR/data_state/      each device's input pipeline position, beside each checkpoint
@@ -32,11 +33,14 @@ from waveunet_jax.audio import write_text_atomic
 # The config fields a re-run may change and still resume the workdir's run: how long to
 # train (num_train_steps also sets where 'warmup_cosine' decays to 0), when to stop
 # early, how often to validate, log and checkpoint, how many checkpoints to keep, and
-# where the prepared dataset lives (the same dataset moved to another disk; the data
-# position is restored as a position, so it must be the same data), and how the model
-# separates (not used in training). Every other field
+# where the prepared datasets live (the same datasets moved to another disk; the data
+# positions are restored as positions, so they must be the same data; a mixture of
+# another number of datasets cannot restore them, and its data order starts afresh,
+# as on another number of devices), and how the model separates (not used in
+# training). Every other field
 # (the network, the data's rate, lengths and augmentation, the optimiser, the batch
-# sizes, the seed) describes another run, so a re-run that changes it is refused.
+# sizes, the seed, init_from: a resumed run goes on from its own checkpoints) describes
+# another run, so a re-run that changes it is refused.
 MAY_CHANGE_ON_RESUME = (
     "num_train_steps",
     "patience",
@@ -47,6 +51,12 @@ MAY_CHANGE_ON_RESUME = (
     "data.data_dir",
     "separation.residual_source",
 )
+
+
+# config.json's one key that is no config field: where a run that started from
+# another run's parameters (config.init_from) started, {"workdir", "checkpoint",
+# "step"}. `save_config` writes and keeps it, `load_config` leaves it out.
+STARTED_FROM = "started_from"
 
 
 class WorkdirError(RuntimeError):
@@ -71,24 +81,41 @@ class Progress:
 # --------------------------------------------------------------------------- #
 
 
-def save_config(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> None:
+def save_config(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
+                started_from: dict[str, Any] | None = None) -> None:
   """Writes config.json beside the checkpoints (atomically, from process 0 only);
-  separation reads it."""
+  separation reads it. `started_from` (see STARTED_FROM) is recorded when given, and
+  kept from the config.json there otherwise (a resumed run)."""
   if jax.process_index() != 0:
     return
-  write_text_atomic(pathlib.Path(workdir) / "config.json",
-                    config.to_json_best_effort(indent=2, sort_keys=True))
+  path = pathlib.Path(workdir) / "config.json"
+  saved = json.loads(config.to_json_best_effort())
+  if started_from is None and path.is_file():
+    started_from = json.loads(path.read_text()).get(STARTED_FROM)
+  if started_from is not None:
+    saved[STARTED_FROM] = started_from
+  write_text_atomic(path, json.dumps(saved, indent=2, sort_keys=True))
 
 
-def load_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
-  """The config.json of `workdir` as a ConfigDict (lists back to tuples)."""
+def _named(source: str | None, flag: str, value: Any) -> str:
+  """How errors name what was asked for: `source` (e.g. config.init_from=...) or the flag."""
+  return source or f"{flag}={value}"
+
+
+def load_config(workdir: str | os.PathLike, *,
+                source: str | None = None) -> ml_collections.ConfigDict:
+  """The config.json of `workdir` as a ConfigDict (lists back to tuples). Errors name
+  `source` if given, else --workdir."""
   path = pathlib.Path(workdir) / "config.json"
   if not path.is_file():
-    raise WorkdirError(f"--workdir={workdir}: no config.json; is it a training workdir?")
+    raise WorkdirError(f"{_named(source, '--workdir', workdir)}: no config.json; "
+                       "is it a training workdir?")
   try:
     saved = json.loads(path.read_text())
   except (OSError, ValueError) as e:
-    raise WorkdirError(f"--workdir={workdir}: cannot read {path} ({e})") from None
+    raise WorkdirError(
+        f"{_named(source, '--workdir', workdir)}: cannot read {path} ({e})") from None
+  saved.pop(STARTED_FROM, None)
   return ml_collections.ConfigDict(_tuples(saved))
 
 
@@ -166,11 +193,12 @@ class Trained(NamedTuple):
   step: int                  # the optimiser step of the checkpoint
 
 
-def load_for_inference(workdir: str | os.PathLike, checkpoint: str = "best") -> Trained:
+def load_for_inference(workdir: str | os.PathLike, checkpoint: str = "best", *,
+                       source: str | None = None) -> Trained:
   """(config, variables, step) of a trained model: checkpoint 'best', 'latest' or a
-  step number."""
+  step number. Errors name `source` if given, else --workdir and --checkpoint."""
   workdir = pathlib.Path(workdir)
-  config = load_config(workdir)
+  config = load_config(workdir, source=source)
   if checkpoint == "best":
     folder, step = workdir / "best", None
   elif checkpoint == "latest":
@@ -178,16 +206,17 @@ def load_for_inference(workdir: str | os.PathLike, checkpoint: str = "best") -> 
   elif str(checkpoint).isdigit():
     folder, step = workdir / "checkpoints", int(checkpoint)
   else:
-    raise WorkdirError(f"--checkpoint={checkpoint}: use best, latest or a step number")
+    raise WorkdirError(f"{_named(source, '--checkpoint', checkpoint)}: use best, latest or a "
+                       "step number")
   handlers = {"state": ocp.StandardCheckpointHandler(), "progress": ocp.JsonCheckpointHandler()}
   with ocp.CheckpointManager(folder, item_handlers=handlers) as manager:
     steps = manager.all_steps()
     if checkpoint == "best" and not steps:  # no validation yet: fall back to the latest
-      return load_for_inference(workdir, "latest")
+      return load_for_inference(workdir, "latest", source=source)
     step = step if step is not None else manager.latest_step()
     if step is None or step not in steps:
-      raise WorkdirError(f"--checkpoint={checkpoint}: no such checkpoint in {folder} "
-                         f"(steps: {sorted(steps) or 'none'})")
+      raise WorkdirError(f"{_named(source, '--checkpoint', checkpoint)}: no such checkpoint in "
+                         f"{folder} (steps: {sorted(steps) or 'none'})")
     # Restore onto this process's first device, whatever devices the run trained on.
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     abstract = jax.tree_util.tree_map(
@@ -200,3 +229,28 @@ def load_for_inference(workdir: str | os.PathLike, checkpoint: str = "best") -> 
   if state.get("batch_stats"):
     variables["batch_stats"] = state["batch_stats"]
   return Trained(config, jax.device_get(variables), int(step))
+
+
+def parse_init_from(value: str) -> tuple[pathlib.Path, str]:
+  """config.init_from, 'WORKDIR' or 'WORKDIR:CHECKPOINT' (best, latest or a step
+  number; default best) -> (workdir, checkpoint)."""
+  head, _, tail = value.rpartition(":")
+  if head and (tail in ("best", "latest") or tail.isdigit()):
+    return pathlib.Path(head), tail
+  return pathlib.Path(value), "best"
+
+
+def load_init_from(value: str, workdir: str | os.PathLike) -> tuple[Trained, dict[str, Any]]:
+  """The trained model config.init_from names, and where that is (`STARTED_FROM`'s
+  record) for the run in `workdir`, which it must not be."""
+  source = f"config.init_from={value}"
+  origin, checkpoint = parse_init_from(value)
+  if origin.absolute() == pathlib.Path(workdir).absolute():
+    raise WorkdirError(f"{source}: that is this run's --workdir; a run resumes from its own "
+                       "checkpoints by itself: name another run's workdir, or none")
+  if not (origin / "config.json").is_file():
+    raise WorkdirError(f"{source}: no training workdir at {origin} (no config.json); name "
+                       "a workdir, optionally with :best, :latest or :STEP")
+  trained = load_for_inference(origin, checkpoint, source=source)
+  return trained, {"workdir": str(origin.absolute()), "checkpoint": checkpoint,
+                   "step": trained.step}

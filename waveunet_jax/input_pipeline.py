@@ -19,11 +19,21 @@ global batch therefore depends on the devices' number only, not on how they are
 spread over hosts: 2 processes of 1 device and 1 process of 2 devices train on the
 same batches. Randomness is stateless and seeded, so the same seed gives the same
 batches.
+
+Several prepared datasets (`config.data.data_dir = "DIR:WEIGHT,DIR:WEIGHT"`, read by
+`data_dirs`) are mixed crop by crop: each device's stream draws each crop from its
+share of dataset i with probability weight i (`tf.data.Dataset.sample_from_datasets`,
+seeded from the device's seed), then batches and augments the mixed crops as above.
+Validation tiles one dataset at a time (`eval_dataset(..., data_dir=...)`).
 """
 
 from __future__ import annotations
 
+import math
+import pathlib
+import re
 from collections.abc import Callable
+from typing import NamedTuple
 
 import ml_collections
 import numpy as np
@@ -91,22 +101,93 @@ def augment(sources: tf.Tensor, seed: tf.Tensor, data: ml_collections.ConfigDict
 # --------------------------------------------------------------------------- #
 
 
-def load_builder(config: ml_collections.ConfigDict):
-  """The prepared dataset `config` trains on; a clear error if it is not there."""
-  layout = prepare.layout_for(config)
-  data_dir = config.data.data_dir
-  if not data_dir:
+class DataDir(NamedTuple):
+  """One prepared dataset of `config.data.data_dir`."""
+
+  path: str
+  weight: float  # its share of the training crops (the weights sum to 1)
+  name: str      # short and unique among the run's datasets: metric names use it
+
+
+DATA_DIR_SYNTAX = ("write DIR, or DIR:WEIGHT,DIR:WEIGHT,... (e.g. /data/musdb:0.7,/data/mine:0.3; "
+                   "a weight left out is 1)")
+
+
+def data_dirs(config: ml_collections.ConfigDict) -> list[DataDir]:
+  """The prepared datasets `config` trains on, from `config.data.data_dir`: one folder,
+  or several with sampling weights, 'DIR:WEIGHT,DIR:WEIGHT,...' (a weight left out is
+  1; weights are normalised to sum to 1). A ':' followed by something that is not a
+  number belongs to the path (gs://...). Raises DataError naming the field."""
+  value = config.data.data_dir
+  if not value:
     raise prepare.DataError(
         "config.data.data_dir is not set: prepare MUSDB18 with python -m waveunet_jax.prepare "
         "--musdb_root=DIR --data_dir=OUT --config=<this config> and pass "
         "--config.data.data_dir=OUT")
+  entries = []
+  for item in str(value).split(","):
+    item = item.strip()
+    path, weight = item, 1.0
+    if ":" in item:
+      head, tail = item.rsplit(":", 1)
+      try:
+        path, weight = head.strip(), float(tail)
+      except ValueError:
+        pass  # not a weight: part of the path
+    if not path:
+      raise prepare.DataError(f"config.data.data_dir={value}: an empty entry; {DATA_DIR_SYNTAX}")
+    if not (math.isfinite(weight) and weight > 0):
+      raise prepare.DataError(f"config.data.data_dir={value}: the weight of {path} is {weight}; "
+                              "weights must be positive numbers")
+    entries.append((path, weight))
+  paths = [path for path, _ in entries]
+  twice = sorted({p for p in paths if paths.count(p) > 1})
+  if twice:
+    raise prepare.DataError(f"config.data.data_dir={value}: {twice[0]} is named twice; name "
+                            "each dataset once, with its weight")
+  total = sum(weight for _, weight in entries)
+  return [DataDir(path, weight / total, name)
+          for (path, weight), name in zip(entries, _short_names(paths))]
+
+
+def _short_names(paths: list[str]) -> list[str]:
+  """The shortest unique path tails, '_'-joined, in characters metric names allow."""
+  parts = [[re.sub(r"[^A-Za-z0-9_.-]", "_", p) for p in path.split("/") if p] or ["root"]
+           for path in paths]
+  for length in range(1, max(len(p) for p in parts) + 1):
+    names = ["_".join(p[-length:]) for p in parts]
+    if len(set(names)) == len(names):
+      return names
+  return [f"{name}_{i}" for i, name in enumerate(names)]
+
+
+def load_builder(config: ml_collections.ConfigDict, data_dir: str | None = None):
+  """The prepared dataset `config` trains on (the one of `data_dir`, by default the
+  only one of config.data.data_dir); a clear error if it is not there or was
+  prepared for another layout."""
+  layout = prepare.layout_for(config)
+  datasets = data_dirs(config)
+  if data_dir is None:
+    if len(datasets) > 1:
+      raise ValueError("config.data.data_dir names several datasets: say which")
+    data_dir = datasets[0].path
   builder = prepare.builder(layout, data_dir)
   if not builder.is_prepared():
+    held = sorted({pathlib.PurePath(p).parent.parent.name for p in tf.io.gfile.glob(
+        f"{data_dir}/{builder.name}/*/*/dataset_info.json")})
+    field = "config.data.data_dir=" if len(datasets) == 1 else "config.data.data_dir: the dataset "
     raise prepare.DataError(
-        f"config.data.data_dir={data_dir} holds no dataset {layout.name} (the sources, rate "
-        "and lengths of this config): run python -m waveunet_jax.prepare "
-        f"--musdb_root=DIR --data_dir={data_dir} --config=<this config>")
+        f"{field}{data_dir} holds no dataset {layout.name} (the sources, rate, channels and "
+        f"lengths of this config{'; it holds ' + ', '.join(held) if held else ''}): run "
+        f"python -m waveunet_jax.prepare --musdb_root=DIR --data_dir={data_dir} "
+        "--config=<this config>")
   return builder, layout
+
+
+def load_builders(config: ml_collections.ConfigDict) -> list[tuple[DataDir, object]]:
+  """Every dataset of config.data.data_dir with its builder: each must be prepared for
+  the config's layout."""
+  return [(d, load_builder(config, d.path)[0]) for d in data_dirs(config)]
 
 
 def _to_batch(sources: tf.Tensor, layout: prepare.Layout) -> dict[str, tf.Tensor]:
@@ -121,9 +202,13 @@ def _scaled(sources: tf.Tensor) -> tf.Tensor:
   return tf.cast(sources, tf.float32) / prepare.AUDIO_SCALE
 
 
+def _derived_seed(*entropy: int) -> int:
+  return int(np.random.SeedSequence(list(entropy)).generate_state(1)[0] >> 1)
+
+
 def shard_seed(seed: int, shard: int) -> int:
   """The seed of one shard's stream: decorrelated from the other shards'."""
-  return int(np.random.SeedSequence([seed, shard]).generate_state(1)[0] >> 1)
+  return _derived_seed(seed, shard)
 
 
 def shard_split(split: str, shard: int, num_shards: int):
@@ -137,14 +222,38 @@ def train_dataset(config: ml_collections.ConfigDict, batch_size: int, *, seed: i
                   shard: int = 0, num_shards: int = 1) -> tf.data.Dataset:
   """Endless training batches of `batch_size` from share `shard` of `num_shards` of
   the training windows (in training: one device's share of the global batch); with
-  fewer windows than shards, every shard reads them all."""
-  builder, layout = load_builder(config)
+  fewer windows than shards, every shard reads them all. With several datasets, each
+  crop comes from dataset i's share with probability its weight."""
+  data = config.data
+  seed = shard_seed(seed, shard)
+  datasets = data_dirs(config)
+  if len(datasets) == 1:
+    ds, layout = _train_crops(config, datasets[0].path, seed, shard, num_shards)
+  else:
+    streams = [_train_crops(config, d.path, _derived_seed(seed, 1, i), shard, num_shards)
+               for i, d in enumerate(datasets)]
+    layout = streams[0][1]
+    ds = tf.data.Dataset.sample_from_datasets(
+        [crops for crops, _ in streams], weights=[d.weight for d in datasets],
+        seed=_derived_seed(seed, 0))
+  ds = ds.batch(batch_size, drop_remainder=True)
+
+  def augment_and_mix(index, sources):
+    return _to_batch(augment(_scaled(sources), tf.stack([seed, 2 * index + 1]), data), layout)
+
+  ds = ds.enumerate().map(augment_and_mix, num_parallel_calls=tf.data.AUTOTUNE)
+  return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def _train_crops(config: ml_collections.ConfigDict, data_dir: str, seed: int, shard: int,
+                 num_shards: int) -> tuple[tf.data.Dataset, prepare.Layout]:
+  """Endless shuffled int16 crops [S, T_in, C] of one dataset's share of windows."""
+  builder, layout = load_builder(config, data_dir)
   data = config.data
   # Fewer windows than devices (a tiny corpus): each device crops from all of them,
   # with its own seed.
   few = builder.info.splits["train"].num_examples < num_shards
   split = "train" if few else shard_split("train", shard, num_shards)
-  seed = shard_seed(seed, shard)
   ds = builder.as_dataset(split=split, shuffle_files=True,
                           read_config=tfds.ReadConfig(shuffle_seed=seed))
   ds = ds.filter(lambda window: window["num_starts"] > 0)
@@ -159,25 +268,20 @@ def train_dataset(config: ml_collections.ConfigDict, batch_size: int, *, seed: i
     return tf.transpose(tf.gather(window["sources"], positions, axis=1), [1, 0, 2, 3])
 
   ds = ds.enumerate().map(random_crops, num_parallel_calls=tf.data.AUTOTUNE)
-  ds = ds.unbatch().shuffle(data.crop_shuffle_buffer, seed=seed)
-  ds = ds.batch(batch_size, drop_remainder=True)
-
-  def augment_and_mix(index, sources):
-    return _to_batch(augment(_scaled(sources), tf.stack([seed, 2 * index + 1]), data), layout)
-
-  ds = ds.enumerate().map(augment_and_mix, num_parallel_calls=tf.data.AUTOTUNE)
-  return ds.prefetch(tf.data.AUTOTUNE)
+  return ds.unbatch().shuffle(data.crop_shuffle_buffer, seed=seed), layout
 
 
 def eval_dataset(config: ml_collections.ConfigDict, batch_size: int, *, split: str = "valid",
-                 shard: int = 0, num_shards: int = 1) -> tf.data.Dataset:
+                 shard: int = 0, num_shards: int = 1,
+                 data_dir: str | None = None) -> tf.data.Dataset:
   """Every tile (hop = output length) of every track of share `shard` of `num_shards`
-  of `split`, in a fixed order, in batches of `batch_size`; the last batch is padded
-  with weight-0 examples. Shares may hold different numbers of tiles."""
-  builder, layout = load_builder(config)
+  of `split` of one dataset (`data_dir`, by default the only one of
+  config.data.data_dir), in a fixed order, in batches of `batch_size`; the last batch
+  is padded with weight-0 examples. Shares may hold different numbers of tiles."""
+  builder, layout = load_builder(config, data_dir)
   if split not in builder.info.splits:
-    raise prepare.DataError(f"the prepared dataset in {config.data.data_dir} has no "
-                            f"{split!r} split (it has {', '.join(builder.info.splits)})")
+    raise prepare.DataError(f"the prepared dataset in {data_dir or config.data.data_dir} has "
+                            f"no {split!r} split (it has {', '.join(builder.info.splits)})")
   if builder.info.splits[split].num_examples > shard:
     ds = builder.as_dataset(split=shard_split(split, shard, num_shards), shuffle_files=False)
   else:  # fewer windows than shards: this one's share is empty

@@ -14,7 +14,12 @@
 * Optimiser: Adam (AMSGrad for the seed's config) after L2 with Keras semantics
   (loss += weight_decay * sum(w^2), i.e. 2 * weight_decay * w added to the gradient)
   on the parameters whose path matches `config.optim.l2_mask`, optional global-norm
-  clipping, a learning-rate schedule.
+  clipping, a learning-rate schedule; only on those `config.optim.trainable` selects,
+  if set (the others are frozen).
+* Fine-tuning: `config.init_from` starts a new run from another run's parameters and
+  BatchNorm statistics (`start_from`), with a fresh optimiser at step 0.
+* Data: one prepared dataset, or several mixed by weight (`config.data.data_dir`,
+  see `input_pipeline`), each validated and logged on its own as well.
 * Schedule (the paper's): validate every `eval_every_steps`; a stage ends after
   `patience` validations without improvement; then the fine-tune stage restarts from
   the best parameters with its own batch size and learning rate and a fresh optimiser.
@@ -125,11 +130,29 @@ def stage_settings(config: ml_collections.ConfigDict, stage: int) -> tuple[int, 
   return config.fine_tune.batch_size, config.fine_tune.learning_rate
 
 
-def l2_mask(params: Any, pattern: str) -> Any:
-  """True for every parameter whose '/'-joined path matches `pattern`."""
+def path_mask(params: Any, pattern: str) -> Any:
+  """True for every parameter whose '/'-joined path ('down_0/conv/kernel') fully
+  matches `pattern`."""
   regex = re.compile(pattern)
   return jax.tree_util.tree_map_with_path(
       lambda path, _: bool(regex.fullmatch("/".join(k.key for k in path))), params)
+
+
+def trainable_mask(config: ml_collections.ConfigDict, params: Any) -> Any | None:
+  """True for the parameters `config.optim.trainable` selects; None: all train."""
+  pattern = config.optim.trainable
+  if pattern is None:
+    return None
+  try:
+    mask = path_mask(params, pattern)
+  except re.error as e:
+    raise models.ConfigError(f"config.optim.trainable={pattern}: not a regular expression "
+                             f"({e})") from None
+  if not any(jax.tree_util.tree_leaves(mask)):
+    raise models.ConfigError(
+        f"config.optim.trainable={pattern}: matches no parameter; paths look like "
+        "down_0/conv/kernel, up_0/conv/kernel, upsample_0/weights, output/kernel")
+  return mask
 
 
 def learning_rate_schedule(config: ml_collections.ConfigDict,
@@ -153,12 +176,19 @@ def make_optimizer(config: ml_collections.ConfigDict, learning_rate: float,
   if optim.grad_clip_norm:
     parts.append(optax.clip_by_global_norm(optim.grad_clip_norm))
   if optim.weight_decay:
-    # Keras L2: d/dw (wd * w^2) = 2 wd w, added to the gradient before Adam.
+    # Keras L2: d/dw (wd * w^2) = 2 wd w, added to the gradient before Adam. A
+    # function of the parameters it sees: with `trainable`, only the trainable ones.
     parts.append(optax.add_decayed_weights(2 * optim.weight_decay,
-                                           mask=l2_mask(params, optim.l2_mask)))
+                                           mask=lambda p: path_mask(p, optim.l2_mask)))
   adam = optax.amsgrad if optim.amsgrad else optax.adam
   parts.append(adam(schedule, b1=optim.b1, b2=optim.b2, eps=optim.eps))
-  return optax.chain(*parts)
+  trainable = trainable_mask(config, params)
+  if trainable is None:
+    return optax.chain(*parts)
+  # Frozen parameters get zero updates (exactly: p + 0 = p), and no optimiser state.
+  labels = jax.tree_util.tree_map(lambda t: "train" if t else "freeze", trainable)
+  return optax.multi_transform({"train": optax.chain(*parts), "freeze": optax.set_to_zero()},
+                               labels)
 
 
 def loss_crop(config: ml_collections.ConfigDict, output_length: int) -> tuple[int, int]:
@@ -179,6 +209,59 @@ def create_state(config: ml_collections.ConfigDict, model: models.WaveUNet,
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                     batch_stats=variables.get("batch_stats", {}),
                     opt_state=tx.init(params), rng=rng)
+
+
+# The module of models.WaveUNet whose parameters depend on the sources: fine-tuning
+# into other sources starts it afresh.
+OUTPUT_LAYER = "output"
+
+
+def start_from(config: ml_collections.ConfigDict, workdir: pathlib.Path, params: Any,
+               batch_stats: Any) -> tuple[Any, Any, dict[str, Any]]:
+  """The parameters and BatchNorm statistics of the run `config.init_from` names, in
+  place of the fresh ones (`params`, `batch_stats`: this run's initialisation), and
+  where they come from (`checkpoints.STARTED_FROM`). Same network: all are loaded.
+  Other sources (`config.model.sources` or `.output`): the output layer keeps its
+  fresh values. Anything else that differs is refused (TrainingError) naming the
+  first parameter that does not fit."""
+  try:
+    trained, origin = checkpoints.load_init_from(config.init_from, workdir)
+  except checkpoints.WorkdirError as e:
+    raise TrainingError(str(e)) from None
+  same_sources = (tuple(trained.config.model.sources) == tuple(config.model.sources)
+                  and trained.config.model.output == config.model.output)
+  fresh = flax.traverse_util.flatten_dict({"params": params, "batch_stats": batch_stats},
+                                          sep="/")
+  there = flax.traverse_util.flatten_dict(dict(trained.variables), sep="/")
+  fit = ("; only the output layer may differ (other config.model.sources): start from a run "
+         "of this network")
+  merged = {}
+  for path in list(fresh) + [p for p in there if p not in fresh]:
+    here, theirs = fresh.get(path), there.get(path)
+    if not same_sources and path.split("/")[1] == OUTPUT_LAYER:
+      if here is not None:
+        merged[path] = here
+      continue
+    if theirs is None:
+      raise TrainingError(f"config.init_from={config.init_from}: that run's network has no "
+                          f"{path} (shape {tuple(here.shape)} here){fit}")
+    if here is None:
+      raise TrainingError(f"config.init_from={config.init_from}: that run's {path} (shape "
+                          f"{tuple(theirs.shape)}) is not in this network{fit}")
+    if here.shape != theirs.shape:
+      raise TrainingError(f"config.init_from={config.init_from}: {path} has shape "
+                          f"{tuple(theirs.shape)} there and {tuple(here.shape)} here{fit}")
+    merged[path] = jnp.asarray(theirs, here.dtype)
+  if trained.config.data.sample_rate != config.data.sample_rate:
+    logging.warning("config.init_from=%s trained at %d Hz and this run trains at %d Hz: the "
+                    "network's filters will hear other frequencies", config.init_from,
+                    trained.config.data.sample_rate, config.data.sample_rate)
+  logging.info("starting from the parameters of %s, checkpoint %s (step %d)%s",
+               origin["workdir"], origin["checkpoint"], origin["step"],
+               "" if same_sources else f"; the output layer anew, for the sources "
+               f"{', '.join(config.model.sources)}")
+  variables = flax.traverse_util.unflatten_dict(merged, sep="/")
+  return variables["params"], variables.get("batch_stats", {}), origin
 
 
 def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: models.WaveUNet,
@@ -275,9 +358,18 @@ class ShardedData:
   def can_restore(self, directory: pathlib.Path) -> bool:
     return all(self.shard_dir(directory, s).is_dir() for s in self.shards)
 
-  def restore(self, directory: pathlib.Path) -> None:
-    for shard, iterator in zip(self.shards, self.iterators):
-      iterator.restore(self.shard_dir(directory, shard))
+  def restore(self, directory: pathlib.Path) -> bool:
+    """Whether the saved positions were restored: False if they do not fit these
+    streams (another mixture of datasets), which must then not be used."""
+    import tensorflow as tf
+
+    try:
+      for shard, iterator in zip(self.shards, self.iterators):
+        iterator.restore(self.shard_dir(directory, shard))
+    except (tf.errors.OpError, AssertionError) as e:
+      logging.info("the data positions in %s do not fit: %s", directory, str(e)[:300])
+      return False
+    return True
 
 
 def ensure_data(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> ml_collections.ConfigDict:
@@ -328,6 +420,7 @@ class Trainer:
     self.shards = [int(np.flatnonzero(self.mesh.devices.flat == d)[0])
                    for d in self.local_devices]
     self.init = create_state(config, self.model, optax.identity())
+    trainable_mask(config, self.init.params)  # a pattern that selects nothing fails here
     # Both save the same step at times: with several processes their barriers need
     # names of their own, or the two saves meet in one barrier and time out.
     options = lambda name: dict(
@@ -338,6 +431,16 @@ class Trainer:
             max_to_keep=config.keep_checkpoints, **options("checkpoints")))
     self.best = ocp.CheckpointManager(
         workdir / "best", options=ocp.CheckpointManagerOptions(max_to_keep=1, **options("best")))
+    # Where this run starts (checkpoints.STARTED_FROM), if from another run: only if it
+    # has no checkpoint of its own to resume from.
+    self.started_from = None
+    if config.init_from and self.checkpoints.latest_step() is None:
+      params, batch_stats, self.started_from = start_from(
+          config, workdir, self.init.params, self.init.batch_stats)
+      self.init = self.init.replace(params=params, batch_stats=batch_stats)
+    elif config.init_from:
+      logging.info("the workdir has checkpoints: resuming from them (config.init_from=%s "
+                   "served the run's start)", config.init_from)
     self.writer = None
     if jax.process_index() == 0:
       import tensorflow as tf
@@ -421,13 +524,42 @@ class Trainer:
   # -- validation and logging --------------------------------------------------
 
   def evaluate(self, state: TrainState, stage: int) -> dict[str, float]:
+    """Validation loss ('loss') and pooled SDR per source ('sdr/<source>') on the
+    validation split. With several datasets (config.data.data_dir), each one's as
+    '<name>/loss' and '<name>/sdr/<source>', and 'loss' and 'sdr/<source>' weight-
+    averaged: as if each dataset's tiles counted by its sampling weight (loss: the
+    weighted mean of the datasets' losses; SDR: of their mean energies), so that the
+    datasets' sizes do not decide early stopping, their weights do."""
+    from waveunet_jax import input_pipeline
+
+    datasets = input_pipeline.data_dirs(self.config)
+    totals = {d.name: self.validation_sums(state, stage, d.path) for d in datasets}
+    if len(datasets) == 1:
+      return self.validation_metrics(totals[datasets[0].name])
+    weighted = {key: sum(d.weight * totals[d.name][key] / totals[d.name]["count"]
+                         for d in datasets) for key in ("loss_sum", "signal", "noise")}
+    metrics = self.validation_metrics({**weighted, "count": 1.0})
+    for d in datasets:
+      own = self.validation_metrics(totals[d.name])
+      metrics.update({f"{d.name}/{key}": value for key, value in own.items()})
+    return metrics
+
+  def validation_metrics(self, totals: dict[str, Any]) -> dict[str, float]:
+    metrics = {"loss": float(totals["loss_sum"] / totals["count"])}
+    for name, energy, noise in zip(self.model.sources, totals["signal"], totals["noise"]):
+      metrics[f"sdr/{name}"] = float(10 * np.log10((energy + 1e-10) / (noise + 1e-10)))
+    return metrics
+
+  def validation_sums(self, state: TrainState, stage: int, data_dir: str) -> dict[str, np.ndarray]:
+    """`eval_step`'s sums over every validation tile of one dataset."""
     from waveunet_jax import input_pipeline
 
     batch_size, _ = stage_settings(self.config, stage)
     num_shards = len(self.mesh.devices.flat)
     per_device = batch_size // num_shards
     streams = [iter(input_pipeline.as_numpy(input_pipeline.eval_dataset(
-        self.config, per_device, shard=shard, num_shards=num_shards))) for shard in self.shards]
+        self.config, per_device, shard=shard, num_shards=num_shards, data_dir=data_dir)))
+        for shard in self.shards]
     # Shares may differ in tiles: a device (or a process) that has run out joins in
     # with weight-0 batches until every device of every process has.
     empty = {"mix": np.zeros((per_device, self.lengths.input_length, self.model.num_channels),
@@ -447,13 +579,9 @@ class Trainer:
       sums = self.eval_step(state, self.global_batch(batches))
       totals = sums if totals is None else jax.tree_util.tree_map(jnp.add, totals, sums)
     if totals is None:
-      raise TrainingError("the validation split is empty: prepare the data with some "
-                          "validation tracks (--valid_tracks)")
-    totals = jax.device_get(totals)
-    metrics = {"loss": float(totals["loss_sum"] / totals["count"])}
-    for name, energy, noise in zip(self.model.sources, totals["signal"], totals["noise"]):
-      metrics[f"sdr/{name}"] = float(10 * np.log10((energy + 1e-10) / (noise + 1e-10)))
-    return metrics
+      raise TrainingError(f"the validation split of {data_dir} is empty: prepare the data "
+                          "with some validation tracks (--valid_tracks)")
+    return jax.device_get(totals)
 
   def write(self, step: int, scalars: dict[str, float]) -> None:
     if self.writer is None:
@@ -500,15 +628,19 @@ class Trainer:
     self.compile_steps(tx)
     data = self.train_data(progress)
     if latest is not None:
-      if data.can_restore(self.data_state_dir(latest)):
-        data.restore(self.data_state_dir(latest))
-      else:
-        saved_as = sorted({p.name.rsplit("_of_", 1)[-1] for p in
-                           self.data_state_dir(latest).glob("shard_*_of_*")})
-        logging.warning(
-            "step %d's data positions were saved for %s device(s), and this run has %d: the "
-            "parameters and the optimiser resume exactly, the training data start a new "
-            "random order here", latest, " or ".join(saved_as) or "no", data.num_shards)
+      positions = self.data_state_dir(latest)
+      restored = data.can_restore(positions) and data.restore(positions)
+      if jax.process_count() > 1:  # all restore, or all start anew
+        restored = bool(np.all(multihost_utils.process_allgather(np.int32(restored))))
+      if not restored:
+        if data.can_restore(positions):
+          why = "do not fit this run's datasets (config.data.data_dir names others)"
+        else:
+          saved_as = sorted({p.name.rsplit("_of_", 1)[-1] for p in positions.glob("shard_*_of_*")})
+          why = (f"were saved for {' or '.join(saved_as) or 'no'} device(s), and this run has "
+                 f"{data.num_shards}")
+        logging.warning("step %d's data positions %s: the parameters and the optimiser resume "
+                        "exactly, the training data start a new random order here", latest, why)
         progress.data_start_step = latest
         data = self.train_data(progress)
 
@@ -699,7 +831,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
       check_batch_size(stage_settings(config, stage)[0], field)
     checkpoints.check_resumable(config, workdir)
     config = ensure_data(config, workdir)
-    input_pipeline.load_builder(config)  # the data is there, before compiling anything
+    input_pipeline.load_builders(config)  # the data is there, before compiling anything
     workdir.mkdir(parents=True, exist_ok=True)
     trainer = Trainer(config, workdir)
   except BaseException:
@@ -709,7 +841,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
       shutil.rmtree(workdir, ignore_errors=True)
     raise
   # The run starts: only now does the workdir describe it.
-  checkpoints.save_config(config, workdir)
+  checkpoints.save_config(config, workdir, trainer.started_from)
   try:
     return trainer.run(callback)
   finally:
