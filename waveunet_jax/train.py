@@ -441,7 +441,7 @@ class Trainer:
     elif config.init_from:
       logging.info("the workdir has checkpoints: resuming from them (config.init_from=%s "
                    "served the run's start)", config.init_from)
-    self.writer = None
+    self.writer = self.listening = None
     if jax.process_index() == 0:
       import tensorflow as tf
 
@@ -593,6 +593,24 @@ class Trainer:
         tf.summary.scalar(name, value)
     self.writer.flush()
 
+  def listen(self, step: int, state: TrainState) -> None:
+    """Audio and spectrograms of a validation excerpt to TensorBoard (`listening`),
+    where process 0 writes; the excerpt is read and its forward pass compiled once."""
+    if self.writer is None:
+      return
+    from waveunet_jax import listening
+
+    if self.listening is None:
+      model = self.model
+      predict = jax.jit(lambda variables, mix: model.apply(variables, mix, train=False))
+      self.listening = listening.Listening(self.config, model.sources, self.lengths.offset,
+                                           self.lengths.output_length, predict)
+    variables = listening.local_copy({"params": state.params,
+                                      "batch_stats": state.batch_stats})
+    with self.writer.as_default():
+      self.listening.write(step, variables)
+    self.writer.flush()
+
   # -- the run -----------------------------------------------------------------
 
   def run(self, callback: Callable[[int, dict[str, float]], None] | None = None) -> TrainState:
@@ -680,6 +698,7 @@ class Trainer:
         logging.info("step %d validation: %s", step,
                      ", ".join(f"{k} {v:.4f}" for k, v in results.items()))
         self.write(step, {f"valid/{k}": v for k, v in results.items()})
+        self.listen(step, state)
         if callback:
           callback(step, {f"valid/{k}": v for k, v in results.items()})
         if results["loss"] < progress.best_loss:
