@@ -128,7 +128,9 @@ def scalars(workdir: pathlib.Path) -> dict[tuple[str, int], float]:
     for record in tf.data.TFRecordDataset(str(path)):
       event = tf.compat.v1.Event.FromString(record.numpy())
       for value in event.summary.value:
-        values[value.tag, event.step] = float(tf.make_ndarray(value.tensor))
+        tensor = tf.make_ndarray(value.tensor)
+        if tensor.ndim == 0:  # not audio or images
+          values[value.tag, event.step] = float(tensor)
   return values
 
 
