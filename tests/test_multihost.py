@@ -9,7 +9,6 @@ ends, and by the kernel if pytest itself dies, so no test leaves a process behin
 """
 
 import contextlib
-import ctypes
 import logging
 import os
 import shutil
@@ -60,9 +59,10 @@ def environment(devices: int) -> dict[str, str]:
                        "--xla_backend_optimization_level=0"}
 
 
-def die_with_parent() -> None:
-  """In the child, before it runs: SIGKILL when the parent (pytest) dies (Linux)."""
-  ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+# Children get SIGKILL when pytest dies (PR_SET_PDEATHSIG, kept across exec), set by
+# util-linux's setpriv: no Python code runs between fork and exec in this
+# multithreaded process.
+DIE_WITH_PARENT = ["setpriv", "--pdeathsig", "KILL"] if shutil.which("setpriv") else []
 
 
 @contextlib.contextmanager
@@ -71,9 +71,9 @@ def processes(commands: list[list[str]], devices: int):
   pipe nobody reads while waiting for another process would block it); kills what is
   left at the end."""
   logs = [tempfile.TemporaryFile("w+") for _ in commands]
-  started = [subprocess.Popen(c, cwd=ROOT, env=environment(devices), stdout=subprocess.DEVNULL,
-                              stderr=log, text=True, start_new_session=True,
-                              preexec_fn=die_with_parent)
+  started = [subprocess.Popen(DIE_WITH_PARENT + c, cwd=ROOT, env=environment(devices),
+                              stdout=subprocess.DEVNULL, stderr=log, text=True,
+                              start_new_session=True)
              for c, log in zip(commands, logs)]
   for p, log in zip(started, logs):
     p.log = log
@@ -216,7 +216,7 @@ def test_a_killed_process_ends_the_others_run(tmp_path, config_file, victim):
   commands = [[sys.executable, "-m", "waveunet_jax.main", f"--config={config_file}",
                f"--workdir={workdir}", "--config.num_train_steps=100000",
                "--config.eval_every_steps=100000", f"--coordinator_address=localhost:{port}",
-               "--num_processes=2", f"--process_id={i}", "--heartbeat_timeout=5"]
+               "--num_processes=2", f"--process_id={i}", "--heartbeat_timeout=2"]
               for i in range(2)]
   with processes(commands, devices=1) as started:
     deadline = time.monotonic() + TIMEOUT
