@@ -38,6 +38,13 @@ def tiny_data_config(sample_rate: int, output_length: int, data_dir=None, **mode
   return config
 
 
+def write_config_file(config, path):
+  """`config` as a config file for `--config=path` (the command-line programs)."""
+  path.write_text("import ml_collections\n\n\ndef get_config():\n"
+                  f"  return ml_collections.ConfigDict({config.to_dict()!r})\n")
+  return path
+
+
 @pytest.fixture
 def tiny_config():
   return tiny_model_config

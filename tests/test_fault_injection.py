@@ -179,7 +179,7 @@ def test_prepare_survives_kill_9(tmp_path):
 def test_training_survives_kill_9(tmp_path, tiny_data_dir):
   import chex
 
-  from conftest import TINY_OUTPUT, TINY_RATE, tiny_data_config
+  from conftest import TINY_OUTPUT, TINY_RATE, tiny_data_config, write_config_file
   from waveunet_jax import checkpoints
 
   config = tiny_data_config(TINY_RATE, TINY_OUTPUT, tiny_data_dir)
@@ -190,9 +190,7 @@ def test_training_survives_kill_9(tmp_path, tiny_data_dir):
   config.checkpoint_every_steps = 5
   config.patience = 100
   config.fine_tune.enabled = False
-  config_file = tmp_path / "tiny.py"
-  config_file.write_text("import ml_collections\n\n\ndef get_config():\n"
-                         f"  return ml_collections.ConfigDict({config.to_dict()!r})\n")
+  config_file = write_config_file(config, tmp_path / "tiny.py")
   command = lambda workdir: [sys.executable, "-m", "waveunet_jax.main",
                              f"--config={config_file}", f"--workdir={workdir}"]
   _, work = run(command(tmp_path / "reference"), tmp_path / "reference" / "checkpoints")

@@ -13,7 +13,7 @@ import chex
 import jax
 import pytest
 
-from conftest import TINY_OUTPUT, TINY_RATE, tiny_data_config
+from conftest import TINY_OUTPUT, TINY_RATE, tiny_data_config, write_config_file
 from waveunet_jax import checkpoints, prepare, synthetic, train
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -186,9 +186,7 @@ def test_a_signal_stops_training_with_a_checkpoint_and_the_run_resumes_exactly(
   config = tiny_config(data_dir)
   config.num_train_steps = 100_000  # a run that only a signal ends
   config.log_every_steps = 1
-  config_file = tmp_path / "tiny.py"
-  config_file.write_text("import ml_collections\n\n\ndef get_config():\n"
-                         f"  return ml_collections.ConfigDict({config.to_dict()!r})\n")
+  config_file = write_config_file(config, tmp_path / "tiny.py")
   workdir = tmp_path / "run"
   command = [sys.executable, "-m", "waveunet_jax.main", f"--config={config_file}",
              "--workdir", str(workdir)]

@@ -23,12 +23,14 @@ import time
 import chex
 import pytest
 
-from conftest import TINY_OUTPUT, TINY_RATE, tiny_data_config
+from conftest import TINY_OUTPUT, TINY_RATE, tiny_data_config, write_config_file
 from waveunet_jax import checkpoints, input_pipeline
 from waveunet_jax import train as train_lib
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 TIMEOUT = 90  # seconds for any one command of these tests
+# A run that only a kill or a signal ends, checkpointing every 3 steps.
+ENDLESS = ("--config.num_train_steps=100000", "--config.eval_every_steps=100000")
 
 
 @pytest.fixture(scope="module")
@@ -41,10 +43,7 @@ def config_file(tmp_path_factory, tiny_data_dir) -> pathlib.Path:
   config.checkpoint_every_steps = 3
   config.patience = 100
   config.fine_tune.enabled = False
-  path = tmp_path_factory.mktemp("multihost") / "tiny.py"
-  path.write_text("import ml_collections\n\n\ndef get_config():\n"
-                  f"  return ml_collections.ConfigDict({config.to_dict()!r})\n")
-  return path
+  return write_config_file(config, tmp_path_factory.mktemp("multihost") / "tiny.py")
 
 
 def free_port() -> int:
@@ -102,17 +101,33 @@ def finish(started: list[subprocess.Popen], timeout: float = TIMEOUT) -> list[tu
   return results
 
 
+def training_command(config_file, workdir, *flags: str) -> list[str]:
+  return [sys.executable, "-m", "waveunet_jax.main", f"--config={config_file}",
+          f"--workdir={workdir}", *flags]
+
+
+def two_processes(config_file, workdir, *flags: str) -> list[list[str]]:
+  """The commands of a run of 2 processes, each given `flags`."""
+  port = free_port()
+  return [training_command(config_file, workdir, *flags,
+                           f"--coordinator_address=localhost:{port}", "--num_processes=2",
+                           f"--process_id={i}") for i in range(2)]
+
+
+def wait_for_checkpoint(workdir: pathlib.Path, step: int, started: list[subprocess.Popen]):
+  deadline = time.monotonic() + TIMEOUT
+  while not (workdir / "checkpoints" / str(step)).exists():
+    assert all(p.poll() is None for p in started), "training ended early"
+    assert time.monotonic() < deadline, "no checkpoint in time"
+    time.sleep(0.2)
+
+
 def train(config_file, workdir, num_processes: int, *overrides: str) -> list[str]:
   """Trains with 2 devices: 1 process of 2, or 2 processes of 1. Returns the stderrs."""
-  command = [sys.executable, "-m", "waveunet_jax.main", f"--config={config_file}",
-             f"--workdir={workdir}", *overrides]
   if num_processes == 1:
-    commands, devices = [command], 2
+    commands, devices = [training_command(config_file, workdir, *overrides)], 2
   else:
-    port = free_port()
-    commands, devices = [command + [f"--coordinator_address=localhost:{port}",
-                                    "--num_processes=2", f"--process_id={i}"]
-                         for i in range(2)], 1
+    commands, devices = two_processes(config_file, workdir, *overrides), 1
   with processes(commands, devices) as started:
     results = finish(started)
   for code, stderr in results:
@@ -192,12 +207,9 @@ def test_two_processes_train_as_one_process_of_two_devices_and_resume_each_other
 
 def test_processes_started_with_different_configs_refuse_to_start(tmp_path, config_file):
   workdir = tmp_path / "run"
-  port = free_port()
-  command = lambda i, *more: [
-      sys.executable, "-m", "waveunet_jax.main", f"--config={config_file}",
-      f"--workdir={workdir}", f"--coordinator_address=localhost:{port}", "--num_processes=2",
-      f"--process_id={i}", *more]
-  with processes([command(0), command(1, "--config.optim.learning_rate=0.01")], 1) as started:
+  commands = two_processes(config_file, workdir)
+  commands[1].append("--config.optim.learning_rate=0.01")
+  with processes(commands, 1) as started:
     (code0, err0), (code1, err1) = finish(started, timeout=60)
   assert code0 == code1 == 1
   last = lambda err: err.strip().splitlines()[-1]
@@ -212,18 +224,9 @@ def test_processes_started_with_different_configs_refuse_to_start(tmp_path, conf
 @pytest.mark.parametrize("victim", [1, 0])  # 0 is the coordinator
 def test_a_killed_process_ends_the_others_run(tmp_path, config_file, victim):
   workdir = tmp_path / "run"
-  port = free_port()
-  commands = [[sys.executable, "-m", "waveunet_jax.main", f"--config={config_file}",
-               f"--workdir={workdir}", "--config.num_train_steps=100000",
-               "--config.eval_every_steps=100000", f"--coordinator_address=localhost:{port}",
-               "--num_processes=2", f"--process_id={i}", "--heartbeat_timeout=2"]
-              for i in range(2)]
+  commands = two_processes(config_file, workdir, *ENDLESS, "--heartbeat_timeout=2")
   with processes(commands, devices=1) as started:
-    deadline = time.monotonic() + TIMEOUT
-    while not (workdir / "checkpoints" / "3").exists():
-      assert all(p.poll() is None for p in started), "training ended early"
-      assert time.monotonic() < deadline, "no checkpoint in time"
-      time.sleep(0.2)
+    wait_for_checkpoint(workdir, 3, started)
     os.killpg(started[victim].pid, signal.SIGKILL)
     killed = time.monotonic()
     # The survivor must not wait in a collective forever: it ends within the heartbeat
@@ -236,17 +239,8 @@ def test_a_killed_process_ends_the_others_run(tmp_path, config_file, victim):
 
 def test_sigterm_on_one_process_stops_all_at_one_step_with_a_checkpoint(tmp_path, config_file):
   workdir = tmp_path / "run"
-  port = free_port()
-  commands = [[sys.executable, "-m", "waveunet_jax.main", f"--config={config_file}",
-               f"--workdir={workdir}", "--config.num_train_steps=100000",
-               "--config.eval_every_steps=100000", f"--coordinator_address=localhost:{port}",
-               "--num_processes=2", f"--process_id={i}"] for i in range(2)]
-  with processes(commands, devices=1) as started:
-    deadline = time.monotonic() + TIMEOUT
-    while not (workdir / "checkpoints" / "3").exists():
-      assert all(p.poll() is None for p in started), "training ended early"
-      assert time.monotonic() < deadline, "no checkpoint in time"
-      time.sleep(0.2)
+  with processes(two_processes(config_file, workdir, *ENDLESS), devices=1) as started:
+    wait_for_checkpoint(workdir, 3, started)
     started[1].send_signal(signal.SIGTERM)  # a preempted host: only one gets it
     results = finish(started, timeout=60)
   # Both stop after the same step, a log boundary they agree at, with its checkpoint.
@@ -263,8 +257,7 @@ def test_sigterm_on_one_process_stops_all_at_one_step_with_a_checkpoint(tmp_path
 
 
 def test_distributed_flags_that_cannot_work_are_one_line(tmp_path, config_file):
-  base = [sys.executable, "-m", "waveunet_jax.main", f"--config={config_file}",
-          f"--workdir={tmp_path / 'run'}"]
+  base = training_command(config_file, tmp_path / "run")
   cases = [(["--distributed"], "error: --distributed: JAX detected no cluster to join"),
            (["--coordinator_address=localhost:1", "--num_processes=2"],
             "error: --coordinator_address, --num_processes and --process_id go together"),
