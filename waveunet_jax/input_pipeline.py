@@ -202,13 +202,10 @@ def _scaled(sources: tf.Tensor) -> tf.Tensor:
   return tf.cast(sources, tf.float32) / prepare.AUDIO_SCALE
 
 
-def _derived_seed(*entropy: int) -> int:
+def derived_seed(*entropy: int) -> int:
+  """A non-negative int64 seed from several numbers, decorrelated from the seeds of
+  other numbers (numpy's SeedSequence)."""
   return int(np.random.SeedSequence(list(entropy)).generate_state(1)[0] >> 1)
-
-
-def shard_seed(seed: int, shard: int) -> int:
-  """The seed of one shard's stream: decorrelated from the other shards'."""
-  return _derived_seed(seed, shard)
 
 
 def shard_split(split: str, shard: int, num_shards: int):
@@ -225,17 +222,17 @@ def train_dataset(config: ml_collections.ConfigDict, batch_size: int, *, seed: i
   fewer windows than shards, every shard reads them all. With several datasets, each
   crop comes from dataset i's share with probability its weight."""
   data = config.data
-  seed = shard_seed(seed, shard)
+  seed = derived_seed(seed, shard)  # each shard's stream its own
   datasets = data_dirs(config)
   if len(datasets) == 1:
     ds, layout = _train_crops(config, datasets[0].path, seed, shard, num_shards)
   else:
-    streams = [_train_crops(config, d.path, _derived_seed(seed, 1, i), shard, num_shards)
+    streams = [_train_crops(config, d.path, derived_seed(seed, 1, i), shard, num_shards)
                for i, d in enumerate(datasets)]
     layout = streams[0][1]
     ds = tf.data.Dataset.sample_from_datasets(
         [crops for crops, _ in streams], weights=[d.weight for d in datasets],
-        seed=_derived_seed(seed, 0))
+        seed=derived_seed(seed, 0))
   ds = ds.batch(batch_size, drop_remainder=True)
 
   def augment_and_mix(index, sources):

@@ -483,8 +483,9 @@ class Trainer:
 
   def data_seed(self, progress: checkpoints.Progress) -> int:
     """The seed of the data order: per stage, and anew where the order restarted."""
-    seeds = np.random.SeedSequence([self.config.seed, progress.stage, progress.data_start_step])
-    return int(seeds.generate_state(1)[0] >> 1)
+    from waveunet_jax import input_pipeline
+
+    return input_pipeline.derived_seed(self.config.seed, progress.stage, progress.data_start_step)
 
   def train_data(self, progress: checkpoints.Progress) -> ShardedData:
     from waveunet_jax import input_pipeline
