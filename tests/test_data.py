@@ -518,6 +518,9 @@ def test_prepare_cli(corpus, tmp_path):
   result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-2000:]
   assert "prepared" in result.stdout and "'valid': " in result.stdout
+  assert (" -m waveunet_jax.main --config=experiments/deep.py:M3 "
+          f"--config.data.output_length=44100 --workdir=WORKDIR --config.data.data_dir={tmp_path}"
+          ) in result.stdout
   other = [f"--data_dir={tmp_path / 'other'}" if c.startswith("--data_dir") else c
            for c in command[:-1]]
   result = subprocess.run(other + ["--valid_tracks=Nobody - Nothing"], cwd=ROOT,

@@ -303,7 +303,8 @@ def test_cli_summarizes_the_first_tracks(musdb_corpus, evaluated, tmp_path):
   first = prepare.find_tracks(musdb_corpus, "test", True)[0].name
   assert json.loads((out / "summary.json").read_text())["tracks"] == [first]
   assert result.stdout == ((out / "summary.md").read_text()
-                           + f"report: {out / 'report.html'} (open it in a browser)\n")
+                           + f"done: scores in {out} (summary.json, per-track JSON); the "
+                           f"report: {out / 'report.html'} (open it in a browser)\n")
   assert "# test split: 1 track\n" in result.stdout
 
 

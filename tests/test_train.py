@@ -3,6 +3,7 @@
 import functools
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -223,19 +224,33 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(data_dir, tmp_
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["10"]
 
 
-def run_main(*args, timeout=600):
+def run_main(*args, timeout=600, env=None):
   return subprocess.run([sys.executable, "-m", "waveunet_jax.main", *args], cwd=ROOT,
-                        capture_output=True, text=True, timeout=timeout)
+                        capture_output=True, text=True, timeout=timeout, env=env)
+
+
+# The console of a run: this project's log lines ("HH:MM:SS ..."), and the closing lines.
+OUR_LINE = re.compile(r"\d\d:\d\d:\d\d (warning: )?\S|done: |  \S")
 
 
 def test_smoke_command_end_to_end_with_an_override(tmp_path):
   workdir = tmp_path / "smoke"
+  # As on a fresh machine: JAX probes for TPUs and GPUs, TensorFlow logs at its level.
+  fresh = {k: v for k, v in os.environ.items()
+           if k not in ("JAX_PLATFORMS", "TF_CPP_MIN_LOG_LEVEL")}
   result = run_main("--config=experiments/shallow.py:smoke", f"--workdir={workdir}",
                     "--config.model.bottleneck_features=40", "--config.num_train_steps=10",
                     "--config.eval_every_steps=5", "--config.checkpoint_every_steps=5",
-                    "--config.data.synthetic_tracks=2", "--config.data.synthetic_seconds=6")
+                    "--config.data.synthetic_tracks=2", "--config.data.synthetic_seconds=6",
+                    env=fresh)
   assert result.returncode == 0, result.stderr[-3000:]
   assert "synthetic corpus" in result.stderr
+  chatter = [line for line in (result.stderr + result.stdout).splitlines()
+             if not OUR_LINE.match(line)]
+  assert not chatter, "\n".join(chatter)
+  assert "warning" not in result.stderr
+  assert result.stdout.startswith(f"done: checkpoints and TensorBoard logs are in {workdir}")
+  assert f"-m waveunet_jax.separate --workdir={workdir} " in result.stdout
   assert sorted(os.listdir(workdir / "checkpoints")) == ["10", "5"]
   assert os.listdir(workdir / "best")
   assert any(p.name.startswith("events.out.tfevents") for p in (workdir / "tensorboard").iterdir())

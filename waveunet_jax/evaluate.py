@@ -55,7 +55,7 @@ from typing import Any, Protocol
 import numpy as np
 from absl import app, flags, logging
 
-from waveunet_jax import audio, models, prepare
+from waveunet_jax import audio, console, models, prepare
 from waveunet_jax import report as report_lib
 from waveunet_jax import separator as separator_lib
 from waveunet_jax import stems as stems_lib
@@ -346,7 +346,11 @@ def evaluate(separator: SeparatorLike, musdb_root: str | os.PathLike,
       check_same_model(folders["model"] / f"{track.name}.json", model)
   scores = {key: {} for key in folders}
   failed = {}
+  bar = console.progress(len(tracks), f"evaluate {split}", unit="track")
   for i, track in enumerate(tracks):
+    bar.set_postfix_str(track.name, refresh=False)
+    if i:
+      bar.update()
     paths = {key: folder / f"{track.name}.json" for key, folder in folders.items()}
     todo = [key for key, path in paths.items() if not path.exists()]
     start, took, where = time.perf_counter(), {}, f"{split} [{i + 1}/{len(tracks)}] {track.name}"
@@ -389,6 +393,7 @@ def evaluate(separator: SeparatorLike, musdb_root: str | os.PathLike,
     logging.info("%s: %s; median SDR %s (mixture: %s)", where, timing,
                  _median_sdr(scores["model"][track.name]),
                  _median_sdr(scores["mixture_baseline"][track.name]))
+  bar.close()
 
   summary = {
       "split": split,
@@ -473,9 +478,7 @@ def _define_flags() -> None:
 
 
 def main(argv: list[str]) -> None:
-  import waveunet_jax
-
-  waveunet_jax.quiet_library_logs()
+  console.setup()
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   args = flags.FLAGS
@@ -496,8 +499,9 @@ def main(argv: list[str]) -> None:
           models.ConfigError) as e:
     sys.exit(f"error: {e}")
   print((output_dir / "summary.md").read_text(), end="")
-  if args.report:
-    print(f"report: {output_dir / REPORT} (open it in a browser)")
+  console.done(f"done: scores in {output_dir} (summary.json, per-track JSON)"
+               + (f"; the report: {output_dir / REPORT} (open it in a browser)" if args.report
+                  else ""))
 
 
 def cli() -> None:

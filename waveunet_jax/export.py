@@ -32,7 +32,7 @@ import tempfile
 from typing import Any
 
 import numpy as np
-from absl import app, flags, logging
+from absl import app, flags
 
 from waveunet_jax import audio, exported, models
 from waveunet_jax.separator import SeparationError
@@ -226,10 +226,9 @@ def _define_flags() -> None:
 
 
 def main(argv: list[str]) -> None:
-  import waveunet_jax
-  from waveunet_jax import checkpoints, engine as engine_lib
+  from waveunet_jax import checkpoints, console, engine as engine_lib
 
-  waveunet_jax.quiet_library_logs()
+  console.setup()
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   args = flags.FLAGS
@@ -242,8 +241,8 @@ def main(argv: list[str]) -> None:
                   batch_size=args.batch_size, float16=args.float16, int8=args.int8)
   except (ExportError, SeparationError, models.ConfigError, audio.AudioError) as e:
     sys.exit(f"error: {e}")
-  logging.info("wrote %s and %s; separate with: waveunet-separate --model=%s SONG "
-               "--output_dir=OUT", path, exported.metadata_path(path, args.format), path)
+  console.done(f"done: wrote {path} and {exported.metadata_path(path, args.format)}; separate "
+               f"with: python -m waveunet_jax.separate --model={path} --output_dir=OUT SONG.wav")
 
 
 def cli() -> None:

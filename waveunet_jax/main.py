@@ -21,6 +21,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 import waveunet_jax
+from waveunet_jax import console
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file with an optional argument, e.g. experiments/deep.py:M5.",
@@ -42,17 +43,14 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv: list[str]) -> None:
-  waveunet_jax.quiet_library_logs()
+  console.setup()
   if len(argv) > 1:
     sys.exit(f"error: unexpected arguments: {' '.join(argv[1:])} (the flags are --config, "
              "--workdir, --config.<group>.<field> and the multi-process ones: --distributed, "
              "--coordinator_address, --num_processes, --process_id, --heartbeat_timeout)")
   if not _WORKDIR.value.strip():  # "" would be the current directory
     sys.exit("error: --workdir is empty: name a folder for the run's checkpoints and logs")
-  # tf.data must not take the accelerators (or their memory) from JAX.
-  import tensorflow as tf
-
-  tf.config.set_visible_devices([], "GPU")
+  console.import_tensorflow()  # for tf.data, off the accelerators (their memory is JAX's)
   import jax
 
   from waveunet_jax import checkpoints, models, prepare, train
@@ -79,15 +77,29 @@ def main(argv: list[str]) -> None:
     print(f"error: interrupted ({e or 'SIGINT'}); re-running the same command resumes from "
           "the last checkpoint, if there is one", file=sys.stderr, flush=True)
     sys.exit(128 + signal.SIGINT)
+  if jax.process_index() == 0:
+    console.done(next_steps(_WORKDIR.value))
+
+
+def next_steps(workdir: str) -> str:
+  """The closing lines of a finished run: where it is and how to use it."""
+  python = shlex.quote(_python())
+  workdir_arg = shlex.quote(workdir)
+  return (f"done: checkpoints and TensorBoard logs are in {workdir} "
+          f"(tensorboard --logdir={workdir_arg}). Separate your songs with the best "
+          f"checkpoint:\n  {python} -m waveunet_jax.separate --workdir={workdir_arg} "
+          f"--output_dir=separated SONG.wav")
+
+
+def _python() -> str:
+  python = os.path.relpath(sys.executable)
+  return sys.executable if python.startswith("..") else python
 
 
 def resume_command() -> str:
   """This process's command line, to run again: `python -m waveunet_jax.main ...`."""
-  python = os.path.relpath(sys.executable)
-  python = sys.executable if python.startswith("..") else python
-  return shlex.join([python, "-m", "waveunet_jax.main", *sys.argv[1:]])
+  return shlex.join([_python(), "-m", "waveunet_jax.main", *sys.argv[1:]])
 
 
 if __name__ == "__main__":
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
   app.run(main, flags_parser=waveunet_jax.parse_flags)

@@ -36,13 +36,14 @@ import dataclasses
 import hashlib
 import math
 import pathlib
+import shlex
 import shutil
 from collections.abc import Iterator, Sequence
 
 import numpy as np
 from absl import logging
 
-from waveunet_jax import audio, models
+from waveunet_jax import audio, console, models
 from waveunet_jax import stems as stems_lib
 
 MUSDB_SAMPLE_RATE = 44100
@@ -543,14 +544,26 @@ def _builder_class():
           metadata=tfds.core.MetadataDict(layout=dataclasses.asdict(self.layout)),
       )
 
+    # TFDS prints these to stdout whatever the log level; prepare logs its own lines.
+    def _log_download_bytes(self) -> None:
+      logging.info("writing %s to %s", self.layout.name, self.data_dir)
+
+    def _log_download_done(self) -> None:
+      logging.info("%s is prepared in %s", self.layout.name, self.data_dir)
+
     def _split_generators(self, dl_manager):
       del dl_manager  # everything is local
       return {split: self._generate_examples(split, tracks)
               for split, tracks in self._tracks.items() if tracks}
 
     def _generate_examples(self, split: str, tracks: list[Track]):
+      with console.progress(len(tracks), f"prepare {split}", unit="track") as bar:
+        yield from self._split_examples(split, tracks, bar)
+
+    def _split_examples(self, split: str, tracks: list[Track], bar):
       longest, used = (0.0, ""), 0
       for i, track in enumerate(tracks):
+        bar.set_postfix_str(track.name, refresh=False)
         stems, rate = read_multitrack(track, self.layout.sources)
         sources = track_sources(stems, rate, self.layout)
         extra = [s for s in stems if s not in STEMS]
@@ -575,9 +588,12 @@ def _builder_class():
         for window in track_windows(sources, self.layout):
           count += 1
           yield f"{track.name}/{window['index']}", {"track": track.name, **window}
-        logging.info("%s [%d/%d] %s: %.1f s, %d windows%s", split, i + 1, len(tracks),
-                     track.name, seconds, count,
-                     f" ({', '.join(extra)} counted as {stems_lib.EXTRA})" if extra else "")
+        bar.update()
+        # Every track on a log line where no bar shows (a log file); extra stems always.
+        if bar.disable or extra:
+          logging.info("%s [%d/%d] %s: %.1f s, %d windows%s", split, i + 1, len(tracks),
+                       track.name, seconds, count,
+                       f" ({', '.join(extra)} counted as {stems_lib.EXTRA})" if extra else "")
 
   _BUILDER = MusdbWindows
   return _BUILDER
@@ -619,6 +635,7 @@ def prepare(config, musdb_root: str | pathlib.Path | None, data_dir: str | pathl
   for stale in version_dir.parent.glob("incomplete.*"):
     logging.info("removing %s, left by an interrupted run", stale)
     shutil.rmtree(stale, ignore_errors=True)
+  tfds.display_progress_bar(False)  # TFDS's bars for splits and shuffling; ours count tracks
   result.download_and_prepare(download_config=tfds.download.DownloadConfig(
       try_download_gcs=False, compute_stats=tfds.download.ComputeStatsMode.SKIP))
   return result
@@ -627,8 +644,10 @@ def prepare(config, musdb_root: str | pathlib.Path | None, data_dir: str | pathl
 def main(argv: Sequence[str]) -> None:
   from absl import app, flags
 
+  console.setup()
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  console.import_tensorflow()
   FLAGS = flags.FLAGS
   valid = track_names(FLAGS.valid_tracks)
   try:
@@ -637,7 +656,15 @@ def main(argv: Sequence[str]) -> None:
   except (DataError, models.ConfigError) as e:
     raise SystemExit(f"error: {e}") from None
   splits = {name: split.num_examples for name, split in result.info.splits.items()}
-  print(f"prepared {result.data_dir}: windows per split {splits}")
+  from ml_collections import config_flags
+
+  config = [f"--config={config_flags.get_config_filename(FLAGS['config'])}",
+            *(f"--config.{k}={v}" for k, v in config_flags.get_override_values(FLAGS["config"])
+              .items() if k != "data.data_dir")]
+  command = ["python", "-m", "waveunet_jax.main", *config, "--workdir=WORKDIR",
+             f"--config.data.data_dir={FLAGS.data_dir}"]
+  console.done(f"done: prepared {result.data_dir}, windows per split {splits}. Train on it "
+               f"(the same config and overrides):\n  {shlex.join(command)}")
 
 
 def _define_flags() -> None:

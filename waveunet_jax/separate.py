@@ -33,7 +33,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 from absl import app, flags, logging
 
-from waveunet_jax import audio
+from waveunet_jax import audio, console
 from waveunet_jax.separator import SeparationError, Separator  # noqa: F401 (the API)
 
 DEFAULT_FILENAME = "{track}/{stem}.{ext}"
@@ -369,8 +369,7 @@ class _Peak:
 def _progress_bar(jobs: Sequence[Job], enabled: bool):
   """One bar for the whole job, in seconds of audio (from the files' headers, read
   only for a bar that shows)."""
-  import tqdm
-
+  enabled = enabled and console.shows_bars()
   total = 0.0
   for job in jobs if enabled else ():
     try:
@@ -378,10 +377,9 @@ def _progress_bar(jobs: Sequence[Job], enabled: bool):
       total += info.frames / info.rate
     except audio.AudioError:
       pass  # reported when it is read
-  return tqdm.tqdm(total=round(total, 1), unit="s", disable=not enabled, leave=False,
-                   desc=f"file 1/{len(jobs)}",
-                   bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s "
-                              "of audio [{elapsed}<{remaining}, {rate_fmt}{postfix}]")
+  return console.progress(round(total, 1), f"file 1/{len(jobs)}", unit="s", shown=enabled,
+                          bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s "
+                                     "of audio [{elapsed}<{remaining}, {rate_fmt}{postfix}]")
 
 
 # --------------------------------------------------------------------------- #
@@ -446,9 +444,7 @@ def load_separator(args) -> Separator:
 
 
 def main(argv: list[str]) -> None:
-  import waveunet_jax
-
-  waveunet_jax.quiet_library_logs()
+  console.setup()
   inputs, args = argv[1:], flags.FLAGS
   if not inputs:
     raise app.UsageError("give the audio files or folders to separate")
@@ -460,12 +456,12 @@ def main(argv: list[str]) -> None:
   except ValueError as e:  # SeparationError, ConfigError, a bad --overlap
     sys.exit(f"error: {e}")
   try:
-    separate_files(separator, inputs, args.output_dir, fmt=args.format, bitrate=args.bitrate,
-                   stems=stems, filename=args.filename, clip=args.clip,
-                   overwrite=args.overwrite,
-                   progress=True)
+    written = separate_files(separator, inputs, args.output_dir, fmt=args.format,
+                             bitrate=args.bitrate, stems=stems, filename=args.filename,
+                             clip=args.clip, overwrite=args.overwrite, progress=True)
   except SeparationError as e:
     sys.exit(f"error: {e}")
+  console.done(f"done: {len(written)} stems in {args.output_dir}")
 
 
 def cli() -> None:

@@ -20,7 +20,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 import waveunet_jax
-from waveunet_jax import models
+from waveunet_jax import console, models
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file, optionally with an argument: experiments/deep.py:M1.",
@@ -78,6 +78,7 @@ def format_table(s: dict[str, Any]) -> str:
 
 
 def main(argv: list[str]) -> None:
+  console.setup()
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   if _CONFIG.value is None:

@@ -59,7 +59,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from waveunet_jax import audio, checkpoints, models
+from waveunet_jax import audio, checkpoints, console, models
 
 
 class TrainingError(RuntimeError):
@@ -667,11 +667,19 @@ class Trainer:
     audio_per_step = batch_size * self.lengths.output_length / config.data.sample_rate
     step = saved = int(state.step)
     window_loss, window_start, window_steps = jnp.zeros(()), time.perf_counter(), 0
+    bar = None  # the steps to the next log line, on a terminal
     while step < config.num_train_steps:
+      if bar is None:
+        bar = console.progress(min(config.log_every_steps - step % config.log_every_steps,
+                                   config.num_train_steps - step),
+                               f"step {step + 1}", unit="step")
       state, metrics = self.train_step(state, self.global_batch(next(data)))
       step += 1
+      bar.update()
       window_loss, window_steps = window_loss + metrics["loss"], window_steps + 1
       if step % config.log_every_steps == 0 or step % config.checkpoint_every_steps == 0:
+        bar.close()
+        bar = None
         loss = float(window_loss) / window_steps
         if not np.isfinite(loss):
           raise TrainingError(
@@ -736,11 +744,15 @@ class Trainer:
         self.save(state, progress, data)
         saved = step
       if self.stop_agreed(step) and step < config.num_train_steps:
+        if bar is not None:
+          bar.close()
         if saved != step:
           self.save(state, progress, data)
         self.checkpoints.wait_until_finished()
         self.best.wait_until_finished()
         raise Interrupted(step, self.stop.signum or signal.SIGTERM)
+    if bar is not None:
+      bar.close()
     self.checkpoints.wait_until_finished()
     self.best.wait_until_finished()
     return state

@@ -1,0 +1,149 @@
+"""What the command-line programs print: this project's lines, progress bars, a last line.
+
+Every program's `main` calls `setup()` first. Unless `--verbosity=1` (absl's flag) or
+more, the console then shows only this project's log lines, written short
+("12:03:04 step 100: ...", warnings marked), progress bars on a terminal, and the
+program's own output. Left out: the INFO and WARNING logs of TensorFlow, TFDS, Orbax
+and absl, JAX's INFO logs (its backend probing: "Unable to initialize backend 'tpu'"),
+and the C++ logs of TensorFlow and XLA below ERROR (oneDNN and CUDA start-up
+messages; `import_tensorflow` also hides what TensorFlow's native code writes while it
+loads, such as "Could not find cuda drivers"). Errors always show. With
+`--verbosity=1` everything is as the libraries print it, in absl's long format.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging as _logging
+import os
+import sys
+import tempfile
+import time
+
+from absl import flags, logging
+
+# Python loggers of these packages (matched on the source file's path) speak below
+# ERROR only with --verbosity=1: (path part, the lowest level shown otherwise).
+_LIBRARIES = (("/orbax/", _logging.ERROR), ("/tensorflow_datasets/", _logging.ERROR),
+              ("/tensorflow/", _logging.ERROR), ("/absl/", _logging.WARNING),
+              ("/jax/", _logging.WARNING), ("/jaxlib/", _logging.WARNING),
+              ("/etils/", _logging.ERROR))
+
+
+class _LibraryChatter(_logging.Filter):
+  """Drops the libraries' logs below their level in `_LIBRARIES`."""
+
+  def filter(self, record: _logging.LogRecord) -> bool:
+    for part, lowest in _LIBRARIES:
+      if part in record.pathname:
+        return record.levelno >= lowest
+    return True
+
+
+class _Short(_logging.Formatter):
+  """'HH:MM:SS message', with 'warning: ' or 'error: ' before the message where it is one."""
+
+  def format(self, record: _logging.LogRecord) -> str:
+    clock = time.strftime("%H:%M:%S", time.localtime(record.created))
+    kind = ("error: " if record.levelno >= _logging.ERROR else
+            "warning: " if record.levelno >= _logging.WARNING else "")
+    text = f"{clock} {kind}{record.getMessage()}"
+    if record.exc_info:
+      text += "\n" + self.formatException(record.exc_info)
+    return text
+
+
+class _Handler(_logging.Handler):
+  """Writes each record to stderr above the progress bars (tqdm clears and redraws them)."""
+
+  def emit(self, record: _logging.LogRecord) -> None:
+    try:
+      import tqdm
+
+      tqdm.tqdm.write(self.format(record), file=sys.stderr)
+    except Exception:  # as logging.StreamHandler: never raise from a log call
+      self.handleError(record)
+
+
+def verbose() -> bool:
+  """Whether --verbosity asks for the libraries' own logs (1 or more)."""
+  return flags.FLAGS.is_parsed() and flags.FLAGS["verbosity"].value >= 1
+
+
+def setup() -> None:
+  """For command-line programs, first thing in `main` (before TensorFlow is imported:
+  its C++ log level is read once, at import)."""
+  if verbose():
+    return
+  # TensorFlow's and XLA's C++ logs: 2 keeps errors (3 would hide them too).
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  root = _logging.getLogger()
+  if any(isinstance(h, _Handler) for h in root.handlers):
+    return
+  root.removeHandler(logging.get_absl_handler())
+  handler = _Handler()
+  handler.addFilter(_LibraryChatter())
+  handler.setFormatter(_Short())
+  root.addHandler(handler)
+
+
+def import_tensorflow():
+  """TensorFlow (for tf.data and TFDS only), kept off the GPUs, whose memory is JAX's.
+
+  Unless --verbosity=1, what its native code writes to stderr while it loads is
+  hidden: that is start-up chatter written before its log level applies ("All log
+  messages before absl::InitializeLog() ...", "Could not find cuda drivers", "failed
+  call to cuInit"). If loading fails, that text is shown with the error."""
+  with contextlib.nullcontext() if verbose() else _native_stderr_hidden():
+    import tensorflow as tf
+
+    tf.config.set_visible_devices([], "GPU")
+  return tf
+
+
+@contextlib.contextmanager
+def _native_stderr_hidden():
+  """Sends file descriptor 2 (native code's and Python's stderr) to a temporary file
+  for the block; writes it out after all if the block raises."""
+  sys.stderr.flush()
+  saved = os.dup(2)
+  with tempfile.TemporaryFile() as sink:
+    os.dup2(sink.fileno(), 2)
+    failed = True
+    try:
+      yield
+      failed = False
+    finally:
+      sys.stderr.flush()
+      os.dup2(saved, 2)
+      os.close(saved)
+      if failed:
+        sink.seek(0)
+        sys.stderr.write(sink.read().decode(errors="replace"))
+        sys.stderr.flush()
+
+
+def is_primary() -> bool:
+  """Process 0 of a multi-process run (or the only process); JAX is not imported for it."""
+  jax = sys.modules.get("jax")
+  return jax is None or jax.process_index() == 0
+
+
+def progress(total: float | None, desc: str, unit: str = "it", shown: bool = True, **kwargs):
+  """A tqdm bar on stderr, shown where stderr is a terminal and in process 0 only; in
+  a log file (or with --verbosity=1, whose log lines would break it) it does nothing."""
+  import tqdm
+
+  return tqdm.tqdm(total=total, desc=desc, unit=unit, leave=False, dynamic_ncols=True,
+                   disable=not (shown and shows_bars()), **kwargs)
+
+
+def shows_bars() -> bool:
+  """Whether progress bars show: stderr is a terminal, this is process 0 and the
+  libraries' log lines (--verbosity=1) are not on."""
+  return sys.stderr.isatty() and is_primary() and not verbose()
+
+
+def done(text: str) -> None:
+  """The program's last line: where the results are and what to run next (stdout)."""
+  print(text, flush=True)
