@@ -95,3 +95,83 @@ def evaluated(musdb_corpus, tmp_path_factory):
   summary = evaluate.evaluate(separate.Separator.from_model(model, variables, 8000),
                               musdb_corpus, out, wav=True, split="test")
   return out, summary
+
+
+# --------------------------------------------------------------------------- #
+# A Colab-like virtual environment for tests/test_notebook.py, built while the other
+# tests run (most of it is downloading and unpacking, which leaves the CPUs free).
+# --------------------------------------------------------------------------- #
+
+# What Colab has before our notebook installs anything: its own TensorFlow (another
+# version and distribution than a fresh install of ours gets), matplotlib and a kernel;
+# nbclient runs the notebook.
+COLAB_PACKAGES = ("tensorflow==2.19.*", "matplotlib", "ipykernel", "nbclient", "nbformat")
+
+
+def colab_python() -> str:
+  """Python 3.12 as on Colab where this machine has it (on the PATH or through pyenv),
+  else the Python running the tests."""
+  import glob
+  import shutil
+  import subprocess
+  import sys
+
+  candidates = [shutil.which("python3.12"),
+                *sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.12*/bin/python3.12")))]
+  for python in filter(None, candidates):
+    if subprocess.run([python, "--version"], capture_output=True).returncode == 0:
+      return python
+  return sys.executable
+
+
+class ColabEnvironment:
+  """A virtual environment built in the background: `start()`, then `python()` waits."""
+
+  def __init__(self):
+    self.root = self.process = self.log = None
+
+  def start(self) -> None:
+    import subprocess
+    import tempfile
+
+    self.root = tempfile.mkdtemp(prefix="waveunet-colab-env-")
+    venv = os.path.join(self.root, "venv")
+    pip = f"{venv}/bin/pip install -q --no-compile --disable-pip-version-check"
+    packages = " ".join(f"'{p}'" for p in COLAB_PACKAGES)
+    self.log = open(os.path.join(self.root, "build.log"), "w")
+    self.process = subprocess.Popen(
+        ["bash", "-c", f"set -e; '{colab_python()}' -m venv '{venv}'; {pip} {packages}"],
+        stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+
+  def python(self, timeout: float = 900) -> str:
+    """The environment's Python, once built; fails the test with pip's output if not."""
+    if self.process is None:
+      self.start()
+    if self.process.wait(timeout=timeout):
+      with open(self.log.name) as f:
+        pytest.fail(f"building the Colab-like environment failed:\n{f.read()[-3000:]}")
+    return os.path.join(self.root, "venv", "bin", "python")
+
+  def stop(self) -> None:
+    import shutil
+    import signal
+
+    if self.process is not None and self.process.poll() is None:
+      os.killpg(self.process.pid, signal.SIGKILL)
+      self.process.wait()
+    if self.log is not None:
+      self.log.close()
+    if self.root is not None:
+      shutil.rmtree(self.root, ignore_errors=True)
+
+
+COLAB_ENVIRONMENT = ColabEnvironment()
+
+
+def pytest_collection_finish(session):
+  if any(item.path.name == "test_notebook.py" for item in session.items):
+    COLAB_ENVIRONMENT.start()
+
+
+def pytest_sessionfinish(session, exitstatus):
+  COLAB_ENVIRONMENT.stop()
