@@ -90,3 +90,15 @@ def test_cli_bad_flags_are_one_line(args, message):
   assert result.returncode != 0
   lines = result.stderr.strip().splitlines()
   assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
+
+
+def test_the_small_config_is_m4_narrowed():
+  from experiments import small
+
+  config, m4 = small.get_config(), deep.get_config("M4")
+  for field in ("padding", "output", "num_channels", "sources", "downsampling", "upsampling"):
+    assert config.model[field] == m4.model[field], field
+  assert config.data.sample_rate == m4.data.sample_rate == 22050
+  assert len(config.model.features) == len(m4.model.features) == 12
+  figures = summary.summarize(config)
+  assert 1.0e6 < figures["params"] < 1.3e6
