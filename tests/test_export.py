@@ -156,7 +156,8 @@ def test_export_command_from_a_trained_workdir(tmp_path):
              "--format=onnx", f"--output={tmp_path / 'm.onnx'}", "--window_seconds=0.1"]
   result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
-  assert f"separate with: waveunet-separate --model={tmp_path / 'm.onnx'}" in result.stderr
+  assert (f"separate with: python -m waveunet_jax.separate --model={tmp_path / 'm.onnx'}"
+          in result.stdout)
   meta = json.loads((tmp_path / "m.onnx.json").read_text())
   assert meta["source_model"]["step"] == 3 and meta["config"]["data"]["sample_rate"] == RATE
   song = np.random.default_rng(6).uniform(-0.5, 0.5, (5000, 2)).astype(np.float32)
