@@ -7,6 +7,7 @@ at 8 kHz, exported at a short window so that a song takes many windows.
 
 import functools
 import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -156,7 +157,10 @@ def test_export_command_from_a_trained_workdir(tmp_path):
              "--format=onnx", f"--output={tmp_path / 'm.onnx'}", "--window_seconds=0.1"]
   result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
-  assert (f"separate with: python -m waveunet_jax.separate --model={tmp_path / 'm.onnx'}"
+  # The command names the Python that ran the export (relative where it lies below).
+  python = os.path.relpath(sys.executable, ROOT)
+  python = sys.executable if python.startswith("..") else python
+  assert (f"separate with: {python} -m waveunet_jax.separate --model={tmp_path / 'm.onnx'}"
           in result.stdout)
   meta = json.loads((tmp_path / "m.onnx.json").read_text())
   assert meta["source_model"]["step"] == 3 and meta["config"]["data"]["sample_rate"] == RATE

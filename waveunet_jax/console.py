@@ -144,6 +144,13 @@ def shows_bars() -> bool:
   return sys.stderr.isatty() and is_primary() and not verbose()
 
 
+def python() -> str:
+  """The Python running this program, as a command to print: relative to the current
+  folder where it lies below it (.venv/bin/python), else absolute."""
+  relative = os.path.relpath(sys.executable)
+  return sys.executable if relative.startswith("..") else relative
+
+
 def done(text: str) -> None:
   """The program's last line: where the results are and what to run next (stdout)."""
   print(text, flush=True)

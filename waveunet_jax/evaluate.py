@@ -346,11 +346,9 @@ def evaluate(separator: SeparatorLike, musdb_root: str | os.PathLike,
       check_same_model(folders["model"] / f"{track.name}.json", model)
   scores = {key: {} for key in folders}
   failed = {}
-  bar = console.progress(len(tracks), f"evaluate {split}", unit="track")
-  for i, track in enumerate(tracks):
+  bar = console.progress(len(tracks), f"evaluate {split}", unit="track", iterable=tracks)
+  for i, track in enumerate(bar):
     bar.set_postfix_str(track.name, refresh=False)
-    if i:
-      bar.update()
     paths = {key: folder / f"{track.name}.json" for key, folder in folders.items()}
     todo = [key for key, path in paths.items() if not path.exists()]
     start, took, where = time.perf_counter(), {}, f"{split} [{i + 1}/{len(tracks)}] {track.name}"
@@ -393,7 +391,6 @@ def evaluate(separator: SeparatorLike, musdb_root: str | os.PathLike,
     logging.info("%s: %s; median SDR %s (mixture: %s)", where, timing,
                  _median_sdr(scores["model"][track.name]),
                  _median_sdr(scores["mixture_baseline"][track.name]))
-  bar.close()
 
   summary = {
       "split": split,

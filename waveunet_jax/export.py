@@ -242,7 +242,8 @@ def main(argv: list[str]) -> None:
   except (ExportError, SeparationError, models.ConfigError, audio.AudioError) as e:
     sys.exit(f"error: {e}")
   console.done(f"done: wrote {path} and {exported.metadata_path(path, args.format)}; separate "
-               f"with: python -m waveunet_jax.separate --model={path} --output_dir=OUT SONG.wav")
+               f"with: {console.python()} -m waveunet_jax.separate --model={path} "
+               "--output_dir=OUT SONG.wav")
 
 
 def cli() -> None:

@@ -12,7 +12,6 @@ SLURM and Open MPI) or with --coordinator_address=HOST:PORT --num_processes=N
 --process_id=I (I = 0 on the host at that address); see the README's recipes.
 """
 
-import os
 import shlex
 import signal
 import sys
@@ -83,7 +82,7 @@ def main(argv: list[str]) -> None:
 
 def next_steps(workdir: str) -> str:
   """The closing lines of a finished run: where it is and how to use it."""
-  python = shlex.quote(_python())
+  python = shlex.quote(console.python())
   workdir_arg = shlex.quote(workdir)
   return (f"done: checkpoints and TensorBoard logs are in {workdir} "
           f"(tensorboard --logdir={workdir_arg}). Separate your songs with the best "
@@ -91,14 +90,9 @@ def next_steps(workdir: str) -> str:
           f"--output_dir=separated SONG.wav")
 
 
-def _python() -> str:
-  python = os.path.relpath(sys.executable)
-  return sys.executable if python.startswith("..") else python
-
-
 def resume_command() -> str:
   """This process's command line, to run again: `python -m waveunet_jax.main ...`."""
-  return shlex.join([_python(), "-m", "waveunet_jax.main", *sys.argv[1:]])
+  return shlex.join([console.python(), "-m", "waveunet_jax.main", *sys.argv[1:]])
 
 
 if __name__ == "__main__":

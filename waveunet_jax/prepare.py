@@ -661,7 +661,7 @@ def main(argv: Sequence[str]) -> None:
   config = [f"--config={config_flags.get_config_filename(FLAGS['config'])}",
             *(f"--config.{k}={v}" for k, v in config_flags.get_override_values(FLAGS["config"])
               .items() if k != "data.data_dir")]
-  command = ["python", "-m", "waveunet_jax.main", *config, "--workdir=WORKDIR",
+  command = [console.python(), "-m", "waveunet_jax.main", *config, "--workdir=WORKDIR",
              f"--config.data.data_dir={FLAGS.data_dir}"]
   console.done(f"done: prepared {result.data_dir}, windows per split {splits}. Train on it "
                f"(the same config and overrides):\n  {shlex.join(command)}")
