@@ -78,3 +78,58 @@ def test_a_program_with_verbosity_1_shows_the_libraries_logs():
        "--verbosity=1"], capture_output=True, text=True, timeout=60)
   assert loud.returncode == 0, loud.stderr
   assert "] ours" in loud.stderr  # absl's long format
+
+
+NATIVE_LINES = (
+    b"E0000 00:00:1796546714.421651    4948 util.cc:131] oneDNN supports DT_INT16 only on "
+    b"platforms with AVX-512. Falling back to the default Eigen-based implementation if "
+    b"present.\n"
+    b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
+    b"I0000 00:00:1796546665.077373    4834 cpu_feature_guard.cc:227] This TensorFlow binary "
+    b"is optimized to use available CPU instructions in performance-critical operations.\n"
+    b"To enable the following instructions: AVX2 FMA, in other operations, rebuild "
+    b"TensorFlow with the appropriate compiler flags.\n"
+    b"2024-01-01 12:00:00.123456: W tensorflow/core/framework/op_kernel.cc:1816] a warning\n")
+
+# A program that writes native log lines to file descriptor 2 the way TensorFlow's C++
+# does after it has loaded: from a thread, after setup(), between Python's own lines.
+NATIVE_AFTER_SETUP = f"""
+    import os, sys, threading
+    from absl import app, logging
+    from waveunet_jax import console
+    def main(argv):
+      console.setup()
+      logging.info("ours before")
+      thread = threading.Thread(target=os.write, args=(2, {NATIVE_LINES!r}))
+      thread.start()
+      thread.join()
+      os.write(2, b"something else native code says\\n")
+      logging.info("ours after")
+      print("a Python line", file=sys.stderr)
+      if "die" in argv:
+        os.write(2, b"F0000 00:00:1796546714.421651    4948 x.cc:1] Check failed: dying\\n")
+        os.abort()
+    app.run(main)
+    """
+
+
+def test_native_log_lines_written_after_start_up_are_hidden_the_rest_shown():
+  result = run_python(NATIVE_AFTER_SETUP)
+  assert result.returncode == 0, result.stderr
+  lines = [line.split(" ", 1)[1] if line[:2].isdigit() else line
+           for line in result.stderr.splitlines()]
+  assert sorted(lines) == sorted(["ours before", "something else native code says",
+                                  "ours after", "a Python line"]), result.stderr
+  # --verbosity=1 shows them all.
+  loud = subprocess.run([sys.executable, "-c", textwrap.dedent(NATIVE_AFTER_SETUP),
+                         "--verbosity=1"], capture_output=True, timeout=60)
+  assert loud.returncode == 0
+  assert all(line in loud.stderr.splitlines() for line in NATIVE_LINES.splitlines())
+
+
+def test_a_dying_process_still_shows_its_fatal_native_line():
+  result = subprocess.run([sys.executable, "-c", textwrap.dedent(NATIVE_AFTER_SETUP), "--", "die"],
+                          capture_output=True, text=True, timeout=60)
+  assert result.returncode != 0
+  assert "Check failed: dying" in result.stderr
+  assert "oneDNN" not in result.stderr

@@ -238,6 +238,10 @@ def test_smoke_command_end_to_end_with_an_override(tmp_path):
   # As on a fresh machine: JAX probes for TPUs and GPUs, TensorFlow logs at its level.
   fresh = {k: v for k, v in os.environ.items()
            if k not in ("JAX_PLATFORMS", "TF_CPP_MIN_LOG_LEVEL")}
+  # TensorFlow's oneDNN path (on by default on recent Intel CPUs) logs "E0000 ...
+  # util.cc:131] oneDNN supports DT_INT16 only on platforms with AVX-512" at the first
+  # tf.data op on a CPU without AVX-512: forced on, so that this CPU has its chance to.
+  fresh["TF_ENABLE_ONEDNN_OPTS"] = "1"
   result = run_main("--config=experiments/shallow.py:smoke", f"--workdir={workdir}",
                     "--config.model.bottleneck_features=40", "--config.num_train_steps=10",
                     "--config.eval_every_steps=5", "--config.checkpoint_every_steps=5",

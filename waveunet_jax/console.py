@@ -5,10 +5,12 @@ more, the console then shows only this project's log lines, written short
 ("12:03:04 step 100: ...", warnings marked), progress bars on a terminal, and the
 program's own output. Left out: the INFO and WARNING logs of TensorFlow, TFDS, Orbax
 and absl, JAX's INFO logs (its backend probing: "Unable to initialize backend 'tpu'"),
-and the C++ logs of TensorFlow and XLA below ERROR (oneDNN and CUDA start-up
-messages; `import_tensorflow` also hides what TensorFlow's native code writes while it
-loads, such as "Could not find cuda drivers"). Errors always show. With
-`--verbosity=1` everything is as the libraries print it, in absl's long format.
+and every log line that native code (TensorFlow, XLA, absl, gRPC) writes to the
+process's stderr, whenever it writes it: at import, at the first tf.data op ("E0000 ...
+util.cc:131] oneDNN supports DT_INT16 only on platforms with AVX-512"), from a thread
+(`hide_native_logs`). Python errors and tracebacks, native fatal lines ("F0000 ...")
+and anything else native code writes always show. With `--verbosity=1` everything is as
+the libraries print it, in absl's long format.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging as _logging
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -80,11 +83,72 @@ def setup() -> None:
   root = _logging.getLogger()
   if any(isinstance(h, _Handler) for h in root.handlers):
     return
+  hide_native_logs()
   root.removeHandler(logging.get_absl_handler())
   handler = _Handler()
   handler.addFilter(_LibraryChatter())
   handler.setFormatter(_Short())
   root.addHandler(handler)
+
+
+# A line that native code logs: absl's and glog's format ("E1206 08:39:33.123456 4948
+# util.cc:131] ...", or "E0000 00:00:1733490000.123456 ..." before absl's clock is set), TensorFlow's older one ("2024-01-01 12:00:00.123456: I
+# tensorflow/core/util/port.cc:113] ..."), absl's notice before its logging starts, and
+# the second line of TensorFlow's CPU-feature notice. Fatal lines (F) are not matched.
+NATIVE_LOG_LINE = (r"(?:[IWE]\d{4} \d\d:\d\d:\d+\.\d+ +\d+ [^ \]]+:\d+\] "
+                   r"|\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: [IWE] [^ \]]+:\d+\] "
+                   r"|WARNING: All log messages before absl::InitializeLog\(\) "
+                   r"|To enable the following instructions: )")
+
+# The filter between native code and the terminal: a process of its own, so that what a
+# dying process wrote last (a fatal check, "Fatal Python error: ...") is still shown, and
+# one that outlives Ctrl-C and SIGTERM until every writer has closed the pipe.
+_FILTER = """
+import re, signal, sys
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+native = re.compile(sys.argv[1].encode())
+for line in sys.stdin.buffer:
+  if not native.match(line):
+    sys.stdout.buffer.write(line)
+    sys.stdout.buffer.flush()
+"""
+
+
+def hide_native_logs() -> None:
+  """From now on, what native code writes to file descriptor 2 passes through a filter
+  process that drops `NATIVE_LOG_LINE`s: levels do not reach them all (the oneDNN
+  warning is logged as an error; absl's notice comes before any level applies; a
+  thread may write at any time). Python's own stderr (`sys.stderr`: log lines, progress
+  bars, tracebacks) goes to the terminal directly, as before. Once per process; where
+  stderr cannot be duplicated, nothing changes."""
+  global _filter
+  if _filter is not None:
+    return
+  sys.stderr.flush()
+  try:
+    terminal = os.dup(2)
+  except OSError:
+    return
+  try:
+    _filter = subprocess.Popen([sys.executable, "-I", "-c", _FILTER, NATIVE_LOG_LINE],
+                               stdin=subprocess.PIPE, stdout=terminal, stderr=terminal)
+  except OSError:
+    os.close(terminal)
+    return
+  python_stderr = open(terminal, "w", buffering=1, encoding=sys.stderr.encoding,  # noqa: SIM115
+                       errors=sys.stderr.errors)
+  os.dup2(_filter.stdin.fileno(), 2)
+  _filter.stdin.close()  # fd 2 is now the only writer of this process
+  sys.stderr = python_stderr
+  with contextlib.suppress(AttributeError, ValueError, RuntimeError):
+    import faulthandler  # absl enabled it on fd 2; keep its fatal report direct too
+
+    if faulthandler.is_enabled():
+      faulthandler.enable(python_stderr)
+
+
+_filter: subprocess.Popen | None = None
 
 
 def import_tensorflow():
