@@ -370,16 +370,8 @@ def _open_av(path: pathlib.Path) -> Iterator[AudioStream]:
     duration = (container.duration or 0) / av.time_base  # an estimate: from the header
 
     def blocks():
-      pending, total = [], 0
-      for _, block in _decode(av, container, [stream], path):
-        pending.append(block)
-        if sum(map(len, pending)) >= BLOCK_FRAMES:
-          block, pending = np.concatenate(pending), []
-          check_finite(block, total, rate, str(path))
-          total += len(block)
-          yield block
-      if pending:
-        block = np.concatenate(pending)
+      total = 0
+      for block in _batched(block for _, block in _decode(av, container, [stream], path)):
         check_finite(block, total, rate, str(path))
         total += len(block)
         yield block
@@ -390,6 +382,20 @@ def _open_av(path: pathlib.Path) -> Iterator[AudioStream]:
                         "may be cut short", path, total / rate, duration)
 
     yield AudioStream(rate, channels, round(duration * rate), blocks())
+
+
+def _batched(parts: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
+  """The decoders' small parts [n, channels] joined into blocks of `BLOCK_FRAMES` or
+  more frames (the last one fewer)."""
+  pending, frames = [], 0
+  for part in parts:
+    pending.append(part)
+    frames += len(part)
+    if frames >= BLOCK_FRAMES:
+      yield np.concatenate(pending)
+      pending, frames = [], 0
+  if pending:
+    yield np.concatenate(pending)
 
 
 def _decode(av, container, streams: list, path: pathlib.Path) -> Iterator[tuple[int, np.ndarray]]:
