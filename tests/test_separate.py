@@ -467,6 +467,9 @@ def test_lossy_outputs_and_the_filename_template(tmp_path):
     decoded, _ = audio.read_audio(path)
     assert abs(len(decoded) - 44100) < 1200  # mp3's own framing, no more
   assert not leftovers(tmp_path / "out")
+  with pytest.raises(separate.SeparationError, match=r"--bitrate: bitrate '96': give bits per second"):
+    separate.separate_files(sep, [tmp_path / "song.wav"], tmp_path / "out", fmt="ogg",
+                            bitrate="96")  # bits per second: 96 is a typo, refused once
   for template, reason in (("{track}.{ext}", "use {stem}"), ("{stem}/{album}.{ext}", "{album}"),
                            ("../{stem}.{ext}", "inside --output_dir")):
     with pytest.raises(ValueError, match=re.escape(reason)):
