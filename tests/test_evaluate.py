@@ -67,7 +67,7 @@ def test_writes_museval_json_and_both_aggregates(musdb_corpus, evaluated):
   assert summary == json.loads((out / "summary.json").read_text())
   assert summary["tracks"] == names and summary["failed"] == {}
   import jsonschema
-  import museval
+  museval = evaluate.import_museval()  # also where no ffmpeg program is installed
 
   schema = json.loads((pathlib.Path(museval.__file__).parent / "musdb.schema.json").read_text())
   baseline = out / "mixture-baseline" / "test"
@@ -175,7 +175,7 @@ def test_aggregates_by_hand_and_as_museval_aggregates():
   assert stats["pooled_std"] == pytest.approx(np.std([1, 2, 3, 10, 11]), abs=1e-4)
   assert (stats["frames"], stats["frames_total"]) == (5, 8)
   # museval's own SiSEC aggregate (median over frames, then tracks) agrees.
-  import museval
+  museval = evaluate.import_museval()  # also where no ffmpeg program is installed
 
   store = museval.EvalStore()
   for track, x in sdr.items():
@@ -306,6 +306,47 @@ def test_cli_summarizes_the_first_tracks(musdb_corpus, evaluated, tmp_path):
                            + f"done: scores in {out} (summary.json, per-track JSON); the "
                            f"report: {out / 'report.html'} (open it in a browser)\n")
   assert "# test split: 1 track\n" in result.stdout
+
+
+# A model that estimates each source as half the mix: scored for real, in seconds.
+HALVES = """
+import sys
+sys.path.insert(0, "tests")
+import conftest  # CPU only, like the tests
+from waveunet_jax import evaluate, separate
+
+class Halves:
+  sources = ("accompaniment", "vocals")
+
+  def identity(self):
+    return {"engine": "halves"}
+
+  def separate(self, audio, rate):
+    return {s: audio / 2 for s in self.sources}
+
+separate.Separator.from_workdir = classmethod(lambda cls, workdir, checkpoint, **kw: Halves())
+evaluate.cli()
+"""
+
+
+def test_cli_scores_wav_tracks_with_no_ffmpeg_on_the_path(musdb_corpus, tmp_path):
+  # museval imports musdb, which imports stempeg, which refuses to import without
+  # ffmpeg: evaluate must score wav tracks (and write the report's MP3s) without it.
+  bin_dir = os.path.dirname(sys.executable)  # the venv's: python, no ffmpeg
+  assert shutil.which("ffmpeg", path=bin_dir) is None
+  out = tmp_path / "eval"
+  result = subprocess.run(
+      [sys.executable, "-c", HALVES, "--workdir=RUN", f"--musdb_root={musdb_corpus}", "--wav",
+       f"--output_dir={out}", "--tracks=1"], cwd=ROOT, capture_output=True, text=True,
+      timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT), "PATH": bin_dir})
+  assert result.returncode == 0, result.stderr
+  first = prepare.find_tracks(musdb_corpus, "test", True)[0].name
+  summary = json.loads((out / "summary.json").read_text())
+  assert summary["tracks"] == [first] and summary["failed"] == {}
+  assert np.isfinite(summary["model"]["vocals"]["SDR"]["sisec_median"])
+  assert sorted(p.suffix for p in (out / "excerpts" / "test" / first).iterdir()) == [
+      ".json", ".mp3", ".mp3", ".mp3"]
+  assert (out / evaluate.REPORT).is_file()
 
 
 def cli_error(*args):

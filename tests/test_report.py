@@ -1,5 +1,5 @@
 """The evaluation report: drawn by a real browser (headless Chromium), self-contained,
-its players' audio decodable; the excerpts and their fallback without ffmpeg; and a
+its players' audio decodable; the excerpts (MP3, older 16 kHz WAV ones too); and a
 report that cannot be written never costs the scores.
 
 The browser test opens the report of the `evaluated` run (conftest.py) and skips where
@@ -139,24 +139,27 @@ def test_the_excerpt_is_the_loudest_whole_seconds():
   assert report.excerpt_span(mix[:5 * rate], rate) == (0, 5 * rate)  # shorter: all of it
 
 
-def test_without_ffmpeg_excerpts_are_16khz_mono_wav(tmp_path, monkeypatch):
-  def no_ffmpeg(what):
-    raise audio.AudioError(f"{what} needs ffmpeg")
-
-  monkeypatch.setattr(audio, "require_ffmpeg", no_ffmpeg)
+def test_excerpts_are_mp3_and_older_wav_ones_still_load(tmp_path):
   rate = 8000
   tone = 0.5 * np.sin(2 * np.pi * 440 * np.arange(3 * rate) / rate)
   mix = np.stack([tone, tone], axis=1).astype(np.float32)
   model = {"engine": "test", "params_sha256": "0" * 64}
   report.save_excerpts(tmp_path / "track", mix, {s: mix / 2 for s in SOURCES}, rate, model)
   excerpts = report.load_excerpts(tmp_path / "track", model)
-  assert excerpts.encoding == report.WAV and excerpts.seconds == 3.0
+  assert excerpts.encoding == report.EXCERPT_ENCODING and excerpts.seconds == 3.0
   assert sorted(excerpts.files) == sorted([report.MIX, *SOURCES])
   samples, out_rate = audio.read_audio(excerpts.files[report.MIX])
-  assert out_rate == 16000 and samples.shape == (3 * 16000, 1)
+  assert out_rate == rate and samples.shape == (3 * rate, 2)
+  assert np.corrcoef(samples[:, 0], mix[:, 0])[0, 1] > 0.99
   assert report.load_excerpts(tmp_path / "track", {**model, "params_sha256": "1" * 64}) is None
   assert report.load_excerpts(tmp_path / "none", model) is None
   assert not [p for p in tmp_path.rglob(".*")]  # no temporaries left behind
+  # Made where ffmpeg was missing, before excerpts were always MP3.
+  info = json.loads((tmp_path / "track" / report.EXCERPT_INFO).read_text())
+  info["encoding"] = {"format": "wav16", "mime": "audio/wav", "description": "16 kHz mono",
+                      "bitrate": "320k", "rate": 16000, "mono": True}
+  (tmp_path / "track" / report.EXCERPT_INFO).write_text(json.dumps(info))
+  assert report.load_excerpts(tmp_path / "track", model).encoding.mime == "audio/wav"
 
 
 def test_undefined_frames_are_gaps_and_names_are_escaped(evaluated):

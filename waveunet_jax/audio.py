@@ -1,16 +1,19 @@
-"""Audio files in and out: the package's one reader, one writer and one ffmpeg check.
+"""Audio files in and out: the package's one reader and one writer.
 
 * Reading: `open_audio` streams any file as float32 blocks [n, channels]: wav, flac,
-  ogg and aiff through soundfile, anything else (mp3, m4a, ...) decoded by ffmpeg;
+  ogg and aiff through soundfile, anything else (mp3, m4a, ...) decoded by PyAV;
   `read_audio` reads a whole file; `read_stem_file` decodes a MUSDB18 `.stem.mp4`
-  (stempeg, which drives ffmpeg).
-* Writing: `AudioWriter` streams blocks into any `FORMATS` entry (soundfile for the
-  lossless ones, an ffmpeg encoder for mp3, ogg and m4a); `write_audio` writes a whole
-  array. Every file, text or audio, is written under a hidden temporary name beside
-  its target (`atomic_path`) and renamed into place when complete, so a crash or a
-  kill never leaves a half-written file under a real name; a re-run removes such
-  temporaries left by processes that no longer run (`remove_stale_parts`).
-* `require_ffmpeg` is the one check that ffmpeg is there.
+  (PyAV too).
+* Writing: `AudioWriter` streams blocks into any `FORMATS` entry (soundfile for wav,
+  flac and ogg, a PyAV encoder for mp3 and m4a); `write_audio` writes a whole array,
+  `write_stem_file` a `.stem.mp4`. Every file, text or audio, is written under a
+  hidden temporary name beside its target (`atomic_path`) and renamed into place when
+  complete, so a crash, a kill or a full disk never leaves a half-written file under
+  a real name; a re-run removes such temporaries left by processes that no longer run
+  (`remove_stale_parts`).
+
+PyAV (the `av` package) brings the FFmpeg libraries inside its wheel and runs them in
+this process: no ffmpeg program is needed, and every machine takes the same path.
 
 Errors are `AudioError`s whose message names the file.
 """
@@ -19,15 +22,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fractions
 import glob
-import json
 import os
 import pathlib
+import re
 import shutil
-import subprocess
-import tempfile
 from collections.abc import Iterator
-from typing import IO
 
 import numpy as np
 from absl import logging
@@ -35,24 +36,21 @@ from absl import logging
 # Frames per block read from a file.
 BLOCK_FRAMES = 1 << 16
 SOUNDFILE_EXTENSIONS = (".wav", ".flac", ".ogg", ".aif", ".aiff")
-# Anything else is decoded by ffmpeg; these are what a folder input lists.
-FFMPEG_EXTENSIONS = (".mp3", ".m4a", ".aac", ".mp4", ".opus", ".wma", ".webm")
-AUDIO_EXTENSIONS = SOUNDFILE_EXTENSIONS + FFMPEG_EXTENSIONS
+# Anything else is decoded by PyAV; these are what a folder input lists.
+AV_EXTENSIONS = (".mp3", ".m4a", ".aac", ".mp4", ".opus", ".wma", ".webm")
+AUDIO_EXTENSIONS = SOUNDFILE_EXTENSIONS + AV_EXTENSIONS
 
 
 @dataclasses.dataclass(frozen=True)
 class Format:
-  """An output format: lossless through soundfile (`subtype`), or lossy through an
-  ffmpeg `codec` at a bitrate."""
+  """An output format: through soundfile (`subtype`), or a PyAV `codec` in a `container`;
+  lossy ones at a bitrate."""
 
   extension: str
-  container: str                # soundfile's format, or ffmpeg's muxer
-  subtype: str | None = None    # soundfile's subtype (lossless formats)
-  codec: str | None = None      # ffmpeg's encoder (lossy formats)
-
-  @property
-  def lossy(self) -> bool:
-    return self.codec is not None
+  container: str                # soundfile's format, or FFmpeg's muxer
+  subtype: str | None = None    # soundfile's subtype
+  codec: str | None = None      # FFmpeg's encoder
+  lossy: bool = False
 
   @property
   def clips(self) -> bool:
@@ -65,23 +63,39 @@ FORMATS = {
     "wav24": Format(".wav", "WAV", subtype="PCM_24"),
     "float": Format(".wav", "WAV", subtype="FLOAT"),
     "flac": Format(".flac", "FLAC", subtype="PCM_24"),
-    "mp3": Format(".mp3", "mp3", codec="libmp3lame"),
-    "ogg": Format(".ogg", "ogg", codec="libvorbis"),
-    "m4a": Format(".m4a", "ipod", codec="aac"),
+    "mp3": Format(".mp3", "mp3", codec="libmp3lame", lossy=True),
+    # libvorbis inside soundfile: PyAV's FFmpeg has only FFmpeg's own Vorbis encoder,
+    # experimental and poor (it garbles a pure tone in the second channel).
+    "ogg": Format(".ogg", "OGG", subtype="VORBIS", lossy=True),
+    "m4a": Format(".m4a", "ipod", codec="aac", lossy=True),
 }
 DEFAULT_BITRATE = "320k"
+# Nominal bitrates (kb/s, 44.1 kHz stereo) of libvorbis's qualities -1, 0, ..., 10;
+# soundfile takes a quality, as compression level 1 - quality / 10.
+VORBIS_KBPS = (45, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320, 500)
 
 
 class AudioError(ValueError):
   """A file that cannot be read or written; the message names it and says why."""
 
 
-def require_ffmpeg(what: str) -> None:
-  """Raises AudioError (saying that `what` needs it) unless ffmpeg and ffprobe are on
-  the PATH."""
-  if shutil.which("ffmpeg") is None or shutil.which("ffprobe") is None:
-    raise AudioError(f"{what} needs ffmpeg and ffprobe: install ffmpeg (e.g. apt-get "
-                     "install ffmpeg)")
+def bits_per_second(bitrate: str) -> int:
+  """'320k' -> 320000 (also '320000' and '0.32M'); AudioError if it is none."""
+  match = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*([kKmM]?)\s*", str(bitrate))
+  value = float(match.group(1)) * {"": 1, "k": 1e3, "m": 1e6}[match.group(2).lower()] if match else 0
+  if value < 1000:
+    raise AudioError(f"bitrate {bitrate!r}: give bits per second, e.g. 192k or 192000")
+  return round(value)
+
+
+def _import_av(what: str):
+  """PyAV, or AudioError saying that `what` needs it (it is an install requirement, so
+  only a broken environment lacks it)."""
+  try:
+    import av
+  except ImportError as e:
+    raise AudioError(f"{what} needs PyAV, which cannot be imported ({e}): pip install av") from None
+  return av
 
 
 # --------------------------------------------------------------------------- #
@@ -159,8 +173,8 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
 
 @dataclasses.dataclass
 class AudioStream:
-  """An open audio file: its rate, channels, frames (an estimate for ffmpeg inputs,
-  for progress only) and blocks [n, channels] float32."""
+  """An open audio file: its rate, channels, frames (an estimate for PyAV inputs, for
+  progress only) and blocks [n, channels] float32."""
 
   rate: int
   channels: int
@@ -172,7 +186,7 @@ class AudioStream:
 class AudioInfo:
   rate: int
   channels: int
-  frames: int  # an estimate for files that ffmpeg decodes
+  frames: int  # an estimate for files that PyAV decodes
 
 
 def audio_info(path: str | os.PathLike) -> AudioInfo:
@@ -188,17 +202,17 @@ def audio_info(path: str | os.PathLike) -> AudioInfo:
     with file:
       _check_declared_length(file, path)
       return AudioInfo(file.samplerate, file.channels, file.frames)
-  rate, channels, seconds = _probe(path)
-  return AudioInfo(rate, channels, round(seconds * rate))
+  with _open_av(path) as stream:  # decodes nothing
+    return AudioInfo(stream.rate, stream.channels, stream.frames)
 
 
 @contextlib.contextmanager
 def open_audio(path: str | os.PathLike) -> Iterator[AudioStream]:
   """Opens an audio file for streaming: wav/flac/ogg/aiff with soundfile, anything else
-  through ffmpeg. Raises AudioError (naming the file) for a missing, empty or
+  through PyAV. Raises AudioError (naming the file) for a missing, empty or
   unreadable file; a file that turns out empty or undecodable fails while streaming."""
   path = _existing(path)
-  opener = _open_soundfile if _by_soundfile(path) else _open_ffmpeg
+  opener = _open_soundfile if _by_soundfile(path) else _open_av
   with opener(path) as stream:
     yield stream
 
@@ -212,40 +226,43 @@ def read_audio(path: str | os.PathLike) -> tuple[np.ndarray, int]:
 
 def read_stem_file(path: str | os.PathLike, streams: int) -> tuple[np.ndarray, int]:
   """A Native Instruments stem file (MUSDB18's `.stem.mp4`): float32
-  [streams, time, channels] and the sample rate. Raises AudioError unless it holds at
-  least `streams` audio streams."""
-  import stempeg
-
-  path, info = _stem_info(path, streams)
-  try:
-    audio, rate = stempeg.read_stems(str(path), dtype=np.float32, info=info, always_3d=True)
-  except Exception as e:  # ffprobe/ffmpeg failures surface as many exception types
-    raise AudioError(f"{path}: cannot decode it ({e})") from None
-  audio = np.asarray(audio, np.float32)
-  for i, stream in enumerate(audio[:streams]):
-    check_finite(stream, 0, int(rate), f"{path} (stream {i})")
-  return audio, int(rate)
+  [streams, time, channels] of its first `streams` audio streams, cut to the shortest
+  of them, and the sample rate. Raises AudioError unless it holds at least `streams`
+  audio streams of one channel count."""
+  with _open_stem_file(path, streams) as (av, container, chosen):
+    channels = {stream.channels for stream in chosen}
+    if len(channels) > 1:
+      raise AudioError(f"{path}: its streams have different channel counts "
+                       f"({', '.join(str(s.channels) for s in chosen)})")
+    rate, channels = chosen[0].rate, channels.pop()
+    decoded = [[] for _ in chosen]
+    for i, block in _decode(av, container, chosen, path):
+      decoded[i].append(block)
+  parts = [np.concatenate(d) if d else np.zeros((0, channels), np.float32) for d in decoded]
+  length = min(len(part) for part in parts)
+  audio = np.stack([part[:length] for part in parts])
+  for i, stream in enumerate(audio):
+    check_finite(stream, 0, rate, f"{path} (stream {i})")
+  return audio, rate
 
 
 def stem_file_channels(path: str | os.PathLike, streams: int) -> list[int]:
   """The channel counts of a stem file's first `streams` streams, from its header."""
-  _, info = _stem_info(path, streams)
-  return [info.channels(i) for i in range(streams)]
+  with _open_stem_file(path, streams) as (_, _, chosen):
+    return [stream.channels for stream in chosen]
 
 
-def _stem_info(path: str | os.PathLike, streams: int):
+@contextlib.contextmanager
+def _open_stem_file(path: str | os.PathLike, streams: int):
+  """(av, the open container, its first `streams` audio streams)."""
   path = _existing(path)
-  require_ffmpeg(f"{path}: reading .stem.mp4 files")
-  import stempeg
-
-  try:
-    info = stempeg.Info(str(path))
-  except Exception as e:  # ffprobe failures surface as many exception types
-    raise AudioError(f"{path}: cannot read it as a stem file ({e})") from None
-  if info.nb_audio_streams < streams:
-    raise AudioError(f"{path}: has {info.nb_audio_streams} audio streams; a stem file of "
-                     f"this layout has {streams}")
-  return path, info
+  av = _import_av(f"{path}: reading .stem.mp4 files")
+  with _open_container(av, path, "as a stem file") as container:
+    found = container.streams.audio
+    if len(found) < streams:
+      raise AudioError(f"{path}: has {len(found)} audio streams; a stem file of this layout "
+                       f"has {streams}")
+    yield av, container, list(found[:streams])
 
 
 def check_finite(block: np.ndarray, offset: int, rate: int, name: str) -> None:
@@ -320,8 +337,6 @@ def _check_declared_length(file, path: pathlib.Path) -> int:
 def _declared_frames(file) -> int:
   """The frames a WAV header's data chunk declares (libsndfile itself counts only the
   frames the file holds, and logs the declared size as "data : N (should be M)")."""
-  import re
-
   match = re.search(r"^data\s*:\s*(\d+)\s*\(should be", file.extra_info, re.MULTILINE)
   frame_bytes = re.search(r"Block Align\s*:\s*(\d+)", file.extra_info)
   if not (match and frame_bytes and int(frame_bytes.group(1))):
@@ -329,64 +344,86 @@ def _declared_frames(file) -> int:
   return int(match.group(1)) // int(frame_bytes.group(1))
 
 
-def _probe(path: pathlib.Path) -> tuple[int, int, float]:
-  """(rate, channels, seconds) of the first audio stream, by ffprobe."""
-  require_ffmpeg(f"{path}: reading {path.suffix or 'such'} files")
-  probe = subprocess.run(
-      ["ffprobe", "-v", "error", "-select_streams", "a:0", "-show_entries",
-       "stream=sample_rate,channels:format=duration", "-of", "json", str(path)],
-      capture_output=True, text=True, check=False)
-  info = json.loads(probe.stdout or "{}") if probe.returncode == 0 else {}
-  if not info.get("streams"):
-    reason = _last_line(probe.stderr) or "no audio stream"
-    raise AudioError(f"{path}: cannot read it as audio ({reason})")
-  stream = info["streams"][0]
-  duration = float(info.get("format", {}).get("duration") or 0)
-  return int(stream["sample_rate"]), int(stream["channels"]), duration
+def _reason(error: Exception) -> str:
+  """FFmpeg's words for an error (PyAV's messages repeat the file name)."""
+  return getattr(error, "strerror", None) or str(error)
 
 
 @contextlib.contextmanager
-def _open_ffmpeg(path: pathlib.Path) -> Iterator[AudioStream]:
-  rate, channels, duration = _probe(path)
-  with tempfile.TemporaryFile() as errors:  # a file: a chatty decoder never blocks on it
-    process = subprocess.Popen(
-        ["ffmpeg", "-v", "error", "-nostdin", "-i", str(path), "-map", "0:a:0",
-         "-f", "f32le", "-acodec", "pcm_f32le", "-ac", str(channels), "-ar", str(rate),
-         "pipe:1"], stdout=subprocess.PIPE, stderr=errors)
+def _open_container(av, path: pathlib.Path, what: str = "as audio"):
+  try:
+    container = av.open(str(path))
+  except (av.FFmpegError, OSError) as e:
+    raise AudioError(f"{path}: cannot read it {what} ({_reason(e)})") from None
+  with container:
+    yield container
+
+
+@contextlib.contextmanager
+def _open_av(path: pathlib.Path) -> Iterator[AudioStream]:
+  av = _import_av(f"{path}: reading {path.suffix or 'such'} files")
+  with _open_container(av, path) as container:
+    if not container.streams.audio:
+      raise AudioError(f"{path}: cannot read it as audio (no audio stream)")
+    stream = container.streams.audio[0]
+    rate, channels = stream.rate, stream.channels
+    duration = (container.duration or 0) / av.time_base  # an estimate: from the header
 
     def blocks():
-      frame_bytes, total = 4 * channels, 0
-      while data := process.stdout.read(BLOCK_FRAMES * frame_bytes):
-        block = np.frombuffer(data[:len(data) // frame_bytes * frame_bytes], "<f4")
-        block = block.reshape(-1, channels)
+      total = 0
+      for block in _batched(block for _, block in _decode(av, container, [stream], path)):
         check_finite(block, total, rate, str(path))
         total += len(block)
         yield block
-      if process.wait() != 0:
-        raise AudioError(f"{path}: ffmpeg cannot decode it ({_read_errors(errors)})")
       if total == 0:
         raise AudioError(f"{path}: is empty (no audio samples)")
-      if total < 0.99 * duration * rate - rate:  # the container's duration is an estimate
+      if total < 0.99 * duration * rate - rate:
         logging.warning("%s: decoded %.2f s of the %.2f s its container declares; the file "
                         "may be cut short", path, total / rate, duration)
 
-    try:
-      yield AudioStream(rate, channels, round(duration * rate), blocks())
-    finally:
-      if process.poll() is None:
-        process.kill()
-      process.stdout.close()
-      process.wait()
+    yield AudioStream(rate, channels, round(duration * rate), blocks())
 
 
-def _read_errors(errors: IO[bytes]) -> str:
-  errors.seek(0)
-  return _last_line(errors.read().decode(errors="replace"))
+def _batched(parts: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
+  """The decoders' small parts [n, channels] joined into blocks of `BLOCK_FRAMES` or
+  more frames (the last one fewer)."""
+  pending, frames = [], 0
+  for part in parts:
+    pending.append(part)
+    frames += len(part)
+    if frames >= BLOCK_FRAMES:
+      yield np.concatenate(pending)
+      pending, frames = [], 0
+  if pending:
+    yield np.concatenate(pending)
 
 
-def _last_line(text: str) -> str:
-  lines = [line.strip() for line in text.splitlines() if line.strip()]
-  return lines[-1] if lines else ""
+def _decode(av, container, streams: list, path: pathlib.Path) -> Iterator[tuple[int, np.ndarray]]:
+  """(i, float32 [n, channels]) as the decoders give them, for `streams[i]`, each at its
+  own rate and channel count. A damaged packet is skipped (with a warning at the end),
+  as the ffmpeg program does."""
+  index = {stream.index: i for i, stream in enumerate(streams)}
+  resamplers = [av.AudioResampler(format="flt", layout=stream.layout, rate=stream.rate)
+                for stream in streams]
+  skipped = 0
+  try:
+    for packet in container.demux(streams):
+      i = index[packet.stream.index]
+      try:
+        frames = packet.decode()
+      except av.InvalidDataError:
+        skipped += 1
+        continue
+      for frame in frames:
+        for out in resamplers[i].resample(frame):
+          yield i, out.to_ndarray().reshape(-1, streams[i].channels)
+    for i, resampler in enumerate(resamplers):
+      for out in resampler.resample(None):
+        yield i, out.to_ndarray().reshape(-1, streams[i].channels)
+  except (av.FFmpegError, OSError) as e:
+    raise AudioError(f"{path}: cannot decode it ({_reason(e)})") from None
+  if skipped:
+    logging.warning("%s: skipped %d damaged packets", path, skipped)
 
 
 # --------------------------------------------------------------------------- #
@@ -398,7 +435,8 @@ class AudioWriter:
   """Streams float32 blocks [n, channels] into `path` in format `fmt` (a `FORMATS`
   key), under a temporary name until `commit()`; `discard()` (or an exception in a
   `with` block) removes it. Formats that cannot hold samples beyond [-1, 1] get them
-  clipped, never wrapped round."""
+  clipped, never wrapped round. Any failure, a full disk included, is an AudioError
+  that leaves nothing behind once discarded."""
 
   def __init__(self, path: str | os.PathLike, rate: int, channels: int, fmt: str = "wav16",
                bitrate: str = DEFAULT_BITRATE):
@@ -406,28 +444,24 @@ class AudioWriter:
       raise AudioError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     self.path, self.format, self.channels = pathlib.Path(path), FORMATS[fmt], channels
     self.clipped, self.peak = 0, 0.0  # samples clipped so far, and the largest of them
+    bits = bits_per_second(bitrate) if self.format.lossy else 0
     self._atomic = atomic_path(self.path, suffix=self.format.extension)
     self._temp = self._atomic.__enter__()
-    self._closed = False
+    self._closed, self._muxer, self._file = False, None, None
     try:
-      if self.format.lossy:
-        require_ffmpeg(f"{self.path}: writing {fmt}")
-        self._errors = tempfile.TemporaryFile()
-        self._process = subprocess.Popen(
-            ["ffmpeg", "-v", "error", "-nostdin", "-y", "-f", "f32le", "-ar", str(rate),
-             "-ac", str(channels), "-i", "pipe:0", "-codec:a", self.format.codec,
-             "-b:a", bitrate, "-f", self.format.container, str(self._temp)],
-            stdin=subprocess.PIPE, stderr=self._errors)
+      if self.format.codec:
+        self._muxer = _Muxer(self.path, self._temp, self.format, rate, [channels], bits)
       else:
         import soundfile
 
+        options = {"compression_level": _vorbis_level(bits)} if self.format.lossy else {}
         self._file = soundfile.SoundFile(str(self._temp), "w", samplerate=rate,
                                          channels=channels, format=self.format.container,
-                                         subtype=self.format.subtype)
+                                         subtype=self.format.subtype, **options)
     except BaseException as e:
       self._atomic.__exit__(type(e), e, e.__traceback__)
-      if isinstance(e, OSError):
-        raise AudioError(f"{self.path}: cannot write it ({e.strerror or e})") from None
+      if isinstance(e, (OSError, RuntimeError)):  # soundfile's errors are RuntimeErrors
+        raise AudioError(self._soundfile_error(e)) from None
       raise
 
   def write(self, block: np.ndarray) -> None:
@@ -439,34 +473,34 @@ class AudioWriter:
         self.clipped += beyond
         self.peak = max(self.peak, float(magnitude.max()))
         block = np.clip(block, -1.0, 1.0)
+    if self._muxer is not None:
+      self._muxer.write(0, block)
+      return
     try:
-      if self.format.lossy:
-        self._process.stdin.write(np.ascontiguousarray(block, "<f4").tobytes())
-      else:
-        self._file.write(block)
+      self._file.write(block)
     except (OSError, RuntimeError) as e:
-      raise AudioError(f"{self.path}: cannot write it ({self._ffmpeg_error() or e})") from None
+      raise AudioError(self._soundfile_error(e)) from None
 
-  def _ffmpeg_error(self) -> str:
-    if not self.format.lossy:
-      return ""
-    self._process.wait()
-    return f"ffmpeg: {_read_errors(self._errors)}"
+  def _soundfile_error(self, error: Exception) -> str:
+    reason = _reason(error)
+    # libsndfile says only "System error." when a write fails; a full disk is the
+    # usual cause, and the one a user can act on.
+    with contextlib.suppress(OSError):
+      if "System error" in reason and shutil.disk_usage(self.path.parent).free < 1 << 20:
+        reason = "No space left on device"
+    return f"{self.path}: cannot write it ({reason})"
 
   def _close(self) -> None:
     if self._closed:
       return
     self._closed = True
-    if self.format.lossy:
-      with contextlib.suppress(OSError):
-        self._process.stdin.close()
-      code = self._process.wait()
-      error = _read_errors(self._errors)
-      self._errors.close()
-      if code != 0:
-        raise AudioError(f"{self.path}: ffmpeg cannot encode it ({error})")
-    else:
+    if self._muxer is not None:
+      self._muxer.close()
+      return
+    try:
       self._file.close()
+    except (OSError, RuntimeError) as e:
+      raise AudioError(self._soundfile_error(e)) from None
 
   def commit(self) -> pathlib.Path:
     """Finishes the file and renames it into place."""
@@ -479,9 +513,10 @@ class AudioWriter:
     return self.path
 
   def discard(self) -> None:
+    if self._muxer is not None:
+      self._closed = True
+      self._muxer.abort()
     with contextlib.suppress(Exception):
-      if self.format.lossy and self._process.poll() is None:
-        self._process.kill()
       self._close()
     error = AudioError("discarded")
     self._atomic.__exit__(AudioError, error, None)
@@ -494,6 +529,71 @@ class AudioWriter:
       self.commit()
     else:
       self.discard()
+
+
+def _vorbis_level(bits: int) -> float:
+  """soundfile's compression level for libvorbis at about `bits` per second."""
+  quality = np.interp(bits / 1000, VORBIS_KBPS, np.arange(-1, len(VORBIS_KBPS) - 1))
+  return float(1 - np.clip(quality, 0, 10) / 10)
+
+
+class _Muxer:
+  """PyAV encoders of one `Format`, a stream per entry of `channels`, into one file
+  (`temp`, for errors named `path`). Raises AudioError naming `path` for any failure,
+  which FFmpeg may report only at `close()` (a full disk: buffered writes)."""
+
+  def __init__(self, path: pathlib.Path, temp: pathlib.Path, fmt: Format, rate: int,
+               channels: list[int], bits: int, titles: list[str] | None = None):
+    av = _import_av(f"{path}: writing {fmt.extension} files")
+    self.path, self._av = path, av
+    self._rate, self._frames = rate, [0] * len(channels)
+    self._container = None
+    with self._failures():
+      self._container = av.open(str(temp), "w", format=fmt.container)
+      self._streams = []
+      for i, n in enumerate(channels):
+        stream = self._container.add_stream(fmt.codec, rate=rate, layout=f"{n}c")
+        stream.bit_rate = bits
+        stream.codec_context.format = "fltp"  # both encoders take float: no rounding
+        if titles:
+          stream.metadata["title"] = titles[i]
+        self._streams.append(stream)
+
+  @contextlib.contextmanager
+  def _failures(self):
+    try:
+      yield
+    except (self._av.FFmpegError, OSError, ValueError) as e:
+      self.abort()
+      raise AudioError(f"{self.path}: cannot write it ({_reason(e)})") from None
+
+  def write(self, i: int, block: np.ndarray) -> None:
+    """Encodes float32 [n, channels] into stream `i`."""
+    if not len(block):
+      return
+    stream = self._streams[i]
+    with self._failures():
+      frame = self._av.AudioFrame.from_ndarray(
+          np.ascontiguousarray(block, np.float32).reshape(1, -1), format="flt",
+          layout=stream.layout.name)
+      frame.sample_rate, frame.time_base = self._rate, fractions.Fraction(1, self._rate)
+      frame.pts, self._frames[i] = self._frames[i], self._frames[i] + len(block)
+      self._container.mux(stream.encode(frame))
+
+  def close(self) -> None:
+    """Flushes the encoders and completes the file."""
+    with self._failures():
+      for stream in self._streams:
+        self._container.mux(stream.encode(None))
+      container, self._container = self._container, None
+      container.close()
+
+  def abort(self) -> None:
+    """Closes the file, whatever state it is in (the caller removes it)."""
+    container, self._container = self._container, None
+    if container is not None:
+      with contextlib.suppress(Exception):
+        container.close()
 
 
 class Spool:
@@ -536,18 +636,25 @@ def write_audio(path: str | os.PathLike, audio: np.ndarray, rate: int,
   return writer.path
 
 
+STEM_FORMAT = Format(".stem.mp4", "mp4", codec="aac", lossy=True)
+
+
 def write_stem_file(path: str | os.PathLike, stems: np.ndarray, rate: int,
                     names: list[str], bitrate: int = 256000) -> pathlib.Path:
-  """Writes a Native Instruments stem file (AAC streams, `.stem.mp4`): `stems`
-  [streams, time, channels], complete or not at all."""
+  """Writes a Native Instruments stem file (`.stem.mp4`: an AAC stream per stem, in
+  the order of `stems` [streams, time, channels], each titled by its entry of
+  `names`), complete or not at all."""
   path = pathlib.Path(path)
-  require_ffmpeg(f"{path}: writing stem files")
-  import stempeg
-
-  # ffmpeg picks the container from the extension, so the temporary name ends in .mp4
-  # (and not in .stem.mp4, which a track listing would take for a track).
-  with atomic_path(path, suffix=".mp4") as temp:
-    stempeg.write_stems(str(temp), stems, sample_rate=rate,
-                        writer=stempeg.StreamsWriter(codec="aac", bitrate=bitrate,
-                                                     stem_names=names))
+  stems = np.asarray(stems, np.float32)
+  with atomic_path(path) as temp:
+    muxer = _Muxer(path, temp, STEM_FORMAT, rate, [s.shape[1] for s in stems], bitrate,
+                   titles=list(names))
+    try:
+      for start in range(0, stems.shape[1], BLOCK_FRAMES):  # interleaved, as players read
+        for i, stem in enumerate(stems):
+          muxer.write(i, stem[start:start + BLOCK_FRAMES])
+      muxer.close()
+    except BaseException:
+      muxer.abort()
+      raise
   return path

@@ -49,6 +49,7 @@ import os
 import pathlib
 import sys
 import time
+import types
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
@@ -152,13 +153,40 @@ def _silent(x: np.ndarray) -> bool:
   return bool(np.all(np.sum(x, axis=1) == 0))
 
 
+class _NoStempeg(types.ModuleType):
+  """Stands in for stempeg where it cannot be imported; refuses every use."""
+
+  def __getattr__(self, name: str):
+    if name.startswith("__"):  # import machinery and introspection probe these
+      raise AttributeError(name)
+    raise RuntimeError(f"stempeg.{name}: stempeg needs the ffmpeg program, which is not "
+                       "on the PATH; waveunet_jax reads and writes stem files with PyAV")
+
+
+def import_museval():
+  """museval, also where no ffmpeg program is installed.
+
+  museval imports musdb, which imports stempeg, whose import raises RuntimeError unless
+  ffmpeg and ffprobe are on the PATH. musdb calls stempeg only inside the functions
+  that read and write stem files, and this package calls none of them (it reads stem
+  files with PyAV): so there a stand-in that refuses every use takes stempeg's place.
+  """
+  try:
+    import stempeg  # noqa: F401
+  except (ImportError, RuntimeError):  # "ffmpeg or ffprobe could not be found!"
+    sys.modules["stempeg"] = _NoStempeg("stempeg")
+  import museval
+
+  return museval
+
+
 def score(name: str, refs: Mapping[str, np.ndarray], estimates: Mapping[str, np.ndarray],
           rate: int) -> Any:
   """museval's scores (a `museval.TrackStore`) of `estimates` {source: [T, C]} against
   `refs`: BSSEval v4, windows and hops of `WINDOW_SECONDS`. A set with a source that
   is silent over the whole track, which museval refuses, is NaN in every frame (what
   museval's frame-wise rule gives)."""
-  import museval
+  museval = import_museval()
 
   window = round(WINDOW_SECONDS * rate)
   values = {}

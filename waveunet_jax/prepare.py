@@ -6,7 +6,7 @@ dataset of TFRecord windows.
   python -m waveunet_jax.prepare --tracks_file=FILE ...          # track folders listed
 
 Reads `DIR/{train,valid,test}` (valid/ and test/ optional): `<track>.stem.mp4` files
-(MUSDB18, decoded by stempeg with ffmpeg) or, with `--wav`, `<track>/<stem>.wav`
+(MUSDB18, decoded by PyAV) or, with `--wav`, `<track>/<stem>.wav`
 folders (MUSDB18-HQ, or one's own multitracks: extra stems such as `piano.wav` count
 as `other`, and a stem that no source of the config needs may be missing; `stems`
 owns the rule). `--tracks_file` lists track folders instead (`read_tracks_file`).
@@ -214,16 +214,11 @@ def check_track(track: Track, sources: Sequence[str] = STEMS) -> None:
       raise DataError(f"track {track.name!r}: stems have different {what} {values}")
 
 
-def _stem_file_error(track: Track, error: audio.AudioError) -> DataError:
-  return DataError(f"track {track.name!r}: {error}" + (
-      "; or use the MUSDB18-HQ wav release with --wav" if "needs ffmpeg" in str(error) else ""))
-
-
 def _stem_file_info(track: Track) -> None:
   try:
     channels = audio.stem_file_channels(track.path, 1 + len(STEM_STREAMS))
   except audio.AudioError as e:
-    raise _stem_file_error(track, e) from None
+    raise DataError(f"track {track.name!r}: {e}") from None
   for stem, index in STEM_STREAMS.items():
     _check_channels(track, f"{track.path.name} ({stem} stream)", channels[index])
 
@@ -239,11 +234,11 @@ def _read_wav(track: Track, path: pathlib.Path) -> tuple[np.ndarray, int]:
 
 def _read_stem_file(track: Track) -> tuple[dict[str, np.ndarray], int]:
   # check_track read the header before; read_stem_file checks the stream count again
-  # and the channels are checked on the decoded streams, so ffprobe runs once here.
+  # and the channels are checked on the decoded streams, so the file opens once here.
   try:
     data, rate = audio.read_stem_file(track.path, 1 + len(STEM_STREAMS))
   except audio.AudioError as e:
-    raise _stem_file_error(track, e) from None
+    raise DataError(f"track {track.name!r}: {e}") from None
   stems = {stem: data[index] for stem, index in STEM_STREAMS.items()}
   for stem, part in stems.items():
     _check_stereo(track, f"{track.path.name} ({stem} stream)", part)

@@ -49,30 +49,21 @@ BASELINE_COLOUR = "#8c8c8c"
 
 @dataclasses.dataclass(frozen=True)
 class Encoding:
-  """How excerpts are stored: an `audio.FORMATS` entry, at a bitrate (lossy) or
-  downmixed and resampled to `rate` (wav)."""
+  """How excerpts are stored: an `audio.FORMATS` entry at a bitrate."""
 
   format: str
   mime: str
   description: str
   bitrate: str = audio.DEFAULT_BITRATE
-  rate: int | None = None  # resample to this (None: the track's rate)
-  mono: bool = False
+
+  @classmethod
+  def from_json(cls, info: Mapping[str, Any]) -> Encoding:
+    """From `EXCERPT_INFO`, whose older files name fields since dropped (16 kHz mono WAV
+    excerpts, once made where ffmpeg was missing, still play)."""
+    return cls(**{f.name: info[f.name] for f in dataclasses.fields(cls) if f.name in info})
 
 
-MP3 = Encoding("mp3", "audio/mpeg", "MP3 at 64 kb/s (ffmpeg)", bitrate="64k")
-WAV = Encoding("wav16", "audio/wav", "16 kHz mono 16-bit WAV (ffmpeg was not found)",
-               rate=16000, mono=True)
-
-
-def encoding() -> Encoding:
-  """MP3 at 64 kb/s where ffmpeg is there (about 80 KB per 10 s), else 16 kHz mono WAV
-  (320 KB)."""
-  try:
-    audio.require_ffmpeg("mp3 excerpts")
-  except audio.AudioError:
-    return WAV
-  return MP3
+EXCERPT_ENCODING = Encoding("mp3", "audio/mpeg", "MP3 at 64 kb/s", bitrate="64k")  # 80 KB per 10 s
 
 
 def excerpt_span(mix: np.ndarray, rate: int) -> tuple[int, int]:
@@ -99,21 +90,14 @@ def save_excerpts(folder: str | os.PathLike, mix: np.ndarray,
   (complete or not at all), with an `EXCERPT_INFO` naming the position, the encoding
   and the `separator` (its identity) that made the estimates."""
   start, stop = excerpt_span(mix, rate)
-  how = encoding()
+  how = EXCERPT_ENCODING
   files = {}
   with audio.atomic_path(folder) as temp:
     temp.mkdir()
     for name, x in {MIX: mix, **estimates}.items():
       x = np.asarray(x[start:stop], np.float32)
-      out_rate = rate
-      if how.mono:
-        x = x.mean(axis=1, keepdims=True)
-      if how.rate and how.rate != rate:
-        import soxr
-
-        x, out_rate = soxr.resample(x, rate, how.rate, quality="HQ"), how.rate
       path = audio.write_audio(temp / f"{name}{audio.FORMATS[how.format].extension}", x,
-                               out_rate, how.format, how.bitrate)
+                               rate, how.format, how.bitrate)
       files[name] = path.name
     info = {"start_seconds": start / rate, "seconds": (stop - start) / rate,
             "encoding": dataclasses.asdict(how), "files": files, "separator": separator}
@@ -138,7 +122,7 @@ def load_excerpts(folder: str | os.PathLike,
   try:
     info = json.loads((folder / EXCERPT_INFO).read_text())
     excerpts = Excerpts(float(info["start_seconds"]), float(info["seconds"]),
-                        Encoding(**info["encoding"]),
+                        Encoding.from_json(info["encoding"]),
                         {k: folder / v for k, v in info["files"].items()})
   except FileNotFoundError:
     return None

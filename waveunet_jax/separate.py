@@ -231,6 +231,11 @@ def separate_files(separator: Separator, inputs: Sequence[str | os.PathLike],
   """
   if fmt not in audio.FORMATS:
     raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(audio.FORMATS)}")
+  if audio.FORMATS[fmt].lossy:
+    try:
+      audio.bits_per_second(bitrate)
+    except audio.AudioError as e:  # else every output would fail alike
+      raise SeparationError(f"--bitrate: {e}") from None
   check_filename(filename)
   clip = clip_mode(clip, fmt)
   names = separator.stem_names(stems)
@@ -400,8 +405,8 @@ def _define_flags() -> None:
                       "Output path below --output_dir, from {track} (input name without "
                       "extension), {trackext}, {stem} and {ext}.")
   flags.DEFINE_enum("format", "wav16", list(audio.FORMATS),
-                    "wav16, wav24, float (32-bit wav), flac (24-bit), or through ffmpeg "
-                    "mp3, ogg (Vorbis), m4a (AAC).")
+                    "wav16, wav24, float (32-bit wav), flac (24-bit), or lossy at "
+                    "--bitrate: mp3, ogg (Vorbis), m4a (AAC).")
   flags.DEFINE_string("bitrate", audio.DEFAULT_BITRATE, "Bitrate of mp3, ogg and m4a.")
   flags.DEFINE_string("stems", None, "Stems to write, e.g. vocals,accompaniment for a "
                       "four-source model (default: the model's sources). accompaniment: "

@@ -27,7 +27,7 @@ Command line (defaults: --tracks 8 --seconds 30 --seed 0 --test_tracks 1)::
 writes MUSDB18-HQ folders ``OUT/{train,test}/<track>/{mixture,vocals,drums,bass,other}.wav``
 (44.1 kHz, stereo, PCM_16) or, with ``--stems``, MUSDB18 stem files
 ``OUT/{train,test}/<track>.stem.mp4`` (5 AAC streams: mixture, drums, bass, other, vocals;
-needs ffmpeg and the ``stempeg`` package). Tracks already complete are skipped.
+encoded by PyAV). Tracks already complete are skipped.
 """
 from __future__ import annotations
 
@@ -770,14 +770,6 @@ def _write_stem_file(path: pathlib.Path, tracks: dict[str, np.ndarray]) -> None:
                         list(STEM_ORDER))
 
 
-def _check_stem_tools() -> None:
-  audio.require_ffmpeg("--stems")
-  try:
-    import stempeg  # noqa: F401
-  except ImportError as e:
-    raise RuntimeError("--stems needs the stempeg package (pip install stempeg)") from e
-
-
 def write_corpus(root: str | os.PathLike, num_train: int, num_test: int, seconds: float,
                  seed: int, stems: bool = False) -> list[pathlib.Path]:
   """Write num_train + num_test tracks under root/{train,test} in the MUSDB18-HQ wav layout,
@@ -796,8 +788,6 @@ def write_corpus(root: str | os.PathLike, num_train: int, num_test: int, seconds
   if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
     raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
   seconds = float(seconds)
-  if stems:
-    _check_stem_tools()
   frames = int(round(seconds * SAMPLE_RATE))
   paths = []
   for split, count in (("train", int(num_train)), ("test", int(num_test))):
@@ -825,7 +815,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                       help="length of each track (default 30)")
   parser.add_argument("--seed", type=int, default=0, help="corpus seed (default 0)")
   parser.add_argument("--stems", action="store_true",
-                      help="write MUSDB18 .stem.mp4 files (AAC, needs ffmpeg) instead of "
+                      help="write MUSDB18 .stem.mp4 files (AAC) instead of "
                       "wav folders")
   args = parser.parse_args(argv)
   try:
