@@ -86,6 +86,42 @@ def test_bad_exports_are_one_line(tmp_path):
     exported.format_of(tmp_path / "m.bin")
 
 
+def test_an_export_replaces_only_an_earlier_export_and_only_with_overwrite(tmp_path,
+                                                                          monkeypatch):
+  engine_ = jax_engine("deep")
+  mine = tmp_path / "mine"
+  mine.mkdir()
+  (mine / "notes.txt").write_text("my own files")
+  for overwrite in (False, True):
+    with pytest.raises(export.ExportError, match=r"mine: is a folder holding what this "
+                                                 r"program did not write there"):
+      export.export(engine_, "saved_model", mine, overwrite=overwrite)
+  assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+  monkeypatch.chdir(mine)  # the working folder and those above it, never
+  for output in (".", "..", str(tmp_path)):
+    with pytest.raises(export.ExportError, match="is the current folder or one above it"):
+      export.export(engine_, "saved_model", output, overwrite=True)
+  assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+  (tmp_path / "m.onnx").mkdir()
+  with pytest.raises(export.ExportError, match="m.onnx: is a folder, where this file output"):
+    export.export(engine_, "onnx", tmp_path / "m.onnx", overwrite=True)
+  # An earlier export: kept without --overwrite, replaced with it.
+  path = export.export(engine_, "stablehlo", tmp_path / "m.stablehlo")
+  path.write_bytes(b"an earlier export")
+  with pytest.raises(export.ExportError, match=r"m.stablehlo exists; add --overwrite"):
+    export.export(engine_, "stablehlo", path)
+  assert path.read_bytes() == b"an earlier export"
+  export.export(engine_, "stablehlo", path, overwrite=True)
+  assert exported.load(path).forward is not None and path.read_bytes() != b"an earlier export"
+  folder = export.export(engine_, "saved_model", tmp_path / "sm")
+  (folder / "stale.txt").write_text("from an earlier export")
+  with pytest.raises(export.ExportError, match=r"sm exists; add --overwrite"):
+    export.export(engine_, "saved_model", folder)
+  export.export(engine_, "saved_model", folder, overwrite=True)
+  assert not (folder / "stale.txt").exists() and exported.is_export_folder(folder)
+  assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
 NO_JAX = """
 import sys
 

@@ -326,8 +326,10 @@ class DataIterator:
     return self
 
   def save(self, directory: pathlib.Path) -> None:
-    """Writes atomically: into a temporary folder renamed when complete."""
-    with audio.atomic_path(directory) as temp:
+    """Writes atomically: into a temporary folder renamed when complete (replacing an
+    earlier save of this step, which holds only the iterator's files)."""
+    with audio.atomic_path(directory, ours=lambda f: all(
+        p.name.startswith("iterator.") for p in f.iterdir())) as temp:
       self._checkpoint.write(str(temp / "iterator"))
 
   def restore(self, directory: pathlib.Path) -> None:
