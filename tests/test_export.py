@@ -122,6 +122,32 @@ def test_an_export_replaces_only_an_earlier_export_and_only_with_overwrite(tmp_p
   assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
+@pytest.mark.parametrize("flag, value, message", [
+    ("batch_size", 0, "--batch_size=0: must be a positive number of windows"),
+    ("batch_size", -2, "--batch_size=-2: must be a positive number of windows"),
+    ("window_seconds", 0.0, "--window_seconds=0: use a positive number of seconds"),
+    ("window_seconds", 1e12, "--window_seconds=1e+12: use a positive number of seconds, at "
+                             "most 3600"),
+    ("output", "", "--output is empty: name the file or SavedModel folder to write"),
+])
+def test_export_flags_that_cannot_work_are_refused_before_loading(tmp_path, flag, value,
+                                                                  message):
+  import types
+
+  args = dict(format="onnx", output=str(tmp_path / "m.onnx"), overwrite=False,
+              batch_size=None, window_seconds=None)
+  with pytest.raises(export.ExportError) as error:
+    export.check_flags(types.SimpleNamespace(**{**args, flag: value}))
+  assert str(error.value).startswith(message) and "\n" not in str(error.value)
+  result = subprocess.run(  # the command line: one line, before any workdir is read
+      [sys.executable, "-m", "waveunet_jax.export", f"--workdir={tmp_path / 'none'}",
+       "--format=onnx", f"--output={tmp_path / 'm.onnx'}", f"--{flag}={value}"],
+      cwd=ROOT, capture_output=True, text=True, timeout=300) if flag == "batch_size" else None
+  if result is not None:
+    assert result.stderr.strip().splitlines()[-1] == f"error: {message} (or left out: any " \
+                                                     "batch, where the format allows it)"
+
+
 NO_JAX = """
 import sys
 

@@ -170,6 +170,8 @@ def check_output(fmt: str, output: str | os.PathLike, overwrite: bool = False) -
   file, or a SavedModel folder holding this project's metadata)."""
   if fmt not in exported.FORMATS:
     raise ExportError(f"--format={fmt}: use one of {', '.join(exported.FORMATS)}")
+  if not str(output).strip():  # "" would be the current folder
+    raise ExportError("--output is empty: name the file or SavedModel folder to write")
   output = pathlib.Path(output)
   expected = {"onnx": ".onnx", "tflite": ".tflite", "stablehlo": ".stablehlo"}.get(fmt)
   if expected and output.suffix.lower() != expected:

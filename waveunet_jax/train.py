@@ -852,7 +852,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   SIGINT or SIGTERM stops the run cleanly after the current step with a checkpoint
   (raises Interrupted); a second one raises KeyboardInterrupt at once.
   """
-  workdir = pathlib.Path(workdir).absolute()
+  workdir = checkpoints.workdir_path(workdir)
   from waveunet_jax import input_pipeline
 
   check_same_run(config, workdir)  # first: until they agree, processes may not wait on each other
