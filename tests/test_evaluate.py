@@ -233,6 +233,17 @@ def test_sources_without_musdb_references_are_refused(musdb_corpus, tmp_path):
     evaluate.evaluate(Stub(("vocals", "piano")), musdb_corpus, tmp_path, wav=True, split="test")
 
 
+def test_a_folder_where_the_report_goes_is_refused_before_any_work(musdb_corpus, tmp_path):
+  (tmp_path / "report.html").mkdir()
+  (tmp_path / "report.html" / "mine.txt").write_text("not the program's")
+  with pytest.raises(evaluate.EvaluationError,
+                     match=r"^.*report.html: is a folder, where this file output goes; move "
+                           r"the folder away or choose another name$"):
+    evaluate.evaluate(Stub(), musdb_corpus, tmp_path, wav=True, split="test")
+  assert (tmp_path / "report.html" / "mine.txt").read_text() == "not the program's"
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["report.html"]
+
+
 def test_a_four_source_model_is_scored_as_vocals_and_accompaniment(musdb_corpus, tmp_path):
   model = models.WaveUNet(**tiny_model_config(sources=("bass", "drums", "other", "vocals")))
   mix = np.zeros((1, models.lengths(model, 1).input_length, 2), np.float32)

@@ -86,6 +86,68 @@ def test_bad_exports_are_one_line(tmp_path):
     exported.format_of(tmp_path / "m.bin")
 
 
+def test_an_export_replaces_only_an_earlier_export_and_only_with_overwrite(tmp_path,
+                                                                          monkeypatch):
+  engine_ = jax_engine("deep")
+  mine = tmp_path / "mine"
+  mine.mkdir()
+  (mine / "notes.txt").write_text("my own files")
+  for overwrite in (False, True):
+    with pytest.raises(export.ExportError, match=r"mine: is a folder holding what this "
+                                                 r"program did not write there"):
+      export.export(engine_, "saved_model", mine, overwrite=overwrite)
+  assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+  monkeypatch.chdir(mine)  # the working folder and those above it, never
+  for output in (".", "..", str(tmp_path)):
+    with pytest.raises(export.ExportError, match="is the current folder or one above it"):
+      export.export(engine_, "saved_model", output, overwrite=True)
+  assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+  (tmp_path / "m.onnx").mkdir()
+  with pytest.raises(export.ExportError, match="m.onnx: is a folder, where this file output"):
+    export.export(engine_, "onnx", tmp_path / "m.onnx", overwrite=True)
+  # An earlier export: kept without --overwrite, replaced with it.
+  path = export.export(engine_, "stablehlo", tmp_path / "m.stablehlo")
+  path.write_bytes(b"an earlier export")
+  with pytest.raises(export.ExportError, match=r"m.stablehlo exists; add --overwrite"):
+    export.export(engine_, "stablehlo", path)
+  assert path.read_bytes() == b"an earlier export"
+  export.export(engine_, "stablehlo", path, overwrite=True)
+  assert exported.load(path).forward is not None and path.read_bytes() != b"an earlier export"
+  folder = export.export(engine_, "saved_model", tmp_path / "sm")
+  (folder / "stale.txt").write_text("from an earlier export")
+  with pytest.raises(export.ExportError, match=r"sm exists; add --overwrite"):
+    export.export(engine_, "saved_model", folder)
+  export.export(engine_, "saved_model", folder, overwrite=True)
+  assert not (folder / "stale.txt").exists() and exported.is_export_folder(folder)
+  assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("batch_size", 0, "--batch_size=0: must be a positive number of windows"),
+    ("batch_size", -2, "--batch_size=-2: must be a positive number of windows"),
+    ("window_seconds", 0.0, "--window_seconds=0: use a positive number of seconds"),
+    ("window_seconds", 1e12, "--window_seconds=1e+12: use a positive number of seconds, at "
+                             "most 3600"),
+    ("output", "", "--output is empty: name the file or SavedModel folder to write"),
+])
+def test_export_flags_that_cannot_work_are_refused_before_loading(tmp_path, flag, value,
+                                                                  message):
+  import types
+
+  args = dict(format="onnx", output=str(tmp_path / "m.onnx"), overwrite=False,
+              batch_size=None, window_seconds=None)
+  with pytest.raises(export.ExportError) as error:
+    export.check_flags(types.SimpleNamespace(**{**args, flag: value}))
+  assert str(error.value).startswith(message) and "\n" not in str(error.value)
+  result = subprocess.run(  # the command line: one line, before any workdir is read
+      [sys.executable, "-m", "waveunet_jax.export", f"--workdir={tmp_path / 'none'}",
+       "--format=onnx", f"--output={tmp_path / 'm.onnx'}", f"--{flag}={value}"],
+      cwd=ROOT, capture_output=True, text=True, timeout=300) if flag == "batch_size" else None
+  if result is not None:
+    assert result.stderr.strip().splitlines()[-1] == f"error: {message} (or left out: any " \
+                                                     "batch, where the format allows it)"
+
+
 NO_JAX = """
 import sys
 

@@ -5,6 +5,7 @@ import json
 import os
 import pathlib
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -43,6 +44,110 @@ def run_main(*args, timeout=300):
 
 def last_line(result) -> str:
   return result.stderr.strip().splitlines()[-1]
+
+
+# --------------------------------------------------------------------------- #
+# Outputs replace only what the program wrote.
+# --------------------------------------------------------------------------- #
+
+
+def test_an_output_replaces_only_what_this_program_wrote_there(tmp_path, monkeypatch):
+  from waveunet_jax import audio
+
+  mine = tmp_path / "mine"
+  mine.mkdir()
+  (mine / "notes.txt").write_text("the user's")
+  ours = lambda folder: (folder / "ours.json").is_file()
+  for path, kind, reason in ((mine, ours, "holding what this program did not write there"),
+                             (mine, None, "is a folder, where this file output goes"),
+                             (mine / "notes.txt", ours, "is a file or a link, where this "
+                                                        "folder output goes")):
+    with pytest.raises(audio.AudioError, match=reason):
+      with audio.atomic_path(path, ours=kind) as temp:
+        temp.mkdir() if kind else temp.write_text("new")
+  monkeypatch.chdir(mine)
+  for path in (".", "..", "/"):
+    with pytest.raises(audio.AudioError, match="is the current folder or one above it"):
+      audio.write_text_atomic(path, "new")
+  assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+  # What the program wrote is replaced: a file by a file, its own folder by a folder.
+  audio.write_text_atomic(mine / "notes.txt", "new")
+  for version in ("old", "new"):
+    with audio.atomic_path(tmp_path / "out", ours=ours) as temp:
+      temp.mkdir()
+      (temp / "ours.json").write_text(version)
+  assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+  assert (tmp_path / "out" / "ours.json").read_text() == "new"
+
+
+# --------------------------------------------------------------------------- #
+# A relative --workdir, as the README writes them and training's closing line prints.
+# --------------------------------------------------------------------------- #
+
+
+@pytest.fixture(scope="module")
+def trained_run(tiny_data_dir, tmp_path_factory):
+  """A folder holding `run/`, a tiny trained run: the programs run from that folder
+  with --workdir=run."""
+  parent = tmp_path_factory.mktemp("relative")
+  config = tiny_config(tiny_data_dir)
+  config.num_train_steps = config.eval_every_steps = config.checkpoint_every_steps = 2
+  train.train_and_evaluate(config, parent / "run")
+  return parent
+
+
+def run_program(program, *args, cwd):
+  return subprocess.run([sys.executable, "-m", f"waveunet_jax.{program}", *args], cwd=cwd,
+                        capture_output=True, text=True, timeout=300)
+
+
+def test_separate_and_export_take_a_relative_workdir(trained_run):
+  import numpy as np
+  import soundfile as sf
+
+  sf.write(trained_run / "song.wav", np.zeros((4000, 2), np.float32), TINY_RATE)
+  result = run_program("separate", "--workdir=run", "song.wav", "--output_dir=out",
+                       cwd=trained_run)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert sorted(p.name for p in (trained_run / "out" / "song").iterdir()) == [
+      "accompaniment.wav", "vocals.wav"]
+  result = run_program("export", "--workdir=run", "--format=stablehlo",
+                       "--output=m.stablehlo", "--window_seconds=0.5", cwd=trained_run)
+  assert result.returncode == 0, result.stderr[-3000:]
+  meta = json.loads((trained_run / "m.stablehlo.json").read_text())
+  assert meta["source_model"]["workdir"] == str(trained_run / "run")
+
+
+@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="museval imports stempeg, "
+                    "which needs ffmpeg")
+def test_evaluate_takes_a_relative_workdir(trained_run, musdb_corpus):
+  result = run_program("evaluate", "--workdir=run", f"--musdb_root={musdb_corpus}", "--wav",
+                       "--tracks=1", "--noreport", "--output_dir=eval", cwd=trained_run)
+  assert result.returncode == 0, result.stderr[-3000:]
+  summary = json.loads((trained_run / "eval" / "summary.json").read_text())
+  assert summary["separator"]["workdir"] == str(trained_run / "run")
+
+
+def test_init_from_a_relative_workdir(trained_run, tiny_data_dir, monkeypatch):
+  monkeypatch.chdir(trained_run)
+  config = tiny_config(tiny_data_dir)
+  config.num_train_steps = config.eval_every_steps = config.checkpoint_every_steps = 1
+  config.init_from = "run:latest"
+  train.train_and_evaluate(config, "fine")
+  saved = json.loads((trained_run / "fine" / "config.json").read_text())
+  assert saved[checkpoints.STARTED_FROM] == {
+      "workdir": str(trained_run / "run"), "checkpoint": "latest", "step": 2}
+
+
+def test_reading_a_workdir_without_checkpoints_writes_nothing(trained_run, tmp_path):
+  from waveunet_jax import engine, separator
+
+  (tmp_path / "bare").mkdir()
+  shutil.copy(trained_run / "run" / "config.json", tmp_path / "bare")
+  with pytest.raises(separator.SeparationError,
+                     match=r"^--workdir=.*bare: no checkpoint in .*bare/checkpoints; train "):
+    engine.JaxEngine.from_workdir(tmp_path / "bare")
+  assert os.listdir(tmp_path / "bare") == ["config.json"]
 
 
 # --------------------------------------------------------------------------- #

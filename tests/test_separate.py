@@ -555,6 +555,117 @@ def test_a_rerun_removes_the_temporaries_of_a_killed_run_only(tmp_path):
   assert not any(p.exists() for p in stale) and running.exists()
 
 
+def files_under(folder):
+  return {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize("template", ["{ext:.>2.0}/{ext:.>2.0}/X_{stem}.{ext}",
+                                      "{ext:/>1.0}tmp/x/{stem}.{ext}", "{stem:.0}",
+                                      "{stem!r}.{ext}", "{stem:x}", "{track}//{stem}.{ext}",
+                                      "/{stem}.{ext}", "{track}/../{stem}", "{stem}/"])
+def test_filename_templates_that_could_leave_the_output_dir_are_one_line(tmp_path, template):
+  sf.write(tmp_path / "song.wav", noise(100), RATE)
+  before = files_under(tmp_path)
+  with pytest.raises(ValueError, match=r"^--filename=") as error:
+    separate.separate_files(pass_through(window_seconds=SHORT), [tmp_path / "song.wav"],
+                            tmp_path / "out", filename=template)
+  assert "\n" not in str(error.value)
+  assert files_under(tmp_path) == before
+
+
+@pytest.mark.parametrize("name, template", [("noext", "{trackext}/{stem}.{ext}"),
+                                            ("...wav", "{track}/{stem}.{ext}"),
+                                            ("..wav", "{track}.{stem}/../{stem}.{ext}")])
+def test_input_names_that_would_leave_the_output_dir_are_refused(tmp_path, caplog, name,
+                                                                 template):
+  songs = tmp_path / "songs"
+  songs.mkdir()
+  sf.write(songs / name, noise(100), RATE, format="WAV")
+  before = files_under(tmp_path)
+  with caplog.at_level(logging.ERROR), pytest.raises(ValueError):
+    separate.separate_files(pass_through(window_seconds=SHORT), [songs / name],
+                            songs / "out", filename=template)
+  assert files_under(tmp_path) == before
+
+
+def test_an_output_onto_an_input_or_a_folder_is_refused_before_any_work(tmp_path, caplog):
+  sf.write(tmp_path / "vocals.wav", noise(100), RATE)
+  sf.write(tmp_path / "song.wav", noise(100, seed=1), RATE)
+  (tmp_path / "out" / "vocals").mkdir(parents=True)  # other songs' stems
+  (tmp_path / "out" / "vocals" / "other song.wav").write_bytes(b"theirs")
+  before = files_under(tmp_path)
+  sep = pass_through(window_seconds=SHORT)
+  with caplog.at_level(logging.ERROR), pytest.raises(separate.SeparationError,
+                                                     match="2 input"):
+    separate.separate_files(sep, [tmp_path / "vocals.wav", tmp_path / "song.wav"], tmp_path,
+                            filename="{stem}.{ext}", overwrite=True)
+  messages = [r.getMessage() for r in caplog.records]
+  assert len(messages) == 2 and all("its vocals would overwrite the input" in m and
+                                    m.endswith(f"{tmp_path / 'vocals.wav'}; choose another "
+                                               "--output_dir or --filename") for m in messages)
+  with pytest.raises(separate.SeparationError, match="1 input"):
+    separate.separate_files(sep, [tmp_path / "song.wav"], tmp_path / "out",
+                            filename="{stem}", overwrite=True)
+  assert "out/vocals: is a folder, where this file output goes" in caplog.text
+  assert files_under(tmp_path) == before
+  with pytest.raises(separate.SeparationError, match=r"^--output_dir is empty"):
+    separate.separate_files(sep, [tmp_path / "song.wav"], "")
+
+
+def test_an_output_dir_inside_an_input_folder_is_not_separated_again(tmp_path):
+  album = tmp_path / "album"
+  album.mkdir()
+  sf.write(album / "song.wav", noise(100), RATE)
+  sep = pass_through(window_seconds=SHORT)
+  first = separate.separate_files(sep, [album], album / "stems")
+  assert separate.separate_files(sep, [album], album / "stems", overwrite=True) == first
+  assert sorted(p.relative_to(album).as_posix() for p in album.rglob("*.wav")) == [
+      "song.wav", "stems/song/accompaniment.wav", "stems/song/vocals.wav"]
+
+
+def test_no_filename_leaves_the_output_dir_or_shares_a_file_or_hits_an_input(tmp_path):
+  """Random templates and input names: every output the plan accepts lies inside
+  --output_dir, on a file of its own, never on an input."""
+  import random
+
+  rng = random.Random(21)
+  tokens = ["{track}", "{trackext}", "{stem}", "{ext}", "{stem}", "{track}.{ext}", "..", ".",
+            "", "x", "a.b", "{ext:.>2.0}", "{stem!r}", "{stem:.0}", "{ext:/>1.0}", "-",
+            " ", "{{stem}}"]
+  names = ["song.wav", "...wav", "..wav", ".wav", "noext", "a.b.c", "vocals.wav", "x..wav",
+           "accompaniment", "vocals", "{stem}.wav", "..", "."]
+  stems = ("accompaniment", "vocals")
+  accepted = refused = 0
+  for _ in range(400):
+    parts = ["".join(rng.choice(tokens) for _ in range(rng.randint(1, 3)))
+             for _ in range(rng.randint(1, 3))]
+    template = ("/" if rng.random() < 0.1 else "") + "/".join(parts)
+    try:
+      separate.check_filename(template)
+    except ValueError:
+      continue
+    inputs = tmp_path / "in"
+    output_dir = rng.choice([inputs, tmp_path / "out", inputs / "sub" / ".."])
+    jobs = [(separate.Job(inputs / rng.choice(["", "cd"]) / rng.choice(names),
+                          pathlib.Path(rng.choice(["", "cd"]))), None)
+            for _ in range(rng.randint(1, 3))]
+    inputs_real = {os.path.realpath(job.path) for job, _ in jobs}
+    base = os.path.realpath(output_dir)
+    taken = set()
+    for job, paths, error in separate.plan_outputs(jobs, output_dir, stems, "wav16", template):
+      if error is not None:
+        refused += 1
+        continue
+      accepted += 1
+      assert set(paths) == set(stems)
+      for path in paths.values():
+        real = os.path.realpath(path)
+        assert real.startswith(base + os.sep), (template, job, path)
+        assert real not in inputs_real and real not in taken, (template, job, path)
+        taken.add(real)
+  assert accepted > 50 and refused > 20  # both sides were exercised
+
+
 def test_a_long_file_streams_from_disk_to_disk(tmp_path):
   # Correctness only: 60 s of 44.1 kHz stereo through the default windows; memory and
   # time are measured outside the tests.

@@ -28,7 +28,7 @@ import os
 import pathlib
 import re
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 from absl import logging
@@ -136,28 +136,68 @@ def _remove(path: pathlib.Path) -> None:
     path.unlink(missing_ok=True)
 
 
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[pathlib.Path]:
-  """Yields a hidden temporary name beside `path` (ending in `suffix`, for tools that
-  choose a container by extension); on a clean exit it is renamed to `path` (a file
-  or a folder, replacing an old one), on an exception removed. Stale temporaries of
-  `path` from killed processes are removed first."""
+def _is_working_folder(path: pathlib.Path) -> bool:
+  """Whether `path` is the current folder or one above it."""
+  cwd = pathlib.Path.cwd().resolve()
+  return path.resolve() in (cwd, *cwd.parents)
+
+
+def check_target(path: str | os.PathLike,
+                 ours: Callable[[pathlib.Path], bool] | None = None) -> None:
+  """Raises AudioError unless an output may be written to `path`, replacing only what
+  this program wrote there: nothing there, or for a file output (`ours` None) a file,
+  or for a folder output a folder that `ours` recognises as its own (or an empty
+  one). Never the current folder or one above it."""
   path = pathlib.Path(path)
+  if _is_working_folder(path):
+    raise AudioError(f"{path}: is the current folder or one above it; name a new file "
+                     "or folder for this output")
+  if ours is None and path.is_dir():
+    raise AudioError(f"{path}: is a folder, where this file output goes; move the folder "
+                     "away or choose another name")
+  if ours is not None and (path.is_symlink() or path.exists() and not path.is_dir()):
+    raise AudioError(f"{path}: is a file or a link, where this folder output goes; move it "
+                     "away or choose another name")
+  if ours is not None and path.is_dir() and any(path.iterdir()) and not ours(path):
+    raise AudioError(f"{path}: is a folder holding what this program did not write there; "
+                     "move it away or choose another name")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str = "", *,
+                ours: Callable[[pathlib.Path], bool] | None = None) -> Iterator[pathlib.Path]:
+  """Yields a hidden temporary name beside `path` (ending in `suffix`, for tools that
+  choose a container by extension); on a clean exit it is renamed to `path`, on an
+  exception removed. A file output replaces a file; a folder output (`ours` given:
+  whether a folder already at `path` is this program's) replaces only a folder `ours`
+  recognises. Anything else at `path` is refused (`check_target`) before and again
+  after the work. Stale temporaries of `path` from killed processes are removed first."""
+  path = pathlib.Path(path)
+  check_target(path, ours)
   try:
     path.parent.mkdir(parents=True, exist_ok=True)
   except OSError as e:  # e.g. a parent that is a regular file
     raise AudioError(f"{path.parent}: cannot create this folder ({e.strerror or e})") from None
   remove_stale_parts(path)
   temp = path.parent / (_part_name(path, os.getpid()) + suffix)
+  old = path.parent / (_part_name(path, os.getpid()) + ".old")
   _remove(temp)
   try:
     yield temp
-    if path.is_dir() and not path.is_symlink():
-      shutil.rmtree(path)  # an outdated folder: os.replace cannot replace it
-    os.replace(temp, path)
+    check_target(path, ours)  # what appeared meanwhile is refused as well
+    moved = ours is not None and path.is_dir()
+    if moved:  # os.replace cannot replace a folder that is not empty
+      os.replace(path, old)
+    try:
+      os.replace(temp, path)
+    except BaseException:
+      if moved:
+        os.replace(old, path)
+      raise
   finally:
-    if temp.exists() or temp.is_symlink():
-      _remove(temp)
+    for leftover in (temp, old):
+      if leftover.exists() or leftover.is_symlink():
+        _remove(leftover)
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:

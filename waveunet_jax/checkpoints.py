@@ -97,6 +97,13 @@ def save_config(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
   write_text_atomic(path, json.dumps(saved, indent=2, sort_keys=True))
 
 
+def workdir_path(workdir: str | os.PathLike) -> pathlib.Path:
+  """`workdir` as an absolute path: every reader of a workdir resolves it here, once,
+  so a relative --workdir (or config.init_from) means the same folder everywhere (Orbax
+  refuses relative paths)."""
+  return pathlib.Path(workdir).absolute()
+
+
 def _named(source: str | None, flag: str, value: Any) -> str:
   """How errors name what was asked for: `source` (e.g. config.init_from=...) or the flag."""
   return source or f"{flag}={value}"
@@ -106,7 +113,7 @@ def load_config(workdir: str | os.PathLike, *,
                 source: str | None = None) -> ml_collections.ConfigDict:
   """The config.json of `workdir` as a ConfigDict (lists back to tuples). Errors name
   `source` if given, else --workdir."""
-  path = pathlib.Path(workdir) / "config.json"
+  path = workdir_path(workdir) / "config.json"
   if not path.is_file():
     raise WorkdirError(f"{_named(source, '--workdir', workdir)}: no config.json; "
                        "is it a training workdir?")
@@ -179,7 +186,7 @@ def check_resumable(config: ml_collections.ConfigDict, workdir: str | os.PathLik
 
 def read_progress(workdir: str | os.PathLike) -> Progress | None:
   """Where the run in `workdir` stands (its latest checkpoint), or None."""
-  with ocp.CheckpointManager(pathlib.Path(workdir) / "checkpoints") as manager:
+  with ocp.CheckpointManager(workdir_path(workdir) / "checkpoints") as manager:
     step = manager.latest_step()
     if step is None:
       return None
@@ -197,8 +204,8 @@ def load_for_inference(workdir: str | os.PathLike, checkpoint: str = "best", *,
                        source: str | None = None) -> Trained:
   """(config, variables, step) of a trained model: checkpoint 'best', 'latest' or a
   step number. Errors name `source` if given, else --workdir and --checkpoint."""
-  workdir = pathlib.Path(workdir)
   config = load_config(workdir, source=source)
+  named, workdir = workdir, workdir_path(workdir)
   if checkpoint == "best":
     folder, step = workdir / "best", None
   elif checkpoint == "latest":
@@ -208,11 +215,16 @@ def load_for_inference(workdir: str | os.PathLike, checkpoint: str = "best", *,
   else:
     raise WorkdirError(f"{_named(source, '--checkpoint', checkpoint)}: use best, latest or a "
                        "step number")
+  if not folder.is_dir():  # Orbax's manager would create it: reading writes nothing
+    if checkpoint == "best":  # no validation yet: fall back to the latest
+      return load_for_inference(named, "latest", source=source)
+    raise WorkdirError(f"{_named(source, '--workdir', named)}: no checkpoint in {folder}; "
+                       "train the run first (python -m waveunet_jax.main)")
   handlers = {"state": ocp.StandardCheckpointHandler(), "progress": ocp.JsonCheckpointHandler()}
   with ocp.CheckpointManager(folder, item_handlers=handlers) as manager:
     steps = manager.all_steps()
     if checkpoint == "best" and not steps:  # no validation yet: fall back to the latest
-      return load_for_inference(workdir, "latest", source=source)
+      return load_for_inference(named, "latest", source=source)
     step = step if step is not None else manager.latest_step()
     if step is None or step not in steps:
       raise WorkdirError(f"{_named(source, '--checkpoint', checkpoint)}: no such checkpoint in "
@@ -245,12 +257,13 @@ def load_init_from(value: str, workdir: str | os.PathLike) -> tuple[Trained, dic
   record) for the run in `workdir`, which it must not be."""
   source = f"config.init_from={value}"
   origin, checkpoint = parse_init_from(value)
-  if origin.absolute() == pathlib.Path(workdir).absolute():
+  origin = workdir_path(origin)
+  if origin == workdir_path(workdir):
     raise WorkdirError(f"{source}: that is this run's --workdir; a run resumes from its own "
                        "checkpoints by itself: name another run's workdir, or none")
   if not (origin / "config.json").is_file():
     raise WorkdirError(f"{source}: no training workdir at {origin} (no config.json); name "
                        "a workdir, optionally with :best, :latest or :STEP")
   trained = load_for_inference(origin, checkpoint, source=source)
-  return trained, {"workdir": str(origin.absolute()), "checkpoint": checkpoint,
+  return trained, {"workdir": str(origin), "checkpoint": checkpoint,
                    "step": trained.step}

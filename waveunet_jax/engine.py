@@ -27,6 +27,17 @@ from waveunet_jax.separator import SeparationError, Tiling
 DEFAULT_WINDOW_SECONDS = 30.0
 # Bound on one batch's activations (estimated) when the window is the default one.
 WINDOW_MEMORY_BYTES = 2 << 30
+# The longest window asked for by seconds: an hour (a window's activations beyond it
+# fit in no device's memory).
+MAX_WINDOW_SECONDS = 3600.0
+
+
+def check_window_seconds(window_seconds: float | None) -> None:
+  """ValueError naming --window_seconds unless it is None (the default) or in
+  (0, MAX_WINDOW_SECONDS]."""
+  if window_seconds is not None and not 0 < window_seconds <= MAX_WINDOW_SECONDS:
+    raise ValueError(f"--window_seconds={window_seconds:g}: use a positive number of seconds, "
+                     f"at most {MAX_WINDOW_SECONDS:g} (or leave it out)")
 
 
 def same_padding_margin(model: models.WaveUNet) -> int:
@@ -64,6 +75,7 @@ def tiling(model: models.WaveUNet, sample_rate: int, window_seconds: float | Non
   """
   if not 0.0 <= overlap <= 0.5:
     raise ValueError(f"overlap must be in [0, 0.5], got {overlap}")
+  check_window_seconds(window_seconds)
   total = models.total_downsampling(model)
   margin = same_padding_margin(model) if model.padding == "same" else 0
   if window_seconds is None:
@@ -81,7 +93,7 @@ def tiling(model: models.WaveUNet, sample_rate: int, window_seconds: float | Non
   whole = useful // total * total
   if whole < total:
     raise ValueError(
-        f"window_seconds={window_seconds}: windows of {size.input_length} samples keep less "
+        f"--window_seconds={window_seconds}: windows of {size.input_length} samples keep less "
         f"than the total downsampling ({total} samples); use longer windows")
   overlap_length = min(round(overlap * whole / total), whole // total // 2) * total
   keep_start = margin + (useful - whole) // 2

@@ -366,6 +366,11 @@ def evaluate(separator: SeparatorLike, musdb_root: str | os.PathLike,
     raise EvaluationError(f"--tracks={max_tracks}: must be positive")
   tracks = split_tracks(musdb_root, split, wav, valid_tracks)[:max_tracks]
   output_dir = pathlib.Path(output_dir)
+  for name in ("summary.json", "summary.md") + ((REPORT,) if report else ()):
+    try:  # before any work: a folder where a file goes is refused, never replaced
+      audio.check_target(output_dir / name)
+    except audio.AudioError as e:
+      raise EvaluationError(str(e)) from None
   folders = {"model": output_dir / split, "mixture_baseline": output_dir / BASELINE / split}
   identity = getattr(separator, "identity", None)
   model = {**identity(), "stems": list(sources)} if identity else None

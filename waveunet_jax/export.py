@@ -35,7 +35,6 @@ import numpy as np
 from absl import app, flags
 
 from waveunet_jax import audio, exported, models
-from waveunet_jax.separator import SeparationError
 
 OPSET = 17
 
@@ -164,43 +163,66 @@ def quantize_onnx(path: pathlib.Path) -> None:
     quantize_dynamic(str(path), str(temp), weight_type=QuantType.QInt8)
 
 
-def export(engine, fmt: str, output: str | os.PathLike, *, config=None,
-           batch_size: int | None = None, float16: bool = False, int8: bool = False
-           ) -> pathlib.Path:
-  """Writes `engine`'s model (a `engine.JaxEngine`) as `fmt` to `output`, and its
-  metadata beside it. Returns the model's path."""
+def check_output(fmt: str, output: str | os.PathLike, overwrite: bool = False) -> pathlib.Path:
+  """`output` as a path if a `fmt` export may be written there, ExportError else: the
+  name must fit the format, and what is there already (the model or its metadata) is
+  replaced only with `overwrite`, and only if it is what an export writes there (a
+  file, or a SavedModel folder holding this project's metadata)."""
   if fmt not in exported.FORMATS:
     raise ExportError(f"--format={fmt}: use one of {', '.join(exported.FORMATS)}")
-  if float16 and fmt != "tflite":
-    raise ExportError("--float16 is for --format=tflite")
-  if int8 and fmt != "onnx":
-    raise ExportError("--int8 is for --format=onnx")
+  if not str(output).strip():  # "" would be the current folder
+    raise ExportError("--output is empty: name the file or SavedModel folder to write")
   output = pathlib.Path(output)
   expected = {"onnx": ".onnx", "tflite": ".tflite", "stablehlo": ".stablehlo"}.get(fmt)
   if expected and output.suffix.lower() != expected:
     raise ExportError(f"--output={output}: a {fmt} export's name ends in {expected}")
-  extra = {}
-  if fmt == "stablehlo":
-    with audio.atomic_path(output) as temp:
-      temp.write_bytes(export_stablehlo(engine, batch_size))
-  elif fmt == "onnx":
-    with audio.atomic_path(output) as temp:
-      temp.write_bytes(export_onnx(engine, batch_size))
-    if int8:
-      quantize_onnx(output)
-    extra = {"opset": OPSET, "weights": "int8" if int8 else "float32"}
-  elif fmt == "saved_model":
-    with audio.atomic_path(output) as temp:
-      save_saved_model(engine, temp, batch_size)
-  else:  # tflite: a fixed batch (LiteRT's converter refuses a symbolic one)
+  targets = ([(output, exported.is_export_folder)] if fmt == "saved_model" else
+             [(output, None), (exported.metadata_path(output, fmt), None)])
+  for path, ours in targets:
+    try:
+      audio.check_target(path, ours)
+    except audio.AudioError as e:  # its message starts with the path
+      raise ExportError(f"--output={e}" if path == output else f"--output={output}: {e}"
+                        ) from None
+    if (path.exists() or path.is_symlink()) and not overwrite:
+      raise ExportError(f"--output={output}: {path} exists; add --overwrite to replace it")
+  return output
+
+
+def export(engine, fmt: str, output: str | os.PathLike, *, config=None,
+           batch_size: int | None = None, float16: bool = False, int8: bool = False,
+           overwrite: bool = False) -> pathlib.Path:
+  """Writes `engine`'s model (a `engine.JaxEngine`) as `fmt` to `output`, and its
+  metadata beside it (inside a SavedModel folder, before it is renamed into place).
+  An existing export there is replaced only if `overwrite` (see `check_output`).
+  Returns the model's path."""
+  output = check_output(fmt, output, overwrite)
+  if float16 and fmt != "tflite":
+    raise ExportError("--float16 is for --format=tflite")
+  if int8 and fmt != "onnx":
+    raise ExportError("--int8 is for --format=onnx")
+  if fmt == "tflite":  # a fixed batch (LiteRT's converter refuses a symbolic one)
     batch_size = batch_size or 1
-    with audio.atomic_path(output) as temp:
+  extra = {"onnx": {"opset": OPSET, "weights": "int8" if int8 else "float32"},
+           "tflite": {"weights": "float16" if float16 else "float32"}}.get(fmt, {})
+  text = json.dumps(metadata(engine, fmt, config, batch_size, **extra), indent=2) + "\n"
+  if fmt == "saved_model":
+    with audio.atomic_path(output, ours=exported.is_export_folder) as temp:
+      save_saved_model(engine, temp, batch_size)
+      (temp / exported.METADATA_NAME).write_text(text)
+    return output
+  with audio.atomic_path(output) as temp:
+    if fmt == "stablehlo":
+      temp.write_bytes(export_stablehlo(engine, batch_size))
+    elif fmt == "onnx":
+      temp.write_bytes(export_onnx(engine, batch_size))
+    else:
       with tempfile.TemporaryDirectory() as folder:
         save_saved_model(engine, pathlib.Path(folder) / "saved_model", batch_size)
         temp.write_bytes(convert_tflite(pathlib.Path(folder) / "saved_model", float16))
-    extra = {"weights": "float16" if float16 else "float32"}
-  audio.write_text_atomic(exported.metadata_path(output, fmt), json.dumps(
-      metadata(engine, fmt, config, batch_size, **extra), indent=2) + "\n")
+  if int8:
+    quantize_onnx(output)
+  audio.write_text_atomic(exported.metadata_path(output, fmt), text)
   return output
 
 
@@ -222,7 +244,23 @@ def _define_flags() -> None:
                        "format allows it).")
   flags.DEFINE_bool("float16", False, "tflite: float16 weights.")
   flags.DEFINE_bool("int8", False, "onnx: int8 weights (ONNX Runtime dynamic quantisation).")
+  flags.DEFINE_bool("overwrite", False, "Replace an earlier export at --output.")
   flags.mark_flags_as_required(["workdir", "format", "output"])
+
+
+def check_flags(args) -> None:
+  """ExportError naming the flag that cannot work: the output (`check_output`), the
+  batch or the window."""
+  from waveunet_jax import engine as engine_lib
+
+  check_output(args.format, args.output, args.overwrite)
+  if args.batch_size is not None and args.batch_size < 1:
+    raise ExportError(f"--batch_size={args.batch_size}: must be a positive number of windows "
+                      "(or left out: any batch, where the format allows it)")
+  try:
+    engine_lib.check_window_seconds(args.window_seconds)
+  except ValueError as e:
+    raise ExportError(str(e)) from None
 
 
 def main(argv: list[str]) -> None:
@@ -233,13 +271,15 @@ def main(argv: list[str]) -> None:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   args = flags.FLAGS
   try:
+    check_flags(args)  # before the model loads
     engine = engine_lib.JaxEngine.from_workdir(
         args.workdir, args.checkpoint, window_seconds=args.window_seconds,
         overlap=args.overlap, batch_size=args.batch_size or 1)
     config = checkpoints.load_config(args.workdir)
     path = export(engine, args.format, args.output, config=config,
-                  batch_size=args.batch_size, float16=args.float16, int8=args.int8)
-  except (ExportError, SeparationError, models.ConfigError, audio.AudioError) as e:
+                  batch_size=args.batch_size, float16=args.float16, int8=args.int8,
+                  overwrite=args.overwrite)
+  except ValueError as e:  # ExportError, SeparationError, ConfigError, a too short window
     sys.exit(f"error: {e}")
   console.done(f"done: wrote {path} and {exported.metadata_path(path, args.format)}; separate "
                f"with: {console.python()} -m waveunet_jax.separate --model={path} "

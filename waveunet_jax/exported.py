@@ -50,6 +50,15 @@ def metadata_path(path: str | os.PathLike, fmt: str | None = None) -> pathlib.Pa
   return path.with_name(path.name + ".json")
 
 
+def is_export_folder(path: str | os.PathLike) -> bool:
+  """Whether `path` is a folder that an export wrote: it holds this project's metadata
+  (`METADATA_NAME`, of `SCHEMA`). Only such a folder may be replaced by a new export."""
+  try:
+    return json.loads((pathlib.Path(path) / METADATA_NAME).read_text()).get("schema") == SCHEMA
+  except (OSError, ValueError, AttributeError):  # none, unreadable, or not a JSON object
+    return False
+
+
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
   meta = metadata_path(path)
   try:

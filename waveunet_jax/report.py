@@ -92,7 +92,8 @@ def save_excerpts(folder: str | os.PathLike, mix: np.ndarray,
   start, stop = excerpt_span(mix, rate)
   how = EXCERPT_ENCODING
   files = {}
-  with audio.atomic_path(folder) as temp:
+  # An earlier excerpt of the track (it holds EXCERPT_INFO) is replaced, nothing else.
+  with audio.atomic_path(folder, ours=lambda f: (f / EXCERPT_INFO).is_file()) as temp:
     temp.mkdir()
     for name, x in {MIX: mix, **estimates}.items():
       x = np.asarray(x[start:stop], np.float32)

@@ -55,21 +55,35 @@ class Job:
 
 
 def check_filename(template: str) -> str:
-  """`template` if it names every stem apart and uses only known fields; ValueError
-  else."""
+  """`template` if it uses {stem} and only known fields, each plain (a format spec or a
+  conversion could cut or pad a name into a path), and is a relative path without
+  empty, `.` or `..` parts; ValueError naming --filename else."""
   try:
-    fields = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
+    parsed = list(string.Formatter().parse(template))
   except ValueError as e:
     raise ValueError(f"--filename={template}: {e}") from None
+  fields = set()
+  for _, field, spec, conversion in parsed:
+    if field is not None and (spec or conversion):
+      raise ValueError(f"--filename={template}: placeholders take no format spec or "
+                       f"conversion; write {{{field}}}")
+    if field is not None:
+      fields.add(field)
   unknown = fields - set(FILENAME_FIELDS)
   if unknown or "stem" not in fields:
     raise ValueError(f"--filename={template}: use {{stem}} and any of "
                      f"{', '.join('{' + f + '}' for f in FILENAME_FIELDS)}"
                      + (f", not {', '.join('{' + f + '}' for f in sorted(unknown))}"
                         if unknown else ""))
-  if template.startswith("/") or ".." in pathlib.PurePath(template).parts:
-    raise ValueError(f"--filename={template}: must stay inside --output_dir")
+  if not _plain_parts(template):
+    raise ValueError(f"--filename={template}: must be a path inside --output_dir, without "
+                     "a leading /, empty parts (//), . or ..")
   return template
+
+
+def _plain_parts(path: str) -> bool:
+  """Whether `path` is relative and every part of it names a file or folder."""
+  return all(part not in ("", ".", "..") for part in path.split("/"))
 
 
 def clip_mode(clip: str | None, fmt: str) -> str:
@@ -85,25 +99,98 @@ def clip_mode(clip: str | None, fmt: str) -> str:
   return clip
 
 
+def check_output_dir(output_dir: str | os.PathLike) -> None:
+  """SeparationError for an empty --output_dir (it would be the current folder)."""
+  if not str(output_dir).strip():
+    raise SeparationError("--output_dir is empty: name the folder the stems go into "
+                          "(--output_dir=. for the current folder)")
+
+
 def output_paths(job: Job, output_dir: str | os.PathLike, names: Sequence[str], fmt: str,
                  template: str = DEFAULT_FILENAME) -> dict[str, pathlib.Path]:
-  """{stem: output file} of one input."""
+  """{stem: output file} of one input; ValueError naming the input if a name it gives
+  (an input named `...wav`: {track} is '..') would leave `output_dir`."""
   ext = audio.FORMATS[fmt].extension[1:]
   track, trackext = job.path.stem, job.path.suffix[1:]
-  return {name: pathlib.Path(output_dir) / job.folder / template.format(
-      track=track, trackext=trackext, stem=name, ext=ext) for name in names}
+  output_dir = pathlib.Path(output_dir)
+  paths = {}
+  for name in names:
+    relative = template.format(track=track, trackext=trackext, stem=name, ext=ext)
+    path = output_dir / job.folder / relative
+    if not (_plain_parts(relative) and _inside(path, output_dir)):
+      raise ValueError(f"{job.path}: --filename={template} makes {relative!r} of its name, "
+                       "which is no path inside --output_dir (an empty, . or .. part); "
+                       "rename the file or choose another --filename")
+    paths[name] = path
+  return paths
 
 
-def list_jobs(inputs: Sequence[str | os.PathLike]) -> list[tuple[Job, str | None]]:
+def _inside(path: pathlib.Path, folder: pathlib.Path) -> bool:
+  """Whether `path`, normalised, lies below `folder` (lexically: links are the user's)."""
+  path, folder = (os.path.normpath(os.path.abspath(p)) for p in (path, folder))
+  return path != folder and os.path.commonpath([path, folder]) == folder
+
+
+def plan_outputs(listed: Sequence[tuple[Job, str | None]], output_dir: str | os.PathLike,
+                 names: Sequence[str], fmt: str, template: str = DEFAULT_FILENAME
+                 ) -> list[tuple[Job, dict[str, pathlib.Path], str | None]]:
+  """(job, {stem: output}, error) for each (job, error) of `list_jobs`, in order. A job
+  is refused (its error set, its outputs possibly empty) if an output would leave
+  `output_dir`, two of its stems would share a file, an output would be an input of
+  the run (compared resolved) or an earlier job's output, or a folder stands where an
+  output goes. Reads no audio and writes nothing."""
+  inputs = {os.path.realpath(job.path) for job, error in listed if error is None}
+  claimed: dict[str, pathlib.Path] = {}  # resolved output -> the input that makes it
+  plan = []
+  for job, error in listed:
+    paths = {}
+    if error is None:
+      try:
+        paths = output_paths(job, output_dir, names, fmt, template)
+        error = _clash(job, paths, inputs, claimed, template)
+      except ValueError as e:  # audio.AudioError included
+        error = str(e)
+    if error is None:
+      claimed.update((os.path.realpath(p), job.path) for p in paths.values())
+    plan.append((job, paths, error))
+  return plan
+
+
+def _clash(job: Job, paths: dict[str, pathlib.Path], inputs: set[str],
+           claimed: dict[str, pathlib.Path], template: str) -> str | None:
+  """Why `job` may not write `paths`, or None."""
+  real = {name: os.path.realpath(path) for name, path in paths.items()}
+  if len(set(real.values())) < len(real):
+    return (f"{job.path}: --filename={template} puts two of its stems into one file; use "
+            "{stem} in a part of the name that differs")
+  for name, path in paths.items():
+    if real[name] in inputs:
+      return (f"{job.path}: its {name} would overwrite the input {path}; choose another "
+              "--output_dir or --filename")
+    if real[name] in claimed:
+      return (f"{job.path}: its outputs would go where those of {claimed[real[name]]} go "
+              f"({path.parent}); separate it into another --output_dir or name outputs "
+              "with --filename")
+    audio.check_target(path)  # a folder where the file goes
+  return None
+
+
+def list_jobs(inputs: Sequence[str | os.PathLike], output_dir: str | os.PathLike | None = None
+              ) -> list[tuple[Job, str | None]]:
   """(job, None) for each file to separate, (job, error) for each bad input. A folder
-  gives its audio files, recursively, each with its folder below the input."""
+  gives its audio files, recursively, each with its folder below the input, except
+  those under `output_dir` where it lies inside the folder (earlier outputs are not
+  songs)."""
+  skip = pathlib.Path(output_dir).resolve() if output_dir is not None else None
   listed = []
   for item in map(pathlib.Path, inputs):
     if item.is_dir():
+      inside = skip is not None and item.resolve() in skip.parents
       files = sorted(
           p for p in item.rglob("*") if p.is_file()
           and not any(part.startswith(".") for part in p.relative_to(item).parts)
-          and p.suffix.lower() in audio.AUDIO_EXTENSIONS)
+          and p.suffix.lower() in audio.AUDIO_EXTENSIONS
+          and not (inside and skip in p.resolve().parents))
       if not files:
         listed.append((Job(item, pathlib.Path()),
                        f"{item}: no audio files in this folder (extensions "
@@ -236,6 +323,7 @@ def separate_files(separator: Separator, inputs: Sequence[str | os.PathLike],
       audio.bits_per_second(bitrate)
     except audio.AudioError as e:  # else every output would fail alike
       raise SeparationError(f"--bitrate: {e}") from None
+  check_output_dir(output_dir)
   check_filename(filename)
   clip = clip_mode(clip, fmt)
   names = separator.stem_names(stems)
@@ -244,19 +332,12 @@ def separate_files(separator: Separator, inputs: Sequence[str | os.PathLike],
   except OSError as e:  # e.g. under a regular file: nothing could be written
     raise SeparationError(f"--output_dir={output_dir}: cannot create this folder "
                           f"({e.strerror or e})") from None
-  plan, claimed = [], {}  # (job, its outputs, the stems to write, an error) in order
-  for job, error in list_jobs(inputs):
-    paths = output_paths(job, output_dir, names, fmt, filename)
-    clash = next((claimed[p] for p in paths.values() if p in claimed), None)
-    if error is None and clash is not None:
-      error = (f"{job.path}: its outputs would go where those of {clash} go "
-               f"({next(iter(paths.values())).parent}); separate it into another "
-               "--output_dir or name outputs with --filename")
-    if error is None:
-      claimed.update((p, job.path) for p in paths.values())
+  plan = []  # (job, its outputs, the stems to write, an error) in order
+  for job, paths, error in plan_outputs(list_jobs(inputs, output_dir), output_dir, names,
+                                        fmt, filename):
     for path in paths.values():
       audio.remove_stale_parts(path)  # a killed run's temporaries, whatever is redone
-    plan.append((job, paths, [n for n in names if overwrite or not paths[n].exists()], error))
+    plan.append((job, paths, [n for n in paths if overwrite or not paths[n].exists()], error))
   work = [job for job, _, missing, error in plan if error is None and missing]
 
   outputs, failed = [], []
@@ -454,6 +535,7 @@ def main(argv: list[str]) -> None:
   if not inputs:
     raise app.UsageError("give the audio files or folders to separate")
   try:
+    check_output_dir(args.output_dir)
     check_filename(args.filename)
     clip_mode(args.clip, args.format)
     separator = load_separator(args)

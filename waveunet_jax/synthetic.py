@@ -759,7 +759,8 @@ def _wav_complete(folder: pathlib.Path, frames: int) -> bool:
 def _write_wavs(folder: pathlib.Path, tracks: dict[str, np.ndarray]) -> None:
   """Writes the track into a hidden temporary folder, then renames it (replacing an
   outdated or incomplete earlier version): complete or absent."""
-  with audio.atomic_path(folder) as temp:
+  names = {f"{k}.wav" for k in ("mixture",) + SOURCES}
+  with audio.atomic_path(folder, ours=lambda f: {p.name for p in f.iterdir()} <= names) as temp:
     temp.mkdir()
     for k in ("mixture",) + SOURCES:
       audio.write_audio(temp / f"{k}.wav", tracks[k], SAMPLE_RATE, fmt="wav16")

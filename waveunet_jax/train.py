@@ -326,8 +326,10 @@ class DataIterator:
     return self
 
   def save(self, directory: pathlib.Path) -> None:
-    """Writes atomically: into a temporary folder renamed when complete."""
-    with audio.atomic_path(directory) as temp:
+    """Writes atomically: into a temporary folder renamed when complete (replacing an
+    earlier save of this step, which holds only the iterator's files)."""
+    with audio.atomic_path(directory, ours=lambda f: all(
+        p.name.startswith("iterator.") for p in f.iterdir())) as temp:
       self._checkpoint.write(str(temp / "iterator"))
 
   def restore(self, directory: pathlib.Path) -> None:
@@ -850,7 +852,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   SIGINT or SIGTERM stops the run cleanly after the current step with a checkpoint
   (raises Interrupted); a second one raises KeyboardInterrupt at once.
   """
-  workdir = pathlib.Path(workdir).absolute()
+  workdir = checkpoints.workdir_path(workdir)
   from waveunet_jax import input_pipeline
 
   check_same_run(config, workdir)  # first: until they agree, processes may not wait on each other
