@@ -179,7 +179,8 @@ def check_resumable(config: ml_collections.ConfigDict, workdir: str | os.PathLik
 
 def read_progress(workdir: str | os.PathLike) -> Progress | None:
   """Where the run in `workdir` stands (its latest checkpoint), or None."""
-  with ocp.CheckpointManager(pathlib.Path(workdir) / "checkpoints") as manager:
+  # Orbax restores only from absolute paths ("Checkpoint path should be absolute").
+  with ocp.CheckpointManager(pathlib.Path(workdir).absolute() / "checkpoints") as manager:
     step = manager.latest_step()
     if step is None:
       return None
@@ -209,7 +210,9 @@ def load_for_inference(workdir: str | os.PathLike, checkpoint: str = "best", *,
     raise WorkdirError(f"{_named(source, '--checkpoint', checkpoint)}: use best, latest or a "
                        "step number")
   handlers = {"state": ocp.StandardCheckpointHandler(), "progress": ocp.JsonCheckpointHandler()}
-  with ocp.CheckpointManager(folder, item_handlers=handlers) as manager:
+  # Orbax restores only from absolute paths (a relative --workdir: "Checkpoint path
+  # should be absolute").
+  with ocp.CheckpointManager(folder.absolute(), item_handlers=handlers) as manager:
     steps = manager.all_steps()
     if checkpoint == "best" and not steps:  # no validation yet: fall back to the latest
       return load_for_inference(workdir, "latest", source=source)
