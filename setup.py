@@ -1,5 +1,10 @@
-"""Everything about the package is in setup.cfg, except TensorFlow's requirement, which
-depends on the environment it is installed into.
+"""Everything about the package is in setup.cfg, except how its extras include each
+other and TensorFlow's requirement, which depends on the environment it is installed
+into.
+
+The base install separates songs and nothing more; each extra lists its own packages
+in setup.cfg, and here gets those of the extras it includes (`INCLUDES`) and, for the
+programs that use tf.data or TensorFlow's converters, TensorFlow (`WITH_TENSORFLOW`).
 
 tf.data needs TensorFlow, and TensorFlow is published under several names that all
 install the same `tensorflow` package folder: a second one (Colab's `tensorflow` plus
@@ -59,5 +64,24 @@ def tensorflow_requirements() -> list[str]:
           f'tensorflow>={MIN_VERSION}; sys_platform != "linux"']
 
 
-requires = read_configuration("setup.cfg")["options"]["install_requires"]
-setup(install_requires=requires + tensorflow_requirements())
+# Extras that include others: training and export run the network on JAX; the tests
+# run everything.
+INCLUDES = {"train": ("jax",), "export": ("jax",), "dev": ("train", "export")}
+# Extras whose programs import TensorFlow: training (tf.data, TFDS), export (jax2tf).
+WITH_TENSORFLOW = ("train", "export")
+
+
+def extras_require() -> dict[str, list[str]]:
+  """setup.cfg's extras, each with the requirements of those it includes and, where
+  it needs it, TensorFlow's."""
+  own = read_configuration("setup.cfg")["options"]["extras_require"]
+  tensorflow = tensorflow_requirements()
+
+  def closure(name: str) -> list[str]:
+    found = [r for included in INCLUDES.get(name, ()) for r in closure(included)]
+    return found + own[name] + (tensorflow if name in WITH_TENSORFLOW else [])
+
+  return {name: list(dict.fromkeys(closure(name))) for name in own}
+
+
+setup(extras_require=extras_require())

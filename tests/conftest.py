@@ -67,6 +67,26 @@ def tiny_data_dir(tmp_path_factory) -> str:
   return str(data_dir)
 
 
+TINY_RUN_RATE = 8000  # tiny_workdir's sample rate
+
+
+@pytest.fixture(scope="session")
+def tiny_workdir(tmp_path_factory):
+  """A training workdir of a tiny two-source model at 8 kHz, trained 3 steps on a
+  synthetic corpus of its own (checkpoints at step 3, in checkpoints/ and best/), once
+  for the tests that separate or export a trained run; tests only read it."""
+  from waveunet_jax import train
+
+  config = tiny_data_config(TINY_RUN_RATE, 400)
+  config.data.synthetic_tracks, config.data.synthetic_seconds = 2, 3.0
+  config.batch_size, config.num_train_steps = 4, 3
+  config.fine_tune.enabled = False
+  config.log_every_steps = config.eval_every_steps = config.checkpoint_every_steps = 3
+  workdir = tmp_path_factory.mktemp("tiny_run") / "run"
+  train.train_and_evaluate(config, workdir)
+  return workdir
+
+
 @pytest.fixture(scope="session")
 def musdb_corpus(tmp_path_factory):
   """A MUSDB18-HQ-layout corpus: one training and two 6 s test tracks."""

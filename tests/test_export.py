@@ -203,19 +203,10 @@ def test_reduced_precision_exports_run_close_to_float(tmp_path, fmt, option, wei
   assert 0 < error < 0.1  # close, not equal
 
 
-def test_export_command_from_a_trained_workdir(tmp_path):
+def test_export_command_from_a_trained_workdir(tmp_path, tiny_workdir):
   """The command line on a tiny trained run: export, then separate with the export as
   with the workdir."""
-  from conftest import tiny_data_config
-  from waveunet_jax import train
-
-  config = tiny_data_config(RATE, 400)
-  config.data.synthetic_tracks, config.data.synthetic_seconds = 2, 3.0
-  config.batch_size, config.num_train_steps = 4, 3
-  config.fine_tune.enabled = False
-  config.log_every_steps = config.eval_every_steps = config.checkpoint_every_steps = 3
-  train.train_and_evaluate(config, tmp_path / "run")
-  command = [sys.executable, "-m", "waveunet_jax.export", f"--workdir={tmp_path / 'run'}",
+  command = [sys.executable, "-m", "waveunet_jax.export", f"--workdir={tiny_workdir}",
              "--format=onnx", f"--output={tmp_path / 'm.onnx'}", "--window_seconds=0.1"]
   result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
@@ -228,7 +219,7 @@ def test_export_command_from_a_trained_workdir(tmp_path):
   assert meta["source_model"]["step"] == 3 and meta["config"]["data"]["sample_rate"] == RATE
   song = np.random.default_rng(6).uniform(-0.5, 0.5, (5000, 2)).astype(np.float32)
   a = separator.Separator(exported.load(tmp_path / "m.onnx")).separate(song, 44100)
-  b = separator.Separator(engine.JaxEngine.from_workdir(tmp_path / "run",
+  b = separator.Separator(engine.JaxEngine.from_workdir(tiny_workdir,
                                                         window_seconds=0.1)).separate(song, 44100)
   for name in a:
     assert np.abs(a[name] - b[name]).max() < 1e-4

@@ -1,11 +1,69 @@
 """Wave-U-Net music source separation on raw audio, in JAX/Flax."""
 
+import contextlib as _contextlib
 import pathlib as _pathlib
 import re as _re
 import sys as _sys
 from collections.abc import Iterator as _Iterator
 
 __version__ = "0.1.0"
+
+
+def missing_extra(what: str, extra: str, error: ModuleNotFoundError) -> str | None:
+  """The one line for `what` (a flag, a program) run without the install choice
+  `extra` (setup.cfg's extras: jax, train, export, ...) that brings the module
+  `error` did not find; None where the missing module is this package's own (a bug,
+  not an install)."""
+  if not error.name or error.name.partition(".")[0] == __name__:
+    return None
+  return (f"{what} needs the {extra} install (no module named {error.name}): "
+          f"pip install 'waveunet_jax[{extra}]'")
+
+
+@_contextlib.contextmanager
+def needs(extra: str, what: str) -> _Iterator[None]:
+  """For a program's `cli()`: a module of the install choice `extra` missing while
+  the block runs ends the program with `missing_extra`'s line, not a traceback."""
+  try:
+    yield
+  except ModuleNotFoundError as e:
+    line = missing_extra(what, extra, e)
+    if line is None:
+      raise
+    _sys.exit(f"error: {line}")
+
+
+# absl's help flags, which print the usage and exit 1 before `main`.
+_HELP_FLAGS = ("help", "helpshort", "helpfull", "helpxml", "?")
+
+
+def run(main, program: str, flags_parser=None) -> None:
+  """absl's `app.run` for this package's programs (`program`: the module defining
+  the flags, its `__name__`), the same as `python -m` and as a console script:
+  `--help` shows the program's docstring and flags (absl shows those of the script
+  file, which has neither) and exits 0, as --help does elsewhere (absl: 1)."""
+  from absl import app, flags
+
+  if program != "__main__":  # a console script, or a module that re-imports itself
+    for flag in flags.FLAGS.flags_by_module_dict().get(program, ()):
+      flags.FLAGS.register_key_flag_for_module(_sys.argv[0], flag)
+    script = _sys.modules["__main__"]
+    script.__doc__ = script.__doc__ or _sys.modules[program].__doc__
+  started = False
+
+  def started_main(argv):
+    nonlocal started
+    started = True
+    return main(argv)
+
+  asked = any(name in _HELP_FLAGS and value in (None, "true", "1")
+              for name, value, _ in _flag_arguments(_sys.argv[1:]))
+  try:
+    app.run(started_main, **({"flags_parser": flags_parser} if flags_parser else {}))
+  except SystemExit as e:
+    if asked and not started and e.code == 1:
+      _sys.exit(0)
+    raise
 
 
 def _flag_arguments(argv: list[str]) -> _Iterator[tuple[str, str | None, str | None]]:

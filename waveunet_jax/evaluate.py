@@ -56,7 +56,8 @@ from typing import Any, Protocol
 import numpy as np
 from absl import app, flags, logging
 
-from waveunet_jax import audio, console, models, prepare
+import waveunet_jax
+from waveunet_jax import audio, console, prepare
 from waveunet_jax import report as report_lib
 from waveunet_jax import separator as separator_lib
 from waveunet_jax import stems as stems_lib
@@ -508,6 +509,8 @@ def _define_flags() -> None:
 
 
 def main(argv: list[str]) -> None:
+  from waveunet_jax import models  # Flax: imported here so that cli() can name the install
+
   console.setup()
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -536,8 +539,9 @@ def main(argv: list[str]) -> None:
 
 def cli() -> None:
   """The program `python -m waveunet_jax.evaluate` (and a console script's entry)."""
-  _define_flags()
-  app.run(main)
+  with waveunet_jax.needs("train", "evaluate"):
+    _define_flags()
+    waveunet_jax.run(main, __name__)
 
 
 if __name__ == "__main__":

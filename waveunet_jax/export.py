@@ -34,7 +34,9 @@ from typing import Any
 import numpy as np
 from absl import app, flags
 
-from waveunet_jax import audio, exported, models
+import waveunet_jax
+from waveunet_jax import audio, exported
+from waveunet_jax.separator import SeparationError
 
 OPSET = 17
 
@@ -51,7 +53,7 @@ def metadata(engine, fmt: str, config=None, batch_size: int | None = None,
   output's first sample in the input, the tiling the separator uses with them, the
   batch size (None: any), the residual source for full-band separation, the
   project version, where the parameters came from, and the training config."""
-  import waveunet_jax
+  from waveunet_jax import models
 
   model = engine.model
   size = models.Lengths(engine.tiling.input_length,
@@ -264,7 +266,7 @@ def check_flags(args) -> None:
 
 
 def main(argv: list[str]) -> None:
-  from waveunet_jax import checkpoints, console, engine as engine_lib
+  from waveunet_jax import checkpoints, console, engine as engine_lib, models
 
   console.setup()
   if len(argv) > 1:
@@ -288,8 +290,9 @@ def main(argv: list[str]) -> None:
 
 def cli() -> None:
   """The program `python -m waveunet_jax.export` (and a console script's entry)."""
-  _define_flags()
-  app.run(main)
+  with waveunet_jax.needs("export", "export"):
+    _define_flags()
+    waveunet_jax.run(main, __name__)
 
 
 if __name__ == "__main__":

@@ -11,8 +11,9 @@ consumer needs (see `export.py` and the README's Export section): sources, sampl
 rate, channels, output type, the window's input and output lengths and the offset of
 the output in the input, the tiling, the batch size (null: any), the config and the
 project version. This module imports each runtime only when it loads a model of its
-format: ONNX needs `onnxruntime` alone (`pip install waveunet_jax[onnx]`), LiteRT
-`ai-edge-litert` (`[tflite]`; else TensorFlow's deprecated copy of it).
+format: ONNX needs `onnxruntime` alone (`pip install 'waveunet_jax[onnx]'`), LiteRT
+`ai-edge-litert` (`[tflite]`; else TensorFlow's deprecated copy of it), StableHLO JAX
+(`[jax]`), a SavedModel TensorFlow (`[export]`).
 """
 
 from __future__ import annotations
@@ -114,8 +115,9 @@ def load(path: str | os.PathLike, batch_size: int | None = None) -> ExportedEngi
     forward = loaders[fmt](path, metadata, batch_size)
   except ImportError as e:
     package = {"onnx": "onnxruntime (pip install 'waveunet_jax[onnx]')",
-               "tflite": "ai-edge-litert (pip install 'waveunet_jax[tflite]')", "saved_model": "tensorflow",
-               "stablehlo": "jax"}[fmt]
+               "tflite": "ai-edge-litert (pip install 'waveunet_jax[tflite]')",
+               "saved_model": "tensorflow (pip install 'waveunet_jax[export]')",
+               "stablehlo": "jax (pip install 'waveunet_jax[jax]')"}[fmt]
     raise SeparationError(f"--model={path}: running a {fmt} export needs {package} ({e})"
                           ) from None
   return ExportedEngine(metadata, forward, batch_size)

@@ -16,29 +16,35 @@ import shlex
 import signal
 import sys
 
-from absl import app, flags, logging
-from ml_collections import config_flags
+from absl import flags, logging
 
 import waveunet_jax
 from waveunet_jax import console
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Config file with an optional argument, e.g. experiments/deep.py:M5.",
-    lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, logs and TensorBoard go.")
-_DISTRIBUTED = flags.DEFINE_bool(
-    "distributed", False, "Join the other processes of the run, found by JAX (Cloud TPU, "
-    "SLURM, Open MPI).")
-_COORDINATOR = flags.DEFINE_string(
-    "coordinator_address", None, "HOST:PORT of process 0, which every process of the run "
-    "connects to (with --num_processes and --process_id; implies --distributed).")
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes of the run.")
-_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, 0 to "
-                                   "--num_processes - 1 (0 runs at --coordinator_address).")
-_HEARTBEAT_TIMEOUT = flags.DEFINE_integer(
-    "heartbeat_timeout", 100, "Seconds after which a silent process (killed, crashed) ends "
-    "the run of the others, which would otherwise wait for it forever.", lower_bound=1)
-flags.mark_flags_as_required(["config", "workdir"])
+FLAGS = flags.FLAGS
+
+
+def _define_flags() -> None:
+  # Defined only when run as a program (ml_collections is the train install's), so
+  # that importing this module next to other command-line modules cannot clash.
+  from ml_collections import config_flags
+
+  config_flags.DEFINE_config_file(
+      "config", None, "Config file with an optional argument, e.g. experiments/deep.py:M5.",
+      lock_config=True)
+  flags.DEFINE_string("workdir", None, "Where checkpoints, logs and TensorBoard go.")
+  flags.DEFINE_bool("distributed", False, "Join the other processes of the run, found by "
+                    "JAX (Cloud TPU, SLURM, Open MPI).")
+  flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0, which every "
+                      "process of the run connects to (with --num_processes and "
+                      "--process_id; implies --distributed).")
+  flags.DEFINE_integer("num_processes", None, "Processes of the run.")
+  flags.DEFINE_integer("process_id", None, "This process's index, 0 to --num_processes - 1 "
+                       "(0 runs at --coordinator_address).")
+  flags.DEFINE_integer("heartbeat_timeout", 100, "Seconds after which a silent process "
+                       "(killed, crashed) ends the run of the others, which would otherwise "
+                       "wait for it forever.", lower_bound=1)
+  flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv: list[str]) -> None:
@@ -47,24 +53,24 @@ def main(argv: list[str]) -> None:
     sys.exit(f"error: unexpected arguments: {' '.join(argv[1:])} (the flags are --config, "
              "--workdir, --config.<group>.<field> and the multi-process ones: --distributed, "
              "--coordinator_address, --num_processes, --process_id, --heartbeat_timeout)")
-  if not _WORKDIR.value.strip():  # "" would be the current directory
+  if not FLAGS.workdir.strip():  # "" would be the current directory
     sys.exit("error: --workdir is empty: name a folder for the run's checkpoints and logs")
   console.import_tensorflow()  # for tf.data, off the accelerators (their memory is JAX's)
   import jax
 
   from waveunet_jax import checkpoints, models, prepare, train
 
-  named = (_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-  if _DISTRIBUTED.value or any(v is not None for v in named):
+  named = (FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+  if FLAGS.distributed or any(v is not None for v in named):
     try:
-      train.connect(*named, heartbeat_timeout=_HEARTBEAT_TIMEOUT.value)
+      train.connect(*named, heartbeat_timeout=FLAGS.heartbeat_timeout)
     except train.TrainingError as e:
       sys.exit(f"error: {e}")
 
   logging.info("JAX process %d of %d, devices: %s", jax.process_index(), jax.process_count(),
                jax.devices())
   try:
-    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except (models.ConfigError, prepare.DataError, train.TrainingError,
           checkpoints.WorkdirError) as e:
     sys.exit(f"error: {e}")
@@ -77,7 +83,7 @@ def main(argv: list[str]) -> None:
           "the last checkpoint, if there is one", file=sys.stderr, flush=True)
     sys.exit(128 + signal.SIGINT)
   if jax.process_index() == 0:
-    console.done(next_steps(_WORKDIR.value))
+    console.done(next_steps(FLAGS.workdir))
 
 
 def next_steps(workdir: str) -> str:
@@ -95,5 +101,12 @@ def resume_command() -> str:
   return shlex.join([console.python(), "-m", "waveunet_jax.main", *sys.argv[1:]])
 
 
+def cli() -> None:
+  """The program `python -m waveunet_jax.main` (and the console script waveunet-train)."""
+  with waveunet_jax.needs("train", "training"):
+    _define_flags()
+    waveunet_jax.run(main, __name__, flags_parser=waveunet_jax.parse_flags)
+
+
 if __name__ == "__main__":
-  app.run(main, flags_parser=waveunet_jax.parse_flags)
+  cli()

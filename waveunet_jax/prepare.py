@@ -43,8 +43,12 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 from absl import logging
 
-from waveunet_jax import audio, console, models
+import waveunet_jax
+from waveunet_jax import audio, console
 from waveunet_jax import stems as stems_lib
+
+# `models` (Flax) is imported where it is used, so that without the train install
+# `cli()` can say what to install in one line.
 
 MUSDB_SAMPLE_RATE = 44100
 # The four stems of MUSDB18 (`stems` owns them and the sources derived from them), and
@@ -81,6 +85,8 @@ class Layout:
 
   @property
   def offset(self) -> int:
+    from waveunet_jax import models
+
     return models.Lengths(self.input_length, self.output_length).offset
 
   @property
@@ -110,6 +116,8 @@ def layout_for(config) -> Layout:
   if config.model.num_channels not in (1, 2):
     raise DataError(f"config.model.num_channels: MUSDB18 is stereo; use 1 (downmixed) or 2, "
                     f"got {config.model.num_channels}")
+  from waveunet_jax import models
+
   size = models.lengths(config.model, config.data.output_length)
   return Layout(sources, int(config.data.sample_rate), int(config.model.num_channels),
                 size.input_length, size.output_length)
@@ -387,11 +395,14 @@ def _track_line(text: str, base: pathlib.Path, where: str) -> tuple[pathlib.Path
 
 def musdb_validation_tracks() -> tuple[str, ...]:
   """musdb's standard validation split of the MUSDB18 training set (14 tracks)."""
-  import importlib.resources
+  import importlib.util
 
   import yaml  # a dependency of musdb
 
-  with importlib.resources.files("musdb").joinpath("configs", "mus.yaml").open() as f:
+  # The file is found without importing musdb: its import imports stempeg, which raises
+  # where no ffmpeg program is installed.
+  package = importlib.util.find_spec("musdb").submodule_search_locations[0]
+  with open(pathlib.Path(package, "configs", "mus.yaml"), encoding="utf-8") as f:
     return tuple(yaml.safe_load(f)["validation_tracks"])
 
 
@@ -639,6 +650,8 @@ def prepare(config, musdb_root: str | pathlib.Path | None, data_dir: str | pathl
 def main(argv: Sequence[str]) -> None:
   from absl import app, flags
 
+  from waveunet_jax import models
+
   console.setup()
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -685,12 +698,17 @@ def _define_flags() -> None:
   flags.mark_flags_as_required(["config", "data_dir"])
 
 
-if __name__ == "__main__":
-  from absl import app
+def cli() -> None:
+  """The program `python -m waveunet_jax.prepare` (and the console script
+  waveunet-prepare)."""
+  with waveunet_jax.needs("train", "prepare"):
+    _define_flags()
+    waveunet_jax.run(main, __name__)
 
+
+if __name__ == "__main__":
   # Run the imported module's code: TFDS locates a builder by its package, which
   # `__main__` does not have.
   from waveunet_jax import prepare as _prepare
 
-  _prepare._define_flags()
-  app.run(_prepare.main)
+  _prepare.cli()

@@ -33,6 +33,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 from absl import app, flags, logging
 
+import waveunet_jax
 from waveunet_jax import audio, console
 from waveunet_jax.separator import SeparationError, Separator  # noqa: F401 (the API)
 
@@ -511,8 +512,9 @@ def _define_flags() -> None:
 
 
 def load_separator(args) -> Separator:
-  """The Separator the flags name: a workdir's model on JAX, or an exported model on
-  its runtime (which imports neither this project's JAX code nor JAX for ONNX)."""
+  """The Separator the flags name: a workdir's model on JAX (the jax install), or an
+  exported model on its runtime (which imports neither this project's JAX code nor
+  JAX for ONNX)."""
   residual = None if args.residual_source == "none" else args.residual_source
   if (args.workdir is None) == (args.model is None):
     raise SeparationError("give the model: --workdir=RUN (a training workdir) or "
@@ -524,9 +526,15 @@ def load_separator(args) -> Separator:
       raise SeparationError("--window_seconds and --overlap are fixed when a model is "
                             "exported (python -m waveunet_jax.export)")
     return Separator(exported.load(args.model, args.batch_size), residual_source=residual)
-  return Separator.from_workdir(args.workdir, args.checkpoint,
-                                window_seconds=args.window_seconds, overlap=args.overlap,
-                                batch_size=args.batch_size, residual_source=residual)
+  try:
+    return Separator.from_workdir(args.workdir, args.checkpoint,
+                                  window_seconds=args.window_seconds, overlap=args.overlap,
+                                  batch_size=args.batch_size, residual_source=residual)
+  except ModuleNotFoundError as e:  # the base install separates exports only
+    line = waveunet_jax.missing_extra("--workdir", "jax", e)
+    if line is None:
+      raise
+    raise SeparationError(line) from None
 
 
 def main(argv: list[str]) -> None:
@@ -554,7 +562,7 @@ def main(argv: list[str]) -> None:
 def cli() -> None:
   """The program `python -m waveunet_jax.separate` (and a console script's entry)."""
   _define_flags()
-  app.run(main)
+  waveunet_jax.run(main, __name__)
 
 
 if __name__ == "__main__":

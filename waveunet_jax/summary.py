@@ -11,29 +11,42 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import jax
-import jax.numpy as jnp
-import ml_collections
 from absl import app, flags
-from ml_collections import config_flags
 
 import waveunet_jax
-from waveunet_jax import console, models
+from waveunet_jax import console
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Config file, optionally with an argument: experiments/deep.py:M1.",
-    lock_config=True)
-_JSON = flags.DEFINE_bool("json", False, "Print one JSON object instead of a table.")
+if TYPE_CHECKING:
+  import ml_collections
+
+FLAGS = flags.FLAGS
+
+
+def _define_flags() -> None:
+  # Defined only when run as a program (ml_collections is the jax install's).
+  from ml_collections import config_flags
+
+  config_flags.DEFINE_config_file(
+      "config", None, "Config file, optionally with an argument: experiments/deep.py:M1.",
+      lock_config=True)
+  flags.DEFINE_bool("json", False, "Print one JSON object instead of a table.")
 
 
 def count_params(tree: Any) -> int:
+  import jax
+
   return sum(x.size for x in jax.tree_util.tree_leaves(tree))
 
 
 def summarize(config: ml_collections.ConfigDict) -> dict[str, Any]:
   """The figures `summary` prints, as a dict (keys as in the --json output)."""
+  import jax
+  import jax.numpy as jnp
+
+  from waveunet_jax import models
+
   model = models.WaveUNet(**config.model)
   if config.data.output_length < 1:
     raise models.ConfigError(
@@ -78,18 +91,30 @@ def format_table(s: dict[str, Any]) -> str:
 
 
 def main(argv: list[str]) -> None:
+  from waveunet_jax import models
+
   console.setup()
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  if _CONFIG.value is None:
+  if FLAGS.config is None:
     raise app.UsageError("--config is required, e.g. --config=experiments/shallow.py")
   try:
-    figures = summarize(_CONFIG.value)
+    figures = summarize(FLAGS.config)
   except models.ConfigError as e:
     sys.exit(f"error: {e}")
-  print(json.dumps(figures) if _JSON.value else format_table(figures))
+  print(json.dumps(figures) if FLAGS.json else format_table(figures))
+
+
+def cli() -> None:
+  """The program `python -m waveunet_jax.summary` (and the console script
+  waveunet-summary)."""
+  with waveunet_jax.needs("jax", "summary"):
+    import jax
+
+    jax.config.update("jax_platforms", "cpu")  # shapes and XLA's cost analysis only
+    _define_flags()
+    waveunet_jax.run(main, __name__, flags_parser=waveunet_jax.parse_flags)
 
 
 if __name__ == "__main__":
-  jax.config.update("jax_platforms", "cpu")
-  app.run(main, flags_parser=waveunet_jax.parse_flags)
+  cli()

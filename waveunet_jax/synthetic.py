@@ -829,5 +829,11 @@ def main(argv: Sequence[str] | None = None) -> int:
   return 0
 
 
-if __name__ == "__main__":
+def cli() -> None:
+  """The program `python -m waveunet_jax.synthetic` (and the console script
+  waveunet-synthetic)."""
   sys.exit(main())
+
+
+if __name__ == "__main__":
+  cli()
