@@ -268,3 +268,41 @@ def test_distributed_flags_that_cannot_work_are_one_line(tmp_path, config_file):
   for (code, stderr), (_, expected) in zip(results, cases):
     assert code == 1 and stderr.strip().splitlines()[-1].startswith(expected), stderr[-2000:]
   assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("address", ["garbage", "localhost", "localhost:", ":8476", "[::1]",
+                                     "localhost:0", "localhost:65536", "localhost:-1",
+                                     "localhost:８４７６", "host.invalid:8476"])
+def test_a_coordinator_address_that_cannot_work_names_the_flag(address):
+  with pytest.raises(train_lib.TrainingError, match=r"^--coordinator_address=.*: (not HOST:PORT"
+                     r" with a port from 1 to 65535|cannot resolve the host 'host.invalid')"):
+    train_lib._coordinator(address)
+  assert train_lib._coordinator("[::1]:8476") == ("::1", 8476)
+  assert train_lib._coordinator("localhost:65535") == ("localhost", 65535)
+
+
+def test_coordinator_faults_are_one_line_before_jax_starts(tmp_path, config_file):
+  """JAX's own answers were an IndexError, a segfault and, after 300 s, an abort."""
+  base = training_command(config_file, tmp_path / "run", "--num_processes=2")
+  with socket.socket() as taken:
+    taken.bind(("0.0.0.0", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    nobody = free_port()
+    cases = [(["--coordinator_address=garbage", "--process_id=1"],
+              "error: --coordinator_address=garbage: not HOST:PORT with a port from 1 to 65535"),
+             ([f"--coordinator_address=localhost:{port}", "--process_id=0"],
+              f"error: --coordinator_address=localhost:{port}: process 0 cannot listen on port "
+              f"{port} (Address already in use"),
+             ([f"--coordinator_address=localhost:{nobody}", "--process_id=1",
+               "--coordinator_timeout=5"],
+              f"error: --coordinator_address=localhost:{nobody}: no coordinator answered within "
+              "5 s (--coordinator_timeout); start process 0")]
+    with processes([base + flags for flags, _ in cases], devices=1) as started:
+      results = finish(started, timeout=120)
+  for (code, stderr), (_, expected) in zip(results, cases):
+    assert code == 1 and stderr.strip().splitlines()[-1].startswith(expected), stderr[-2000:]
+    assert "Traceback" not in stderr and "Fatal" not in stderr, stderr[-2000:]
+  assert (f"waiting up to 5 s (--coordinator_timeout) for the coordinator, process 0, at "
+          f"localhost:{nobody}") in results[2][1]
+  assert not (tmp_path / "run").exists()

@@ -44,6 +44,9 @@ def _define_flags() -> None:
   flags.DEFINE_integer("heartbeat_timeout", 100, "Seconds after which a silent process "
                        "(killed, crashed) ends the run of the others, which would otherwise "
                        "wait for it forever.", lower_bound=1)
+  flags.DEFINE_integer("coordinator_timeout", 300, "Seconds the processes wait at the start "
+                       "for the coordinator (process 0) and for each other before giving up.",
+                       lower_bound=1)
   flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -52,7 +55,8 @@ def main(argv: list[str]) -> None:
   if len(argv) > 1:
     sys.exit(f"error: unexpected arguments: {' '.join(argv[1:])} (the flags are --config, "
              "--workdir, --config.<group>.<field> and the multi-process ones: --distributed, "
-             "--coordinator_address, --num_processes, --process_id, --heartbeat_timeout)")
+             "--coordinator_address, --num_processes, --process_id, --heartbeat_timeout, "
+             "--coordinator_timeout)")
   if not FLAGS.workdir.strip():  # "" would be the current directory
     sys.exit("error: --workdir is empty: name a folder for the run's checkpoints and logs")
   console.import_tensorflow()  # for tf.data, off the accelerators (their memory is JAX's)
@@ -63,7 +67,8 @@ def main(argv: list[str]) -> None:
   named = (FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   if FLAGS.distributed or any(v is not None for v in named):
     try:
-      train.connect(*named, heartbeat_timeout=FLAGS.heartbeat_timeout)
+      train.connect(*named, heartbeat_timeout=FLAGS.heartbeat_timeout,
+                    coordinator_timeout=FLAGS.coordinator_timeout)
     except train.TrainingError as e:
       sys.exit(f"error: {e}")
 
