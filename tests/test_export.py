@@ -226,3 +226,87 @@ def test_export_command_from_a_trained_workdir(tmp_path, tiny_workdir):
   result = subprocess.run(command[:-2] + ["--format=nope", f"--output={tmp_path / 'x'}"],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert result.returncode != 0 and "Traceback" not in result.stderr
+
+
+@pytest.fixture(scope="module")
+def onnx_export(tmp_path_factory) -> pathlib.Path:
+  """One real tiny ONNX export (and a song), for the tampered copies made of it."""
+  import soundfile as sf
+
+  folder = tmp_path_factory.mktemp("onnx_export")
+  sf.write(folder / "song.wav", np.zeros((1000, 2), np.float32), RATE)
+  return export.export(jax_engine("deep"), "onnx", folder / "m.onnx")
+
+
+def _edit(**fields):
+  def edit(meta):
+    for key, value in fields.items():
+      if value is None:
+        del meta[key]
+      else:
+        meta[key] = value
+    return meta
+  return edit
+
+
+def _tiling(**fields):
+  return lambda meta: {**meta, "tiling": {**meta["tiling"], **fields}}
+
+
+def _retiled(meta):
+  # A window of another length, consistent within the metadata: only the model says no.
+  meta["input_length"] = meta["tiling"]["input_length"] = meta["input_length"] + 64
+  return meta
+
+
+# (name, model file name, a change of the metadata, of the model's bytes, the error's end)
+TAMPERED = [
+    ("truncated onnx", "m.onnx", None, lambda b: b[:len(b) // 2],
+     "m.onnx: cannot load this onnx model ("),
+    ("sample_rate 0", "m.onnx", _edit(sample_rate=0), None,
+     "m.onnx.json: sample_rate is 0, not a whole number above 0"),
+    ("sample_rate negative", "m.onnx", _edit(sample_rate=-8000), None,
+     "m.onnx.json: sample_rate is -8000, not a whole number above 0"),
+    ("1 source", "m.onnx", _edit(sources=["vocals"]), None,
+     'm.onnx.json: sources ["vocals"]: a difference output has at least two'),
+    ("3 sources", "m.onnx", _edit(sources=["bass", "drums", "vocals"]), None,
+     'm.onnx.json: sources is ["bass", "drums", "vocals"] (3 sources), but the model\'s '
+     "output has 2 there"),
+    ("no sources", "m.onnx", _edit(sources=None), None, "m.onnx.json: sources is missing"),
+    ("a list", "m.onnx", lambda meta: [meta], None,
+     "m.onnx.json: holds a JSON array, not an object of waveunet_jax.export/1 fields"),
+    ("hop 0", "m.onnx", _tiling(hop=0), None,
+     "m.onnx.json: tiling.hop is 0, not a whole number above 0"),
+    ("unknown tiling key", "m.onnx", _tiling(stride=400), None,
+     "m.onnx.json: tiling has the unknown key(s) stride (its keys are input_length, hop, "
+     "overlap, keep_start, pad_left)"),
+    ("input_length", "m.onnx", _retiled, None,
+     "m.onnx.json: input_length is 521, but the model's input has 457 there"),
+    ("not a SavedModel", "sm", _edit(format="saved_model"), None,
+     "sm: is not a SavedModel folder (it holds no saved_model.pb)"),
+    ("garbage stablehlo", "m.stablehlo", _edit(format="stablehlo"),
+     lambda b: b"\xff" * 4096, "m.stablehlo: is not a jax.export serialisation"),
+]
+
+
+@pytest.mark.parametrize("name, model, edit_metadata, edit_model, message", TAMPERED,
+                         ids=[case[0] for case in TAMPERED])
+def test_a_tampered_or_foreign_export_is_one_line_naming_the_file(
+    tmp_path, onnx_export, name, model, edit_metadata, edit_model, message):
+  path = tmp_path / model
+  meta = json.loads(exported.metadata_path(onnx_export, "onnx").read_text())
+  if model == "sm":
+    path.mkdir()
+  else:
+    data = onnx_export.read_bytes()
+    path.write_bytes(edit_model(data) if edit_model else data)
+  meta = edit_metadata(meta) if edit_metadata else meta
+  exported.metadata_path(path).write_text(json.dumps(meta))
+  result = subprocess.run(
+      [sys.executable, "-m", "waveunet_jax.separate", f"--model={path}",
+       str(onnx_export.parent / "song.wav"), f"--output_dir={tmp_path / 'out'}"],
+      cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert result.returncode == 1, result.stderr[-3000:]
+  [line] = result.stderr.strip().splitlines()
+  assert line.startswith(f"error: --model={path}: ") and message in line, line
+  assert not (tmp_path / "out").exists()

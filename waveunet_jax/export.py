@@ -207,7 +207,9 @@ def export(engine, fmt: str, output: str | os.PathLike, *, config=None,
     batch_size = batch_size or 1
   extra = {"onnx": {"opset": OPSET, "weights": "int8" if int8 else "float32"},
            "tflite": {"weights": "float16" if float16 else "float32"}}.get(fmt, {})
-  text = json.dumps(metadata(engine, fmt, config, batch_size, **extra), indent=2) + "\n"
+  meta = metadata(engine, fmt, config, batch_size, **extra)
+  exported.check_metadata(meta, fmt)  # what separation will accept; a failure is a bug here
+  text = json.dumps(meta, indent=2) + "\n"
   if fmt == "saved_model":
     with audio.atomic_path(output, ours=exported.is_export_folder) as temp:
       save_saved_model(engine, temp, batch_size)

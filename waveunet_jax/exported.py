@@ -10,17 +10,21 @@ a file, `waveunet_jax.json` inside a SavedModel folder), which holds everything 
 consumer needs (see `export.py` and the README's Export section): sources, sample
 rate, channels, output type, the window's input and output lengths and the offset of
 the output in the input, the tiling, the batch size (null: any), the config and the
-project version. This module imports each runtime only when it loads a model of its
-format: ONNX needs `onnxruntime` alone (`pip install 'waveunet_jax[onnx]'`), LiteRT
-`ai-edge-litert` (`[tflite]`; else TensorFlow's deprecated copy of it), StableHLO JAX
-(`[jax]`), a SavedModel TensorFlow (`[export]`).
+project version. This module owns that schema (`check_metadata`) and checks it, and the
+model's real shapes against it, on every load: an edited or foreign export is one
+error naming the file and the field. It imports each runtime only when it loads a
+model of its format: ONNX needs `onnxruntime` alone (`pip install 'waveunet_jax[onnx]'`),
+LiteRT `ai-edge-litert` (`[tflite]`; else TensorFlow's deprecated copy of it),
+StableHLO JAX (`[jax]`), a SavedModel TensorFlow (`[export]`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pathlib
+import struct
 from typing import Any, Callable
 
 import numpy as np
@@ -60,8 +64,11 @@ def is_export_folder(path: str | os.PathLike) -> bool:
     return False
 
 
-def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
-  meta = metadata_path(path)
+def read_metadata(path: str | os.PathLike, fmt: str | None = None) -> dict[str, Any]:
+  """The metadata of the export at `path`, checked by `check_metadata`; SeparationError
+  naming the file (and the field) for metadata that is missing, unreadable or wrong."""
+  fmt = fmt or format_of(path)
+  meta = metadata_path(path, fmt)
   try:
     data = json.loads(meta.read_text())
   except OSError:
@@ -69,9 +76,137 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
                           "python -m waveunet_jax.export") from None
   except ValueError as e:
     raise SeparationError(f"--model={path}: cannot read {meta} ({e})") from None
-  if data.get("schema") != SCHEMA:
-    raise SeparationError(f"--model={path}: {meta} is not {SCHEMA} metadata")
+  try:
+    check_metadata(data, fmt)
+  except _Invalid as e:
+    raise SeparationError(f"--model={path}: {meta}: {e}; export the model again (python -m "
+                          "waveunet_jax.export)") from None
   return data
+
+
+class _Invalid(ValueError):
+  """A metadata field that cannot be: the message names it."""
+
+
+# export.metadata writes these; separation reads them. `models.OUTPUTS` owns the output
+# types, but importing models would import JAX, which an ONNX-only install lacks.
+_OUTPUT_TYPES = ("direct", "difference")
+
+
+def check_metadata(data: Any, fmt: str) -> None:
+  """Raises ValueError naming the first field of export metadata `data` whose presence,
+  type or range cannot be, for an export of format `fmt`: the schema of what
+  `export.metadata` writes, as far as separation reads it (the model's shapes are
+  checked against it when it is loaded). Fields only for people (`input`, `output`,
+  `config`, `version`) are not checked."""
+  if not isinstance(data, dict):
+    raise _Invalid(f"holds a JSON {_json_type(data)}, not an object of {SCHEMA} fields")
+  if data.get("schema") != SCHEMA:
+    raise _Invalid(f"schema is {_show(data.get('schema'))}: not {SCHEMA} metadata")
+  if data.get("format") != fmt:
+    raise _Invalid(f"format is {_show(data.get('format'))}, but the model is a {fmt} export")
+  output_type = _field(data, "output_type")
+  if output_type not in _OUTPUT_TYPES:
+    raise _Invalid(f"output_type is {_show(output_type)}, not one of {', '.join(_OUTPUT_TYPES)}")
+  sources = _field(data, "sources")
+  if (not isinstance(sources, list) or not sources
+      or not all(isinstance(s, str) and s for s in sources)):
+    raise _Invalid(f"sources is {_show(sources)}, not a list of source names")
+  if len(set(sources)) != len(sources):
+    raise _Invalid(f"sources {_show(sources)} repeats a name")
+  if output_type == "difference" and len(sources) < 2:
+    raise _Invalid(f"sources {_show(sources)}: a difference output has at least two")
+  for name in ("sample_rate", "num_channels", "input_length", "output_length"):
+    _whole(data, name, 1)
+  _whole(data, "output_offset", 0)
+  if data["output_offset"] + data["output_length"] > data["input_length"]:
+    raise _Invalid(f"output_offset {data['output_offset']} + output_length "
+                   f"{data['output_length']} exceed input_length {data['input_length']}")
+  if data.get("batch_size") is not None:
+    _whole(data, "batch_size", 1)
+  residual = data.get("residual_source")
+  if residual is not None and residual not in sources:
+    raise _Invalid(f"residual_source is {_show(residual)}, not one of sources "
+                   f"({', '.join(sources)})")
+  tiling = _field(data, "tiling")
+  if not isinstance(tiling, dict):
+    raise _Invalid(f"tiling is {_show(tiling)}, not an object")
+  names = [f.name for f in dataclasses.fields(Tiling)]
+  if set(tiling) != set(names):
+    extra, missing = sorted(set(tiling) - set(names)), sorted(set(names) - set(tiling))
+    raise _Invalid(f"tiling {'has the unknown key(s) ' + ', '.join(extra) if extra else ''}"
+                   f"{' and ' if extra and missing else ''}"
+                   f"{'lacks ' + ', '.join(missing) if missing else ''} (its keys are "
+                   f"{', '.join(names)})")
+  for name in names:
+    _whole(tiling, name, 1 if name == "hop" else 0, "tiling.")
+  if tiling["input_length"] != data["input_length"]:
+    raise _Invalid(f"tiling.input_length {tiling['input_length']} differs from input_length "
+                   f"{data['input_length']}")
+  kept = tiling["keep_start"] + tiling["hop"] + tiling["overlap"]
+  if kept > data["output_length"]:
+    raise _Invalid(f"tiling keeps output samples up to {kept} (keep_start + hop + overlap), "
+                   f"past output_length {data['output_length']}")
+  for name, kind in (("source_model", dict), ("weights", str)):
+    if not isinstance(data.get(name, kind()), kind):
+      raise _Invalid(f"{name} is {_show(data[name])}, not a JSON {_json_type(kind())}")
+
+
+def _field(data: dict[str, Any], name: str, prefix: str = "") -> Any:
+  if name not in data:
+    raise _Invalid(f"{prefix}{name} is missing")
+  return data[name]
+
+
+def _whole(data: dict[str, Any], name: str, low: int, prefix: str = "") -> None:
+  """Raises _Invalid unless data[name] is a whole number (a JSON integer) >= low."""
+  value = _field(data, name, prefix)
+  if not isinstance(value, int) or isinstance(value, bool) or value < low:
+    raise _Invalid(f"{prefix}{name} is {_show(value)}, not a whole number "
+                   f"{'above 0' if low == 1 else 'from 0'}")
+
+
+def _show(value: Any) -> str:
+  text = json.dumps(value)
+  return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _json_type(value: Any) -> str:
+  return {dict: "object", list: "array", str: "string", bool: "boolean", int: "number",
+          float: "number", type(None): "null"}.get(type(value), type(value).__name__)
+
+
+def check_shapes(data: dict[str, Any], batch_size: int,
+                 inputs: list[tuple[int | None, ...]],
+                 outputs: list[tuple[int | None, ...]]) -> None:
+  """Raises ValueError naming the metadata field that the model's real input and
+  output shapes (None: a dimension of any size) contradict: the model must take one
+  mix [batch, input_length, num_channels] and give sources [batch, len(sources),
+  output_length, num_channels] first."""
+  for role, shapes, want in (
+      ("input", inputs, (("batch_size", batch_size), ("input_length", data["input_length"]),
+                         ("num_channels", data["num_channels"]))),
+      ("output", outputs, (("batch_size", batch_size), ("sources", len(data["sources"])),
+                           ("output_length", data["output_length"]),
+                           ("num_channels", data["num_channels"])))):
+    if (role == "input" and len(shapes) != 1) or not shapes:
+      raise _Invalid(f"the model has {len(shapes)} {role}s; an export takes one mix and "
+                     "gives the sources first")
+    shape = shapes[0]
+    if len(shape) != len(want):
+      raise _Invalid(f"the model's {role} has shape {_shape(shape)}, not [" + ", ".join(
+          name for name, _ in want) + "]")
+    for size, (name, value) in zip(shape, want):
+      if size is not None and size != value:
+        shown = {"batch_size": value,
+                 "sources": f"{_show(data['sources'])} ({value} sources)"}.get(
+                     name, data.get(name))
+        raise _Invalid(f"{name} is {shown}, but the model's {role} has {size} there (its "
+                       f"shape: {_shape(shape)})")
+
+
+def _shape(shape: tuple[int | None, ...]) -> str:
+  return "[" + ", ".join("any" if d is None else str(d) for d in shape) + "]"
 
 
 class ExportedEngine:
@@ -98,12 +233,13 @@ class ExportedEngine:
 
 def load(path: str | os.PathLike, batch_size: int | None = None) -> ExportedEngine:
   """The engine of an export. `batch_size`: windows per call (default: the export's
-  fixed batch, else 1)."""
+  fixed batch, else 1). SeparationError, naming the file, for an export that cannot
+  run: its metadata, a model file its runtime cannot load, or shapes that disagree."""
   path = pathlib.Path(path)
   if not path.exists():
     raise SeparationError(f"--model={path}: no such file or folder")
   fmt = format_of(path)
-  metadata = read_metadata(path)
+  metadata = read_metadata(path, fmt)
   fixed = metadata.get("batch_size")
   if fixed is not None and batch_size not in (None, fixed):
     raise SeparationError(f"--batch_size={batch_size}: {path} was exported for batches of "
@@ -112,7 +248,7 @@ def load(path: str | os.PathLike, batch_size: int | None = None) -> ExportedEngi
   loaders = {"onnx": _onnx, "tflite": _tflite, "saved_model": _saved_model,
              "stablehlo": _stablehlo}
   try:
-    forward = loaders[fmt](path, metadata, batch_size)
+    forward, inputs, outputs = loaders[fmt](path, batch_size)
   except ImportError as e:
     package = {"onnx": "onnxruntime (pip install 'waveunet_jax[onnx]')",
                "tflite": "ai-edge-litert (pip install 'waveunet_jax[tflite]')",
@@ -120,10 +256,28 @@ def load(path: str | os.PathLike, batch_size: int | None = None) -> ExportedEngi
                "stablehlo": "jax (pip install 'waveunet_jax[jax]')"}[fmt]
     raise SeparationError(f"--model={path}: running a {fmt} export needs {package} ({e})"
                           ) from None
+  except _Invalid as e:
+    raise SeparationError(f"--model={path}: {e}") from None
+  except Exception as e:  # each runtime raises its own errors for a file it cannot read
+    lines = str(e).strip().splitlines()
+    reason = (lines[0][:200] if lines else type(e).__name__)
+    raise SeparationError(f"--model={path}: cannot load this {fmt} model ({reason}); is it "
+                          "damaged or cut short? export the model again (python -m "
+                          "waveunet_jax.export)") from None
+  try:
+    check_shapes(metadata, batch_size, inputs, outputs)
+  except _Invalid as e:
+    raise SeparationError(f"--model={path}: {metadata_path(path, fmt)}: {e}; export the "
+                          "model again (python -m waveunet_jax.export)") from None
   return ExportedEngine(metadata, forward, batch_size)
 
 
-def _onnx(path: pathlib.Path, metadata: dict[str, Any], batch_size: int):
+def _dims(shape) -> tuple[int | None, ...]:
+  """A runtime's shape as ints, None for a dimension of any size (a name, -1, None)."""
+  return tuple(int(d) if isinstance(d, (int, np.integer)) and d >= 0 else None for d in shape)
+
+
+def _onnx(path: pathlib.Path, batch_size: int):
   import onnxruntime
 
   options = onnxruntime.SessionOptions()
@@ -131,10 +285,12 @@ def _onnx(path: pathlib.Path, metadata: dict[str, Any], batch_size: int):
   session = onnxruntime.InferenceSession(str(path), options,
                                          providers=["CPUExecutionProvider"])
   name = session.get_inputs()[0].name
-  return lambda x: session.run(None, {name: x})[0]
+  return (lambda x: session.run(None, {name: x})[0],
+          [_dims(i.shape) for i in session.get_inputs()],
+          [_dims(o.shape) for o in session.get_outputs()])
 
 
-def _tflite(path: pathlib.Path, metadata: dict[str, Any], batch_size: int):
+def _tflite(path: pathlib.Path, batch_size: int):
   try:  # LiteRT's own runtime; TensorFlow's copy of it is deprecated
     from ai_edge_litert.interpreter import Interpreter
   except ImportError:
@@ -143,6 +299,9 @@ def _tflite(path: pathlib.Path, metadata: dict[str, Any], batch_size: int):
     Interpreter = tf.lite.Interpreter
   # LiteRT takes one thread unless told; JAX and ONNX Runtime take every core.
   interpreter = Interpreter(model_path=str(path), num_threads=os.cpu_count())
+  shapes = lambda details: [_dims(d.get("shape_signature", d["shape"])) for d in details]
+  inputs, outputs = (shapes(interpreter.get_input_details()),
+                     shapes(interpreter.get_output_details()))
   inp = interpreter.get_input_details()[0]
   if inp["shape"][0] != batch_size:
     interpreter.resize_tensor_input(inp["index"], [batch_size, *inp["shape"][1:]])
@@ -154,22 +313,50 @@ def _tflite(path: pathlib.Path, metadata: dict[str, Any], batch_size: int):
     interpreter.invoke()
     return interpreter.get_tensor(out["index"]).copy()
 
-  return forward
+  return forward, inputs, outputs
 
 
-def _saved_model(path: pathlib.Path, metadata: dict[str, Any], batch_size: int):
+def _saved_model(path: pathlib.Path, batch_size: int):
+  if not any((path / name).is_file() for name in ("saved_model.pb", "saved_model.pbtxt")):
+    raise _Invalid("is not a SavedModel folder (it holds no saved_model.pb); name an export's "
+                   "folder, or export the model again (python -m waveunet_jax.export)")
   import tensorflow as tf
 
   tf.config.set_visible_devices([], "GPU")  # the export runs where JAX is not
   module = tf.saved_model.load(str(path))
   function = module.signatures["serving_default"]
   name = list(function.structured_outputs)[0]
-  return lambda x: function(mix=tf.constant(x))[name].numpy()
+  shape = lambda spec: (_dims(spec.shape.as_list()) if spec.shape.rank is not None else ())
+  args, kwargs = function.structured_input_signature
+  return (lambda x: function(mix=tf.constant(x))[name].numpy(),
+          [shape(s) for s in [*args, *kwargs.values()]],
+          [shape(function.structured_outputs[name])])
 
 
-def _stablehlo(path: pathlib.Path, metadata: dict[str, Any], batch_size: int):
+def _stablehlo(path: pathlib.Path, batch_size: int):
+  data = path.read_bytes()
+  if not _looks_like_flatbuffer(data):
+    raise _Invalid("is not a jax.export serialisation (it does not start as a flatbuffer); "
+                   "export the model again (python -m waveunet_jax.export)")
   import jax
 
-  exported = jax.export.deserialize(bytearray(path.read_bytes()))
-  call = jax.jit(exported.call)
-  return call
+  exported = jax.export.deserialize(bytearray(data))
+  return (jax.jit(exported.call), [_dims(a.shape) for a in exported.in_avals],
+          [_dims(a.shape) for a in exported.out_avals])
+
+
+def _looks_like_flatbuffer(data: bytes) -> bool:
+  """Whether `data` starts as a flatbuffer (jax.export's serialisation, which has no
+  magic number) does: a root table and its vtable inside the data. Garbage almost never
+  does, and jax.export.deserialize would follow its offsets anywhere."""
+  if len(data) < 12:
+    return False
+  (root,) = struct.unpack_from("<I", data, 0)
+  if root % 4 or not 4 <= root <= len(data) - 4:
+    return False
+  vtable = root - struct.unpack_from("<i", data, root)[0]
+  if not 0 <= vtable <= len(data) - 4:
+    return False
+  vtable_size, table_size = struct.unpack_from("<HH", data, vtable)
+  return (vtable_size >= 4 and vtable_size % 2 == 0 and vtable + vtable_size <= len(data)
+          and 4 <= table_size and root + table_size <= len(data))
