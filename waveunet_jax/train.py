@@ -35,6 +35,7 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
 import functools
 import hashlib
 import json
@@ -831,24 +832,31 @@ def _coordinator(address: str) -> tuple[str, int]:
 
 def _check_port_free(address: str, port: int) -> None:
   """Raises TrainingError unless process 0 can bind `port` as JAX's coordinator will:
-  on every address (`[::]`, IPv4 too), with SO_REUSEADDR as gRPC sets it. Skipped
-  when JAX_COORDINATOR_BIND_ADDRESS tells JAX to bind elsewhere."""
+  on every address (`[::]`, IPv4 too; `0.0.0.0` where this host has no IPv6), with
+  SO_REUSEADDR as gRPC sets it. Skipped when JAX_COORDINATOR_BIND_ADDRESS tells JAX to
+  bind elsewhere."""
   if "JAX_COORDINATOR_BIND_ADDRESS" in os.environ:
     return
-  try:
-    s = socket.socket(socket.AF_INET6)
-    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-    where = ("::", port)
-  except OSError:  # no IPv6 on this host
-    s, where = socket.socket(socket.AF_INET), ("0.0.0.0", port)
-  with s:
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+  for family, host in ((socket.AF_INET6, "::"), (socket.AF_INET, "0.0.0.0")):
     try:
-      s.bind(where)
-    except OSError as e:
-      raise TrainingError(f"--coordinator_address={address}: process 0 cannot listen on port "
-                          f"{port} ({e.strerror}; another program or run uses it?); choose a "
-                          "free port, the same for every process") from None
+      s = socket.socket(family)
+    except OSError:  # no such address family here
+      continue
+    with s:
+      s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+      if family == socket.AF_INET6:
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+      try:
+        s.bind((host, port))
+        return
+      except OSError as e:
+        if e.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):  # IPv6 off: as gRPC, try IPv4
+          continue
+        hint = {errno.EADDRINUSE: "; another program or run uses it?",
+                errno.EACCES: "; a port below 1024 needs root"}.get(e.errno, "")
+        raise TrainingError(f"--coordinator_address={address}: process 0 cannot listen on "
+                            f"port {port} ({e.strerror}{hint}); choose a free port, the "
+                            "same for every process") from None
 
 
 def _wait_for_coordinator(address: str, host: str, port: int, timeout: int) -> None:
