@@ -20,6 +20,7 @@ import soxr
 
 from conftest import tiny_model_config
 from waveunet_jax import audio, engine, models, separate
+from waveunet_jax import separator as separator_lib
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 RATE = 8000  # the tiny models' sample rate
@@ -756,6 +757,40 @@ def test_cli_missing_workdir_is_one_line(tmp_path):
   assert result.stderr.strip().splitlines()[-1].startswith("error: --workdir=")
   assert "no config.json" in result.stderr and "Traceback" not in result.stderr
   assert not (tmp_path / "out").exists()
+
+
+def limited(code: str, gib: float) -> str:
+  """`code` run with its address space capped at `gib`: an allocation past it fails at
+  once instead of growing until the kernel kills the machine's work."""
+  return (f"import resource\nresource.setrlimit(resource.RLIMIT_AS, ({int(gib * (1 << 30))},) * 2)\n"
+          + code)
+
+
+def test_cli_refuses_absurd_sample_rates_in_bounded_memory(tmp_path):
+  # A header declaring 1 Hz made 100000 frames a 28-hour song, resampled to the model's
+  # rate in blocks of 4 GB (an issue 21 probe grew to 24 GB and was killed).
+  sf.write(tmp_path / "one_hz.wav", np.zeros((100000, 2), np.float32), 1)
+  sf.write(tmp_path / "huge_rate.wav", np.zeros((1000, 2), np.float32), 10_000_000)
+  sf.write(tmp_path / "fine.wav", noise(500), RATE)
+  result = subprocess.run(
+      [sys.executable, "-c", limited(CLI, 3), "--workdir=RUN", "--checkpoint=7", str(tmp_path),
+       f"--output_dir={tmp_path}/out"],
+      cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert result.returncode == 1, result.stderr
+  assert "Traceback" not in result.stderr
+  for name, rate in (("huge_rate", 10_000_000), ("one_hz", 1)):
+    assert (f"{tmp_path / name}.wav: its header declares a sample rate of {rate} Hz, outside "
+            "the 1000 to 768000 Hz of audio (a damaged header?); rewrite the file at its "
+            "true rate") in result.stderr
+  assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["fine"]
+
+
+def test_upsampling_by_a_large_ratio_streams_in_bounded_blocks():
+  mix = noise(300000, peak=0.5)
+  blocks = list(pass_through().separate_blocks([mix], separator_lib.MAX_RATE, 2))
+  assert sum(len(b) for b in blocks) == len(mix)
+  # Without cutting, one 30 s window at 8 kHz came back as 23 M frames at 768 kHz.
+  assert max(len(b) for b in blocks) < 2 * separator_lib.RESAMPLED_BLOCK_FRAMES
 
 
 def test_the_jax_engine_splits_its_batch_over_every_local_device():
