@@ -4,13 +4,17 @@ Tiny models at a model rate of 8 kHz; separators are cached so that each window 
 compiles once for the whole file.
 """
 
+import errno
 import functools
 import logging
 import os
 import pathlib
 import re
+import shlex
+import shutil
 import subprocess
 import sys
+import textwrap
 
 import jax
 import numpy as np
@@ -536,6 +540,116 @@ def test_an_unwritable_output_dir_is_one_line(tmp_path):
                            r"directory\)$"):
     separate.separate_files(pass_through(window_seconds=SHORT), [tmp_path / "song.wav"],
                             tmp_path / "file" / "out")
+
+
+class FullDiskFile:
+  """A spool file on a full disk: every write fails as the kernel fails it."""
+
+  def __init__(self, file):
+    self.file = file
+
+  def __getattr__(self, name):
+    return getattr(self.file, name)
+
+  def write(self, data):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+@pytest.fixture
+def full_disk(monkeypatch):
+  """A function that, once called, makes every way separation writes meet a full disk:
+  libsndfile's writes fail with its "System error." (the disk then has no space
+  left), FFmpeg's when the file closes (it buffers them), and the --clip=rescale
+  spool's at its first write."""
+  import shutil
+
+  import av
+  from test_audio import FullDisk
+
+  real_av_open, real_disk_usage = av.open, shutil.disk_usage
+
+  def av_open(path, mode="r", **kwargs):
+    container = real_av_open(path, mode, **kwargs)
+    return FullDisk(container, path) if mode == "w" else container
+
+  def soundfile_write(self, data):
+    raise RuntimeError("Error : System error.")
+
+  def fill():
+    monkeypatch.setattr(av, "open", av_open)
+    monkeypatch.setattr(sf.SoundFile, "write", soundfile_write)
+    monkeypatch.setattr(shutil, "disk_usage",
+                        lambda path: real_disk_usage(path)._replace(free=0))
+    monkeypatch.setattr(audio, "open", lambda *a, **k: FullDiskFile(open(*a, **k)),
+                        raising=False)
+
+  return fill
+
+
+@pytest.mark.parametrize("clip", ["clamp", "rescale"])
+def test_a_full_disk_fails_the_song_in_one_line_and_leaves_nothing(tmp_path, caplog,
+                                                                   full_disk, clip):
+  song = tmp_path / "song.wav"
+  sf.write(song, noise(RATE), RATE)
+  full_disk()
+  for fmt in audio.FORMATS:
+    out = tmp_path / fmt
+    caplog.clear()
+    with caplog.at_level(logging.ERROR), pytest.raises(separate.SeparationError,
+                                                       match="1 input"):
+      separate.separate_files(pass_through(window_seconds=SHORT), [song], out, fmt=fmt,
+                              clip=clip)
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "\n" not in errors[0], errors
+    assert errors[0].startswith(f"{out / 'song'}/") and errors[0].endswith(
+        "(No space left on device)"), (fmt, errors[0])
+    assert not out.exists(), (fmt, clip, list(out.rglob("*")))
+
+
+FULL_DISK = """
+import sys
+sys.path.insert(0, "tests")
+import test_separate
+from waveunet_jax import audio, separate
+mount, song = sys.argv[1:]
+for fmt in audio.FORMATS:
+  for clip in ("clamp", "rescale"):
+    try:
+      separate.separate_files(test_separate.pass_through(window_seconds=0.05), [song],
+                              f"{mount}/{fmt}-{clip}", fmt=fmt, clip=clip)
+    except separate.SeparationError as e:
+      print(fmt, clip, e)
+"""
+
+
+@pytest.mark.skipif(shutil.which("unshare") is None, reason="needs util-linux's unshare")
+def test_a_real_full_disk_fails_every_format_and_clip_mode(tmp_path):
+  """A 64 KiB tmpfs, mounted in a user namespace of our own where the system allows
+  it: every format and --clip mode fails the song in one line naming the full disk,
+  and leaves nothing on it; the program exits 1."""
+  mount = tmp_path / "small"
+  mount.mkdir()
+  song = tmp_path / "song.wav"
+  sf.write(song, noise(5 * 44100, peak=0.5), 44100)
+  cli = [sys.executable, "-c", CLI, "--workdir=RUN", "--checkpoint=7", str(song),
+         f"--output_dir={mount}/cli", "--clip=rescale"]
+  script = textwrap.dedent(f"""
+      mount -t tmpfs -o size=64k tmpfs {mount} || exit 77
+      {shlex.join([sys.executable, "-c", FULL_DISK, str(mount), str(song)])}
+      {shlex.join(cli)}
+      echo "exit $?"; ls -A {mount}""")
+  result = subprocess.run(["unshare", "-r", "-m", "sh", "-c", script], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+  if result.returncode == 77 or "unshare:" in result.stderr:
+    pytest.skip(f"cannot mount a small tmpfs here: {result.stderr.strip()}")
+  lines = result.stdout.splitlines()
+  assert len(lines) == 2 * len(audio.FORMATS) + 1, result.stdout + result.stderr
+  for line in lines[:-1]:
+    assert line.endswith("1 input(s) failed: " + str(song)), line
+  assert "Traceback" not in result.stderr
+  assert result.stderr.count("(No space left on device)") == 2 * len(audio.FORMATS) + 1
+  assert result.stderr.strip().splitlines()[-1] == f"error: 1 input(s) failed: {song}"
+  assert lines[-1] == "exit 1"  # and `ls -A` of the tmpfs printed nothing
 
 
 def test_a_rerun_removes_the_temporaries_of_a_killed_run_only(tmp_path):

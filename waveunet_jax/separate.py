@@ -455,6 +455,8 @@ def _separate_one(separator: Separator, opened: _Opened, paths: dict[str, pathli
         logging.warning("%s: %s: %d samples beyond [-1, 1] were clamped (peak %.3f); "
                         "--clip=rescale scales all stems together instead, --format=float "
                         "keeps them", path, name, writer.clipped, writer.peak)
+    for writer in writers:  # every file complete before any is renamed into place
+      writer.finish()
     for writer in writers:
       writer.commit()
   except BaseException:
