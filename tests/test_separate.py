@@ -723,7 +723,7 @@ def test_an_output_onto_an_input_or_a_folder_is_refused_before_any_work(tmp_path
                             filename="{stem}", overwrite=True)
   assert "out/vocals: is a folder, where this file output goes" in caplog.text
   assert files_under(tmp_path) == before
-  with pytest.raises(separate.SeparationError, match=r"^--output_dir is empty"):
+  with pytest.raises(audio.AudioError, match=r"^--output_dir is empty"):
     separate.separate_files(sep, [tmp_path / "song.wav"], "")
 
 
@@ -870,6 +870,27 @@ def test_cli_missing_workdir_is_one_line(tmp_path):
   assert result.returncode != 0
   assert result.stderr.strip().splitlines()[-1].startswith("error: --workdir=")
   assert "no config.json" in result.stderr and "Traceback" not in result.stderr
+  assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("flag, line", [
+    ("--window_seconds=1e12", "error: --window_seconds=1e+12: use a positive number of "
+     "seconds, at most 3600 (or leave it out)"),
+    ("--batch_size=0", "error: --batch_size=0: must be a positive number of windows (or left "
+     "out: one per device, or an exported model's fixed batch)"),
+    ("--batch_size=-3", "error: --batch_size=-3: must be a positive number of windows (or left "
+     "out: one per device, or an exported model's fixed batch)"),
+])
+def test_cli_flags_that_cannot_work_are_refused_before_the_model_loads(tmp_path, flag, line):
+  # --window_seconds=1e12 used to end in an _ArrayMemoryError traceback, --batch_size=0 in
+  # the engine's words, without the flag; the workdir does not exist: it is never read.
+  sf.write(tmp_path / "a.wav", np.zeros((100, 2), np.float32), 44100)
+  result = subprocess.run(
+      [sys.executable, "-m", "waveunet_jax.separate", f"--workdir={tmp_path / 'nope'}",
+       str(tmp_path / "a.wav"), f"--output_dir={tmp_path / 'out'}", flag],
+      cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+  assert result.stderr.strip().splitlines()[-1] == line
   assert not (tmp_path / "out").exists()
 
 

@@ -142,6 +142,14 @@ def _is_working_folder(path: pathlib.Path) -> bool:
   return path.resolve() in (cwd, *cwd.parents)
 
 
+def check_output_dir(output_dir: str | os.PathLike | None, contents: str) -> None:
+  """AudioError for an empty --output_dir (it would be the current folder), saying
+  what goes into it (`contents`: 'the stems', 'the scores')."""
+  if not str(output_dir or "").strip():
+    raise AudioError(f"--output_dir is empty: name the folder {contents} go into "
+                     "(--output_dir=. for the current folder)")
+
+
 def check_target(path: str | os.PathLike,
                  ours: Callable[[pathlib.Path], bool] | None = None) -> None:
   """Raises AudioError unless an output may be written to `path`, replacing only what

@@ -111,13 +111,6 @@ def clip_mode(clip: str | None, fmt: str) -> str:
   return clip
 
 
-def check_output_dir(output_dir: str | os.PathLike) -> None:
-  """SeparationError for an empty --output_dir (it would be the current folder)."""
-  if not str(output_dir).strip():
-    raise SeparationError("--output_dir is empty: name the folder the stems go into "
-                          "(--output_dir=. for the current folder)")
-
-
 def output_paths(job: Job, output_dir: str | os.PathLike, names: Sequence[str], fmt: str,
                  template: str = DEFAULT_FILENAME) -> dict[str, pathlib.Path]:
   """{stem: output file} of one input; ValueError naming the input if a name it gives
@@ -335,7 +328,7 @@ def separate_files(separator: Separator, inputs: Sequence[str | os.PathLike],
       audio.bits_per_second(bitrate)
     except audio.AudioError as e:  # else every output would fail alike
       raise SeparationError(f"--bitrate: {e}") from None
-  check_output_dir(output_dir)
+  audio.check_output_dir(output_dir, "the stems")
   check_filename(filename)
   clip = clip_mode(clip, fmt)
   names = separator.stem_names(stems)
@@ -568,6 +561,9 @@ def load_separator(args) -> Separator:
                             "exported (python -m waveunet_jax.export)")
     return Separator(exported.load(args.model, args.batch_size), residual_source=residual)
   try:
+    from waveunet_jax import engine
+
+    engine.check_window_seconds(args.window_seconds)  # before the checkpoint loads
     return Separator.from_workdir(args.workdir, args.checkpoint,
                                   window_seconds=args.window_seconds, overlap=args.overlap,
                                   batch_size=args.batch_size, residual_source=residual)
@@ -600,9 +596,13 @@ def main(argv: list[str]) -> None:
 def _run(inputs: list[str], args) -> list[pathlib.Path]:
   """The program's work: the outputs written; exits with one line for an error."""
   try:
-    check_output_dir(args.output_dir)
+    audio.check_output_dir(args.output_dir, "the stems")
     check_filename(args.filename)
     clip_mode(args.clip, args.format)
+    if args.batch_size is not None and args.batch_size < 1:
+      raise SeparationError(f"--batch_size={args.batch_size}: must be a positive number of "
+                            "windows (or left out: one per device, or an exported model's "
+                            "fixed batch)")
     separator = load_separator(args)
     stems = separator.stem_names(args.stems.split(",") if args.stems else None)
   except ValueError as e:  # SeparationError, ConfigError, a bad --overlap
