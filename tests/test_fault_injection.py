@@ -206,3 +206,46 @@ def test_training_survives_kill_9(tmp_path, tiny_data_dir):
   assert resumed.step == reference.step == 40
   chex.assert_trees_all_equal(resumed.variables, reference.variables)
   assert not temporaries(workdir), temporaries(workdir)
+
+
+@pytest.mark.parametrize("clip", ["clamp", "rescale"])
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_separate_stopped_mid_song_says_so_in_one_line_and_leaves_nothing(tmp_path, clip,
+                                                                         signum):
+  """Ctrl-C (or SIGTERM) while the second song is being separated: the first song's
+  stems stay, the second leaves nothing (no temporary, spool or empty folder)."""
+  songs = tmp_path / "songs"
+  songs.mkdir()
+  rng = np.random.default_rng(0)
+  for i, seconds in enumerate((5, 120)):  # the second lasts long enough to be stopped in
+    sf.write(songs / f"song{i}.wav", rng.uniform(-0.5, 0.5, (seconds * 44100, 2)), 44100,
+             subtype="PCM_16")
+  out = tmp_path / "out"
+  process = subprocess.Popen(
+      [sys.executable, "-c", CLI_MODEL, "separate", "--workdir=RUN", str(songs),
+       f"--output_dir={out}", f"--clip={clip}"], cwd=ROOT, stdout=subprocess.DEVNULL,
+      stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT)},
+      start_new_session=True)
+  deadline = time.monotonic() + 120
+  try:
+    # Mid-song: the second song's temporaries (a spool or .part file) are there.
+    while not (out / "song1").is_dir() or not any((out / "song1").iterdir()):
+      assert process.poll() is None, process.stderr.read().decode()
+      assert time.monotonic() < deadline, "the second song never started"
+      time.sleep(0.01)
+    time.sleep(0.2)
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=60)
+  finally:
+    if process.poll() is None:
+      os.killpg(process.pid, signal.SIGKILL)
+      process.wait()
+  stderr = stderr.decode(errors="replace")
+  assert process.returncode == 128 + signum, stderr
+  assert "Traceback" not in stderr
+  assert stderr.strip().splitlines()[-1] == (
+      f"error: interrupted ({signal.Signals(signum).name}): nothing written for "
+      f"{songs / 'song1.wav'}; the songs finished before it are kept in {out}; re-running "
+      "the same command separates the rest")
+  assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == [
+      "song0", "song0/accompaniment.wav", "song0/vocals.wav"]

@@ -239,6 +239,13 @@ SMOKE = "experiments/shallow.py:smoke"
      "error: config.model.features: must be a positive integer"),
     (["--config=" + SMOKE, "--config.data.data_dir=/nonexistent"],
      "run python -m waveunet_jax.prepare"),
+    # Refused before any dataset is looked at: one used to train on one dataset twice.
+    (["--config=" + SMOKE, "--config.data.data_dir=/data/a,/data/a/"],
+     "error: config.data.data_dir=/data/a,/data/a/: /data/a/ is named twice (/data/a is the "
+     "same folder); name each dataset once, with its weight"),
+    (["--config=" + SMOKE, "--config.data.data_dir=/data/a:nan,/data/b"],
+     "error: config.data.data_dir=/data/a:nan,/data/b: the weight of /data/a is nan; weights "
+     "must be finite positive numbers"),
 ])
 def test_failed_starts_are_one_line_and_leave_no_workdir(tmp_path, args, message):
   workdir = tmp_path / "run"

@@ -85,9 +85,23 @@ def test_two_datasets_are_drawn_by_their_weights(tiny_data_dir, silent_data_dir,
     ("/a:0.5,,/b", "config.data.data_dir=/a:0.5,,/b: an empty entry; write DIR, or "
      "DIR:WEIGHT,DIR:WEIGHT,... (e.g. /data/musdb:0.7,/data/mine:0.3; a weight left out is 1)"),
     ("/a:0.7,/b:0", "config.data.data_dir=/a:0.7,/b:0: the weight of /b is 0.0; weights must "
-     "be positive numbers"),
+     "be finite positive numbers"),
+    ("/a:-1,/b", "config.data.data_dir=/a:-1,/b: the weight of /a is -1.0; weights must be "
+     "finite positive numbers"),
+    ("/a:nan,/b", "config.data.data_dir=/a:nan,/b: the weight of /a is nan; weights must be "
+     "finite positive numbers"),
+    ("/a:1e309,/b", "config.data.data_dir=/a:1e309,/b: the weight of /a is inf; weights must "
+     "be finite positive numbers"),
+    ("/a:1e308,/b:1e-308", "config.data.data_dir=/a:1e308,/b:1e-308: the weight of /b is too "
+     "small beside the others' to be drawn at all; give weights of comparable sizes"),
     ("/a:0.7,/a:0.3", "config.data.data_dir=/a:0.7,/a:0.3: /a is named twice; name each "
      "dataset once, with its weight"),
+    ("/a,/a/", "config.data.data_dir=/a,/a/: /a/ is named twice (/a is the same folder); name "
+     "each dataset once, with its weight"),
+    ("/a,/b/../a:2", "config.data.data_dir=/a,/b/../a:2: /b/../a is named twice (/a is the "
+     "same folder); name each dataset once, with its weight"),
+    ("gs://b/x:1,gs://b/x/:2", "config.data.data_dir=gs://b/x:1,gs://b/x/:2: gs://b/x/ is named "
+     "twice (gs://b/x is the same folder); name each dataset once, with its weight"),
 ])
 def test_data_dir_errors_name_the_field(value, message):
   with pytest.raises(prepare.DataError) as error:
@@ -101,6 +115,9 @@ def test_data_dir_names_and_weights():
       input_pipeline.DataDir("gs://bucket/musdb/tfds", 0.5, "musdb_tfds"),
       input_pipeline.DataDir("/data/mine/tfds", 0.25, "mine_tfds"),
       input_pipeline.DataDir("/x/musdb", 0.25, "x_musdb")]
+  # Weights whose sum overflows still have usable ratios.
+  assert [d.weight for d in input_pipeline.data_dirs(tiny_config("/a:1e308,/b:1e308,/c:5e307"))
+          ] == [0.4, 0.4, 0.2]
 
 
 def test_a_dataset_of_another_layout_is_refused_by_name(tiny_data_dir, silent_data_dir):

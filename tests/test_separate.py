@@ -4,13 +4,17 @@ Tiny models at a model rate of 8 kHz; separators are cached so that each window 
 compiles once for the whole file.
 """
 
+import errno
 import functools
 import logging
 import os
 import pathlib
 import re
+import shlex
+import shutil
 import subprocess
 import sys
+import textwrap
 
 import jax
 import numpy as np
@@ -20,6 +24,7 @@ import soxr
 
 from conftest import tiny_model_config
 from waveunet_jax import audio, engine, models, separate
+from waveunet_jax import separator as separator_lib
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 RATE = 8000  # the tiny models' sample rate
@@ -537,6 +542,116 @@ def test_an_unwritable_output_dir_is_one_line(tmp_path):
                             tmp_path / "file" / "out")
 
 
+class FullDiskFile:
+  """A spool file on a full disk: every write fails as the kernel fails it."""
+
+  def __init__(self, file):
+    self.file = file
+
+  def __getattr__(self, name):
+    return getattr(self.file, name)
+
+  def write(self, data):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+@pytest.fixture
+def full_disk(monkeypatch):
+  """A function that, once called, makes every way separation writes meet a full disk:
+  libsndfile's writes fail with its "System error." (the disk then has no space
+  left), FFmpeg's when the file closes (it buffers them), and the --clip=rescale
+  spool's at its first write."""
+  import shutil
+
+  import av
+  from test_audio import FullDisk
+
+  real_av_open, real_disk_usage = av.open, shutil.disk_usage
+
+  def av_open(path, mode="r", **kwargs):
+    container = real_av_open(path, mode, **kwargs)
+    return FullDisk(container, path) if mode == "w" else container
+
+  def soundfile_write(self, data):
+    raise RuntimeError("Error : System error.")
+
+  def fill():
+    monkeypatch.setattr(av, "open", av_open)
+    monkeypatch.setattr(sf.SoundFile, "write", soundfile_write)
+    monkeypatch.setattr(shutil, "disk_usage",
+                        lambda path: real_disk_usage(path)._replace(free=0))
+    monkeypatch.setattr(audio, "open", lambda *a, **k: FullDiskFile(open(*a, **k)),
+                        raising=False)
+
+  return fill
+
+
+@pytest.mark.parametrize("clip", ["clamp", "rescale"])
+def test_a_full_disk_fails_the_song_in_one_line_and_leaves_nothing(tmp_path, caplog,
+                                                                   full_disk, clip):
+  song = tmp_path / "song.wav"
+  sf.write(song, noise(RATE), RATE)
+  full_disk()
+  for fmt in audio.FORMATS:
+    out = tmp_path / fmt
+    caplog.clear()
+    with caplog.at_level(logging.ERROR), pytest.raises(separate.SeparationError,
+                                                       match="1 input"):
+      separate.separate_files(pass_through(window_seconds=SHORT), [song], out, fmt=fmt,
+                              clip=clip)
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "\n" not in errors[0], errors
+    assert errors[0].startswith(f"{out / 'song'}/") and errors[0].endswith(
+        "(No space left on device)"), (fmt, errors[0])
+    assert not out.exists(), (fmt, clip, list(out.rglob("*")))
+
+
+FULL_DISK = """
+import sys
+sys.path.insert(0, "tests")
+import test_separate
+from waveunet_jax import audio, separate
+mount, song = sys.argv[1:]
+for fmt in audio.FORMATS:
+  for clip in ("clamp", "rescale"):
+    try:
+      separate.separate_files(test_separate.pass_through(window_seconds=0.05), [song],
+                              f"{mount}/{fmt}-{clip}", fmt=fmt, clip=clip)
+    except separate.SeparationError as e:
+      print(fmt, clip, e)
+"""
+
+
+@pytest.mark.skipif(shutil.which("unshare") is None, reason="needs util-linux's unshare")
+def test_a_real_full_disk_fails_every_format_and_clip_mode(tmp_path):
+  """A 64 KiB tmpfs, mounted in a user namespace of our own where the system allows
+  it: every format and --clip mode fails the song in one line naming the full disk,
+  and leaves nothing on it; the program exits 1."""
+  mount = tmp_path / "small"
+  mount.mkdir()
+  song = tmp_path / "song.wav"
+  sf.write(song, noise(5 * 44100, peak=0.5), 44100)
+  cli = [sys.executable, "-c", CLI, "--workdir=RUN", "--checkpoint=7", str(song),
+         f"--output_dir={mount}/cli", "--clip=rescale"]
+  script = textwrap.dedent(f"""
+      mount -t tmpfs -o size=64k tmpfs {mount} || exit 77
+      {shlex.join([sys.executable, "-c", FULL_DISK, str(mount), str(song)])}
+      {shlex.join(cli)}
+      echo "exit $?"; ls -A {mount}""")
+  result = subprocess.run(["unshare", "-r", "-m", "sh", "-c", script], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+  if result.returncode == 77 or "unshare:" in result.stderr:
+    pytest.skip(f"cannot mount a small tmpfs here: {result.stderr.strip()}")
+  lines = result.stdout.splitlines()
+  assert len(lines) == 2 * len(audio.FORMATS) + 1, result.stdout + result.stderr
+  for line in lines[:-1]:
+    assert line.endswith("1 input(s) failed: " + str(song)), line
+  assert "Traceback" not in result.stderr
+  assert result.stderr.count("(No space left on device)") == 2 * len(audio.FORMATS) + 1
+  assert result.stderr.strip().splitlines()[-1] == f"error: 1 input(s) failed: {song}"
+  assert lines[-1] == "exit 1"  # and `ls -A` of the tmpfs printed nothing
+
+
 def test_a_rerun_removes_the_temporaries_of_a_killed_run_only(tmp_path):
   sf.write(tmp_path / "song.wav", noise(300), RATE)
   out = tmp_path / "out"
@@ -608,7 +723,7 @@ def test_an_output_onto_an_input_or_a_folder_is_refused_before_any_work(tmp_path
                             filename="{stem}", overwrite=True)
   assert "out/vocals: is a folder, where this file output goes" in caplog.text
   assert files_under(tmp_path) == before
-  with pytest.raises(separate.SeparationError, match=r"^--output_dir is empty"):
+  with pytest.raises(audio.AudioError, match=r"^--output_dir is empty"):
     separate.separate_files(sep, [tmp_path / "song.wav"], "")
 
 
@@ -756,6 +871,61 @@ def test_cli_missing_workdir_is_one_line(tmp_path):
   assert result.stderr.strip().splitlines()[-1].startswith("error: --workdir=")
   assert "no config.json" in result.stderr and "Traceback" not in result.stderr
   assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("flag, line", [
+    ("--window_seconds=1e12", "error: --window_seconds=1e+12: use a positive number of "
+     "seconds, at most 3600 (or leave it out)"),
+    ("--batch_size=0", "error: --batch_size=0: must be a positive number of windows (or left "
+     "out: one per device, or an exported model's fixed batch)"),
+    ("--batch_size=-3", "error: --batch_size=-3: must be a positive number of windows (or left "
+     "out: one per device, or an exported model's fixed batch)"),
+])
+def test_cli_flags_that_cannot_work_are_refused_before_the_model_loads(tmp_path, flag, line):
+  # --window_seconds=1e12 used to end in an _ArrayMemoryError traceback, --batch_size=0 in
+  # the engine's words, without the flag; the workdir does not exist: it is never read.
+  sf.write(tmp_path / "a.wav", np.zeros((100, 2), np.float32), 44100)
+  result = subprocess.run(
+      [sys.executable, "-m", "waveunet_jax.separate", f"--workdir={tmp_path / 'nope'}",
+       str(tmp_path / "a.wav"), f"--output_dir={tmp_path / 'out'}", flag],
+      cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+  assert result.stderr.strip().splitlines()[-1] == line
+  assert not (tmp_path / "out").exists()
+
+
+def limited(code: str, gib: float) -> str:
+  """`code` run with its address space capped at `gib`: an allocation past it fails at
+  once instead of growing until the kernel kills the machine's work."""
+  return (f"import resource\nresource.setrlimit(resource.RLIMIT_AS, ({int(gib * (1 << 30))},) * 2)\n"
+          + code)
+
+
+def test_cli_refuses_absurd_sample_rates_in_bounded_memory(tmp_path):
+  # A header declaring 1 Hz made 100000 frames a 28-hour song, resampled to the model's
+  # rate in blocks of 4 GB (an issue 21 probe grew to 24 GB and was killed).
+  sf.write(tmp_path / "one_hz.wav", np.zeros((100000, 2), np.float32), 1)
+  sf.write(tmp_path / "huge_rate.wav", np.zeros((1000, 2), np.float32), 10_000_000)
+  sf.write(tmp_path / "fine.wav", noise(500), RATE)
+  result = subprocess.run(
+      [sys.executable, "-c", limited(CLI, 3), "--workdir=RUN", "--checkpoint=7", str(tmp_path),
+       f"--output_dir={tmp_path}/out"],
+      cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert result.returncode == 1, result.stderr
+  assert "Traceback" not in result.stderr
+  for name, rate in (("huge_rate", 10_000_000), ("one_hz", 1)):
+    assert (f"{tmp_path / name}.wav: its header declares a sample rate of {rate} Hz, outside "
+            "the 1000 to 768000 Hz of audio (a damaged header?); rewrite the file at its "
+            "true rate") in result.stderr
+  assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["fine"]
+
+
+def test_upsampling_by_a_large_ratio_streams_in_bounded_blocks():
+  mix = noise(300000, peak=0.5)
+  blocks = list(pass_through().separate_blocks([mix], separator_lib.MAX_RATE, 2))
+  assert sum(len(b) for b in blocks) == len(mix)
+  # Without cutting, one 30 s window at 8 kHz came back as 23 M frames at 768 kHz.
+  assert max(len(b) for b in blocks) < 2 * separator_lib.RESAMPLED_BLOCK_FRAMES
 
 
 def test_the_jax_engine_splits_its_batch_over_every_local_device():

@@ -142,6 +142,14 @@ def _is_working_folder(path: pathlib.Path) -> bool:
   return path.resolve() in (cwd, *cwd.parents)
 
 
+def check_output_dir(output_dir: str | os.PathLike | None, contents: str) -> None:
+  """AudioError for an empty --output_dir (it would be the current folder), saying
+  what goes into it (`contents`: 'the stems', 'the scores')."""
+  if not str(output_dir or "").strip():
+    raise AudioError(f"--output_dir is empty: name the folder {contents} go into "
+                     "(--output_dir=. for the current folder)")
+
+
 def check_target(path: str | os.PathLike,
                  ours: Callable[[pathlib.Path], bool] | None = None) -> None:
   """Raises AudioError unless an output may be written to `path`, replacing only what
@@ -530,7 +538,9 @@ class AudioWriter:
         reason = "No space left on device"
     return f"{self.path}: cannot write it ({reason})"
 
-  def _close(self) -> None:
+  def finish(self) -> None:
+    """Completes the file under its temporary name: a full disk fails here at the
+    latest. `commit()` then renames it (finishing it first if need be)."""
     if self._closed:
       return
     self._closed = True
@@ -545,7 +555,7 @@ class AudioWriter:
   def commit(self) -> pathlib.Path:
     """Finishes the file and renames it into place."""
     try:
-      self._close()
+      self.finish()
     except BaseException as e:
       self._atomic.__exit__(type(e), e, e.__traceback__)
       raise
@@ -557,7 +567,7 @@ class AudioWriter:
       self._closed = True
       self._muxer.abort()
     with contextlib.suppress(Exception):
-      self._close()
+      self.finish()
     error = AudioError("discarded")
     self._atomic.__exit__(AudioError, error, None)
 
@@ -639,30 +649,42 @@ class _Muxer:
 class Spool:
   """Float32 frames [n, channels] kept on disk for a second pass, in a hidden file
   beside `path` named as one of its temporaries (a killed run's spool is removed with
-  them); removed by `close()`."""
+  them); removed by `close()`. Any failure, a full disk included, is an AudioError
+  naming `path`."""
 
   def __init__(self, path: str | os.PathLike, channels: int):
     path = pathlib.Path(path)
+    self.target = path
     self.path = path.parent / (_part_name(path, os.getpid()) + ".spool")
     self.channels = channels
-    try:
+    with self._failures():
       path.parent.mkdir(parents=True, exist_ok=True)
       self._file = open(self.path, "w+b")
+
+  @contextlib.contextmanager
+  def _failures(self) -> Iterator[None]:
+    try:
+      yield
     except OSError as e:
-      raise AudioError(f"{path}: cannot write beside it ({e.strerror or e})") from None
+      raise AudioError(f"{self.target}: cannot spool it to disk for a second pass "
+                       f"({e.strerror or e})") from None
 
   def write(self, block: np.ndarray) -> None:
-    self._file.write(np.ascontiguousarray(block, "<f4").tobytes())
+    with self._failures():
+      self._file.write(np.ascontiguousarray(block, "<f4").tobytes())
 
   def blocks(self) -> Iterator[np.ndarray]:
-    self._file.flush()
-    self._file.seek(0)
+    with self._failures():  # what the file still buffers meets a full disk here
+      self._file.flush()
+      self._file.seek(0)
     frame_bytes = 4 * self.channels
     while data := self._file.read(BLOCK_FRAMES * frame_bytes):
       yield np.frombuffer(data, "<f4").reshape(-1, self.channels)
 
   def close(self) -> None:
-    self._file.close()
+    """Removes the spool (a write that failed in the file's buffer fails no more)."""
+    with contextlib.suppress(OSError):
+      self._file.close()
     self.path.unlink(missing_ok=True)
 
 

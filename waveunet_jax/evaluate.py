@@ -515,6 +515,10 @@ def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   args = flags.FLAGS
+  try:
+    audio.check_output_dir(args.output_dir, "the scores")
+  except audio.AudioError as e:
+    sys.exit(f"error: {e}")
   valid = prepare.track_names(args.valid_tracks)
   output_dir = pathlib.Path(args.output_dir)
   try:

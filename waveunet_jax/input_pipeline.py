@@ -30,6 +30,7 @@ Validation tiles one dataset at a time (`eval_dataset(..., data_dir=...)`).
 from __future__ import annotations
 
 import math
+import os
 import pathlib
 import re
 from collections.abc import Callable
@@ -138,16 +139,37 @@ def data_dirs(config: ml_collections.ConfigDict) -> list[DataDir]:
       raise prepare.DataError(f"config.data.data_dir={value}: an empty entry; {DATA_DIR_SYNTAX}")
     if not (math.isfinite(weight) and weight > 0):
       raise prepare.DataError(f"config.data.data_dir={value}: the weight of {path} is {weight}; "
-                              "weights must be positive numbers")
+                              "weights must be finite positive numbers")
     entries.append((path, weight))
   paths = [path for path, _ in entries]
-  twice = sorted({p for p in paths if paths.count(p) > 1})
-  if twice:
-    raise prepare.DataError(f"config.data.data_dir={value}: {twice[0]} is named twice; name "
-                            "each dataset once, with its weight")
-  total = sum(weight for _, weight in entries)
-  return [DataDir(path, weight / total, name)
-          for (path, weight), name in zip(entries, _short_names(paths))]
+  seen = {}  # the folder, resolved -> the entry that named it first
+  for path in paths:
+    if _same_folder_key(path) in seen:
+      first = seen[_same_folder_key(path)]
+      raise prepare.DataError(
+          f"config.data.data_dir={value}: {path} is named twice"
+          + (f" ({first} is the same folder)" if first != path else "")
+          + "; name each dataset once, with its weight")
+    seen[_same_folder_key(path)] = path
+  weights = [weight for _, weight in entries]
+  if not math.isfinite(sum(weights)):  # huge weights: their sum overflows, not their ratios
+    weights = [weight / max(weights) for weight in weights]
+  shares = [weight / sum(weights) for weight in weights]
+  for path, share in zip(paths, shares):
+    if not np.float32(share) > 0:  # tf.data samples by float32 weights: never drawn
+      raise prepare.DataError(f"config.data.data_dir={value}: the weight of {path} is too small "
+                              "beside the others' to be drawn at all; give weights of "
+                              "comparable sizes")
+  return [DataDir(path, share, name)
+          for path, share, name in zip(paths, shares, _short_names(paths))]
+
+
+def _same_folder_key(path: str) -> str:
+  """What two names of one folder share: the resolved path (`DIR` and `DIR/`, a link
+  and its target), or for a URL (gs://...) its text without trailing slashes."""
+  if "://" in path:
+    return path.rstrip("/")
+  return os.path.realpath(path)
 
 
 def _short_names(paths: list[str]) -> list[str]:

@@ -21,10 +21,12 @@ absent) and shows one progress bar for the whole job. From Python:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import pathlib
 import queue
+import signal
 import string
 import sys
 import threading
@@ -53,6 +55,15 @@ class Job:
 
   path: pathlib.Path
   folder: pathlib.Path
+
+
+class Interrupted(KeyboardInterrupt):
+  """Separation stopped by SIGINT (Ctrl-C) or SIGTERM: the song in progress left
+  nothing behind, the songs finished before it are kept. The message says which."""
+
+  def __init__(self, message: str, signum: int):
+    super().__init__(message)
+    self.signum = signum
 
 
 def check_filename(template: str) -> str:
@@ -98,13 +109,6 @@ def clip_mode(clip: str | None, fmt: str) -> str:
     raise ValueError(f"--clip=none: --format={fmt} cannot hold samples beyond [-1, 1]; "
                      "use --format=float to keep them, or --clip=rescale")
   return clip
-
-
-def check_output_dir(output_dir: str | os.PathLike) -> None:
-  """SeparationError for an empty --output_dir (it would be the current folder)."""
-  if not str(output_dir).strip():
-    raise SeparationError("--output_dir is empty: name the folder the stems go into "
-                          "(--output_dir=. for the current folder)")
 
 
 def output_paths(job: Job, output_dir: str | os.PathLike, names: Sequence[str], fmt: str,
@@ -324,10 +328,11 @@ def separate_files(separator: Separator, inputs: Sequence[str | os.PathLike],
       audio.bits_per_second(bitrate)
     except audio.AudioError as e:  # else every output would fail alike
       raise SeparationError(f"--bitrate: {e}") from None
-  check_output_dir(output_dir)
+  audio.check_output_dir(output_dir, "the stems")
   check_filename(filename)
   clip = clip_mode(clip, fmt)
   names = separator.stem_names(stems)
+  made = _missing_folders(pathlib.Path(output_dir))  # removed again if left empty
   try:
     pathlib.Path(output_dir).mkdir(parents=True, exist_ok=True)
   except OSError as e:  # e.g. under a regular file: nothing could be written
@@ -342,20 +347,21 @@ def separate_files(separator: Separator, inputs: Sequence[str | os.PathLike],
   work = [job for job, _, missing, error in plan if error is None and missing]
 
   outputs, failed = [], []
-  bar = _progress_bar(work, enabled=progress)
-  reader = _Reader(work)
-  opened_files = enumerate(reader, 1)
+  bar = reader = None
   try:
+    bar = _progress_bar(work, enabled=progress)
+    reader = _Reader(work)
+    opened_files = enumerate(reader, 1)
     for job, paths, missing, error in plan:
       if error is None and not missing:
         logging.info("%s: kept the existing outputs (--overwrite to redo them)", job.path)
         outputs += paths.values()
         continue
       if error is None:
-        number, opened = next(opened_files)
-        bar.set_description_str(f"file {number}/{len(work)}")
-        bar.set_postfix_str(job.path.name)
         try:
+          number, opened = next(opened_files)
+          bar.set_description_str(f"file {number}/{len(work)}")
+          bar.set_postfix_str(job.path.name)
           if opened.error is not None:
             raise opened.error
           _separate_one(separator, opened, paths, missing, names, fmt, bitrate, clip, bar)
@@ -363,35 +369,62 @@ def separate_files(separator: Separator, inputs: Sequence[str | os.PathLike],
           continue
         except (SeparationError, audio.AudioError) as e:
           error = str(e)
+        except KeyboardInterrupt as e:
+          # Python's own SIGINT handler names no signal; _sigterm_interrupts does.
+          name = str(e) if str(e) in signal.Signals.__members__ else "SIGINT"
+          raise Interrupted(
+              f"interrupted ({name}): nothing written for {job.path}; the songs finished "
+              f"before it are kept in {output_dir}; re-running the same command separates "
+              "the rest", signal.Signals[name]) from None
       logging.error("%s", error)
       failed.append(str(job.path))
   finally:
-    reader.close()
-    bar.close()
+    if reader is not None:
+      reader.close()
+    if bar is not None:
+      bar.close()
+    _remove_empty(made)
   if failed:
     raise SeparationError(f"{len(failed)} input(s) failed: {', '.join(failed)}")
   return outputs
+
+
+def _missing_folders(folder: pathlib.Path) -> list[pathlib.Path]:
+  """`folder` and those above it that do not exist yet, deepest first."""
+  missing = []
+  while not folder.exists() and folder != folder.parent:
+    missing.append(folder)
+    folder = folder.parent
+  return missing
+
+
+def _remove_empty(folders: Sequence[pathlib.Path]) -> None:
+  """Removes those of `folders` (which this program made) that are empty, deepest
+  first, so that a failed or interrupted run leaves no empty folder of its own."""
+  for folder in sorted(set(folders), key=lambda p: len(p.absolute().parts), reverse=True):
+    with contextlib.suppress(OSError):  # not empty, or gone
+      if folder.is_dir() and not folder.is_symlink():
+        folder.rmdir()
 
 
 def _separate_one(separator: Separator, opened: _Opened, paths: dict[str, pathlib.Path],
                   missing: list[str], names: Sequence[str], fmt: str, bitrate: str, clip: str,
                   bar) -> None:
   stream, path = opened.stream, opened.job.path
-  made = set()  # folders this output makes, removed again if it fails
-  for output in (paths[n] for n in missing):
-    folder = output.parent
-    while not folder.exists() and folder != folder.parent:
-      made.add(folder)
-      folder = folder.parent
-  sinks, writers = [], []
+  # Folders this output makes, removed again if it fails.
+  made = [f for n in missing for f in _missing_folders(paths[n].parent)]
+  sinks, writers, spools = [], [], []
   input_peak, peak = _Peak(), _Peak()
   try:
     separator.check_channels(stream.channels, str(path))
     if clip == "rescale":  # a first pass to learn the stems' peak
-      sinks = [audio.Spool(paths[n], stream.channels) for n in missing]
+      for n in missing:
+        spools.append(audio.Spool(paths[n], stream.channels))
+      sinks = spools
     else:
-      sinks = writers = [audio.AudioWriter(paths[n], stream.rate, stream.channels, fmt,
-                                           bitrate) for n in missing]
+      for n in missing:  # one at a time: those made are discarded if the next fails
+        writers.append(audio.AudioWriter(paths[n], stream.rate, stream.channels, fmt, bitrate))
+      sinks = writers
     index = [names.index(n) for n in missing]
     for block in separator.separate_blocks(input_peak.track(opened.blocks()), stream.rate,
                                            stream.channels, name=str(path), stems=names):
@@ -405,9 +438,9 @@ def _separate_one(separator: Separator, opened: _Opened, paths: dict[str, pathli
       if scale < 1.0:
         logging.warning("%s: stems scaled by %.4f together (their peak was %.3f) so that "
                         "none clips", path, scale, peak.value)
-      writers = [audio.AudioWriter(paths[n], stream.rate, stream.channels, fmt, bitrate)
-                 for n in missing]
-      for spool, writer in zip(sinks, writers):
+      for n in missing:
+        writers.append(audio.AudioWriter(paths[n], stream.rate, stream.channels, fmt, bitrate))
+      for spool, writer in zip(spools, writers):
         for block in spool.blocks():
           writer.write(block * np.float32(scale))
     for name, writer in zip(missing, writers):
@@ -415,20 +448,21 @@ def _separate_one(separator: Separator, opened: _Opened, paths: dict[str, pathli
         logging.warning("%s: %s: %d samples beyond [-1, 1] were clamped (peak %.3f); "
                         "--clip=rescale scales all stems together instead, --format=float "
                         "keeps them", path, name, writer.clipped, writer.peak)
+    for writer in writers:  # every file complete before any is renamed into place
+      writer.finish()
     for writer in writers:
       writer.commit()
   except BaseException:
     opened.abandoned.set()
     for writer in writers:
       writer.discard()
-    for folder in sorted(made, key=lambda p: len(p.parts), reverse=True):
-      if folder.is_dir() and not any(folder.iterdir()):
-        folder.rmdir()
+    for spool in spools:  # before the folders they are in
+      spool.close()
+    _remove_empty(made)
     raise
   finally:
-    if clip == "rescale":
-      for spool in sinks:
-        spool.close()
+    for spool in spools:
+      spool.close()
   if input_peak.value > 1.0:
     logging.warning("%s: the input reaches %.3f, beyond the [-1, 1] the model was trained "
                     "on; its stems may be poor", path, input_peak.value)
@@ -527,6 +561,9 @@ def load_separator(args) -> Separator:
                             "exported (python -m waveunet_jax.export)")
     return Separator(exported.load(args.model, args.batch_size), residual_source=residual)
   try:
+    from waveunet_jax import engine
+
+    engine.check_window_seconds(args.window_seconds)  # before the checkpoint loads
     return Separator.from_workdir(args.workdir, args.checkpoint,
                                   window_seconds=args.window_seconds, overlap=args.overlap,
                                   batch_size=args.batch_size, residual_source=residual)
@@ -543,20 +580,55 @@ def main(argv: list[str]) -> None:
   if not inputs:
     raise app.UsageError("give the audio files or folders to separate")
   try:
-    check_output_dir(args.output_dir)
+    with _sigterm_interrupts():
+      written = _run(inputs, args)
+  except KeyboardInterrupt as e:  # Interrupted names the song; elsewhere none was begun
+    name = str(e) if str(e) in signal.Signals.__members__ else "SIGINT"
+    line = (str(e) if isinstance(e, Interrupted) else
+            f"interrupted ({name}): finished songs are kept in {args.output_dir}, nothing "
+            "else is written; re-running the same command separates the rest")
+    print(f"error: {line}", file=sys.stderr, flush=True)
+    # 128 + the signal, as a shell reports a program its signal ended.
+    sys.exit(128 + getattr(e, "signum", signal.Signals[name]))
+  console.done(f"done: {len(written)} stems in {args.output_dir}")
+
+
+def _run(inputs: list[str], args) -> list[pathlib.Path]:
+  """The program's work: the outputs written; exits with one line for an error."""
+  try:
+    audio.check_output_dir(args.output_dir, "the stems")
     check_filename(args.filename)
     clip_mode(args.clip, args.format)
+    if args.batch_size is not None and args.batch_size < 1:
+      raise SeparationError(f"--batch_size={args.batch_size}: must be a positive number of "
+                            "windows (or left out: one per device, or an exported model's "
+                            "fixed batch)")
     separator = load_separator(args)
     stems = separator.stem_names(args.stems.split(",") if args.stems else None)
   except ValueError as e:  # SeparationError, ConfigError, a bad --overlap
     sys.exit(f"error: {e}")
   try:
-    written = separate_files(separator, inputs, args.output_dir, fmt=args.format,
-                             bitrate=args.bitrate, stems=stems, filename=args.filename,
-                             clip=args.clip, overwrite=args.overwrite, progress=True)
+    return separate_files(separator, inputs, args.output_dir, fmt=args.format,
+                          bitrate=args.bitrate, stems=stems, filename=args.filename,
+                          clip=args.clip, overwrite=args.overwrite, progress=True)
   except SeparationError as e:
     sys.exit(f"error: {e}")
-  console.done(f"done: {len(written)} stems in {args.output_dir}")
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+  """SIGTERM raises KeyboardInterrupt('SIGTERM') while active, as Ctrl-C does, so
+  that a stopped separation cleans up as an interrupted one."""
+
+  def interrupt(signum, frame):
+    del frame
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+  previous = signal.signal(signal.SIGTERM, interrupt)
+  try:
+    yield
+  finally:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 def cli() -> None:

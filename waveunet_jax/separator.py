@@ -64,11 +64,27 @@ from waveunet_jax import audio as audio_lib
 from waveunet_jax import stems as stems_lib
 
 RESAMPLING_QUALITY = "HQ"
+# The input sample rates separation takes (Hz). Memory per block grows with the ratio
+# of the rates, and no recording is made below 1 kHz or above 768 kHz: a header
+# declaring such a rate is damaged (a 1 Hz header once made a song of hours out of a
+# minute's samples, resampled in blocks of gigabytes).
+MIN_RATE, MAX_RATE = 1000, 768000
+# Frames a resampler gives per call at most: a block is cut into pieces so that
+# upsampling by a large ratio (8 kHz to 768 kHz) never makes one huge block.
+RESAMPLED_BLOCK_FRAMES = 1 << 16
 DEFAULT = "default"  # residual_source: the config's, else stems.default_residual_source
 
 
 class SeparationError(ValueError):
   """Audio that cannot be separated; the message names the file and says why."""
+
+
+def check_rate(rate: int, name: str = "audio") -> None:
+  """SeparationError naming `name` unless `rate` is in [MIN_RATE, MAX_RATE]."""
+  if not MIN_RATE <= rate <= MAX_RATE:
+    raise SeparationError(f"{name}: its header declares a sample rate of {rate} Hz, outside "
+                          f"the {MIN_RATE} to {MAX_RATE} Hz of audio (a damaged header?); "
+                          "rewrite the file at its true rate")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -225,8 +241,7 @@ class Separator:
     Holds a few windows in memory, whatever the song's length."""
     names = self.stem_names(stems)
     self.check_channels(channels, name)
-    if rate < 1:
-      raise SeparationError(f"{name}: sample rate must be positive, got {rate}")
+    check_rate(rate, name)
     e, sources = self.engine, self.sources
     residual = (None if self.residual_source is None
                 else sources.index(self.residual_source))
@@ -426,15 +441,18 @@ def _unbatch(outputs: Any, count: int, kept: slice, clip: int | None) -> Iterato
 def _resample(blocks: Iterable[np.ndarray], from_rate: int, to_rate: int,
               channels: int) -> Iterator[np.ndarray]:
   """Band-limited, chunked resampling; soxr compensates its own delay, so the chunks
-  join into what resampling the whole signal at once gives."""
+  join into what resampling the whole signal at once gives. Blocks are cut so that
+  none comes out longer than about `RESAMPLED_BLOCK_FRAMES`."""
   import soxr
 
   stream = soxr.ResampleStream(from_rate, to_rate, channels, dtype="float32",
                                quality=RESAMPLING_QUALITY)
+  piece = max(1, RESAMPLED_BLOCK_FRAMES * from_rate // to_rate)
   for block in blocks:
-    out = stream.resample_chunk(np.ascontiguousarray(block, np.float32))
-    if len(out):
-      yield out
+    for start in range(0, len(block), piece):
+      out = stream.resample_chunk(np.ascontiguousarray(block[start:start + piece], np.float32))
+      if len(out):
+        yield out
   out = stream.resample_chunk(np.zeros((0, channels), np.float32), last=True)
   if len(out):
     yield out
