@@ -221,9 +221,7 @@ def load_for_inference(workdir: str | os.PathLike, checkpoint: str = "best", *,
     raise WorkdirError(f"{_named(source, '--workdir', named)}: no checkpoint in {folder}; "
                        "train the run first (python -m waveunet_jax.main)")
   handlers = {"state": ocp.StandardCheckpointHandler(), "progress": ocp.JsonCheckpointHandler()}
-  # Orbax restores only from absolute paths (a relative --workdir: "Checkpoint path
-  # should be absolute").
-  with ocp.CheckpointManager(folder.absolute(), item_handlers=handlers) as manager:
+  with ocp.CheckpointManager(folder, item_handlers=handlers) as manager:
     steps = manager.all_steps()
     if checkpoint == "best" and not steps:  # no validation yet: fall back to the latest
       return load_for_inference(named, "latest", source=source)
