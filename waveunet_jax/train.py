@@ -88,6 +88,7 @@ class StopOnSignal:
 
   def __init__(self):
     self.signum: int | None = None
+    self._announced = False
     self._previous = {}
 
   def __enter__(self) -> StopOnSignal:
@@ -106,9 +107,16 @@ class StopOnSignal:
     if self.signum is not None:
       self.__exit__()  # a third one gets Python's own handling
       raise KeyboardInterrupt(f"{signal.Signals(signum).name} again: quitting without saving")
-    self.signum = signum
-    logging.warning("%s: stopping after this step with a checkpoint (again to quit at once, "
-                    "without saving)", signal.Signals(signum).name)
+    self.signum = signum  # said by `announce`: a log call here could land inside a
+    # write to stderr that the signal interrupted ("reentrant call inside BufferedWriter")
+
+  def announce(self) -> None:
+    """Logs, once, that a signal came and the run stops after this step (from the loop,
+    not from the handler)."""
+    if self.signum is not None and not self._announced:
+      self._announced = True
+      logging.warning("%s: stopping after this step with a checkpoint (again to quit at "
+                      "once, without saving)", signal.Signals(self.signum).name)
 
 
 @flax.struct.dataclass
@@ -627,6 +635,7 @@ class Trainer:
     """Whether every process stops after `step`: at once with one process; with
     several, all must stop at the same step, so they agree only at log boundaries
     (where the loop waits for the device anyway)."""
+    self.stop.announce()
     if jax.process_count() == 1:
       return self.stop.signum is not None
     if step % self.config.log_every_steps:
