@@ -158,30 +158,62 @@ def colab_python() -> str:
 
 
 class ColabEnvironment:
-  """A virtual environment built in the background: `start()`, then `python()` waits."""
+  """A virtual environment built in the background, once per test run: `start()` in the
+  process that runs pytest (under pytest-xdist, the controller, which learns what its
+  workers collected), then `python()` in whichever process runs the test waits for it.
+  The build writes its exit status to a file, so a worker can wait for a build it did
+  not start; the folder is named in the environment, which the workers inherit."""
+
+  VARIABLE = "WAVEUNET_TEST_COLAB_ENV"
 
   def __init__(self):
-    self.root = self.process = self.log = None
+    self.process = self.log = None
+    self.owner = False
+
+  @property
+  def root(self) -> str:
+    return os.environ[self.VARIABLE]
+
+  def make_root(self) -> None:
+    """In the process that runs pytest, before any worker starts."""
+    import tempfile
+
+    if self.VARIABLE not in os.environ:
+      os.environ[self.VARIABLE] = tempfile.mkdtemp(prefix="waveunet-colab-env-")
+      self.owner = True
 
   def start(self) -> None:
     import subprocess
-    import tempfile
 
-    self.root = tempfile.mkdtemp(prefix="waveunet-colab-env-")
+    if self.process is not None:
+      return
     venv = os.path.join(self.root, "venv")
     pip = f"{venv}/bin/pip install -q --no-compile --disable-pip-version-check"
     packages = " ".join(f"'{p}'" for p in COLAB_PACKAGES)
+    status = os.path.join(self.root, "status")
     self.log = open(os.path.join(self.root, "build.log"), "w")
     self.process = subprocess.Popen(
-        ["bash", "-c", f"set -e; '{colab_python()}' -m venv '{venv}'; {pip} {packages}"],
+        ["bash", "-c", f"( set -e; '{colab_python()}' -m venv '{venv}'; {pip} {packages} ); "
+         f"echo $? > '{status}.part' && mv '{status}.part' '{status}'"],
         stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
 
   def python(self, timeout: float = 900) -> str:
     """The environment's Python, once built; fails the test with pip's output if not."""
-    if self.process is None:
+    import time
+
+    if "PYTEST_XDIST_WORKER" not in os.environ:  # else the controller started it
+      self.make_root()
       self.start()
-    if self.process.wait(timeout=timeout):
-      with open(self.log.name) as f:
+    status = os.path.join(self.root, "status")
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(status):
+      if time.monotonic() > deadline:
+        pytest.fail(f"the Colab-like environment was not built in {timeout} s")
+      time.sleep(1)
+    with open(status) as f:
+      failed = f.read().strip() != "0"
+    if failed:
+      with open(os.path.join(self.root, "build.log")) as f:
         pytest.fail(f"building the Colab-like environment failed:\n{f.read()[-3000:]}")
     return os.path.join(self.root, "venv", "bin", "python")
 
@@ -194,15 +226,32 @@ class ColabEnvironment:
       self.process.wait()
     if self.log is not None:
       self.log.close()
-    if self.root is not None:
+    if self.owner:
       shutil.rmtree(self.root, ignore_errors=True)
 
 
 COLAB_ENVIRONMENT = ColabEnvironment()
 
 
+def pytest_configure(config):
+  if not hasattr(config, "workerinput"):  # the process that runs pytest
+    COLAB_ENVIRONMENT.make_root()
+
+
+def _wants_notebook(names) -> bool:
+  return any("test_notebook.py" in name for name in names)
+
+
 def pytest_collection_finish(session):
-  if any(item.path.name == "test_notebook.py" for item in session.items):
+  if not hasattr(session.config, "workerinput") and _wants_notebook(
+      item.nodeid for item in session.items):
+    COLAB_ENVIRONMENT.start()
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_node_collection_finished(node, ids):
+  """pytest-xdist's controller: a worker collected `ids` (its workers collect, not it)."""
+  if _wants_notebook(ids):
     COLAB_ENVIRONMENT.start()
 
 
