@@ -91,9 +91,9 @@ def main() -> None:
   parser.add_argument("--batch", type=int, default=1, help="training batch (train mode)")
   parser.add_argument("--reps", type=int, default=2, help="timings per figure, best kept")
   args = parser.parse_args()
-  import waveunet_jax
+  from waveunet_jax import console
 
-  waveunet_jax.quiet_library_logs()
+  console.setup()  # this project's log lines only
   config = run.CONFIGS[args.config]()
   model = models.WaveUNet(**config.model)
   train = args.mode == "train"

@@ -197,9 +197,9 @@ def main() -> int:
   args = parser.parse_args()
   if args.steps < 1:
     parser.error("--steps must be at least 1")
-  import waveunet_jax
+  from waveunet_jax import console
 
-  waveunet_jax.quiet_library_logs()
+  console.setup()  # this project's log lines only
   device = jax.devices()[0]
   out = {"jax": jax.__version__, "backend": jax.default_backend(),
          "device": str(device.device_kind),

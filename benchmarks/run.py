@@ -466,9 +466,9 @@ def main() -> None:
                                                            args.memory_models)
   if args.child:
     return child_separate(*args.child)
-  import waveunet_jax
+  from waveunet_jax import console
 
-  waveunet_jax.quiet_library_logs()
+  console.setup()  # this project's log lines only
   began = time.perf_counter()
   quick, on_accelerator = args.quick, jax.default_backend() != "cpu"  # a GPU or a TPU
   accelerator_figures = on_accelerator or args.accelerator_figures

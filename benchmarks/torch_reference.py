@@ -308,9 +308,9 @@ def main() -> None:
   parser.add_argument("--json", help="also write the figures to this file")
   args = parser.parse_args()
   names = run.config_names(parser, "--models", args.models)
-  import waveunet_jax
+  from waveunet_jax import console
 
-  waveunet_jax.quiet_library_logs()
+  console.setup()  # this project's log lines only
   reps = args.reps or (1 if args.quick else 3)
   r = {"mode": "quick" if args.quick else "full", "machine": run.machine(),
        "jax_matmul": run.matmul_flops(reps=5), "torch_matmul": torch_matmul_flops(), "models": {}}
