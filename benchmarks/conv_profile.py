@@ -70,7 +70,7 @@ def conv_timings(shape, kernel: int, features: int, padding: str, train: bool, r
 
 def whole(config, mode: str, batch: int, reps: int) -> tuple[float, float, tuple]:
   """(seconds, flops, input shape) of the compiled train step or separation window."""
-  model = models.WaveUNet(**config.model)
+  model = models.from_config(config)
   if mode == "train":
     step, state, data, _ = run.compiled_train_step(config, batch)
     one_step = run.step_runner(step, state, data)
@@ -95,7 +95,7 @@ def main() -> None:
 
   console.setup()  # this project's log lines only
   config = run.CONFIGS[args.config]()
-  model = models.WaveUNet(**config.model)
+  model = models.from_config(config)
   train = args.mode == "train"
   step_s, step_flops, input_shape = whole(config, args.mode, args.batch, args.reps)
   parts = ("forward", "grad input", "grad kernel") if train else ("forward",)

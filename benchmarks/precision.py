@@ -62,7 +62,7 @@ class Batches:
 
   def __init__(self, config: ml_collections.ConfigDict, batch_size: int, tracks: int,
                seconds: float, seed: int):
-    model = models.WaveUNet(**config.model)
+    model = models.from_config(config)
     self.size = models.lengths(model, config.data.output_length)
     self.data, self.batch_size, self.seed = config.data, batch_size, seed
     # Long enough for a crop whatever the context.
@@ -115,7 +115,7 @@ def train_losses(config: ml_collections.ConfigDict, dtype: str, init: train.Trai
   """Trains `steps` steps in `dtype` from `init`: every step's loss and the timings."""
   config = ml_collections.ConfigDict(config.to_dict())
   config.model.dtype = dtype
-  model = models.WaveUNet(**config.model)
+  model = models.from_config(config)
   _, learning_rate = train.stage_settings(config, 0)
   tx = train.make_optimizer(config, learning_rate, init.params)
   # Copies: the step donates its state, and `init` serves both dtypes.
@@ -152,7 +152,7 @@ def compare(spec: str, steps: int, batch_size: int | None, tracks: int | None,
   # One start for both: the float32 model's initial state (parameters are float32
   # whatever the compute dtype).
   config.model.dtype = "float32"
-  init = train.create_state(config, models.WaveUNet(**config.model), optax.identity())
+  init = train.create_state(config, models.from_config(config), optax.identity())
   runs = {dtype: train_losses(config, dtype, init, batches, steps) for dtype in DTYPES}
   f32, bf16 = runs["float32"]["last_loss"], runs["bfloat16"]["last_loss"]
   gap = (bf16 - f32) / f32 if f32 else float("inf")

@@ -147,7 +147,7 @@ def init_variables(model: models.WaveUNet, seed: int = 0):
 
 
 def compiled_train_step(config, batch_size: int):
-  model = models.WaveUNet(**config.model)
+  model = models.from_config(config)
   size = models.lengths(model, config.data.output_length)
   state = train.create_state(config, model, optax.identity())
   tx = train.make_optimizer(config, config.optim.learning_rate, state.params)
@@ -280,7 +280,7 @@ def write_wav(path: pathlib.Path, seconds: float) -> None:
 
 
 def make_separator(config) -> separate.Separator:
-  model = models.WaveUNet(**config.model)
+  model = models.from_config(config)
   return separate.Separator.from_model(model, init_variables(model), config.data.sample_rate)
 
 

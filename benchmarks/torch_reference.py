@@ -172,7 +172,7 @@ def _crop(x: torch.Tensor, length: int) -> torch.Tensor:
 def check_same_network(config, variables, net: TorchWaveUNet) -> float:
   """Max abs difference of the sources, inference and training mode, on a short
   random mix; raises if the two networks differ."""
-  model = models.WaveUNet(**config.model)
+  model = models.from_config(config)
   size = models.lengths(model, 4 * models.total_downsampling(model))
   mix = np.random.default_rng(1).uniform(-.5, .5, (2, size.input_length, model.num_channels))
   mix = mix.astype(np.float32)
@@ -232,7 +232,7 @@ def torch_train_step(config, net: TorchWaveUNet, batch_size: int, crop: tuple[in
 
 def figures(name: str, quick: bool, reps: int) -> dict:
   config = run.CONFIGS[name]()
-  model = models.WaveUNet(**config.model)
+  model = models.from_config(config)
   variables = run.init_variables(model)
   net = TorchWaveUNet(model)
   net.load_flax(variables)

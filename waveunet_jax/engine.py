@@ -20,7 +20,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from waveunet_jax import models
+from waveunet_jax import models, parallel
 from waveunet_jax.separator import SeparationError, Tiling
 
 # Output samples per window (at the model's rate) when `window_seconds` is not given.
@@ -149,9 +149,8 @@ class JaxEngine:
     per_device = -(-batch_size // len(devices))
     self.tiling = tiling(model, self.sample_rate, window_seconds, overlap, per_device)
     self.origin: dict[str, Any] = {}  # where the variables came from (from_workdir)
-    mesh = jax.sharding.Mesh(np.array(devices), ("data",))
-    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    sharded = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+    layout = parallel.data_parallel(devices)
+    replicated, sharded = layout.replicated, layout.sharded
     self.variables = jax.device_put(variables, replicated)
     self._forward = jax.jit(
         lambda variables, windows: model.apply(variables, windows, train=False),
@@ -168,7 +167,7 @@ class JaxEngine:
     except checkpoints.WorkdirError as e:  # no such workdir or checkpoint
       raise SeparationError(str(e)) from None
     residual = config.get("separation", {}).get("residual_source")
-    engine = cls(models.WaveUNet(**config.model), variables, config.data.sample_rate,
+    engine = cls(models.from_config(config), variables, config.data.sample_rate,
                  residual_source=residual, **kwargs)
     engine.origin = {"workdir": str(pathlib.Path(workdir).resolve()),
                      "checkpoint": str(checkpoint), "step": step}

@@ -72,6 +72,12 @@ def centre_crop(x: jax.Array, length: int, axis: int = 1) -> jax.Array:
 # --------------------------------------------------------------------------- #
 
 
+def from_config(config: Any) -> WaveUNet:
+  """The network a run's config describes: `WaveUNet(**config.model)`. The one place
+  that builds a network from a config (training, separation, summary, benchmarks)."""
+  return WaveUNet(**config.model)
+
+
 def _model(model: WaveUNet | Mapping[str, Any]) -> WaveUNet:
   return model if isinstance(model, WaveUNet) else WaveUNet(**model)
 

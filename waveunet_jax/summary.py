@@ -47,7 +47,7 @@ def summarize(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
   from waveunet_jax import models
 
-  model = models.WaveUNet(**config.model)
+  model = models.from_config(config)
   if config.data.output_length < 1:
     raise models.ConfigError(
         f"config.data.output_length: must be positive, got {config.data.output_length}")

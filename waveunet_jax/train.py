@@ -59,9 +59,8 @@ import optax
 import orbax.checkpoint as ocp
 from absl import logging
 from jax.experimental import multihost_utils
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from waveunet_jax import audio, checkpoints, console, models
+from waveunet_jax import audio, checkpoints, console, models, parallel
 
 
 class TrainingError(RuntimeError):
@@ -314,6 +313,23 @@ def eval_step(state: TrainState, batch: dict[str, jax.Array], *, model: models.W
   }
 
 
+def jit_steps(config: ml_collections.ConfigDict, model: models.WaveUNet,
+              tx: optax.GradientTransformation, layout: parallel.DataParallel):
+  """The jitted train and eval steps of a run, laid out data-parallel on `layout`:
+  state replicated, batches sharded, the train step donating its state. Training
+  runs these; the compile-only accelerator checks lower the same functions."""
+  lengths = models.lengths(model, config.data.output_length)
+  static = dict(model=model, crop=loss_crop(config, lengths.output_length),
+                scale=config.loss.scale)
+  train = jax.jit(functools.partial(train_step, tx=tx, **static),
+                  in_shardings=(layout.replicated, layout.sharded),
+                  out_shardings=(layout.replicated, layout.replicated), donate_argnums=0)
+  evaluate = jax.jit(functools.partial(eval_step, **static),
+                     in_shardings=(layout.replicated, layout.sharded),
+                     out_shardings=layout.replicated)
+  return train, evaluate
+
+
 # --------------------------------------------------------------------------- #
 # Data.
 # --------------------------------------------------------------------------- #
@@ -420,12 +436,12 @@ class Trainer:
   def __init__(self, config: ml_collections.ConfigDict, workdir: pathlib.Path):
     self.config = config
     self.workdir = workdir
-    self.model = models.WaveUNet(**config.model)
+    self.model = models.from_config(config)
     self.lengths = models.lengths(self.model, config.data.output_length)
     self.crop = loss_crop(config, self.lengths.output_length)
-    self.mesh = Mesh(np.array(jax.devices()), ("data",))
-    self.replicated = NamedSharding(self.mesh, PartitionSpec())
-    self.sharded = NamedSharding(self.mesh, PartitionSpec("data"))
+    self.layout = parallel.data_parallel()
+    self.mesh, self.replicated, self.sharded = (self.layout.mesh, self.layout.replicated,
+                                                self.layout.sharded)
     # Device d of the mesh reads data shard d; these are this process's.
     self.local_devices = [d for d in self.mesh.devices.flat
                           if d.process_index == jax.process_index()]
@@ -474,14 +490,7 @@ class Trainer:
     return jax.device_put(state, self.replicated), tx
 
   def compile_steps(self, tx) -> None:
-    static = dict(model=self.model, crop=self.crop, scale=self.config.loss.scale)
-    self.train_step = jax.jit(functools.partial(train_step, tx=tx, **static),
-                              in_shardings=(self.replicated, self.sharded),
-                              out_shardings=(self.replicated, self.replicated),
-                              donate_argnums=0)
-    self.eval_step = jax.jit(functools.partial(eval_step, **static),
-                             in_shardings=(self.replicated, self.sharded),
-                             out_shardings=self.replicated)
+    self.train_step, self.eval_step = jit_steps(self.config, self.model, tx, self.layout)
 
   def global_batch(self, per_device: list[dict[str, np.ndarray]]) -> dict[str, jax.Array]:
     """One batch per local device (in `self.local_devices` order) -> the global batch,
@@ -949,7 +958,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   created = not workdir.exists()
   try:
     # Check what can be checked before anything slow, and before writing anything.
-    models.WaveUNet(**config.model)
+    models.from_config(config)
     stages = ("config.batch_size", "config.fine_tune.batch_size")
     for stage, field in enumerate(stages[:2 if config.fine_tune.enabled else 1]):
       check_batch_size(stage_settings(config, stage)[0], field)
