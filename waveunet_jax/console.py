@@ -238,7 +238,7 @@ def missing_extra(what: str, extra: str, error: ModuleNotFoundError) -> str | No
   `extra` (setup.cfg's extras: jax, train, export, ...) that brings the module
   `error` did not find; None where the missing module is this package's own (a bug,
   not an install)."""
-  if not error.name or error.name.partition(".")[0] == __name__.partition(".")[0]:
+  if not error.name or error.name.partition(".")[0] == __package__:
     return None
   return (f"{what} needs the {extra} install (no module named {error.name}): "
           f"pip install 'waveunet_jax[{extra}]'")

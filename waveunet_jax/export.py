@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 from absl import flags
 
+import waveunet_jax
 from waveunet_jax import audio, console, exported, shared_flags
 from waveunet_jax.separator import SeparationError
 

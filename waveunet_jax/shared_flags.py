@@ -20,7 +20,7 @@ from absl import flags
 CONFIG_HELP = "Config file with an optional argument, e.g. experiments/deep.py:M5."
 
 # name: (absl's DEFINE_* function, default, help; None where each program says it).
-_FLAGS: dict[str, tuple[Callable[..., Any], Any, str | None]] = {
+DEFINITIONS: dict[str, tuple[Callable[..., Any], Any, str | None]] = {
     "workdir": (flags.DEFINE_string, None, "Training workdir of the model."),
     "checkpoint": (flags.DEFINE_string, "best", "best, latest or a step number."),
     "residual_source": (
@@ -50,16 +50,16 @@ _FLAGS: dict[str, tuple[Callable[..., Any], Any, str | None]] = {
 
 
 def define(*names: str, **helps: str) -> None:
-  """Defines the shared flags `names` (those of `_FLAGS`, and "config") for the program
+  """Defines the shared flags `names` (those of `DEFINITIONS`, and "config") for the program
   about to run; `helps` holds the program's own help text of a flag, where it has one."""
-  unknown = (set(names) | set(helps)) - set(_FLAGS) - {"config"}
+  unknown = (set(names) | set(helps)) - set(DEFINITIONS) - {"config"}
   if unknown or not set(helps) <= set(names):
     raise KeyError(f"no shared flag {sorted(unknown or set(helps) - set(names))}")
   for name in names:
     if name == "config":
       _define_config(helps.get(name, CONFIG_HELP))
       continue
-    define_flag, default, help_text = _FLAGS[name]
+    define_flag, default, help_text = DEFINITIONS[name]
     help_text = helps.get(name, help_text)
     if help_text is None:
       raise KeyError(f"--{name}: the program gives its help text (what goes there)")
