@@ -1,12 +1,17 @@
-"""The console of the programs: the libraries' chatter hidden, ours kept, short lines."""
+"""The console of the programs: one way to start them (flags, --help), the libraries'
+chatter hidden, ours kept, short lines."""
 
+import importlib
 import logging
 import os
+import re
 import subprocess
 import sys
 import textwrap
 
-from waveunet_jax import console
+import pytest
+
+from waveunet_jax import console, shared_flags
 
 
 def record(path: str, level: int, message: str) -> logging.LogRecord:
@@ -133,3 +138,63 @@ def test_a_dying_process_still_shows_its_fatal_native_line():
   assert result.returncode != 0
   assert "Check failed: dying" in result.stderr
   assert "oneDNN" not in result.stderr
+
+
+# --------------------------------------------------------------------------- #
+# Start-up: every program through console.run_program, its shared flags defined once.
+# --------------------------------------------------------------------------- #
+
+# The shared flags each program takes (its _define_flags), and those it gives its own help.
+PROGRAMS = {
+    "main": (("config", "workdir"), ("workdir",)),
+    "prepare": (("config", "musdb_root", "wav", "valid_tracks"),
+                ("config", "musdb_root", "valid_tracks")),
+    "summary": (("config",), ()),
+    "synthetic": ((), ()),
+    "separate": (("workdir", "checkpoint", "output_dir", "stems", "residual_source",
+                  "overwrite", "overlap", "window_seconds", "batch_size"),
+                 ("workdir", "output_dir", "overwrite")),
+    "evaluate": (("workdir", "checkpoint", "musdb_root", "wav", "valid_tracks", "output_dir",
+                  "residual_source", "stems"), ("musdb_root", "valid_tracks", "output_dir")),
+    "export": (("workdir", "checkpoint", "window_seconds", "overlap", "batch_size",
+                "overwrite"), ("batch_size", "overwrite")),
+}
+
+
+def flag_help(text: str, name: str) -> str | None:
+  """--name's help in absl's --help output, without white space (absl wraps it)."""
+  found = re.search(rf"^  --(?:\[no\])?{name}: (.*?)(?=^  --|^\S|\Z)", text, re.M | re.S)
+  return None if found is None else "".join(found.group(1).split())
+
+
+def test_every_program_s_help_comes_from_its_console_entry_with_its_shared_flags():
+  # As the console scripts run them: the entry function, from a __main__ without a docstring.
+  runs = {name: subprocess.Popen(
+      [sys.executable, "-c", f"from waveunet_jax.{name} import cli\ncli()",
+       "-h" if name == "synthetic" else "--help"],  # -h as argparse took it
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for name in PROGRAMS}
+  shared = set(shared_flags.DEFINITIONS) | {"config"}
+  for name, process in runs.items():
+    out, err = process.communicate(timeout=300)
+    assert process.returncode == 0, (name, err[-2000:])
+    module = importlib.import_module(f"waveunet_jax.{name}")
+    assert module.__doc__.strip().splitlines()[0] in out, (name, out[:500])
+    takes, own_help = PROGRAMS[name]
+    listed = {flag for flag in shared if flag_help(out, flag) is not None}
+    if name == "synthetic":  # its --stems is a switch of its own (MUSDB18 stem files)
+      assert flag_help(out, "stems").startswith("writeMUSDB18.stem.mp4"), out
+      listed.discard("stems")
+    assert listed == set(takes), (name, out)
+    for flag in set(takes) - set(own_help):
+      text = (shared_flags.CONFIG_HELP if flag == "config" else
+              shared_flags.DEFINITIONS[flag][2])
+      assert flag_help(out, flag).startswith("".join(text.split())), (name, flag, out)
+
+
+def test_a_shared_flag_is_defined_only_by_its_name_and_with_a_help_text():
+  with pytest.raises(KeyError, match="no shared flag"):
+    shared_flags.define("workdir", "colour")
+  with pytest.raises(KeyError, match="no shared flag"):
+    shared_flags.define("checkpoint", workdir="Where it is.")
+  with pytest.raises(KeyError, match="--output_dir: the program gives its help text"):
+    shared_flags.define("output_dir")

@@ -1,9 +1,14 @@
-"""What the command-line programs print: this project's lines, progress bars, a last line.
+"""How the command-line programs start, and what they print: this project's lines,
+progress bars, a last line.
 
-Every program's `main` calls `setup()` first. Unless `--verbosity=1` (absl's flag) or
-more, the console then shows only this project's log lines, written short
-("12:03:04 step 100: ...", warnings marked), progress bars on a terminal, and the
-program's own output. Left out: the INFO and WARNING logs of TensorFlow, TFDS, Orbax
+Every program's `cli()` is `run_program(main, _define_flags, ...)`: its flags are
+defined then (the shared ones by `shared_flags.define`), parsed by `parse_flags` (a bad
+flag is one line), `--help` shows the program's docstring and flags, the same as
+`python -m` and as a console script, and `setup()` runs before `main`.
+
+Unless `--verbosity=1` (absl's flag) or more, the console then shows only this
+project's log lines, written short ("12:03:04 step 100: ...", warnings marked),
+progress bars on a terminal, and the program's own output. Left out: the INFO and WARNING logs of TensorFlow, TFDS, Orbax
 and absl, JAX's INFO logs (its backend probing: "Unable to initialize backend 'tpu'"),
 and every log line that native code (TensorFlow, XLA, absl, gRPC) writes to the
 process's stderr, whenever it writes it: at import, at the first tf.data op ("E0000 ...
@@ -18,10 +23,13 @@ from __future__ import annotations
 import contextlib
 import logging as _logging
 import os
+import pathlib
+import re
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 
 from absl import flags, logging
 
@@ -74,8 +82,8 @@ def verbose() -> bool:
 
 
 def setup() -> None:
-  """For command-line programs, first thing in `main` (before TensorFlow is imported:
-  its C++ log level is read once, at import)."""
+  """For command-line programs, before `main` (`run_program`) and before TensorFlow is
+  imported (its C++ log level is read once, at import)."""
   if verbose():
     return
   # TensorFlow's and XLA's C++ logs: 2 keeps errors (3 would hide them too).
@@ -218,3 +226,167 @@ def python() -> str:
 def done(text: str) -> None:
   """The program's last line: where the results are and what to run next (stdout)."""
   print(text, flush=True)
+
+
+# --------------------------------------------------------------------------- #
+# Start-up: the install a program needs, its flags, absl's app.run.
+# --------------------------------------------------------------------------- #
+
+
+def missing_extra(what: str, extra: str, error: ModuleNotFoundError) -> str | None:
+  """The one line for `what` (a flag, a program) run without the install choice
+  `extra` (setup.cfg's extras: jax, train, export, ...) that brings the module
+  `error` did not find; None where the missing module is this package's own (a bug,
+  not an install)."""
+  if not error.name or error.name.partition(".")[0] == __package__:
+    return None
+  return (f"{what} needs the {extra} install (no module named {error.name}): "
+          f"pip install 'waveunet_jax[{extra}]'")
+
+
+@contextlib.contextmanager
+def needs(extra: str, what: str) -> Iterator[None]:
+  """A module of the install choice `extra` missing while the block runs ends the
+  program with `missing_extra`'s line, not a traceback."""
+  try:
+    yield
+  except ModuleNotFoundError as e:
+    line = missing_extra(what, extra, e)
+    if line is None:
+      raise
+    sys.exit(f"error: {line}")
+
+
+def run_program(main: Callable[[list[str]], None], define_flags: Callable[[], None], *,
+                install: tuple[str, str] | None = None, usage_status: int = 1) -> None:
+  """The program whose `main` this is (every program's `cli()`, for `python -m` and its
+  console script): defines its flags (`define_flags`), parses them with `parse_flags`
+  and runs `main` under absl's `app.run`.
+
+  install: (extra, what) where the program needs an install choice beyond the base
+    one (`needs`), checked from the flags' definition on (`--help` included).
+  usage_status: the exit status of a command line that cannot work (a bad flag or
+    value, a missing argument); synthetic keeps argparse's 2, the others exit 1."""
+  with needs(*install) if install else contextlib.nullcontext():
+    define_flags()
+    _run(main, usage_status)
+
+
+# absl's help flags, which print the usage and exit 1 before `main`.
+_HELP_FLAGS = ("help", "helpshort", "helpfull", "helpxml", "?")
+
+
+def _run(main: Callable[[list[str]], None], usage_status: int) -> None:
+  """absl's `app.run` for `main`: `--help` (or `-h`) shows the program's docstring and
+  flags (absl shows those of the script file, which has neither, and only the flags
+  defined in it, not the shared ones) and exits 0, as --help does elsewhere (absl: 1)."""
+  from absl import app
+
+  program = main.__module__
+  # The flags this package defined for the program: its own and the shared ones.
+  ours = [flag for module, defined in flags.FLAGS.flags_by_module_dict().items()
+          if module in (program, sys.argv[0]) or module.startswith(f"{__package__}.")
+          for flag in defined]
+  for flag in ours:
+    flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
+  script = sys.modules["__main__"]
+  script.__doc__ = script.__doc__ or sys.modules[program].__doc__
+  end = sys.argv.index("--") if "--" in sys.argv else len(sys.argv)
+  sys.argv[1:end] = ["--help" if arg == "-h" else arg for arg in sys.argv[1:end]]
+  asked = any(name in _HELP_FLAGS and value in (None, "true", "1")
+              for name, value, _ in _flag_arguments(sys.argv[1:]))
+  started = False
+
+  def started_main(argv: list[str]) -> None:
+    nonlocal started
+    started = True
+    setup()
+    main(argv)
+
+  try:
+    app.run(started_main, flags_parser=lambda argv: parse_flags(argv, usage_status))
+  except SystemExit as e:
+    if asked and not started and e.code == 1:
+      sys.exit(0)
+    raise
+
+
+def no_arguments(argv: list[str]) -> None:
+  """For a program that takes flags only: absl's usage, then the arguments it was given."""
+  from absl import app
+
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+
+
+def _flag_arguments(argv: list[str]) -> Iterator[tuple[str, str | None, str | None]]:
+  """(name, value or None, next argument or None) of each flag in argv, written
+  --name=value, -name=value, --name value or -name value."""
+  for i, arg in enumerate(argv):
+    if arg == "--":
+      return
+    if re.match(r"--?[A-Za-z_]", arg):
+      name, equals, value = arg.lstrip("-").partition("=")
+      following = argv[i + 1] if i + 1 < len(argv) else None
+      yield name, value if equals else None, following
+
+
+def _looks_like_flag(arg: str | None) -> bool:
+  return arg is not None and bool(re.match(r"--?[A-Za-z_]", arg))
+
+
+def _fail(line: str, status: int) -> None:
+  """Ends the program with `error: line` on stderr."""
+  print(f"error: {line}", file=sys.stderr, flush=True)
+  sys.exit(status)
+
+
+def _check_missing_values(argv: list[str], status: int) -> None:
+  """Exits if a flag that takes a value (among those defined so far) is followed by
+  another flag instead: absl would take "--workdir --config=X" as a workdir named
+  "--config=X"."""
+  for name, value, following in _flag_arguments(argv[1:]):
+    flag = flags.FLAGS[name] if name in flags.FLAGS else None
+    if (value is None and flag is not None and not flag.boolean
+        and _looks_like_flag(following)):
+      _fail(f"--{name}: missing value (the next argument is the flag {following})", status)
+
+
+def parse_flags(argv: list[str], status: int = 1) -> list[str]:
+  """absl's flag parser for the command-line programs, with a bad flag, a bad --config
+  path or override, or a missing value explained in one line (exit `status`) instead of
+  absl's usage dump or a traceback, whichever way the flags are written (--config=X,
+  --config X, -config=X)."""
+  _check_missing_values(argv, status)
+  for name, value, following in _flag_arguments(argv[1:]):
+    if name == "config" and "config" in flags.FLAGS and (value, following) != (None, None):
+      path = (value if value is not None else following).split(":", 1)[0]
+      if not pathlib.Path(path).is_file():
+        _fail(f"--config={path}: no such file (configs live in experiments/)", status)
+  try:
+    rest = flags.FLAGS(argv)
+  except flags.Error as e:
+    _check_missing_values(argv, status)  # the likelier cause; a config's override flags exist now
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()] or [str(e)]
+    if len(lines) > 1 and all(line.startswith("flag --") for line in lines):
+      # Several flags missing or bad: each, on one line.
+      _fail("; ".join(line.rstrip(".") for line in lines), status)
+    # A config's own error arrives as the last line of a traceback: "ValueError: ...".
+    _fail(re.sub(r"^[A-Za-z]*(Error|Exception): ", "", lines[-1]), status)
+  except (AttributeError, KeyError, TypeError, ValueError) as e:
+    # ml_collections raises these for an override of a field the config lacks.
+    overrides = [a for a in argv[1:] if a.lstrip("-").startswith("config.")]
+    # ml_collections wraps a KeyError("'colour'") in an AttributeError.
+    key = e if isinstance(e, KeyError) else (e.args or (None,))[0]
+    detail = f"no field {key.args[0]}" if isinstance(key, KeyError) and key.args else e
+    # "Did you mean ...?" comes on a line of its own.
+    detail = "; ".join(line.strip() for line in str(detail).splitlines() if line.strip())
+    _fail(f"an override does not fit the config ({detail}): check the field names and "
+          f"types of {' '.join(overrides)} against experiments/default.py", status)
+  _check_missing_values(argv, status)  # again: the config's override flags exist only now
+  for name in list(flags.FLAGS):
+    try:
+      getattr(flags.FLAGS[name].value, "keys", None)
+    except OSError as e:  # config_flags keeps a config file's load error until first use
+      _fail(f"--{name}: {str(e).splitlines()[0]}", status)
+  return rest

@@ -54,10 +54,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 
-import waveunet_jax
-from waveunet_jax import audio, console, prepare
+from waveunet_jax import audio, console, prepare, shared_flags
 from waveunet_jax import report as report_lib
 from waveunet_jax import separator as separator_lib
 from waveunet_jax import stems as stems_lib
@@ -488,21 +487,16 @@ def _write_report(output_dir: pathlib.Path, summary: Mapping[str, Any],
 
 
 def _define_flags() -> None:
-  # Defined only when run as a program (see separate.py).
-  flags.DEFINE_string("workdir", None, "Training workdir of the model.")
-  flags.DEFINE_string("checkpoint", "best", "best, latest or a step number.")
-  flags.DEFINE_string("musdb_root", None, "MUSDB18 folder with train/ and test/.")
-  flags.DEFINE_bool("wav", False, "Read the MUSDB18-HQ wav layout instead of .stem.mp4.")
+  # Defined only when run as a program (shared_flags says why).
+  shared_flags.define(
+      "workdir", "checkpoint", "musdb_root", "wav", "valid_tracks", "output_dir",
+      "residual_source", "stems",
+      musdb_root="MUSDB18 folder with train/ and test/.",
+      valid_tracks="Comma-separated training tracks of the valid split (default: musdb's "
+                   "validation tracks).",
+      output_dir="Where the per-track JSON and the summary go.")
   flags.DEFINE_enum("split", "test", list(SPLITS), "test, or valid (from train/).")
-  flags.DEFINE_string("valid_tracks", None, "Comma-separated training tracks of the valid "
-                      "split (default: musdb's validation tracks).")
-  flags.DEFINE_string("output_dir", None, "Where the per-track JSON and the summary go.")
   flags.DEFINE_integer("tracks", None, "Evaluate only the split's first N tracks.")
-  flags.DEFINE_string("residual_source", "default",
-                      "As for separate: the source that receives the band above the model's "
-                      "Nyquist frequency; 'none': every source band-limited.")
-  flags.DEFINE_string("stems", None, "Score these stems of the model's sources, e.g. "
-                      "vocals,accompaniment for a four-source model (default: its sources).")
   flags.DEFINE_bool("report", True, f"Write OUTPUT_DIR/{REPORT} (plots, the aggregates and "
                     "audio excerpts in one file); --noreport: neither it nor the excerpts.")
   flags.mark_flags_as_required(["workdir", "musdb_root", "output_dir"])
@@ -511,9 +505,7 @@ def _define_flags() -> None:
 def main(argv: list[str]) -> None:
   from waveunet_jax import models  # Flax: imported here so that cli() can name the install
 
-  console.setup()
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  console.no_arguments(argv)
   args = flags.FLAGS
   try:
     audio.check_output_dir(args.output_dir, "the scores")
@@ -542,10 +534,9 @@ def main(argv: list[str]) -> None:
 
 
 def cli() -> None:
-  """The program `python -m waveunet_jax.evaluate` (and a console script's entry)."""
-  with waveunet_jax.needs("train", "evaluate"):
-    _define_flags()
-    waveunet_jax.run(main, __name__)
+  """The program `python -m waveunet_jax.evaluate` (and the console script
+  waveunet-evaluate)."""
+  console.run_program(main, _define_flags, install=("train", "evaluate"))
 
 
 if __name__ == "__main__":

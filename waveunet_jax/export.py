@@ -32,10 +32,10 @@ import tempfile
 from typing import Any
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 
 import waveunet_jax
-from waveunet_jax import audio, exported
+from waveunet_jax import audio, console, exported, shared_flags
 from waveunet_jax.separator import SeparationError
 
 OPSET = 17
@@ -236,19 +236,16 @@ def export(engine, fmt: str, output: str | os.PathLike, *, config=None,
 
 
 def _define_flags() -> None:
-  flags.DEFINE_string("workdir", None, "Training workdir of the model.")
-  flags.DEFINE_string("checkpoint", "best", "best, latest or a step number.")
+  # Defined only when run as a program (shared_flags says why).
+  shared_flags.define(
+      "workdir", "checkpoint", "window_seconds", "overlap", "batch_size", "overwrite",
+      batch_size="Windows per call (default: any, where the format allows it).",
+      overwrite="Replace an earlier export at --output.")
   flags.DEFINE_enum("format", None, list(exported.FORMATS), "The export format.")
   flags.DEFINE_string("output", None, "The model file (.onnx, .tflite, .stablehlo) or "
                       "SavedModel folder to write.")
-  flags.DEFINE_float("window_seconds", None, "Output seconds per window (default: what "
-                     "separate uses).")
-  flags.DEFINE_float("overlap", 0.0, "As for separate.")
-  flags.DEFINE_integer("batch_size", None, "Windows per call (default: any, where the "
-                       "format allows it).")
   flags.DEFINE_bool("float16", False, "tflite: float16 weights.")
   flags.DEFINE_bool("int8", False, "onnx: int8 weights (ONNX Runtime dynamic quantisation).")
-  flags.DEFINE_bool("overwrite", False, "Replace an earlier export at --output.")
   flags.mark_flags_as_required(["workdir", "format", "output"])
 
 
@@ -268,11 +265,9 @@ def check_flags(args) -> None:
 
 
 def main(argv: list[str]) -> None:
-  from waveunet_jax import checkpoints, console, engine as engine_lib, models
+  from waveunet_jax import checkpoints, engine as engine_lib, models
 
-  console.setup()
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  console.no_arguments(argv)
   args = flags.FLAGS
   try:
     check_flags(args)  # before the model loads
@@ -291,10 +286,9 @@ def main(argv: list[str]) -> None:
 
 
 def cli() -> None:
-  """The program `python -m waveunet_jax.export` (and a console script's entry)."""
-  with waveunet_jax.needs("export", "export"):
-    _define_flags()
-    waveunet_jax.run(main, __name__)
+  """The program `python -m waveunet_jax.export` (and the console script
+  waveunet-export)."""
+  console.run_program(main, _define_flags, install=("export", "export"))
 
 
 if __name__ == "__main__":

@@ -18,21 +18,15 @@ import sys
 
 from absl import flags, logging
 
-import waveunet_jax
-from waveunet_jax import console
+from waveunet_jax import console, shared_flags
 
 FLAGS = flags.FLAGS
 
 
 def _define_flags() -> None:
-  # Defined only when run as a program (ml_collections is the train install's), so
-  # that importing this module next to other command-line modules cannot clash.
-  from ml_collections import config_flags
-
-  config_flags.DEFINE_config_file(
-      "config", None, "Config file with an optional argument, e.g. experiments/deep.py:M5.",
-      lock_config=True)
-  flags.DEFINE_string("workdir", None, "Where checkpoints, logs and TensorBoard go.")
+  # Defined only when run as a program (shared_flags says why).
+  shared_flags.define("config", "workdir",
+                      workdir="Where checkpoints, logs and TensorBoard go.")
   flags.DEFINE_bool("distributed", False, "Join the other processes of the run, found by "
                     "JAX (Cloud TPU, SLURM, Open MPI).")
   flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0, which every "
@@ -51,7 +45,6 @@ def _define_flags() -> None:
 
 
 def main(argv: list[str]) -> None:
-  console.setup()
   if len(argv) > 1:
     sys.exit(f"error: unexpected arguments: {' '.join(argv[1:])} (the flags are --config, "
              "--workdir, --config.<group>.<field> and the multi-process ones: --distributed, "
@@ -108,9 +101,7 @@ def resume_command() -> str:
 
 def cli() -> None:
   """The program `python -m waveunet_jax.main` (and the console script waveunet-train)."""
-  with waveunet_jax.needs("train", "training"):
-    _define_flags()
-    waveunet_jax.run(main, __name__, flags_parser=waveunet_jax.parse_flags)
+  console.run_program(main, _define_flags, install=("train", "training"))
 
 
 if __name__ == "__main__":

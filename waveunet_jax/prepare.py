@@ -43,7 +43,6 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 from absl import logging
 
-import waveunet_jax
 from waveunet_jax import audio, console
 from waveunet_jax import stems as stems_lib
 
@@ -648,13 +647,11 @@ def prepare(config, musdb_root: str | pathlib.Path | None, data_dir: str | pathl
 
 
 def main(argv: Sequence[str]) -> None:
-  from absl import app, flags
+  from absl import flags
 
   from waveunet_jax import models
 
-  console.setup()
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  console.no_arguments(argv)
   console.import_tensorflow()
   FLAGS = flags.FLAGS
   valid = track_names(FLAGS.valid_tracks)
@@ -676,34 +673,29 @@ def main(argv: Sequence[str]) -> None:
 
 
 def _define_flags() -> None:
-  # Defined only when run as a program, so that importing this module next to
-  # another program's --config flag does not clash.
+  # Defined only when run as a program (shared_flags says why).
   from absl import flags
-  from ml_collections import config_flags
 
-  config_flags.DEFINE_config_file(
-      "config", None, "Training config whose sources, rate and lengths to prepare.",
-      lock_config=True)
-  flags.DEFINE_string("musdb_root", None, "MUSDB18, or any folder in its layout: train/, "
-                      "optionally valid/ and test/.")
+  from waveunet_jax import shared_flags
+
+  shared_flags.define(
+      "config", "musdb_root", "wav", "valid_tracks",
+      config="Training config whose sources, rate and lengths to prepare.",
+      musdb_root="MUSDB18, or any folder in its layout: train/, optionally valid/ and test/.",
+      valid_tracks="Comma-separated training tracks to validate on (default: the valid/ "
+                   "folder or valid lines; else musdb's 14-track split for MUSDB18; else "
+                   "about 10 % of the training tracks).")
   flags.DEFINE_string("tracks_file", None, "Instead of --musdb_root: a text file naming one "
                       "track folder per line, optionally followed by its split (train, valid, "
                       "test).")
   flags.DEFINE_string("data_dir", None, "Where to write the TFDS dataset.")
-  flags.DEFINE_bool("wav", False, "Read <track>/<stem>.wav folders (MUSDB18-HQ, your own "
-                    "multitracks) instead of .stem.mp4 files.")
-  flags.DEFINE_string("valid_tracks", None, "Comma-separated training tracks to validate on "
-                      "(default: the valid/ folder or valid lines; else musdb's 14-track "
-                      "split for MUSDB18; else about 10 % of the training tracks).")
   flags.mark_flags_as_required(["config", "data_dir"])
 
 
 def cli() -> None:
   """The program `python -m waveunet_jax.prepare` (and the console script
   waveunet-prepare)."""
-  with waveunet_jax.needs("train", "prepare"):
-    _define_flags()
-    waveunet_jax.run(main, __name__)
+  console.run_program(main, _define_flags, install=("train", "prepare"))
 
 
 if __name__ == "__main__":

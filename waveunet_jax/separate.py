@@ -35,8 +35,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 from absl import app, flags, logging
 
-import waveunet_jax
-from waveunet_jax import audio, console
+from waveunet_jax import audio, console, shared_flags
 from waveunet_jax.separator import SeparationError, Separator  # noqa: F401 (the API)
 
 DEFAULT_FILENAME = "{track}/{stem}.{ext}"
@@ -509,14 +508,15 @@ def _progress_bar(jobs: Sequence[Job], enabled: bool):
 
 
 def _define_flags() -> None:
-  # Defined only when run as a program, so that importing this module next to other
-  # command-line modules (which also define --workdir) cannot clash.
-  flags.DEFINE_string("workdir", None, "Training workdir of the model (or --model).")
-  flags.DEFINE_string("checkpoint", "best", "best, latest or a step number.")
+  # Defined only when run as a program (shared_flags says why).
+  shared_flags.define(
+      "workdir", "checkpoint", "output_dir", "stems", "residual_source", "overwrite",
+      "overlap", "window_seconds", "batch_size",
+      workdir="Training workdir of the model (or --model).",
+      output_dir="Where the outputs go (see --filename).", overwrite="Replace existing outputs.")
   flags.DEFINE_string("model", None, "An exported model instead of --workdir: .onnx, "
                       ".tflite, .stablehlo or a SavedModel folder (python -m "
                       "waveunet_jax.export); its window is the one it was exported with.")
-  flags.DEFINE_string("output_dir", None, "Where the outputs go (see --filename).")
   flags.DEFINE_string("filename", DEFAULT_FILENAME,
                       "Output path below --output_dir, from {track} (input name without "
                       "extension), {trackext}, {stem} and {ext}.")
@@ -524,24 +524,10 @@ def _define_flags() -> None:
                     "wav16, wav24, float (32-bit wav), flac (24-bit), or lossy at "
                     "--bitrate: mp3, ogg (Vorbis), m4a (AAC).")
   flags.DEFINE_string("bitrate", audio.DEFAULT_BITRATE, "Bitrate of mp3, ogg and m4a.")
-  flags.DEFINE_string("stems", None, "Stems to write, e.g. vocals,accompaniment for a "
-                      "four-source model (default: the model's sources). accompaniment: "
-                      "all but vocals; no_<source>: all but that one.")
-  flags.DEFINE_string("residual_source", "default",
-                      "The source that receives the band above the model's Nyquist "
-                      "frequency (stems then add up to the input); 'default': the "
-                      "config's choice, else accompaniment or other; 'none': no source.")
   flags.DEFINE_enum("clip", None, list(CLIP_MODES),
                     "Stem samples beyond [-1, 1]: clamp (with a warning), rescale (all stems "
                     "of a file together), none (float output keeps the exact sum). Default: "
                     "none for --format=float, clamp else.")
-  flags.DEFINE_bool("overwrite", False, "Replace existing outputs.")
-  flags.DEFINE_float("overlap", 0.0, "Share of each window cross-faded with the next, in [0, 0.5].")
-  flags.DEFINE_float("window_seconds", None, "Output seconds per window (default 30, less "
-                     "if it would not fit in memory).")
-  flags.DEFINE_integer("batch_size", None, "Windows per forward pass, split over this "
-                       "host's devices (default: one per device, or an exported model's "
-                       "fixed batch).")
   flags.mark_flags_as_required(["output_dir"])
 
 
@@ -568,14 +554,13 @@ def load_separator(args) -> Separator:
                                   window_seconds=args.window_seconds, overlap=args.overlap,
                                   batch_size=args.batch_size, residual_source=residual)
   except ModuleNotFoundError as e:  # the base install separates exports only
-    line = waveunet_jax.missing_extra("--workdir", "jax", e)
+    line = console.missing_extra("--workdir", "jax", e)
     if line is None:
       raise
     raise SeparationError(line) from None
 
 
 def main(argv: list[str]) -> None:
-  console.setup()
   inputs, args = argv[1:], flags.FLAGS
   if not inputs:
     raise app.UsageError("give the audio files or folders to separate")
@@ -632,9 +617,9 @@ def _sigterm_interrupts() -> Iterator[None]:
 
 
 def cli() -> None:
-  """The program `python -m waveunet_jax.separate` (and a console script's entry)."""
-  _define_flags()
-  waveunet_jax.run(main, __name__)
+  """The program `python -m waveunet_jax.separate` (and the console script
+  waveunet-separate)."""
+  console.run_program(main, _define_flags)
 
 
 if __name__ == "__main__":

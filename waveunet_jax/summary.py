@@ -15,8 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from absl import app, flags
 
-import waveunet_jax
-from waveunet_jax import console
+from waveunet_jax import console, shared_flags
 
 if TYPE_CHECKING:
   import ml_collections
@@ -25,12 +24,8 @@ FLAGS = flags.FLAGS
 
 
 def _define_flags() -> None:
-  # Defined only when run as a program (ml_collections is the jax install's).
-  from ml_collections import config_flags
-
-  config_flags.DEFINE_config_file(
-      "config", None, "Config file, optionally with an argument: experiments/deep.py:M1.",
-      lock_config=True)
+  # Defined only when run as a program (shared_flags says why).
+  shared_flags.define("config")
   flags.DEFINE_bool("json", False, "Print one JSON object instead of a table.")
 
 
@@ -91,11 +86,12 @@ def format_table(s: dict[str, Any]) -> str:
 
 
 def main(argv: list[str]) -> None:
+  import jax
+
   from waveunet_jax import models
 
-  console.setup()
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  jax.config.update("jax_platforms", "cpu")  # shapes and XLA's cost analysis only
+  console.no_arguments(argv)
   if FLAGS.config is None:
     raise app.UsageError("--config is required, e.g. --config=experiments/shallow.py")
   try:
@@ -108,12 +104,7 @@ def main(argv: list[str]) -> None:
 def cli() -> None:
   """The program `python -m waveunet_jax.summary` (and the console script
   waveunet-summary)."""
-  with waveunet_jax.needs("jax", "summary"):
-    import jax
-
-    jax.config.update("jax_platforms", "cpu")  # shapes and XLA's cost analysis only
-    _define_flags()
-    waveunet_jax.run(main, __name__, flags_parser=waveunet_jax.parse_flags)
+  console.run_program(main, _define_flags, install=("jax", "summary"))
 
 
 if __name__ == "__main__":

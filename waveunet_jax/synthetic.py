@@ -31,7 +31,6 @@ encoded by PyAV). Tracks already complete are skipped.
 """
 from __future__ import annotations
 
-import argparse
 import concurrent.futures
 import dataclasses
 import os
@@ -40,8 +39,9 @@ import sys
 from typing import Callable, Sequence
 
 import numpy as np
+from absl import app, flags
 
-from waveunet_jax import audio
+from waveunet_jax import audio, console
 
 SOURCES = ("vocals", "drums", "bass", "other")
 SAMPLE_RATE = 44100
@@ -805,34 +805,59 @@ def write_corpus(root: str | os.PathLike, num_train: int, num_test: int, seconds
   return paths
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m waveunet_jax.synthetic",
-                                   description=__doc__.split("\n\n")[0])
-  parser.add_argument("out", help="output root (gets train/ and test/ subfolders)")
-  parser.add_argument("--tracks", type=int, default=8, help="number of train tracks (default 8)")
-  parser.add_argument("--test_tracks", type=int, default=1,
-                      help="number of test tracks (default 1)")
-  parser.add_argument("--seconds", type=float, default=30.0,
-                      help="length of each track (default 30)")
-  parser.add_argument("--seed", type=int, default=0, help="corpus seed (default 0)")
-  parser.add_argument("--stems", action="store_true",
-                      help="write MUSDB18 .stem.mp4 files (AAC) instead of "
-                      "wav folders")
-  args = parser.parse_args(argv)
+# --------------------------------------------------------------------------- #
+# Command line.
+# --------------------------------------------------------------------------- #
+
+
+# The exit status of a command line that cannot work: argparse's, which this program
+# used before absl (the other programs exit 1).
+USAGE_STATUS = 2
+
+
+def _define_flags() -> None:
+  # Defined only when run as a program: --tracks and --stems mean other things in
+  # evaluate and separate.
+  flags.DEFINE(_ArgparseInteger(), "tracks", 8, "number of train tracks (default 8)")
+  flags.DEFINE(_ArgparseInteger(), "test_tracks", 1, "number of test tracks (default 1)")
+  flags.DEFINE_float("seconds", 30.0, "length of each track (default 30)")
+  flags.DEFINE(_ArgparseInteger(), "seed", 0, "corpus seed (default 0)")
+  flags.DEFINE_bool("stems", False, "write MUSDB18 .stem.mp4 files (AAC) instead of wav "
+                    "folders")
+
+
+class _ArgparseInteger(flags.IntegerParser):
+  """absl's integer flag, refusing a value that is no integer in the words this program
+  used before it moved from argparse to absl ("invalid int value: 'two'")."""
+
+  def convert(self, argument: int | str) -> int:
+    try:
+      return super().convert(argument)
+    except ValueError:
+      raise ValueError(f"invalid int value: {argument!r}") from None
+
+
+def main(argv: list[str]) -> None:
+  """Writes the corpus into the folder argv[1] names and prints each track's path."""
+  if len(argv) != 2:
+    raise app.UsageError("give one output folder, OUT (it gets train/ and test/ subfolders)"
+                         if len(argv) < 2 else f"unexpected arguments: {' '.join(argv[2:])}",
+                         exitcode=USAGE_STATUS)
+  args = flags.FLAGS
   try:
-    paths = write_corpus(args.out, args.tracks, args.test_tracks, args.seconds, args.seed,
+    paths = write_corpus(argv[1], args.tracks, args.test_tracks, args.seconds, args.seed,
                          args.stems)
   except (ValueError, RuntimeError) as e:
-    parser.error(str(e))
+    print(f"error: {e}", file=sys.stderr, flush=True)
+    sys.exit(USAGE_STATUS)
   for p in paths:
     print(p)
-  return 0
 
 
 def cli() -> None:
   """The program `python -m waveunet_jax.synthetic` (and the console script
   waveunet-synthetic)."""
-  sys.exit(main())
+  console.run_program(main, _define_flags, usage_status=USAGE_STATUS)
 
 
 if __name__ == "__main__":
