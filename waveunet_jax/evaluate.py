@@ -4,12 +4,12 @@
   python -m waveunet_jax.evaluate --workdir=runs/m4 --musdb_root=musdb18hq --wav --split=valid \\
       --tracks=3 --output_dir=eval/m4-valid
 
-Reads the tracks as `prepare` does (`<track>.stem.mp4` files, or with --wav the MUSDB18-HQ
-folders, or any folder of multitracks in that layout). For each track: the mix is the
-sum of the four stems (the references then add up to it exactly), the model separates
-it whole (`separator.Separator`, at the model's rate and back, the band above the
-model's Nyquist frequency in the residual source unless --residual_source=none; with
---stems, in that stem layout), and museval scores the
+Reads the tracks as `prepare` does, through `tracks` (`<track>.stem.mp4` files, or with
+--wav the MUSDB18-HQ folders, or any folder of multitracks in that layout). For each
+track: the mix is the sum of the four stems (the references then add up to it
+exactly), the model separates it whole (`separator.Separator`, at the model's rate and
+back, the band above the model's Nyquist frequency in the residual source unless
+--residual_source=none; with --stems, in that stem layout), and museval scores the
 model's sources against the original stems ('accompaniment' = drums + bass + other)
 with BSSEval v4 over 1 s windows at the track's rate (44.1 kHz for MUSDB18). Writes
 
@@ -57,10 +57,11 @@ import numpy as np
 from absl import app, flags, logging
 
 import waveunet_jax
-from waveunet_jax import audio, console, prepare
+from waveunet_jax import audio, console
 from waveunet_jax import report as report_lib
 from waveunet_jax import separator as separator_lib
 from waveunet_jax import stems as stems_lib
+from waveunet_jax import tracks as tracks_lib
 
 SPLITS = ("test", "valid")
 METRICS = ("SDR", "SIR", "SAR", "ISR")
@@ -97,7 +98,7 @@ class SeparatorLike(Protocol):
 
 
 def split_tracks(musdb_root: str | os.PathLike, split: str, wav: bool,
-                 valid_tracks: Sequence[str] | None = None) -> list[prepare.Track]:
+                 valid_tracks: Sequence[str] | None = None) -> list[tracks_lib.Track]:
   """The tracks of `split`, sorted by name: `test`, or `valid` (musdb's validation
   tracks of `train`, or `valid_tracks`). Raises EvaluationError if there are none."""
   root = pathlib.Path(musdb_root)
@@ -106,11 +107,11 @@ def split_tracks(musdb_root: str | os.PathLike, split: str, wav: bool,
   if split not in SPLITS:
     raise EvaluationError(f"--split={split}: use {' or '.join(SPLITS)}")
   folder = root / ("test" if split == "test" else "train")
-  tracks = prepare.find_tracks(root, folder.name, wav)
+  tracks = tracks_lib.find_tracks(root, folder.name, wav)
   if split == "valid" and tracks:
     try:
-      wanted = prepare.validation_names(tracks, folder, valid_tracks or None)
-    except prepare.DataError as e:
+      wanted = tracks_lib.validation_names(tracks, folder, valid_tracks or None)
+    except tracks_lib.DataError as e:
       raise EvaluationError(str(e)) from None
     tracks = [t for t in tracks if t.name in wanted]
   if not tracks:
@@ -388,9 +389,9 @@ def evaluate(separator: SeparatorLike, musdb_root: str | os.PathLike,
     start, took, where = time.perf_counter(), {}, f"{split} [{i + 1}/{len(tracks)}] {track.name}"
     try:
       if todo:
-        track_stems, rate = prepare.read_stems(track)
+        track_stems, rate = tracks_lib.read_stems(track)
         refs = references(track_stems, sources)
-        mix = sum(track_stems[s] for s in prepare.STEMS)
+        mix = sum(track_stems[s] for s in tracks_lib.STEMS)
         took["audio"] = len(mix) / rate
         for key in todo:
           tic = time.perf_counter()
@@ -413,7 +414,7 @@ def evaluate(separator: SeparatorLike, musdb_root: str | os.PathLike,
             store["separator"] = model
           audio.write_text_atomic(paths[key], json.dumps(store) + "\n")
           took["museval"] = took.get("museval", 0.0) + time.perf_counter() - tic
-    except (prepare.DataError, EvaluationError) as e:
+    except (tracks_lib.DataError, EvaluationError) as e:
       logging.error("%s: %s", where, e)
       failed[track.name] = str(e)
       continue
@@ -519,7 +520,7 @@ def main(argv: list[str]) -> None:
     audio.check_output_dir(args.output_dir, "the scores")
   except audio.AudioError as e:
     sys.exit(f"error: {e}")
-  valid = prepare.track_names(args.valid_tracks)
+  valid = tracks_lib.track_names(args.valid_tracks)
   output_dir = pathlib.Path(args.output_dir)
   try:
     split_tracks(args.musdb_root, args.split, args.wav, valid)  # before loading the model
@@ -532,7 +533,7 @@ def main(argv: list[str]) -> None:
   except ReportError as e:  # the scores are there: show them, then the failure
     print((output_dir / "summary.md").read_text(), end="")
     sys.exit(f"error: {e}")
-  except (EvaluationError, prepare.DataError, separator_lib.SeparationError,
+  except (EvaluationError, tracks_lib.DataError, separator_lib.SeparationError,
           models.ConfigError) as e:
     sys.exit(f"error: {e}")
   print((output_dir / "summary.md").read_text(), end="")
