@@ -23,7 +23,7 @@ import soundfile as sf
 import soxr
 
 from conftest import tiny_model_config
-from waveunet_jax import audio, engine, models, separate
+from waveunet_jax import audio, engine, files, models, separate
 from waveunet_jax import separator as separator_lib
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -723,7 +723,7 @@ def test_an_output_onto_an_input_or_a_folder_is_refused_before_any_work(tmp_path
                             filename="{stem}", overwrite=True)
   assert "out/vocals: is a folder, where this file output goes" in caplog.text
   assert files_under(tmp_path) == before
-  with pytest.raises(audio.AudioError, match=r"^--output_dir is empty"):
+  with pytest.raises(files.WriteError, match=r"^--output_dir is empty"):
     separate.separate_files(sep, [tmp_path / "song.wav"], "")
 
 

@@ -57,7 +57,7 @@ import numpy as np
 from absl import app, flags, logging
 
 import waveunet_jax
-from waveunet_jax import audio, console
+from waveunet_jax import console, files
 from waveunet_jax import report as report_lib
 from waveunet_jax import separator as separator_lib
 from waveunet_jax import stems as stems_lib
@@ -370,8 +370,8 @@ def evaluate(separator: SeparatorLike, musdb_root: str | os.PathLike,
   output_dir = pathlib.Path(output_dir)
   for name in ("summary.json", "summary.md") + ((REPORT,) if report else ()):
     try:  # before any work: a folder where a file goes is refused, never replaced
-      audio.check_target(output_dir / name)
-    except audio.AudioError as e:
+      files.check_target(output_dir / name)
+    except files.WriteError as e:
       raise EvaluationError(str(e)) from None
   folders = {"model": output_dir / split, "mixture_baseline": output_dir / BASELINE / split}
   identity = getattr(separator, "identity", None)
@@ -412,7 +412,7 @@ def evaluate(separator: SeparatorLike, musdb_root: str | os.PathLike,
                                    rate).json)
           if key == "model":
             store["separator"] = model
-          audio.write_text_atomic(paths[key], json.dumps(store) + "\n")
+          files.write_text_atomic(paths[key], json.dumps(store) + "\n")
           took["museval"] = took.get("museval", 0.0) + time.perf_counter() - tic
     except (tracks_lib.DataError, EvaluationError) as e:
       logging.error("%s: %s", where, e)
@@ -437,13 +437,13 @@ def evaluate(separator: SeparatorLike, musdb_root: str | os.PathLike,
                   "window_seconds": WINDOW_SECONDS, "hop_seconds": WINDOW_SECONDS},
       **{key: aggregate(s, sources) for key, s in scores.items()},
   }
-  audio.write_text_atomic(output_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
-  audio.write_text_atomic(output_dir / "summary.md", markdown(summary))
+  files.write_text_atomic(output_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+  files.write_text_atomic(output_dir / "summary.md", markdown(summary))
   report_error = None
   if report:
     try:
       _write_report(output_dir, summary, scores, sources)
-    except (OSError, ValueError) as e:  # audio.AudioError is a ValueError
+    except (OSError, ValueError) as e:  # AudioError, WriteError: ValueErrors
       report_error = f"{output_dir / REPORT}: cannot write the report ({e})"
   if failed:
     raise EvaluationError(f"{len(failed)} of {len(tracks)} tracks failed ({', '.join(failed)}); "
@@ -460,7 +460,7 @@ def _save_excerpts(folder: pathlib.Path, mix: np.ndarray, estimates: Mapping[str
   players, never the track's scores."""
   try:
     report_lib.save_excerpts(folder, mix, {s: estimates[s] for s in sources}, rate, model)
-  except (OSError, ValueError) as e:  # audio.AudioError is a ValueError
+  except (OSError, ValueError) as e:  # AudioError, WriteError: ValueErrors
     logging.warning("%s: cannot keep the excerpts of this track (%s); the report will have "
                     "no audio for it", folder, e)
 
@@ -517,8 +517,8 @@ def main(argv: list[str]) -> None:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   args = flags.FLAGS
   try:
-    audio.check_output_dir(args.output_dir, "the scores")
-  except audio.AudioError as e:
+    files.check_output_dir(args.output_dir, "the scores")
+  except files.WriteError as e:
     sys.exit(f"error: {e}")
   valid = tracks_lib.track_names(args.valid_tracks)
   output_dir = pathlib.Path(args.output_dir)

@@ -35,7 +35,7 @@ import numpy as np
 from absl import app, flags
 
 import waveunet_jax
-from waveunet_jax import audio, exported
+from waveunet_jax import exported, files
 from waveunet_jax.separator import SeparationError
 
 OPSET = 17
@@ -161,7 +161,7 @@ def quantize_onnx(path: pathlib.Path) -> None:
   per call."""
   from onnxruntime.quantization import QuantType, quantize_dynamic
 
-  with audio.atomic_path(path, suffix=".onnx") as temp:
+  with files.atomic_path(path, suffix=".onnx") as temp:
     quantize_dynamic(str(path), str(temp), weight_type=QuantType.QInt8)
 
 
@@ -182,8 +182,8 @@ def check_output(fmt: str, output: str | os.PathLike, overwrite: bool = False) -
              [(output, None), (exported.metadata_path(output, fmt), None)])
   for path, ours in targets:
     try:
-      audio.check_target(path, ours)
-    except audio.AudioError as e:  # its message starts with the path
+      files.check_target(path, ours)
+    except files.WriteError as e:  # its message starts with the path
       raise ExportError(f"--output={e}" if path == output else f"--output={output}: {e}"
                         ) from None
     if (path.exists() or path.is_symlink()) and not overwrite:
@@ -211,11 +211,11 @@ def export(engine, fmt: str, output: str | os.PathLike, *, config=None,
   exported.check_metadata(meta, fmt)  # what separation will accept; a failure is a bug here
   text = json.dumps(meta, indent=2) + "\n"
   if fmt == "saved_model":
-    with audio.atomic_path(output, ours=exported.is_export_folder) as temp:
+    with files.atomic_path(output, ours=exported.is_export_folder) as temp:
       save_saved_model(engine, temp, batch_size)
       (temp / exported.METADATA_NAME).write_text(text)
     return output
-  with audio.atomic_path(output) as temp:
+  with files.atomic_path(output) as temp:
     if fmt == "stablehlo":
       temp.write_bytes(export_stablehlo(engine, batch_size))
     elif fmt == "onnx":
@@ -226,7 +226,7 @@ def export(engine, fmt: str, output: str | os.PathLike, *, config=None,
         temp.write_bytes(convert_tflite(pathlib.Path(folder) / "saved_model", float16))
   if int8:
     quantize_onnx(output)
-  audio.write_text_atomic(exported.metadata_path(output, fmt), text)
+  files.write_text_atomic(exported.metadata_path(output, fmt), text)
   return output
 
 

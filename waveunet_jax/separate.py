@@ -36,7 +36,7 @@ import numpy as np
 from absl import app, flags, logging
 
 import waveunet_jax
-from waveunet_jax import audio, console
+from waveunet_jax import audio, console, files
 from waveunet_jax.separator import SeparationError, Separator  # noqa: F401 (the API)
 
 DEFAULT_FILENAME = "{track}/{stem}.{ext}"
@@ -153,7 +153,7 @@ def plan_outputs(listed: Sequence[tuple[Job, str | None]], output_dir: str | os.
       try:
         paths = output_paths(job, output_dir, names, fmt, template)
         error = _clash(job, paths, inputs, claimed, template)
-      except ValueError as e:  # audio.AudioError included
+      except ValueError as e:  # files.WriteError included
         error = str(e)
     if error is None:
       claimed.update((os.path.realpath(p), job.path) for p in paths.values())
@@ -176,7 +176,7 @@ def _clash(job: Job, paths: dict[str, pathlib.Path], inputs: set[str],
       return (f"{job.path}: its outputs would go where those of {claimed[real[name]]} go "
               f"({path.parent}); separate it into another --output_dir or name outputs "
               "with --filename")
-    audio.check_target(path)  # a folder where the file goes
+    files.check_target(path)  # a folder where the file goes
   return None
 
 
@@ -191,16 +191,16 @@ def list_jobs(inputs: Sequence[str | os.PathLike], output_dir: str | os.PathLike
   for item in map(pathlib.Path, inputs):
     if item.is_dir():
       inside = skip is not None and item.resolve() in skip.parents
-      files = sorted(
+      found = sorted(
           p for p in item.rglob("*") if p.is_file()
           and not any(part.startswith(".") for part in p.relative_to(item).parts)
           and p.suffix.lower() in audio.AUDIO_EXTENSIONS
           and not (inside and skip in p.resolve().parents))
-      if not files:
+      if not found:
         listed.append((Job(item, pathlib.Path()),
                        f"{item}: no audio files in this folder (extensions "
                        f"{' '.join(audio.AUDIO_EXTENSIONS)})"))
-      listed.extend((Job(f, f.parent.relative_to(item)), None) for f in files)
+      listed.extend((Job(f, f.parent.relative_to(item)), None) for f in found)
     elif item.exists():
       listed.append((Job(item, pathlib.Path()), None))
     else:
@@ -328,7 +328,7 @@ def separate_files(separator: Separator, inputs: Sequence[str | os.PathLike],
       audio.bits_per_second(bitrate)
     except audio.AudioError as e:  # else every output would fail alike
       raise SeparationError(f"--bitrate: {e}") from None
-  audio.check_output_dir(output_dir, "the stems")
+  files.check_output_dir(output_dir, "the stems")
   check_filename(filename)
   clip = clip_mode(clip, fmt)
   names = separator.stem_names(stems)
@@ -342,7 +342,7 @@ def separate_files(separator: Separator, inputs: Sequence[str | os.PathLike],
   for job, paths, error in plan_outputs(list_jobs(inputs, output_dir), output_dir, names,
                                         fmt, filename):
     for path in paths.values():
-      audio.remove_stale_parts(path)  # a killed run's temporaries, whatever is redone
+      files.remove_stale_parts(path)  # a killed run's temporaries, whatever is redone
     plan.append((job, paths, [n for n in paths if overwrite or not paths[n].exists()], error))
   work = [job for job, _, missing, error in plan if error is None and missing]
 
@@ -367,7 +367,7 @@ def separate_files(separator: Separator, inputs: Sequence[str | os.PathLike],
           _separate_one(separator, opened, paths, missing, names, fmt, bitrate, clip, bar)
           outputs += paths.values()
           continue
-        except (SeparationError, audio.AudioError) as e:
+        except (SeparationError, audio.AudioError, files.WriteError) as e:
           error = str(e)
         except KeyboardInterrupt as e:
           # Python's own SIGINT handler names no signal; _sigterm_interrupts does.
@@ -596,7 +596,7 @@ def main(argv: list[str]) -> None:
 def _run(inputs: list[str], args) -> list[pathlib.Path]:
   """The program's work: the outputs written; exits with one line for an error."""
   try:
-    audio.check_output_dir(args.output_dir, "the stems")
+    files.check_output_dir(args.output_dir, "the stems")
     check_filename(args.filename)
     clip_mode(args.clip, args.format)
     if args.batch_size is not None and args.batch_size < 1:
