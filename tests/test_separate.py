@@ -55,7 +55,7 @@ def model_and_variables(padding="valid", output="difference", channels=2, bias=N
 @functools.cache
 def separator(padding="valid", output="difference", channels=2, bias=None, **kwargs):
   model, variables = model_and_variables(padding, output, channels, bias)
-  return separate.Separator.from_model(model, variables, RATE, **kwargs)
+  return engine.separator_from_model(model, variables, RATE, **kwargs)
 
 
 def pass_through(padding="valid", **kwargs):
@@ -237,7 +237,7 @@ def test_full_band_stems_add_up_to_a_44k_file(tmp_path, design):
   model = models.WaveUNet(**tiny_model_config(**overrides))
   mix = np.zeros((1, models.lengths(model, 1).input_length, 2), np.float32)
   variables = jax.jit(model.init)(jax.random.key(1), mix)
-  sep = separate.Separator.from_model(model, variables, model_rate, window_seconds=0.05)
+  sep = engine.separator_from_model(model, variables, model_rate, window_seconds=0.05)
   assert sep.residual_source == "accompaniment"
   rate = 44100
   song = tones(1.5, rate) + noise(round(1.5 * rate), peak=0.3)
@@ -281,8 +281,8 @@ FOUR = ("bass", "drums", "other", "vocals")
 def four_source_separator(**kwargs):
   model = models.WaveUNet(**tiny_model_config(sources=FOUR))
   mix = np.zeros((1, models.lengths(model, 1).input_length, 2), np.float32)
-  return separate.Separator.from_model(model, jax.jit(model.init)(jax.random.key(2), mix),
-                                       RATE, **kwargs)
+  return engine.separator_from_model(model, jax.jit(model.init)(jax.random.key(2), mix),
+                                     RATE, **kwargs)
 
 
 def test_stem_layouts_of_a_four_source_model():
@@ -809,17 +809,17 @@ CLI = """
 import sys
 sys.path.insert(0, "tests")
 import conftest  # CPU only, like the tests
-from waveunet_jax import models, separate
+from waveunet_jax import engine, models, separate
 import jax, numpy as np
 
-def from_workdir(cls, workdir, checkpoint="best", **kwargs):
+def from_workdir(workdir, checkpoint="best", **kwargs):
   assert checkpoint == "7", checkpoint
   sources = ("bass", "drums", "other", "vocals") if workdir == "FOUR" else None
   model = models.WaveUNet(**conftest.tiny_model_config(**({"sources": sources} if sources else {})))
   variables = jax.jit(model.init)(jax.random.key(0), np.zeros((1, 161, 2), np.float32))
-  return cls.from_model(model, variables, 8000, **kwargs)
+  return engine.separator_from_model(model, variables, 8000, **kwargs)
 
-separate.Separator.from_workdir = classmethod(from_workdir)
+engine.separator_from_workdir = from_workdir
 separate.cli()
 """
 

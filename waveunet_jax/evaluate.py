@@ -510,7 +510,8 @@ def _define_flags() -> None:
 
 
 def main(argv: list[str]) -> None:
-  from waveunet_jax import models  # Flax: imported here so that cli() can name the install
+  # Flax: imported here so that cli() can name the install.
+  from waveunet_jax import engine, models
 
   console.setup()
   if len(argv) > 1:
@@ -524,7 +525,7 @@ def main(argv: list[str]) -> None:
   output_dir = pathlib.Path(args.output_dir)
   try:
     split_tracks(args.musdb_root, args.split, args.wav, valid)  # before loading the model
-    model = separator_lib.Separator.from_workdir(
+    model = engine.separator_from_workdir(
         args.workdir, args.checkpoint,
         residual_source=None if args.residual_source == "none" else args.residual_source)
     evaluate(model, args.musdb_root, output_dir, wav=args.wav, split=args.split,

@@ -14,7 +14,7 @@ module lists the inputs, reads them (`audio.open_audio`, the next file decoded w
 on the current one), names and writes the outputs (`audio.AudioWriter`: complete or
 absent) and shows one progress bar for the whole job. From Python:
 
-  separator = Separator.from_workdir("runs/m4")
+  separator = engine.separator_from_workdir("runs/m4")   # waveunet_jax.engine
   stems = separator.separate(audio, rate)     # audio [T, C] or [T] -> {source: [T, C]}
   separate_files(separator, ["album/"], "separated", fmt="flac")
 """
@@ -564,9 +564,10 @@ def load_separator(args) -> Separator:
     from waveunet_jax import engine
 
     engine.check_window_seconds(args.window_seconds)  # before the checkpoint loads
-    return Separator.from_workdir(args.workdir, args.checkpoint,
-                                  window_seconds=args.window_seconds, overlap=args.overlap,
-                                  batch_size=args.batch_size, residual_source=residual)
+    return engine.separator_from_workdir(args.workdir, args.checkpoint,
+                                         window_seconds=args.window_seconds,
+                                         overlap=args.overlap, batch_size=args.batch_size,
+                                         residual_source=residual)
   except ModuleNotFoundError as e:  # the base install separates exports only
     line = waveunet_jax.missing_extra("--workdir", "jax", e)
     if line is None:
