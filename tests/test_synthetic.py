@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from waveunet_jax import audio as audio_io, evaluate, prepare, synthetic
+from waveunet_jax import audio as audio_io, evaluate, synthetic
 from waveunet_jax import tracks as tracks_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
