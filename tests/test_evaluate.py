@@ -374,7 +374,7 @@ def test_cli_errors_are_one_line(musdb_corpus, tmp_path):
   line = cli_error(f"--workdir={tmp_path / 'no-run'}", f"--musdb_root={tmp_path}", "--wav",
                  f"--output_dir={tmp_path / 'out'}")
   assert line.startswith("error: --musdb_root=") and "no tracks of the test split" in line
-  # Refused before anything is read, as separate refuses it (audio.check_output_dir).
+  # Refused before anything is read, as separate refuses it (files.check_output_dir).
   line = cli_error(f"--workdir={tmp_path / 'no-run'}", f"--musdb_root={musdb_corpus}", "--wav",
                    "--output_dir=")
   assert line == ("error: --output_dir is empty: name the folder the scores go into "
