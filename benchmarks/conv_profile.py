@@ -29,7 +29,7 @@ import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from waveunet_jax import models, separate  # noqa: E402
+from waveunet_jax import engine, models  # noqa: E402
 
 
 def conv_shapes(model: models.WaveUNet, variables, input_shape) -> list[tuple]:
@@ -76,7 +76,7 @@ def whole(config, mode: str, batch: int, reps: int) -> tuple[float, float, tuple
     one_step = run.step_runner(step, state, data)
     jax.block_until_ready(one_step())
     return run.best_time(one_step, reps), run.flops_of(step), tuple(data["mix"].shape)
-  sep = separate.Separator.from_model(model, run.init_variables(model), config.data.sample_rate)
+  sep = engine.separator_from_model(model, run.init_variables(model), config.data.sample_rate)
   window = jnp.zeros((1, sep.tiling.input_length, model.num_channels))
   forward = sep.engine._forward.lower(sep.engine.variables, window).compile()
   jax.block_until_ready(forward(sep.engine.variables, window))

@@ -31,7 +31,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import numpy as np  # noqa: E402
 
 import run  # noqa: E402
-from waveunet_jax import engine, evaluate, export, exported, prepare, separator  # noqa: E402
+from waveunet_jax import engine, evaluate, export, exported, separator  # noqa: E402
+from waveunet_jax import tracks as tracks_lib  # noqa: E402
 
 VARIANTS = {  # name: (format, options)
     "ONNX Runtime": ("onnx", {}),
@@ -70,7 +71,7 @@ def main() -> None:
     jax_engine = run.make_separator(config).engine
   if args.musdb_root:
     track = evaluate.split_tracks(args.musdb_root, "test", True)[0]
-    stems, rate = prepare.read_stems(track)
+    stems, rate = tracks_lib.read_stems(track)
     song = sum(stems.values())[:round(args.seconds * rate)]
     assert rate == 44100
   else:

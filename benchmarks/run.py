@@ -73,7 +73,7 @@ import numpy as np  # noqa: E402
 from experiments import deep, shallow  # noqa: E402
 import optax  # noqa: E402
 
-from waveunet_jax import models, separate, synthetic, train  # noqa: E402
+from waveunet_jax import engine, models, separate, synthetic, train  # noqa: E402
 
 CONFIGS = {"shallow": shallow.get_config, "deep M4": lambda: deep.get_config("M4")}
 FILE_RATE = 44100
@@ -281,7 +281,7 @@ def write_wav(path: pathlib.Path, seconds: float) -> None:
 
 def make_separator(config) -> separate.Separator:
   model = models.from_config(config)
-  return separate.Separator.from_model(model, init_variables(model), config.data.sample_rate)
+  return engine.separator_from_model(model, init_variables(model), config.data.sample_rate)
 
 
 def separation_figures(config, reps: int, e2e_seconds: float | None, tmp: pathlib.Path) -> dict:

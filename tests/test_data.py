@@ -13,6 +13,7 @@ import tensorflow as tf
 
 from conftest import tiny_data_config
 from waveunet_jax import input_pipeline, models, prepare, synthetic
+from waveunet_jax import tracks as tracks_lib
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 RATE = 16000  # the tiny configs' model rate: every track is resampled from 44.1 kHz
@@ -351,11 +352,6 @@ def test_empty_folder_and_unknown_validation_track(tmp_path):
                     valid_tracks=["Nobody - Nothing"])
 
 
-def track_folders(root: pathlib.Path, names) -> None:
-  for name in names:
-    (root / name).mkdir(parents=True)
-
-
 def names(tracks) -> list:
   return [t.name for t in tracks]
 
@@ -366,36 +362,14 @@ def stored_tracks(config) -> dict:
           for split in builder.info.splits}
 
 
-def test_without_named_validation_a_tenth_is_held_out_by_name(tmp_path, caplog):
-  caplog.set_level(logging.INFO)
-  tracks = [f"Artist {i:02d} - Song" for i in range(30)]
-  track_folders(tmp_path / "a" / "train", tracks)
-  track_folders(tmp_path / "b" / "train", tracks[::-1])
-  a = prepare.split_tracks(tmp_path / "a", True, None)
-  # The names alone decide (sha256), not the order of the folders: the same everywhere.
-  held_out = ["Artist 06 - Song", "Artist 10 - Song", "Artist 13 - Song"]
-  assert names(a["valid"]) == names(prepare.split_tracks(tmp_path / "b", True, None)["valid"]) \
-      == held_out
-  assert names(a["train"]) == [t for t in tracks if t not in held_out]
-  assert (f"validation: 3 of the 30 tracks of {tmp_path / 'a' / 'train'}, about 10% chosen by a "
-          f"hash of their names (no --valid_tracks, no {tmp_path / 'a' / 'valid'}/, no track of "
-          "MUSDB18): 'Artist 06 - Song', 'Artist 10 - Song', 'Artist 13 - Song'") in caplog.text
-  # Adding tracks keeps the earlier choice here; two tracks give one of each.
-  track_folders(tmp_path / "a" / "train", [f"Artist {i:02d} - Song" for i in range(30, 40)])
-  assert set(held_out) < set(names(prepare.split_tracks(tmp_path / "a", True, None)["valid"]))
-  track_folders(tmp_path / "c" / "train", tracks[:2])
-  two = prepare.split_tracks(tmp_path / "c", True, None)
-  assert len(two["train"]) == len(two["valid"]) == 1
-
-
 def test_prepare_a_folder_of_ones_own_chooses_validation(corpus, tmp_path, caplog):
   caplog.set_level(logging.INFO)
   config = tiny_config(tmp_path)
   prepare.prepare(config, corpus, tmp_path, wav=True)  # no --valid_tracks, no valid/
-  train = prepare.find_tracks(corpus, "train", True)
-  chosen = prepare.hashed_validation(train)
+  train = tracks_lib.find_tracks(corpus, "train", True)
+  chosen = tracks_lib.hashed_validation(train)
   assert stored_tracks(config) == {"train": {t.name for t in train} - chosen, "valid": chosen,
-                                   "test": set(names(prepare.find_tracks(corpus, "test", True)))}
+                                   "test": set(names(tracks_lib.find_tracks(corpus, "test", True)))}
   assert f"validation: 1 of the 3 tracks of {corpus / 'train'}" in caplog.text
 
 
@@ -409,12 +383,12 @@ def test_a_valid_folder_is_the_validation_split(tmp_path, caplog):
   assert stored_tracks(config) == {"train": {"A - a", "B - b"}, "valid": {"C - c"}}  # no test/
   assert f"validation: the 1 track(s) of {root / 'valid'}/" in caplog.text
   # --valid_tracks still decides.
-  splits = prepare.split_tracks(root, True, ["A - a"])
+  splits = tracks_lib.split_tracks(root, True, ["A - a"])
   assert (names(splits["train"]), names(splits["valid"])) == (["B - b"], ["A - a"])
   assert f"the 1 track(s) of {root / 'valid'}/ are not used" in caplog.text
   write_track(root / "valid" / "A - a", silent_stems(1.0))
   with pytest.raises(prepare.DataError, match="'A - a' is in both train/ and valid/"):
-    prepare.split_tracks(root, True, None)
+    tracks_lib.split_tracks(root, True, None)
 
 
 def test_tracks_file_names_folders_and_their_splits(tmp_path, caplog):
@@ -434,35 +408,11 @@ def test_tracks_file_names_folders_and_their_splits(tmp_path, caplog):
   # No line says valid: the same choice as for a folder.
   (songs / "E - test").mkdir()  # a folder whose name ends in a split's name
   listing.write_text("../songs/A - a\n../songs/B - b\n../songs/E - test\n")
-  splits = prepare.split_tracks(None, True, None, tracks_file=listing)
-  assert names(splits["valid"]) == sorted(prepare.hashed_validation(
+  splits = tracks_lib.split_tracks(None, True, None, tracks_file=listing)
+  assert names(splits["valid"]) == sorted(tracks_lib.hashed_validation(
       splits["train"] + splits["valid"]))
   assert sorted(names(splits["train"] + splits["valid"])) == ["A - a", "B - b", "E - test"]
   assert f"of the 3 tracks of the train lines of {listing}" in caplog.text
-
-
-@pytest.mark.parametrize("lines,message", [
-    ("../songs/A - a\n{songs}/Z - z valid\n",
-     "{listing}:2: {songs}/Z - z: no such folder; a line names a track folder of wav stems "
-     "(absolute, or relative to {base}), then optionally its split"),
-    ("# a comment\n../songs/A - a tarin\n",
-     "{listing}:2: unknown split 'tarin' for {base}/../songs/A - a; use train, valid or test"),
-    ("../songs/A - a\n\n{songs}/A - a valid\n",
-     "{listing}:3: a second track named 'A - a' (the first is on line 1); a track is named by "
-     "its folder, and names must differ"),
-    ("../songs/A - a valid\n",
-     "--tracks_file={listing}: no training track (a line with no split or with train); write "
-     "one track folder per line"),
-])
-def test_tracks_file_bad_lines_are_named(tmp_path, lines, message):
-  songs = tmp_path / "songs"
-  (songs / "A - a").mkdir(parents=True)
-  listing = tmp_path / "lists" / "tracks.txt"
-  listing.parent.mkdir()
-  listing.write_text(lines.format(songs=songs))
-  with pytest.raises(prepare.DataError) as error:
-    prepare.split_tracks(None, True, None, tracks_file=listing)
-  assert str(error.value) == message.format(listing=listing, songs=songs, base=listing.parent)
 
 
 def test_musdb_root_or_tracks_file(tmp_path):

@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 
 from conftest import tiny_model_config
-from waveunet_jax import evaluate, models, prepare, separate
+from waveunet_jax import engine, evaluate, models
+from waveunet_jax import tracks as tracks_lib
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 SOURCES = ("accompaniment", "vocals")  # the default (paper M4) config's
@@ -31,8 +32,8 @@ class Stub:
   def __init__(self, sources=SOURCES, tracks=(), noise=1e-3):
     self.sources, self.calls, self.known = sources, 0, []
     for track in tracks:
-      stems, _ = prepare.read_stems(track)
-      self.known.append((sum(stems[s] for s in prepare.STEMS),
+      stems, _ = tracks_lib.read_stems(track)
+      self.known.append((sum(stems[s] for s in tracks_lib.STEMS),
                          evaluate.references(stems, sources)))
     self.rng, self.noise = np.random.default_rng(0), noise
 
@@ -63,7 +64,7 @@ def copy_outputs(evaluated, tmp_path):
 
 def test_writes_museval_json_and_both_aggregates(musdb_corpus, evaluated):
   out, summary = evaluated
-  names = [t.name for t in prepare.find_tracks(musdb_corpus, "test", True)]
+  names = [t.name for t in tracks_lib.find_tracks(musdb_corpus, "test", True)]
   assert summary == json.loads((out / "summary.json").read_text())
   assert summary["tracks"] == names and summary["failed"] == {}
   import jsonschema
@@ -103,7 +104,7 @@ def test_writes_museval_json_and_both_aggregates(musdb_corpus, evaluated):
 def test_oracle_scores_high_and_only_missing_results_are_computed(musdb_corpus, evaluated,
                                                                    tmp_path):
   out = copy_outputs(evaluated, tmp_path)
-  tracks = prepare.find_tracks(musdb_corpus, "test", True)
+  tracks = tracks_lib.find_tracks(musdb_corpus, "test", True)
   (out / "test" / f"{tracks[0].name}.json").unlink()
   baseline = out / "mixture-baseline" / "test" / f"{tracks[0].name}.json"
   before = baseline.read_text()
@@ -213,7 +214,7 @@ def test_sources_are_grouped_as_museval_groups_them():
 
 
 def test_a_bad_track_is_reported_and_the_others_summarized(musdb_corpus, evaluated, tmp_path):
-  root, good = tmp_path / "musdb", prepare.find_tracks(musdb_corpus, "test", True)[0]
+  root, good = tmp_path / "musdb", tracks_lib.find_tracks(musdb_corpus, "test", True)[0]
   shutil.copytree(good.path, root / "test" / good.name)
   shutil.copytree(good.path, root / "test" / "Broken Track")
   (root / "test" / "Broken Track" / "bass.wav").unlink()
@@ -247,7 +248,7 @@ def test_a_folder_where_the_report_goes_is_refused_before_any_work(musdb_corpus,
 def test_a_four_source_model_is_scored_as_vocals_and_accompaniment(musdb_corpus, tmp_path):
   model = models.WaveUNet(**tiny_model_config(sources=("bass", "drums", "other", "vocals")))
   mix = np.zeros((1, models.lengths(model, 1).input_length, 2), np.float32)
-  sep = separate.Separator.from_model(model, jax.jit(model.init)(jax.random.key(0), mix), 8000)
+  sep = engine.separator_from_model(model, jax.jit(model.init)(jax.random.key(0), mix), 8000)
   summary = evaluate.evaluate(sep, musdb_corpus, tmp_path, wav=True, max_tracks=1,
                               stems=["vocals", "accompaniment"])
   assert list(summary["model"]) == list(summary["mixture_baseline"]) == ["vocals",
@@ -258,7 +259,7 @@ def test_a_four_source_model_is_scored_as_vocals_and_accompaniment(musdb_corpus,
 
 
 def test_splits(musdb_corpus, tmp_path):
-  train = prepare.find_tracks(musdb_corpus, "train", True)[0].name
+  train = tracks_lib.find_tracks(musdb_corpus, "train", True)[0].name
   assert [t.name for t in evaluate.split_tracks(musdb_corpus, "valid", True, [train])] == [train]
   with pytest.raises(evaluate.EvaluationError, match="--valid_tracks"):
     evaluate.split_tracks(musdb_corpus, "valid", True)  # none of musdb's validation tracks
@@ -278,7 +279,7 @@ CLI = """
 import json, os, sys
 sys.path.insert(0, "tests")
 import conftest  # CPU only, like the tests
-from waveunet_jax import evaluate, separate
+from waveunet_jax import engine, evaluate
 
 class Resumed:
   sources = ("accompaniment", "vocals")
@@ -289,11 +290,11 @@ class Resumed:
   def separate(self, audio, rate):
     raise AssertionError("a track scored before was separated again")
 
-def from_workdir(cls, workdir, checkpoint="best", **kwargs):
+def from_workdir(workdir, checkpoint="best", **kwargs):
   assert (workdir, checkpoint) == ("RUN", "7"), (workdir, checkpoint)
   return Resumed()
 
-separate.Separator.from_workdir = classmethod(from_workdir)
+engine.separator_from_workdir = from_workdir
 evaluate.cli()
 """
 
@@ -311,7 +312,7 @@ def test_cli_summarizes_the_first_tracks(musdb_corpus, evaluated, tmp_path):
   result = run_cli("--workdir=RUN", "--checkpoint=7", f"--musdb_root={musdb_corpus}", "--wav",
                    f"--output_dir={out}", "--tracks=1", stub=same_model(evaluated[1]))
   assert result.returncode == 0, result.stderr
-  first = prepare.find_tracks(musdb_corpus, "test", True)[0].name
+  first = tracks_lib.find_tracks(musdb_corpus, "test", True)[0].name
   assert json.loads((out / "summary.json").read_text())["tracks"] == [first]
   assert result.stdout == ((out / "summary.md").read_text()
                            + f"done: scores in {out} (summary.json, per-track JSON); the "
@@ -324,7 +325,7 @@ HALVES = """
 import sys
 sys.path.insert(0, "tests")
 import conftest  # CPU only, like the tests
-from waveunet_jax import evaluate, separate
+from waveunet_jax import engine, evaluate
 
 class Halves:
   sources = ("accompaniment", "vocals")
@@ -335,7 +336,7 @@ class Halves:
   def separate(self, audio, rate):
     return {s: audio / 2 for s in self.sources}
 
-separate.Separator.from_workdir = classmethod(lambda cls, workdir, checkpoint, **kw: Halves())
+engine.separator_from_workdir = lambda workdir, checkpoint, **kw: Halves()
 evaluate.cli()
 """
 
@@ -351,7 +352,7 @@ def test_cli_scores_wav_tracks_with_no_ffmpeg_on_the_path(musdb_corpus, tmp_path
        f"--output_dir={out}", "--tracks=1"], cwd=ROOT, capture_output=True, text=True,
       timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT), "PATH": bin_dir})
   assert result.returncode == 0, result.stderr
-  first = prepare.find_tracks(musdb_corpus, "test", True)[0].name
+  first = tracks_lib.find_tracks(musdb_corpus, "test", True)[0].name
   summary = json.loads((out / "summary.json").read_text())
   assert summary["tracks"] == [first] and summary["failed"] == {}
   assert np.isfinite(summary["model"]["vocals"]["SDR"]["sisec_median"])
@@ -373,7 +374,7 @@ def test_cli_errors_are_one_line(musdb_corpus, tmp_path):
   line = cli_error(f"--workdir={tmp_path / 'no-run'}", f"--musdb_root={tmp_path}", "--wav",
                  f"--output_dir={tmp_path / 'out'}")
   assert line.startswith("error: --musdb_root=") and "no tracks of the test split" in line
-  # Refused before anything is read, as separate refuses it (audio.check_output_dir).
+  # Refused before anything is read, as separate refuses it (files.check_output_dir).
   line = cli_error(f"--workdir={tmp_path / 'no-run'}", f"--musdb_root={musdb_corpus}", "--wav",
                    "--output_dir=")
   assert line == ("error: --output_dir is empty: name the folder the scores go into "

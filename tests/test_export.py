@@ -27,8 +27,6 @@ DESIGNS = {
     "shallow": dict(padding="same", downsampling="maxpool", downsampling_factors=(1, 4, 4),
                     normalization="batchnorm"),
 }
-EXTENSION = {"onnx": ".onnx", "tflite": ".tflite", "stablehlo": ".stablehlo",
-             "saved_model": ""}
 
 
 @functools.cache
@@ -46,7 +44,7 @@ def jax_engine(design: str) -> engine.JaxEngine:
 
 
 def export_to(tmp_path, design, fmt, **kwargs) -> pathlib.Path:
-  path = tmp_path / f"{design}{EXTENSION[fmt]}"
+  path = tmp_path / f"{design}{exported.FORMATS[fmt].extension or ''}"  # '': a folder
   return export.export(jax_engine(design), fmt, path, **kwargs)
 
 
@@ -310,3 +308,16 @@ def test_a_tampered_or_foreign_export_is_one_line_naming_the_file(
   [line] = result.stderr.strip().splitlines()
   assert line.startswith(f"error: --model={path}: ") and message in line, line
   assert not (tmp_path / "out").exists()
+
+
+def test_each_format_is_one_registry_entry_that_names_and_paths_follow(tmp_path):
+  for name, fmt in exported.FORMATS.items():
+    path = tmp_path / f"m{fmt.extension or ''}"
+    assert export.check_output(name, path) == path
+    if fmt.extension is None:  # a folder, its metadata inside
+      path.mkdir()
+      assert exported.metadata_path(path) == path / exported.METADATA_NAME
+    else:
+      assert exported.metadata_path(path) == tmp_path / f"{path.name}.json"
+    assert exported.format_of(path) == name
+  assert [f.reduced for f in exported.FORMATS.values() if f.reduced] == ["float16", "int8"]

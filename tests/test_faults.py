@@ -47,40 +47,6 @@ def last_line(result) -> str:
 
 
 # --------------------------------------------------------------------------- #
-# Outputs replace only what the program wrote.
-# --------------------------------------------------------------------------- #
-
-
-def test_an_output_replaces_only_what_this_program_wrote_there(tmp_path, monkeypatch):
-  from waveunet_jax import audio
-
-  mine = tmp_path / "mine"
-  mine.mkdir()
-  (mine / "notes.txt").write_text("the user's")
-  ours = lambda folder: (folder / "ours.json").is_file()
-  for path, kind, reason in ((mine, ours, "holding what this program did not write there"),
-                             (mine, None, "is a folder, where this file output goes"),
-                             (mine / "notes.txt", ours, "is a file or a link, where this "
-                                                        "folder output goes")):
-    with pytest.raises(audio.AudioError, match=reason):
-      with audio.atomic_path(path, ours=kind) as temp:
-        temp.mkdir() if kind else temp.write_text("new")
-  monkeypatch.chdir(mine)
-  for path in (".", "..", "/"):
-    with pytest.raises(audio.AudioError, match="is the current folder or one above it"):
-      audio.write_text_atomic(path, "new")
-  assert [p.name for p in mine.iterdir()] == ["notes.txt"]
-  # What the program wrote is replaced: a file by a file, its own folder by a folder.
-  audio.write_text_atomic(mine / "notes.txt", "new")
-  for version in ("old", "new"):
-    with audio.atomic_path(tmp_path / "out", ours=ours) as temp:
-      temp.mkdir()
-      (temp / "ours.json").write_text(version)
-  assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
-  assert (tmp_path / "out" / "ours.json").read_text() == "new"
-
-
-# --------------------------------------------------------------------------- #
 # A relative --workdir, as the README writes them and training's closing line prints.
 # --------------------------------------------------------------------------- #
 

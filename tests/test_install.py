@@ -158,7 +158,7 @@ def test_onnx_install_separates_an_export_without_jax_or_tensorflow(
 
 def test_jax_install_separates_a_workdir_without_tensorflow(
     environments, tiny_workdir, song, tmp_path):
-  from waveunet_jax import separator
+  from waveunet_jax import engine
 
   python = environments.python("jax")
   distributions, modules = installed(python)
@@ -172,7 +172,7 @@ def test_jax_install_separates_a_workdir_without_tensorflow(
                     str(song), "--output_dir=out", "--format=float", cwd=tmp_path)
   assert result.returncode == 0, result.stderr[-3000:]
   audio, rate = soundfile.read(song, dtype="float32")
-  want = separator.Separator.from_workdir(tiny_workdir, window_seconds=0.1).separate(audio, rate)
+  want = engine.separator_from_workdir(tiny_workdir, window_seconds=0.1).separate(audio, rate)
   assert_same_stems(read_stems(tmp_path / "out" / "song"), want)
 
 

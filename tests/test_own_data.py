@@ -12,7 +12,7 @@ import soundfile
 import tensorflow as tf
 
 from conftest import TINY_OUTPUT, TINY_RATE, tiny_data_config
-from waveunet_jax import checkpoints, input_pipeline, prepare, train
+from waveunet_jax import checkpoints, input_pipeline, prepare, tracks, train
 
 
 def tiny_config(data_dir, **model):
@@ -35,7 +35,7 @@ def silent_data_dir(tmp_path_factory) -> str:
   for name in ("Silent - One", "Silent - Two"):
     folder = root / "train" / name
     folder.mkdir(parents=True)
-    for stem in prepare.STEMS:
+    for stem in tracks.STEMS:
       soundfile.write(folder / f"{stem}.wav", np.zeros((2 * TINY_RATE, 2), np.float32), TINY_RATE)
   data_dir = tmp_path_factory.mktemp("silent_tfds")
   prepare.prepare(tiny_config(data_dir), root, data_dir, wav=True, valid_tracks=["Silent - One"])

@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from waveunet_jax import audio as audio_io, evaluate, prepare, synthetic
+from waveunet_jax import audio as audio_io, evaluate, synthetic
+from waveunet_jax import tracks as tracks_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SR = synthetic.SAMPLE_RATE
@@ -239,7 +240,7 @@ def test_stem_files_round_trip(tmp_path):
   assert sorted(os.listdir(tmp_path / "train")) == [paths[0].name]  # no temporary files left
   expected = synthetic.make_track(synthetic._track_seed(7, "train", 0), seconds)
   n = int(seconds * SR)
-  track = prepare.find_tracks(tmp_path, "train", wav=False)[0]
+  track = tracks_lib.find_tracks(tmp_path, "train", wav=False)[0]
   assert track.name == paths[0].name[: -len(".stem.mp4")]
   stems, rate = audio_io.read_stem_file(paths[0], len(synthetic.STEM_ORDER))
   assert rate == SR and stems.shape[0] == 5 and stems.shape[2] == 2
@@ -247,7 +248,7 @@ def test_stem_files_round_trip(tmp_path):
   assert 0 <= stems.shape[1] - n < 1024
   for i, k in enumerate(synthetic.STEM_ORDER):  # lossy codec: compare waveforms by correlation
     assert np.corrcoef(stems[i, :n].ravel(), expected[k].ravel())[0, 1] > 0.99, k
-  read, _ = prepare.read_stems(track)  # MUSDB18's stream order
+  read, _ = tracks_lib.read_stems(track)  # MUSDB18's stream order
   assert np.corrcoef(read["vocals"][:n].ravel(), expected["vocals"].ravel())[0, 1] > 0.99
   # a re-run keeps the existing files
   mtime = paths[0].stat().st_mtime_ns

@@ -264,10 +264,10 @@ def test_smoke_command_end_to_end_with_an_override(tmp_path):
   assert "batch_stats" in variables
 
   # What users do next: separate a song with the trained model, in Python and the CLI.
-  from waveunet_jax import separate
+  from waveunet_jax import engine, separate
 
   song = 0.3 * np.random.default_rng(0).standard_normal((44100 + 17, 2)).astype(np.float32)
-  separator = separate.Separator.from_workdir(workdir, "best", window_seconds=2.0)
+  separator = engine.separator_from_workdir(workdir, "best", window_seconds=2.0)
   stems = separator.separate(song, 44100)
   assert set(stems) == {"vocals", "accompaniment"}
   assert all(stem.shape == song.shape for stem in stems.values())
@@ -285,7 +285,7 @@ def test_smoke_command_end_to_end_with_an_override(tmp_path):
   assert rate == 44100 and vocals.shape == song.shape
   # A checkpoint that is not there: a one-line error and no output.
   with pytest.raises(separate.SeparationError, match="no such checkpoint"):
-    separate.Separator.from_workdir(workdir, "999")
+    engine.separator_from_workdir(workdir, "999")
   result = subprocess.run([sys.executable, "-m", "waveunet_jax.separate", f"--workdir={workdir}",
                            "--checkpoint=999", str(tmp_path / "song.wav"),
                            f"--output_dir={tmp_path / 'out999'}"],

@@ -6,16 +6,14 @@
   (PyAV too).
 * Writing: `AudioWriter` streams blocks into any `FORMATS` entry (soundfile for wav,
   flac and ogg, a PyAV encoder for mp3 and m4a); `write_audio` writes a whole array,
-  `write_stem_file` a `.stem.mp4`. Every file, text or audio, is written under a
-  hidden temporary name beside its target (`atomic_path`) and renamed into place when
-  complete, so a crash, a kill or a full disk never leaves a half-written file under
-  a real name; a re-run removes such temporaries left by processes that no longer run
-  (`remove_stale_parts`).
+  `write_stem_file` a `.stem.mp4`. Each is written complete or not at all, under a
+  temporary name that `files.atomic_path` renames into place.
 
 PyAV (the `av` package) brings the FFmpeg libraries inside its wheel and runs them in
 this process: no ffmpeg program is needed, and every machine takes the same path.
 
-Errors are `AudioError`s whose message names the file.
+Errors are `AudioError`s whose message names the file; an output that may not be
+written where asked (a folder there, the current folder) is `files.WriteError`'s.
 """
 
 from __future__ import annotations
@@ -23,15 +21,16 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fractions
-import glob
 import os
 import pathlib
 import re
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import numpy as np
 from absl import logging
+
+from waveunet_jax import files
 
 # Frames per block read from a file.
 BLOCK_FRAMES = 1 << 16
@@ -96,122 +95,6 @@ def _import_av(what: str):
   except ImportError as e:
     raise AudioError(f"{what} needs PyAV, which cannot be imported ({e}): pip install av") from None
   return av
-
-
-# --------------------------------------------------------------------------- #
-# Complete or absent.
-# --------------------------------------------------------------------------- #
-
-
-def _part_name(path: pathlib.Path, pid: int) -> str:
-  return f".{path.name}.part-{pid}"
-
-
-def remove_stale_parts(path: pathlib.Path) -> None:
-  """Removes the temporaries of `path` left by killed processes: those of processes
-  that still run (another job writing the same file) are kept."""
-  prefix = f".{path.name}.part-"  # `_part_name` without the pid
-  if not path.parent.is_dir():
-    return
-  for part in path.parent.glob(f"{glob.escape(prefix)}*"):
-    pid = part.name[len(prefix):].split(".", 1)[0]
-    if pid.isdigit() and int(pid) != os.getpid() and not _running(int(pid)):
-      _remove(part)
-
-
-def _running(pid: int) -> bool:
-  try:
-    os.kill(pid, 0)
-  except ProcessLookupError:
-    return False
-  except PermissionError:  # another user's process
-    return True
-  return True
-
-
-def _remove(path: pathlib.Path) -> None:
-  if path.is_dir() and not path.is_symlink():
-    shutil.rmtree(path, ignore_errors=True)
-  else:
-    path.unlink(missing_ok=True)
-
-
-def _is_working_folder(path: pathlib.Path) -> bool:
-  """Whether `path` is the current folder or one above it."""
-  cwd = pathlib.Path.cwd().resolve()
-  return path.resolve() in (cwd, *cwd.parents)
-
-
-def check_output_dir(output_dir: str | os.PathLike | None, contents: str) -> None:
-  """AudioError for an empty --output_dir (it would be the current folder), saying
-  what goes into it (`contents`: 'the stems', 'the scores')."""
-  if not str(output_dir or "").strip():
-    raise AudioError(f"--output_dir is empty: name the folder {contents} go into "
-                     "(--output_dir=. for the current folder)")
-
-
-def check_target(path: str | os.PathLike,
-                 ours: Callable[[pathlib.Path], bool] | None = None) -> None:
-  """Raises AudioError unless an output may be written to `path`, replacing only what
-  this program wrote there: nothing there, or for a file output (`ours` None) a file,
-  or for a folder output a folder that `ours` recognises as its own (or an empty
-  one). Never the current folder or one above it."""
-  path = pathlib.Path(path)
-  if _is_working_folder(path):
-    raise AudioError(f"{path}: is the current folder or one above it; name a new file "
-                     "or folder for this output")
-  if ours is None and path.is_dir():
-    raise AudioError(f"{path}: is a folder, where this file output goes; move the folder "
-                     "away or choose another name")
-  if ours is not None and (path.is_symlink() or path.exists() and not path.is_dir()):
-    raise AudioError(f"{path}: is a file or a link, where this folder output goes; move it "
-                     "away or choose another name")
-  if ours is not None and path.is_dir() and any(path.iterdir()) and not ours(path):
-    raise AudioError(f"{path}: is a folder holding what this program did not write there; "
-                     "move it away or choose another name")
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike, suffix: str = "", *,
-                ours: Callable[[pathlib.Path], bool] | None = None) -> Iterator[pathlib.Path]:
-  """Yields a hidden temporary name beside `path` (ending in `suffix`, for tools that
-  choose a container by extension); on a clean exit it is renamed to `path`, on an
-  exception removed. A file output replaces a file; a folder output (`ours` given:
-  whether a folder already at `path` is this program's) replaces only a folder `ours`
-  recognises. Anything else at `path` is refused (`check_target`) before and again
-  after the work. Stale temporaries of `path` from killed processes are removed first."""
-  path = pathlib.Path(path)
-  check_target(path, ours)
-  try:
-    path.parent.mkdir(parents=True, exist_ok=True)
-  except OSError as e:  # e.g. a parent that is a regular file
-    raise AudioError(f"{path.parent}: cannot create this folder ({e.strerror or e})") from None
-  remove_stale_parts(path)
-  temp = path.parent / (_part_name(path, os.getpid()) + suffix)
-  old = path.parent / (_part_name(path, os.getpid()) + ".old")
-  _remove(temp)
-  try:
-    yield temp
-    check_target(path, ours)  # what appeared meanwhile is refused as well
-    moved = ours is not None and path.is_dir()
-    if moved:  # os.replace cannot replace a folder that is not empty
-      os.replace(path, old)
-    try:
-      os.replace(temp, path)
-    except BaseException:
-      if moved:
-        os.replace(old, path)
-      raise
-  finally:
-    for leftover in (temp, old):
-      if leftover.exists() or leftover.is_symlink():
-        _remove(leftover)
-
-
-def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-  """Writes `text` to `path`, complete or not at all."""
-  with atomic_path(path) as temp:
-    temp.write_text(text)
 
 
 # --------------------------------------------------------------------------- #
@@ -484,7 +367,8 @@ class AudioWriter:
   key), under a temporary name until `commit()`; `discard()` (or an exception in a
   `with` block) removes it. Formats that cannot hold samples beyond [-1, 1] get them
   clipped, never wrapped round. Any failure, a full disk included, is an AudioError
-  that leaves nothing behind once discarded."""
+  (`files.WriteError` where the file may not go) that leaves nothing behind once
+  discarded."""
 
   def __init__(self, path: str | os.PathLike, rate: int, channels: int, fmt: str = "wav16",
                bitrate: str = DEFAULT_BITRATE):
@@ -493,7 +377,7 @@ class AudioWriter:
     self.path, self.format, self.channels = pathlib.Path(path), FORMATS[fmt], channels
     self.clipped, self.peak = 0, 0.0  # samples clipped so far, and the largest of them
     bits = bits_per_second(bitrate) if self.format.lossy else 0
-    self._atomic = atomic_path(self.path, suffix=self.format.extension)
+    self._atomic = files.atomic_path(self.path, suffix=self.format.extension)
     self._temp = self._atomic.__enter__()
     self._closed, self._muxer, self._file = False, None, None
     try:
@@ -655,7 +539,7 @@ class Spool:
   def __init__(self, path: str | os.PathLike, channels: int):
     path = pathlib.Path(path)
     self.target = path
-    self.path = path.parent / (_part_name(path, os.getpid()) + ".spool")
+    self.path = path.parent / (files.part_name(path, os.getpid()) + ".spool")
     self.channels = channels
     with self._failures():
       path.parent.mkdir(parents=True, exist_ok=True)
@@ -708,7 +592,7 @@ def write_stem_file(path: str | os.PathLike, stems: np.ndarray, rate: int,
   `names`), complete or not at all."""
   path = pathlib.Path(path)
   stems = np.asarray(stems, np.float32)
-  with atomic_path(path) as temp:
+  with files.atomic_path(path) as temp:
     muxer = _Muxer(path, temp, STEM_FORMAT, rate, [s.shape[1] for s in stems], bitrate,
                    titles=list(names))
     try:

@@ -28,7 +28,7 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
-from waveunet_jax.audio import write_text_atomic
+from waveunet_jax.files import write_text_atomic
 
 # The config fields a re-run may change and still resume the workdir's run: how long to
 # train (num_train_steps also sets where 'warmup_cosine' decays to 0), when to stop

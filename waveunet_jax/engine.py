@@ -1,5 +1,6 @@
 """The JAX engine of the `separator.Separator`: a Flax Wave-U-Net's jitted forward pass
-on windows of one shape, and the choice of that shape (`tiling`).
+on windows of one shape, the choice of that shape (`tiling`), and a Separator on it in
+one call (`separator_from_workdir`, `separator_from_model`).
 
 Windows default to about `DEFAULT_WINDOW_SECONDS` of output at the model's rate, shrunk
 if a batch's activations would exceed `WINDOW_MEMORY_BYTES` (by a deliberately high
@@ -21,7 +22,7 @@ import jax
 import numpy as np
 
 from waveunet_jax import models, parallel
-from waveunet_jax.separator import SeparationError, Tiling
+from waveunet_jax.separator import SeparationError, Separator, Tiling
 
 # Output samples per window (at the model's rate) when `window_seconds` is not given.
 DEFAULT_WINDOW_SECONDS = 30.0
@@ -187,3 +188,22 @@ class JaxEngine:
       zeros = np.zeros((padding,) + windows.shape[1:], windows.dtype)
       return self._forward(self.variables, np.concatenate([windows, zeros]))[:len(windows)]
     return self._forward(self.variables, windows)
+
+
+def separator_from_workdir(workdir: str | os.PathLike, checkpoint: str = "best", *,
+                           window_seconds: float | None = None, overlap: float = 0.0,
+                           batch_size: int | None = None, **kwargs) -> Separator:
+  """A `Separator` (`kwargs`: its options) on the model of a training workdir at
+  `checkpoint` ('best', 'latest' or a step), on the JAX engine (all local devices;
+  `batch_size` None: one window each)."""
+  return Separator(JaxEngine.from_workdir(workdir, checkpoint, window_seconds=window_seconds,
+                                          overlap=overlap, batch_size=batch_size), **kwargs)
+
+
+def separator_from_model(model: models.WaveUNet, variables: Any, sample_rate: int, *,
+                         window_seconds: float | None = None, overlap: float = 0.0,
+                         batch_size: int | None = None, **kwargs) -> Separator:
+  """A `Separator` (`kwargs`: its options) on a Flax `models.WaveUNet` and its
+  variables, on the JAX engine (all local devices; `batch_size` None: one window each)."""
+  return Separator(JaxEngine(model, variables, sample_rate, window_seconds=window_seconds,
+                             overlap=overlap, batch_size=batch_size), **kwargs)

@@ -4,12 +4,12 @@
   python -m waveunet_jax.evaluate --workdir=runs/m4 --musdb_root=musdb18hq --wav --split=valid \\
       --tracks=3 --output_dir=eval/m4-valid
 
-Reads the tracks as `prepare` does (`<track>.stem.mp4` files, or with --wav the MUSDB18-HQ
-folders, or any folder of multitracks in that layout). For each track: the mix is the
-sum of the four stems (the references then add up to it exactly), the model separates
-it whole (`separator.Separator`, at the model's rate and back, the band above the
-model's Nyquist frequency in the residual source unless --residual_source=none; with
---stems, in that stem layout), and museval scores the
+Reads the tracks as `prepare` does, through `tracks` (`<track>.stem.mp4` files, or with
+--wav the MUSDB18-HQ folders, or any folder of multitracks in that layout). For each
+track: the mix is the sum of the four stems (the references then add up to it
+exactly), the model separates it whole (`separator.Separator`, at the model's rate and
+back, the band above the model's Nyquist frequency in the residual source unless
+--residual_source=none; with --stems, in that stem layout), and museval scores the
 model's sources against the original stems ('accompaniment' = drums + bass + other)
 with BSSEval v4 over 1 s windows at the track's rate (44.1 kHz for MUSDB18). Writes
 
@@ -56,10 +56,11 @@ from typing import Any, Protocol
 import numpy as np
 from absl import flags, logging
 
-from waveunet_jax import audio, console, prepare, shared_flags
+from waveunet_jax import console, files, shared_flags
 from waveunet_jax import report as report_lib
 from waveunet_jax import separator as separator_lib
 from waveunet_jax import stems as stems_lib
+from waveunet_jax import tracks as tracks_lib
 
 SPLITS = ("test", "valid")
 METRICS = ("SDR", "SIR", "SAR", "ISR")
@@ -96,7 +97,7 @@ class SeparatorLike(Protocol):
 
 
 def split_tracks(musdb_root: str | os.PathLike, split: str, wav: bool,
-                 valid_tracks: Sequence[str] | None = None) -> list[prepare.Track]:
+                 valid_tracks: Sequence[str] | None = None) -> list[tracks_lib.Track]:
   """The tracks of `split`, sorted by name: `test`, or `valid` (musdb's validation
   tracks of `train`, or `valid_tracks`). Raises EvaluationError if there are none."""
   root = pathlib.Path(musdb_root)
@@ -105,11 +106,11 @@ def split_tracks(musdb_root: str | os.PathLike, split: str, wav: bool,
   if split not in SPLITS:
     raise EvaluationError(f"--split={split}: use {' or '.join(SPLITS)}")
   folder = root / ("test" if split == "test" else "train")
-  tracks = prepare.find_tracks(root, folder.name, wav)
+  tracks = tracks_lib.find_tracks(root, folder.name, wav)
   if split == "valid" and tracks:
     try:
-      wanted = prepare.validation_names(tracks, folder, valid_tracks or None)
-    except prepare.DataError as e:
+      wanted = tracks_lib.validation_names(tracks, folder, valid_tracks or None)
+    except tracks_lib.DataError as e:
       raise EvaluationError(str(e)) from None
     tracks = [t for t in tracks if t.name in wanted]
   if not tracks:
@@ -368,8 +369,8 @@ def evaluate(separator: SeparatorLike, musdb_root: str | os.PathLike,
   output_dir = pathlib.Path(output_dir)
   for name in ("summary.json", "summary.md") + ((REPORT,) if report else ()):
     try:  # before any work: a folder where a file goes is refused, never replaced
-      audio.check_target(output_dir / name)
-    except audio.AudioError as e:
+      files.check_target(output_dir / name)
+    except files.WriteError as e:
       raise EvaluationError(str(e)) from None
   folders = {"model": output_dir / split, "mixture_baseline": output_dir / BASELINE / split}
   identity = getattr(separator, "identity", None)
@@ -387,9 +388,9 @@ def evaluate(separator: SeparatorLike, musdb_root: str | os.PathLike,
     start, took, where = time.perf_counter(), {}, f"{split} [{i + 1}/{len(tracks)}] {track.name}"
     try:
       if todo:
-        track_stems, rate = prepare.read_stems(track)
+        track_stems, rate = tracks_lib.read_stems(track)
         refs = references(track_stems, sources)
-        mix = sum(track_stems[s] for s in prepare.STEMS)
+        mix = sum(track_stems[s] for s in tracks_lib.STEMS)
         took["audio"] = len(mix) / rate
         for key in todo:
           tic = time.perf_counter()
@@ -410,9 +411,9 @@ def evaluate(separator: SeparatorLike, musdb_root: str | os.PathLike,
                                    rate).json)
           if key == "model":
             store["separator"] = model
-          audio.write_text_atomic(paths[key], json.dumps(store) + "\n")
+          files.write_text_atomic(paths[key], json.dumps(store) + "\n")
           took["museval"] = took.get("museval", 0.0) + time.perf_counter() - tic
-    except (prepare.DataError, EvaluationError) as e:
+    except (tracks_lib.DataError, EvaluationError) as e:
       logging.error("%s: %s", where, e)
       failed[track.name] = str(e)
       continue
@@ -435,13 +436,13 @@ def evaluate(separator: SeparatorLike, musdb_root: str | os.PathLike,
                   "window_seconds": WINDOW_SECONDS, "hop_seconds": WINDOW_SECONDS},
       **{key: aggregate(s, sources) for key, s in scores.items()},
   }
-  audio.write_text_atomic(output_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
-  audio.write_text_atomic(output_dir / "summary.md", markdown(summary))
+  files.write_text_atomic(output_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+  files.write_text_atomic(output_dir / "summary.md", markdown(summary))
   report_error = None
   if report:
     try:
       _write_report(output_dir, summary, scores, sources)
-    except (OSError, ValueError) as e:  # audio.AudioError is a ValueError
+    except (OSError, ValueError) as e:  # AudioError, WriteError: ValueErrors
       report_error = f"{output_dir / REPORT}: cannot write the report ({e})"
   if failed:
     raise EvaluationError(f"{len(failed)} of {len(tracks)} tracks failed ({', '.join(failed)}); "
@@ -458,7 +459,7 @@ def _save_excerpts(folder: pathlib.Path, mix: np.ndarray, estimates: Mapping[str
   players, never the track's scores."""
   try:
     report_lib.save_excerpts(folder, mix, {s: estimates[s] for s in sources}, rate, model)
-  except (OSError, ValueError) as e:  # audio.AudioError is a ValueError
+  except (OSError, ValueError) as e:  # AudioError, WriteError: ValueErrors
     logging.warning("%s: cannot keep the excerpts of this track (%s); the report will have "
                     "no audio for it", folder, e)
 
@@ -503,19 +504,20 @@ def _define_flags() -> None:
 
 
 def main(argv: list[str]) -> None:
-  from waveunet_jax import models  # Flax: imported here so that cli() can name the install
+  # Flax: imported here so that cli() can name the install.
+  from waveunet_jax import engine, models
 
   console.no_arguments(argv)
   args = flags.FLAGS
   try:
-    audio.check_output_dir(args.output_dir, "the scores")
-  except audio.AudioError as e:
+    files.check_output_dir(args.output_dir, "the scores")
+  except files.WriteError as e:
     sys.exit(f"error: {e}")
-  valid = prepare.track_names(args.valid_tracks)
+  valid = tracks_lib.track_names(args.valid_tracks)
   output_dir = pathlib.Path(args.output_dir)
   try:
     split_tracks(args.musdb_root, args.split, args.wav, valid)  # before loading the model
-    model = separator_lib.Separator.from_workdir(
+    model = engine.separator_from_workdir(
         args.workdir, args.checkpoint,
         residual_source=None if args.residual_source == "none" else args.residual_source)
     evaluate(model, args.musdb_root, output_dir, wav=args.wav, split=args.split,
@@ -524,8 +526,8 @@ def main(argv: list[str]) -> None:
   except ReportError as e:  # the scores are there: show them, then the failure
     print((output_dir / "summary.md").read_text(), end="")
     sys.exit(f"error: {e}")
-  except (EvaluationError, prepare.DataError, separator_lib.SeparationError,
-          models.ConfigError) as e:
+  except (EvaluationError, tracks_lib.DataError, separator_lib.SeparationError,
+          models.ConfigError, files.WriteError) as e:
     sys.exit(f"error: {e}")
   print((output_dir / "summary.md").read_text(), end="")
   console.done(f"done: scores in {output_dir} (summary.json, per-track JSON)"

@@ -5,13 +5,13 @@
       --float16 --output=m4.tflite
   waveunet-separate --model=m4.onnx song.wav --output_dir=separated
 
-Formats (`exported.FORMATS`):
+Formats (`exported.FORMATS`, which also says how each is written and loaded):
 
 * `stablehlo`: `jax.export`'s serialised module (runs with `jax.export.deserialize`);
 * `saved_model`: a TensorFlow SavedModel folder (`jax2tf`), serving signature
   `mix [batch, input_length, channels] -> sources [batch, sources, output_length, channels]`;
 * `tflite`: LiteRT's flatbuffer of that SavedModel (float32, or float16 weights);
-* `onnx`: an ONNX model (`jax2onnx`), `OPSET` (optionally with int8 weights,
+* `onnx`: an ONNX model (`jax2onnx`), `exported.OPSET` (optionally with int8 weights,
   ONNX Runtime's dynamic quantisation).
 
 Each exports the network's forward pass on the separator's window: the time length is
@@ -28,17 +28,12 @@ import json
 import os
 import pathlib
 import sys
-import tempfile
 from typing import Any
 
-import numpy as np
 from absl import flags
 
 import waveunet_jax
-from waveunet_jax import audio, console, exported, shared_flags
-from waveunet_jax.separator import SeparationError
-
-OPSET = 17
+from waveunet_jax import console, exported, files, shared_flags
 
 
 class ExportError(ValueError):
@@ -86,85 +81,6 @@ def metadata(engine, fmt: str, config=None, batch_size: int | None = None,
   }
 
 
-def forward_function(engine):
-  """The network's inference forward pass with its variables as constants."""
-  model, variables = engine.model, engine.variables
-  return lambda mix: model.apply(variables, mix, train=False)
-
-
-def export_stablehlo(engine, batch_size: int | None) -> bytes:
-  import jax
-  import jax.numpy as jnp
-
-  batch = jax.export.symbolic_shape("batch")[0] if batch_size is None else batch_size
-  shape = (batch, engine.tiling.input_length, engine.num_channels)
-  return jax.export.export(jax.jit(forward_function(engine)))(
-      jax.ShapeDtypeStruct(shape, jnp.float32)).serialize()
-
-
-def export_onnx(engine, batch_size: int | None) -> bytes:
-  """ONNX through jax2onnx at `OPSET`, input `mix`, output `sources`."""
-  import jax2onnx
-
-  batch = "batch" if batch_size is None else batch_size
-  proto = jax2onnx.to_onnx(
-      forward_function(engine),
-      inputs=[(batch, engine.tiling.input_length, engine.num_channels)],
-      model_name="waveunet", opset=OPSET, input_names=["mix"], output_names=["sources"])
-  return proto.SerializeToString()
-
-
-def save_saved_model(engine, folder: pathlib.Path, batch_size: int | None) -> None:
-  """A TensorFlow SavedModel through jax2tf (native serialisation: the network is one
-  XlaCallModule op holding its StableHLO), the weights as TF variables, and the serving
-  signature `mix -> {"sources": ...}` with a symbolic batch unless `batch_size`."""
-  import jax
-  import tensorflow as tf
-  from jax.experimental import jax2tf
-
-  model, channels = engine.model, engine.num_channels
-  length = engine.tiling.input_length
-  leaves, treedef = jax.tree_util.tree_flatten(engine.variables)
-  module = tf.Module()
-  module.weights = [tf.Variable(np.asarray(leaf), trainable=False) for leaf in leaves]
-  apply = jax2tf.convert(
-      lambda leaves, mix: model.apply(jax.tree_util.tree_unflatten(treedef, leaves), mix,
-                                      train=False),
-      polymorphic_shapes=[None, None if batch_size else f"(b, {length}, {channels})"],
-      with_gradient=False)
-
-  @tf.function(autograph=False, input_signature=[
-      tf.TensorSpec([batch_size, length, channels], tf.float32, name="mix")])
-  def serve(mix):
-    return {"sources": apply(module.weights, mix)}
-
-  module.serve = serve
-  tf.saved_model.save(module, str(folder), signatures={"serving_default": serve})
-
-
-def convert_tflite(saved_model: pathlib.Path, float16: bool) -> bytes:
-  """LiteRT's flatbuffer of a fixed-batch SavedModel: the converter legalises the
-  StableHLO inside jax2tf's XlaCallModule to builtin ops (no TF ops needed at run
-  time). float16: weights stored as float16, computed in float32."""
-  import tensorflow as tf
-
-  converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
-  converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-  if float16:
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.target_spec.supported_types = [tf.float16]
-  return converter.convert()
-
-
-def quantize_onnx(path: pathlib.Path) -> None:
-  """ONNX Runtime's dynamic quantisation in place: int8 weights, activations quantised
-  per call."""
-  from onnxruntime.quantization import QuantType, quantize_dynamic
-
-  with audio.atomic_path(path, suffix=".onnx") as temp:
-    quantize_dynamic(str(path), str(temp), weight_type=QuantType.QInt8)
-
-
 def check_output(fmt: str, output: str | os.PathLike, overwrite: bool = False) -> pathlib.Path:
   """`output` as a path if a `fmt` export may be written there, ExportError else: the
   name must fit the format, and what is there already (the model or its metadata) is
@@ -175,15 +91,15 @@ def check_output(fmt: str, output: str | os.PathLike, overwrite: bool = False) -
   if not str(output).strip():  # "" would be the current folder
     raise ExportError("--output is empty: name the file or SavedModel folder to write")
   output = pathlib.Path(output)
-  expected = {"onnx": ".onnx", "tflite": ".tflite", "stablehlo": ".stablehlo"}.get(fmt)
+  expected = exported.FORMATS[fmt].extension
   if expected and output.suffix.lower() != expected:
     raise ExportError(f"--output={output}: a {fmt} export's name ends in {expected}")
-  targets = ([(output, exported.is_export_folder)] if fmt == "saved_model" else
+  targets = ([(output, exported.is_export_folder)] if expected is None else  # a folder
              [(output, None), (exported.metadata_path(output, fmt), None)])
   for path, ours in targets:
     try:
-      audio.check_target(path, ours)
-    except audio.AudioError as e:  # its message starts with the path
+      files.check_target(path, ours)
+    except files.WriteError as e:  # its message starts with the path
       raise ExportError(f"--output={e}" if path == output else f"--output={output}: {e}"
                         ) from None
     if (path.exists() or path.is_symlink()) and not overwrite:
@@ -199,34 +115,28 @@ def export(engine, fmt: str, output: str | os.PathLike, *, config=None,
   An existing export there is replaced only if `overwrite` (see `check_output`).
   Returns the model's path."""
   output = check_output(fmt, output, overwrite)
-  if float16 and fmt != "tflite":
-    raise ExportError("--float16 is for --format=tflite")
-  if int8 and fmt != "onnx":
-    raise ExportError("--int8 is for --format=onnx")
-  if fmt == "tflite":  # a fixed batch (LiteRT's converter refuses a symbolic one)
+  options = {"float16": float16, "int8": int8}  # the `reduced` options of the formats
+  for option, wanted in options.items():
+    owner = next(name for name, f in exported.FORMATS.items() if f.reduced == option)
+    if wanted and fmt != owner:
+      raise ExportError(f"--{option} is for --format={owner}")
+  kind = exported.FORMATS[fmt]
+  if kind.fixed_batch:  # its converter refuses a symbolic batch
     batch_size = batch_size or 1
-  extra = {"onnx": {"opset": OPSET, "weights": "int8" if int8 else "float32"},
-           "tflite": {"weights": "float16" if float16 else "float32"}}.get(fmt, {})
+  reduced = bool(kind.reduced and options[kind.reduced])
+  extra = {**kind.metadata,
+           **({"weights": kind.reduced if reduced else "float32"} if kind.reduced else {})}
   meta = metadata(engine, fmt, config, batch_size, **extra)
   exported.check_metadata(meta, fmt)  # what separation will accept; a failure is a bug here
   text = json.dumps(meta, indent=2) + "\n"
-  if fmt == "saved_model":
-    with audio.atomic_path(output, ours=exported.is_export_folder) as temp:
-      save_saved_model(engine, temp, batch_size)
+  if kind.extension is None:  # a folder, the metadata inside it
+    with files.atomic_path(output, ours=exported.is_export_folder) as temp:
+      kind.write(engine, temp, batch_size, reduced)
       (temp / exported.METADATA_NAME).write_text(text)
     return output
-  with audio.atomic_path(output) as temp:
-    if fmt == "stablehlo":
-      temp.write_bytes(export_stablehlo(engine, batch_size))
-    elif fmt == "onnx":
-      temp.write_bytes(export_onnx(engine, batch_size))
-    else:
-      with tempfile.TemporaryDirectory() as folder:
-        save_saved_model(engine, pathlib.Path(folder) / "saved_model", batch_size)
-        temp.write_bytes(convert_tflite(pathlib.Path(folder) / "saved_model", float16))
-  if int8:
-    quantize_onnx(output)
-  audio.write_text_atomic(exported.metadata_path(output, fmt), text)
+  with files.atomic_path(output, suffix=kind.extension) as temp:  # converters go by it
+    kind.write(engine, temp, batch_size, reduced)
+  files.write_text_atomic(exported.metadata_path(output, fmt), text)
   return output
 
 
@@ -265,7 +175,7 @@ def check_flags(args) -> None:
 
 
 def main(argv: list[str]) -> None:
-  from waveunet_jax import checkpoints, engine as engine_lib, models
+  from waveunet_jax import checkpoints, engine as engine_lib
 
   console.no_arguments(argv)
   args = flags.FLAGS

@@ -1,9 +1,14 @@
-"""Engines for exported models: the `separator.Separator` on ONNX Runtime, LiteRT,
-TensorFlow or a serialised `jax.export` module, with the same tiling, streaming,
-resampling and file handling as on the JAX engine.
+"""Export formats: how each is written (for `export.py`) and the engines that run them,
+the `separator.Separator` on ONNX Runtime, LiteRT, TensorFlow or a serialised
+`jax.export` module, with the same tiling, streaming, resampling and file handling as on
+the JAX engine.
 
   from waveunet_jax import exported, separator
   sep = separator.Separator(exported.load("model.onnx"))   # imports neither JAX nor TF
+
+`FORMATS` is the one registry of formats: a new one is an entry there (its file
+extension, writer, loader and runtime), which `export`, `load` and the command lines
+all follow.
 
 An export is the model file and its metadata (`metadata_path`: `model.onnx.json` beside
 a file, `waveunet_jax.json` inside a SavedModel folder), which holds everything a
@@ -15,7 +20,8 @@ model's real shapes against it, on every load: an edited or foreign export is on
 error naming the file and the field. It imports each runtime only when it loads a
 model of its format: ONNX needs `onnxruntime` alone (`pip install 'waveunet_jax[onnx]'`),
 LiteRT `ai-edge-litert` (`[tflite]`; else TensorFlow's deprecated copy of it),
-StableHLO JAX (`[jax]`), a SavedModel TensorFlow (`[export]`).
+StableHLO JAX (`[jax]`), a SavedModel TensorFlow (`[export]`); writing imports JAX and
+the format's converter the same way.
 """
 
 from __future__ import annotations
@@ -25,14 +31,16 @@ import json
 import os
 import pathlib
 import struct
+import tempfile
+from collections.abc import Mapping
 from typing import Any, Callable
 
 import numpy as np
 
 from waveunet_jax.separator import SeparationError, Tiling
 
-FORMATS = ("stablehlo", "saved_model", "tflite", "onnx")
-EXTENSIONS = {".onnx": "onnx", ".tflite": "tflite", ".stablehlo": "stablehlo"}
+# The ONNX opset of onnx exports.
+OPSET = 17
 METADATA_NAME = "waveunet_jax.json"  # inside a SavedModel folder
 SCHEMA = "waveunet_jax.export/1"
 
@@ -40,17 +48,18 @@ SCHEMA = "waveunet_jax.export/1"
 def format_of(path: str | os.PathLike) -> str:
   """The export format of `path`, from its extension (a folder: a SavedModel)."""
   path = pathlib.Path(path)
-  if path.is_dir():
-    return "saved_model"
-  if path.suffix.lower() in EXTENSIONS:
-    return EXTENSIONS[path.suffix.lower()]
-  raise SeparationError(f"--model={path}: not an export (.onnx, .tflite, .stablehlo or a "
+  for name, fmt in FORMATS.items():
+    if (fmt.extension is None if path.is_dir()
+        else fmt.extension is not None and path.suffix.lower() == fmt.extension):
+      return name
+  extensions = [f.extension for f in FORMATS.values() if f.extension is not None]
+  raise SeparationError(f"--model={path}: not an export ({', '.join(extensions)} or a "
                         "SavedModel folder)")
 
 
 def metadata_path(path: str | os.PathLike, fmt: str | None = None) -> pathlib.Path:
   path = pathlib.Path(path)
-  if (fmt or format_of(path)) == "saved_model":
+  if FORMATS[fmt or format_of(path)].extension is None:  # a folder
     return path / METADATA_NAME
   return path.with_name(path.name + ".json")
 
@@ -209,6 +218,119 @@ def _shape(shape: tuple[int | None, ...]) -> str:
   return "[" + ", ".join("any" if d is None else str(d) for d in shape) + "]"
 
 
+# --------------------------------------------------------------------------- #
+# Writing, for `export.export`: each writer puts the model of an `engine.JaxEngine`
+# at `path` (a file, or a folder for a SavedModel), with a symbolic batch unless
+# `batch_size`; the last argument is the format's `reduced` option.
+# --------------------------------------------------------------------------- #
+
+
+def forward_function(engine):
+  """The network's inference forward pass with its variables as constants."""
+  model, variables = engine.model, engine.variables
+  return lambda mix: model.apply(variables, mix, train=False)
+
+
+def _write_stablehlo(engine, path: pathlib.Path, batch_size: int | None, reduced: bool) -> None:
+  del reduced  # not an option of this format
+  path.write_bytes(_stablehlo_bytes(engine, batch_size))
+
+
+def _stablehlo_bytes(engine, batch_size: int | None) -> bytes:
+  import jax
+  import jax.numpy as jnp
+
+  batch = jax.export.symbolic_shape("batch")[0] if batch_size is None else batch_size
+  shape = (batch, engine.tiling.input_length, engine.num_channels)
+  return jax.export.export(jax.jit(forward_function(engine)))(
+      jax.ShapeDtypeStruct(shape, jnp.float32)).serialize()
+
+
+def _write_onnx(engine, path: pathlib.Path, batch_size: int | None, int8: bool) -> None:
+  """ONNX through jax2onnx at `OPSET`, input `mix`, output `sources`; `int8`: ONNX
+  Runtime's dynamic quantisation of that (int8 weights, activations quantised per
+  call)."""
+  if not int8:
+    path.write_bytes(_onnx_bytes(engine, batch_size))
+    return
+  from onnxruntime.quantization import QuantType, quantize_dynamic
+
+  with tempfile.TemporaryDirectory() as folder:
+    float32 = pathlib.Path(folder) / "float32.onnx"
+    float32.write_bytes(_onnx_bytes(engine, batch_size))
+    quantize_dynamic(str(float32), str(path), weight_type=QuantType.QInt8)
+
+
+def _onnx_bytes(engine, batch_size: int | None) -> bytes:
+  import jax2onnx
+
+  batch = "batch" if batch_size is None else batch_size
+  proto = jax2onnx.to_onnx(
+      forward_function(engine),
+      inputs=[(batch, engine.tiling.input_length, engine.num_channels)],
+      model_name="waveunet", opset=OPSET, input_names=["mix"], output_names=["sources"])
+  return proto.SerializeToString()
+
+
+def _write_saved_model(engine, folder: pathlib.Path, batch_size: int | None,
+                       reduced: bool) -> None:
+  del reduced  # not an option of this format
+  save_saved_model(engine, folder, batch_size)
+
+
+def save_saved_model(engine, folder: pathlib.Path, batch_size: int | None) -> None:
+  """A TensorFlow SavedModel through jax2tf (native serialisation: the network is one
+  XlaCallModule op holding its StableHLO), the weights as TF variables, and the serving
+  signature `mix -> {"sources": ...}` with a symbolic batch unless `batch_size`."""
+  import jax
+  import tensorflow as tf
+  from jax.experimental import jax2tf
+
+  model, channels = engine.model, engine.num_channels
+  length = engine.tiling.input_length
+  leaves, treedef = jax.tree_util.tree_flatten(engine.variables)
+  module = tf.Module()
+  module.weights = [tf.Variable(np.asarray(leaf), trainable=False) for leaf in leaves]
+  apply = jax2tf.convert(
+      lambda leaves, mix: model.apply(jax.tree_util.tree_unflatten(treedef, leaves), mix,
+                                      train=False),
+      polymorphic_shapes=[None, None if batch_size else f"(b, {length}, {channels})"],
+      with_gradient=False)
+
+  @tf.function(autograph=False, input_signature=[
+      tf.TensorSpec([batch_size, length, channels], tf.float32, name="mix")])
+  def serve(mix):
+    return {"sources": apply(module.weights, mix)}
+
+  module.serve = serve
+  tf.saved_model.save(module, str(folder), signatures={"serving_default": serve})
+
+
+def _write_tflite(engine, path: pathlib.Path, batch_size: int | None, float16: bool) -> None:
+  with tempfile.TemporaryDirectory() as folder:
+    save_saved_model(engine, pathlib.Path(folder) / "saved_model", batch_size)
+    path.write_bytes(convert_tflite(pathlib.Path(folder) / "saved_model", float16))
+
+
+def convert_tflite(saved_model: pathlib.Path, float16: bool) -> bytes:
+  """LiteRT's flatbuffer of a fixed-batch SavedModel: the converter legalises the
+  StableHLO inside jax2tf's XlaCallModule to builtin ops (no TF ops needed at run
+  time). float16: weights stored as float16, computed in float32."""
+  import tensorflow as tf
+
+  converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
+  converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+  if float16:
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.target_spec.supported_types = [tf.float16]
+  return converter.convert()
+
+
+# --------------------------------------------------------------------------- #
+# Loading.
+# --------------------------------------------------------------------------- #
+
+
 class ExportedEngine:
   """A `separator.Engine` over an exported model's forward function."""
 
@@ -245,17 +367,11 @@ def load(path: str | os.PathLike, batch_size: int | None = None) -> ExportedEngi
     raise SeparationError(f"--batch_size={batch_size}: {path} was exported for batches of "
                           f"{fixed}")
   batch_size = batch_size or fixed or 1
-  loaders = {"onnx": _onnx, "tflite": _tflite, "saved_model": _saved_model,
-             "stablehlo": _stablehlo}
   try:
-    forward, inputs, outputs = loaders[fmt](path, batch_size)
+    forward, inputs, outputs = FORMATS[fmt].load(path, batch_size)
   except ImportError as e:
-    package = {"onnx": "onnxruntime (pip install 'waveunet_jax[onnx]')",
-               "tflite": "ai-edge-litert (pip install 'waveunet_jax[tflite]')",
-               "saved_model": "tensorflow (pip install 'waveunet_jax[export]')",
-               "stablehlo": "jax (pip install 'waveunet_jax[jax]')"}[fmt]
-    raise SeparationError(f"--model={path}: running a {fmt} export needs {package} ({e})"
-                          ) from None
+    raise SeparationError(f"--model={path}: running a {fmt} export needs "
+                          f"{FORMATS[fmt].runtime} ({e})") from None
   except _Invalid as e:
     raise SeparationError(f"--model={path}: {e}") from None
   except Exception as e:  # each runtime raises its own errors for a file it cannot read
@@ -360,3 +476,37 @@ def _looks_like_flatbuffer(data: bytes) -> bool:
   vtable_size, table_size = struct.unpack_from("<HH", data, vtable)
   return (vtable_size >= 4 and vtable_size % 2 == 0 and vtable + vtable_size <= len(data)
           and 4 <= table_size and root + table_size <= len(data))
+
+
+# --------------------------------------------------------------------------- #
+# The formats.
+# --------------------------------------------------------------------------- #
+
+
+@dataclasses.dataclass(frozen=True)
+class Format:
+  """An export format: its file, how it is written and loaded, and what runs it."""
+
+  extension: str | None  # the model file's name ends in it; None: a folder
+  # (engine, path, batch_size, reduced) -> None: writes the model at `path`.
+  write: Callable[[Any, pathlib.Path, int | None, bool], None]
+  # (path, batch_size) -> (forward, input shapes, output shapes), the shapes as `_dims`.
+  load: Callable[[pathlib.Path, int], tuple[Callable, list, list]]
+  runtime: str  # what loading it needs, for the error when that is missing
+  fixed_batch: bool = False  # its converter takes no symbolic batch: 1 unless given
+  reduced: str | None = None  # the option (and --flag) storing smaller weights
+  metadata: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # extra fields
+
+
+FORMATS = {
+    "stablehlo": Format(".stablehlo", _write_stablehlo, _stablehlo,
+                        "jax (pip install 'waveunet_jax[jax]')"),
+    "saved_model": Format(None, _write_saved_model, _saved_model,
+                          "tensorflow (pip install 'waveunet_jax[export]')"),
+    "tflite": Format(".tflite", _write_tflite, _tflite,
+                     "ai-edge-litert (pip install 'waveunet_jax[tflite]')", fixed_batch=True,
+                     reduced="float16"),
+    "onnx": Format(".onnx", _write_onnx, _onnx,
+                   "onnxruntime (pip install 'waveunet_jax[onnx]')", reduced="int8",
+                   metadata={"opset": OPSET}),
+}

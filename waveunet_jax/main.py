@@ -55,7 +55,7 @@ def main(argv: list[str]) -> None:
   console.import_tensorflow()  # for tf.data, off the accelerators (their memory is JAX's)
   import jax
 
-  from waveunet_jax import checkpoints, models, prepare, train
+  from waveunet_jax import checkpoints, files, models, prepare, train
 
   named = (FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   if FLAGS.distributed or any(v is not None for v in named):
@@ -70,7 +70,7 @@ def main(argv: list[str]) -> None:
   try:
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except (models.ConfigError, prepare.DataError, train.TrainingError,
-          checkpoints.WorkdirError) as e:
+          checkpoints.WorkdirError, files.WriteError) as e:
     sys.exit(f"error: {e}")
   except train.Interrupted as e:
     # 128 + the signal, as a shell reports a program its signal ended.

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 from absl import logging
 
-from waveunet_jax import audio
+from waveunet_jax import audio, files
 
 EXCERPT_SECONDS = 10  # of each track, from the loudest part of its mix
 EXCERPT_INFO = "excerpt.json"  # in a track's excerpt folder, beside the audio files
@@ -91,17 +91,17 @@ def save_excerpts(folder: str | os.PathLike, mix: np.ndarray,
   and the `separator` (its identity) that made the estimates."""
   start, stop = excerpt_span(mix, rate)
   how = EXCERPT_ENCODING
-  files = {}
+  names = {}  # source -> its file's name
   # An earlier excerpt of the track (it holds EXCERPT_INFO) is replaced, nothing else.
-  with audio.atomic_path(folder, ours=lambda f: (f / EXCERPT_INFO).is_file()) as temp:
+  with files.atomic_path(folder, ours=lambda f: (f / EXCERPT_INFO).is_file()) as temp:
     temp.mkdir()
     for name, x in {MIX: mix, **estimates}.items():
       x = np.asarray(x[start:stop], np.float32)
       path = audio.write_audio(temp / f"{name}{audio.FORMATS[how.format].extension}", x,
                                rate, how.format, how.bitrate)
-      files[name] = path.name
+      names[name] = path.name
     info = {"start_seconds": start / rate, "seconds": (stop - start) / rate,
-            "encoding": dataclasses.asdict(how), "files": files, "separator": separator}
+            "encoding": dataclasses.asdict(how), "files": names, "separator": separator}
     (temp / EXCERPT_INFO).write_text(json.dumps(info, indent=2) + "\n")
 
 
@@ -161,7 +161,7 @@ def write(path: str | os.PathLike, summary: Mapping[str, Any], tracks: Sequence[
   """Writes the report to `path` (complete or not at all). `summary`: evaluation's
   summary.json; `statistics`: its aggregate statistics {key: title}, in table order."""
   path = pathlib.Path(path)
-  audio.write_text_atomic(path, render(summary, tracks, statistics, created))
+  files.write_text_atomic(path, render(summary, tracks, statistics, created))
   return path
 
 

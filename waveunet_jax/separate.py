@@ -14,7 +14,7 @@ module lists the inputs, reads them (`audio.open_audio`, the next file decoded w
 on the current one), names and writes the outputs (`audio.AudioWriter`: complete or
 absent) and shows one progress bar for the whole job. From Python:
 
-  separator = Separator.from_workdir("runs/m4")
+  separator = engine.separator_from_workdir("runs/m4")   # waveunet_jax.engine
   stems = separator.separate(audio, rate)     # audio [T, C] or [T] -> {source: [T, C]}
   separate_files(separator, ["album/"], "separated", fmt="flac")
 """
@@ -35,7 +35,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 from absl import app, flags, logging
 
-from waveunet_jax import audio, console, shared_flags
+from waveunet_jax import audio, console, files, shared_flags
 from waveunet_jax.separator import SeparationError, Separator  # noqa: F401 (the API)
 
 DEFAULT_FILENAME = "{track}/{stem}.{ext}"
@@ -152,7 +152,7 @@ def plan_outputs(listed: Sequence[tuple[Job, str | None]], output_dir: str | os.
       try:
         paths = output_paths(job, output_dir, names, fmt, template)
         error = _clash(job, paths, inputs, claimed, template)
-      except ValueError as e:  # audio.AudioError included
+      except ValueError as e:  # files.WriteError included
         error = str(e)
     if error is None:
       claimed.update((os.path.realpath(p), job.path) for p in paths.values())
@@ -175,7 +175,7 @@ def _clash(job: Job, paths: dict[str, pathlib.Path], inputs: set[str],
       return (f"{job.path}: its outputs would go where those of {claimed[real[name]]} go "
               f"({path.parent}); separate it into another --output_dir or name outputs "
               "with --filename")
-    audio.check_target(path)  # a folder where the file goes
+    files.check_target(path)  # a folder where the file goes
   return None
 
 
@@ -190,16 +190,16 @@ def list_jobs(inputs: Sequence[str | os.PathLike], output_dir: str | os.PathLike
   for item in map(pathlib.Path, inputs):
     if item.is_dir():
       inside = skip is not None and item.resolve() in skip.parents
-      files = sorted(
+      found = sorted(
           p for p in item.rglob("*") if p.is_file()
           and not any(part.startswith(".") for part in p.relative_to(item).parts)
           and p.suffix.lower() in audio.AUDIO_EXTENSIONS
           and not (inside and skip in p.resolve().parents))
-      if not files:
+      if not found:
         listed.append((Job(item, pathlib.Path()),
                        f"{item}: no audio files in this folder (extensions "
                        f"{' '.join(audio.AUDIO_EXTENSIONS)})"))
-      listed.extend((Job(f, f.parent.relative_to(item)), None) for f in files)
+      listed.extend((Job(f, f.parent.relative_to(item)), None) for f in found)
     elif item.exists():
       listed.append((Job(item, pathlib.Path()), None))
     else:
@@ -327,7 +327,7 @@ def separate_files(separator: Separator, inputs: Sequence[str | os.PathLike],
       audio.bits_per_second(bitrate)
     except audio.AudioError as e:  # else every output would fail alike
       raise SeparationError(f"--bitrate: {e}") from None
-  audio.check_output_dir(output_dir, "the stems")
+  files.check_output_dir(output_dir, "the stems")
   check_filename(filename)
   clip = clip_mode(clip, fmt)
   names = separator.stem_names(stems)
@@ -341,7 +341,7 @@ def separate_files(separator: Separator, inputs: Sequence[str | os.PathLike],
   for job, paths, error in plan_outputs(list_jobs(inputs, output_dir), output_dir, names,
                                         fmt, filename):
     for path in paths.values():
-      audio.remove_stale_parts(path)  # a killed run's temporaries, whatever is redone
+      files.remove_stale_parts(path)  # a killed run's temporaries, whatever is redone
     plan.append((job, paths, [n for n in paths if overwrite or not paths[n].exists()], error))
   work = [job for job, _, missing, error in plan if error is None and missing]
 
@@ -366,7 +366,7 @@ def separate_files(separator: Separator, inputs: Sequence[str | os.PathLike],
           _separate_one(separator, opened, paths, missing, names, fmt, bitrate, clip, bar)
           outputs += paths.values()
           continue
-        except (SeparationError, audio.AudioError) as e:
+        except (SeparationError, audio.AudioError, files.WriteError) as e:
           error = str(e)
         except KeyboardInterrupt as e:
           # Python's own SIGINT handler names no signal; _sigterm_interrupts does.
@@ -550,9 +550,10 @@ def load_separator(args) -> Separator:
     from waveunet_jax import engine
 
     engine.check_window_seconds(args.window_seconds)  # before the checkpoint loads
-    return Separator.from_workdir(args.workdir, args.checkpoint,
-                                  window_seconds=args.window_seconds, overlap=args.overlap,
-                                  batch_size=args.batch_size, residual_source=residual)
+    return engine.separator_from_workdir(args.workdir, args.checkpoint,
+                                         window_seconds=args.window_seconds,
+                                         overlap=args.overlap, batch_size=args.batch_size,
+                                         residual_source=residual)
   except ModuleNotFoundError as e:  # the base install separates exports only
     line = console.missing_extra("--workdir", "jax", e)
     if line is None:
@@ -581,7 +582,7 @@ def main(argv: list[str]) -> None:
 def _run(inputs: list[str], args) -> list[pathlib.Path]:
   """The program's work: the outputs written; exits with one line for an error."""
   try:
-    audio.check_output_dir(args.output_dir, "the stems")
+    files.check_output_dir(args.output_dir, "the stems")
     check_filename(args.filename)
     clip_mode(args.clip, args.format)
     if args.batch_size is not None and args.batch_size < 1:

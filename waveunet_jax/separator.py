@@ -1,10 +1,12 @@
 """The Separator: whole songs of any length, rate and channel count through a network
 that only takes windows of one fixed shape. Imports neither JAX nor TensorFlow: the
 network is behind an `Engine` (`engine.JaxEngine` runs a Flax model; an exported model
-can be another engine), and all the rest (tiling, streaming, resampling, channels,
+can be another engine; an engine's module builds separators on it, this one never
+imports an engine), and all the rest (tiling, streaming, resampling, channels,
 full band, stem layouts) is shared by every engine.
 
   separator = Separator(engine.JaxEngine.from_workdir("runs/m4"))
+  separator = engine.separator_from_workdir("runs/m4")   # the same, in one call
   stems = separator.separate(audio, rate)                  # {source: [T, C]}
   stems = separator.separate(audio, rate, stems=("vocals", "accompaniment"))
 
@@ -151,27 +153,6 @@ class Separator:
                             f"sources ({', '.join(engine.sources)})")
     self.residual_source = residual_source
     self.clip_difference = clip_difference and engine.output == "difference"
-
-  @classmethod
-  def from_workdir(cls, workdir, checkpoint: str = "best", *, window_seconds=None,
-                   overlap: float = 0.0, batch_size: int | None = None, **kwargs) -> Separator:
-    """The model of a training workdir at `checkpoint` ('best', 'latest' or a step),
-    on the JAX engine (all local devices; `batch_size` None: one window each)."""
-    from waveunet_jax import engine
-
-    return cls(engine.JaxEngine.from_workdir(workdir, checkpoint,
-                                             window_seconds=window_seconds, overlap=overlap,
-                                             batch_size=batch_size), **kwargs)
-
-  @classmethod
-  def from_model(cls, model, variables, sample_rate: int, *, window_seconds=None,
-                 overlap: float = 0.0, batch_size: int | None = None, **kwargs) -> Separator:
-    """A Flax `models.WaveUNet` and its variables, on the JAX engine (all local devices;
-    `batch_size` None: one window each)."""
-    from waveunet_jax import engine
-
-    return cls(engine.JaxEngine(model, variables, sample_rate, window_seconds=window_seconds,
-                                overlap=overlap, batch_size=batch_size), **kwargs)
 
   @property
   def sources(self) -> tuple[str, ...]:

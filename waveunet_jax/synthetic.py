@@ -41,7 +41,7 @@ from typing import Callable, Sequence
 import numpy as np
 from absl import app, flags
 
-from waveunet_jax import audio, console
+from waveunet_jax import audio, console, files
 
 SOURCES = ("vocals", "drums", "bass", "other")
 SAMPLE_RATE = 44100
@@ -760,7 +760,7 @@ def _write_wavs(folder: pathlib.Path, tracks: dict[str, np.ndarray]) -> None:
   """Writes the track into a hidden temporary folder, then renames it (replacing an
   outdated or incomplete earlier version): complete or absent."""
   names = {f"{k}.wav" for k in ("mixture",) + SOURCES}
-  with audio.atomic_path(folder, ours=lambda f: {p.name for p in f.iterdir()} <= names) as temp:
+  with files.atomic_path(folder, ours=lambda f: {p.name for p in f.iterdir()} <= names) as temp:
     temp.mkdir()
     for k in ("mixture",) + SOURCES:
       audio.write_audio(temp / f"{k}.wav", tracks[k], SAMPLE_RATE, fmt="wav16")
@@ -798,7 +798,7 @@ def write_corpus(root: str | os.PathLike, num_train: int, num_test: int, seconds
       tseed = _track_seed(int(seed), split, i)
       name = _track_name(split, i, tseed)
       path = folder / (name + ".stem.mp4" if stems else name)
-      audio.remove_stale_parts(path)  # left behind by a killed run
+      files.remove_stale_parts(path)  # left behind by a killed run
       if not (path.is_file() if stems else _wav_complete(path, frames)):
         (_write_stem_file if stems else _write_wavs)(path, make_track(tseed, seconds))
       paths.append(path)

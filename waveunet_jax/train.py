@@ -60,7 +60,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from jax.experimental import multihost_utils
 
-from waveunet_jax import audio, checkpoints, console, models, parallel
+from waveunet_jax import checkpoints, console, files, models, parallel
 
 
 class TrainingError(RuntimeError):
@@ -354,7 +354,7 @@ class DataIterator:
   def save(self, directory: pathlib.Path) -> None:
     """Writes atomically: into a temporary folder renamed when complete (replacing an
     earlier save of this step, which holds only the iterator's files)."""
-    with audio.atomic_path(directory, ours=lambda f: all(
+    with files.atomic_path(directory, ours=lambda f: all(
         p.name.startswith("iterator.") for p in f.iterdir())) as temp:
       self._checkpoint.write(str(temp / "iterator"))
 
