@@ -50,6 +50,7 @@ class Conv:
   input_shape: tuple[int, ...]  # [B, T_in, C_in]
   output_shape: tuple[int, ...]  # [B, T_out, C_out]
   kernel_size: tuple[int, ...]
+  padding: tuple[tuple[int, int], ...]  # (low, high) zeros per spatial dimension
   flops: float  # forward: 2 x the multiply-adds on the signal, batch included
   input_grad: bool  # whether training computes its input gradient
 
@@ -83,7 +84,8 @@ def _conv_flops(eqn) -> Conv:
   c_in_per_group = rhs.shape[rhs_spec[1]]
   flops = 2.0 * batch * pairs * c_in_per_group * c_out // p["batch_group_count"]
   kernel = tuple(rhs.shape[d] for d in rhs_spec[2:])
-  return Conv(tuple(lhs.shape), tuple(out.shape), kernel, flops, input_grad=False)
+  padding = tuple(tuple(pair) for pair in p["padding"])
+  return Conv(tuple(lhs.shape), tuple(out.shape), kernel, padding, flops, input_grad=False)
 
 
 def _sub_jaxprs(eqn):
