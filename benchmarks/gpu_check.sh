@@ -104,7 +104,7 @@ EOF
   local check=("$PY" "$HERE/benchmarks/gpu_check.py") shallow_batches=2,4,8,16 m4=16,32,64
   local max_batch=${MAX_BATCH:-1024} steps=${STEPS:-10} profile_batch=16
   if [[ -n $SMOKE ]]; then
-    check+=(--smoke); shallow_batches=1,2; m4=1,2; max_batch=4; steps=1; profile_batch=1
+    check+=(--smoke); shallow_batches=1; m4=1; max_batch=2; steps=1; profile_batch=1
   fi
   # XLA_FLAGS are read when the backend starts: one process per autotune level. The
   # autotuner's and rematerialisation's own log lines need their modules' VLOG.
