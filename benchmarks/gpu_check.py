@@ -183,8 +183,10 @@ def op_class(event: dict) -> str:
 
 def summarise_trace(path: pathlib.Path, top: int = 15) -> dict:
   """Busy time per op class, idle share and the top ops of a perfetto trace (JSON):
-  the device's lanes where the trace has any (a GPU or TPU), else the host threads
-  that run XLA's ops (the CPU)."""
+  the device's lanes where the trace has any (a GPU or TPU; on a GPU its CUDA streams'
+  kernels), else the host threads that run XLA's ops (the CPU). Written against the
+  CPU's traces; a GPU's lane names are as TensorBoard's profile plugin shows them,
+  not yet checked on one."""
   opener = gzip.open if path.suffix == ".gz" else open
   with opener(path, "rt") as f:
     events = json.load(f)
@@ -194,6 +196,13 @@ def summarise_trace(path: pathlib.Path, top: int = 15) -> dict:
   device = {pid for pid, name in names.items() if "/device:" in name}
   spans = [e for e in events if e.get("ph") == "X" and "dur" in e
            and (e["pid"] in device if device else True)]
+  # A GPU's lanes also hold "XLA Modules" and "XLA Ops" spans over the same time as
+  # the kernels: keep the CUDA streams' kernels where the trace names its streams.
+  threads = {(e["pid"], e["tid"]): e.get("args", {}).get("name", "") for e in events
+             if e.get("ph") == "M" and e.get("name") == "thread_name" and e.get("pid") in device}
+  streams = {key for key, name in threads.items() if name.lower().startswith("stream")}
+  if streams:
+    spans = [e for e in spans if (e["pid"], e["tid"]) in streams]
   if not device:  # the CPU: XLA's ops (named like HLO), not the runtime's bookkeeping
     spans = [e for e in spans if op_class(e) != "other"
              and re.fullmatch(r"[a-z][a-z0-9_\-]*(\.\d+)?", e.get("name", ""))]

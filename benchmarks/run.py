@@ -42,8 +42,9 @@ Every time is taken after compilation and a warm-up call. The figures:
   a fraction of a millisecond there, its dispatch a large share of it). The largest
   batch is searched from a guess (the batch of the train figures' compiled memory,
   scaled to the device's memory limit), doubling while a step runs and halving while
-  it does not, so a few compiles instead of one per power of two. Never run on a GPU
-  yet: none was lent when this was written; on a CPU the path runs
+  it does not, so a few compiles instead of one per power of two. On an H200 the search
+  ran out of its time limit (README, *On a GPU*; `gpu_check.py train --largest`
+  searches on compiled memory instead); on a CPU the path runs
   (`--quick --accelerator_figures --max_batch=2`), its figures mean nothing there.
 
 --smoke runs every part on tiny networks (`shallow.py:smoke` on 8192 samples and a
@@ -312,7 +313,9 @@ def separation_figures(config, reps: int, e2e_seconds: float | None, tmp: pathli
   """Model-only figures, and end-to-end ones unless `e2e_seconds` is None."""
   sep = make_separator(config)
   t, rate = sep.tiling, config.data.sample_rate
-  window = jnp.asarray(np.resize(song(60.0)[::2], (1, t.input_length, 2)))  # any audio
+  # Any audio: a window's worth of a synthetic song (at 44.1 kHz, every second sample).
+  window = jnp.asarray(np.resize(song(min(60.0, 2 * t.input_length / FILE_RATE + 1))[::2],
+                                 (1, t.input_length, 2)))
   forward = sep.engine._forward.lower(sep.engine.variables, window).compile()
   jax.block_until_ready(forward(sep.engine.variables, window))  # warm-up
   window_s = best_time(lambda: forward(sep.engine.variables, window), reps)

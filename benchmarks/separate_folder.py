@@ -51,7 +51,8 @@ def main() -> None:
   config = run.get_config(args.model, args.smoke)
   sep = run.make_separator(config)
   t, rate = sep.tiling, config.data.sample_rate
-  window = jnp.asarray(np.resize(run.song(60.0)[::2], (1, t.input_length, 2)))
+  window = jnp.asarray(np.resize(run.song(min(60.0, 2 * t.input_length / run.FILE_RATE + 1))[::2],
+                                 (1, t.input_length, 2)))
   forward = sep.engine._forward.lower(sep.engine.variables, window).compile()
   jax.block_until_ready(forward(sep.engine.variables, window))
   window_s = run.best_time(lambda: forward(sep.engine.variables, window), args.reps)

@@ -19,7 +19,8 @@ BENCHMARKS = ROOT / "benchmarks"
 def env():
   """The tests' environment (CPU, XLA's quick compiles, the session's compilation
   cache), with one CPU device: the scripts time one device."""
-  return {**os.environ, "PYTHONPATH": str(ROOT), "XLA_FLAGS": "--xla_backend_optimization_level=0"}
+  return {**os.environ, "PYTHONPATH": str(ROOT), "XLA_FLAGS": "--xla_backend_optimization_level=0",
+          "PYTHON": sys.executable}  # gpu_check.sh's Python
 
 
 # Runs scripts one after the other in one process, each through its real `main` as
@@ -50,7 +51,6 @@ def run_scripts(*commands, cwd=ROOT) -> dict[str, str]:
     if not section.startswith("took"):
       name = pathlib.Path(section.split()[0]).name
       outputs[name] = section
-  print(done.stdout.count("=== took"), [line for line in done.stdout.splitlines() if line.startswith("=== ")])
   assert len(outputs) == len(commands), list(outputs)
   return outputs
 
