@@ -72,7 +72,7 @@ def main() -> None:
     config = checkpoints.load_config(args.workdir)
   else:
     config = run.get_config("deep M4", args.smoke)
-    jax_engine = run.make_separator(config).engine
+    jax_engine = run.make_separator(config, args.smoke).engine
   if args.musdb_root:
     track = evaluate.split_tracks(args.musdb_root, "test", True)[0]
     stems, rate = prepare.read_stems(track)

@@ -27,7 +27,7 @@
 # Writes $OUT/{log,*.stderr.log,env.txt,*.json} ($OUT: the device tool's folder;
 # elsewhere /tmp/gpu_check_out). A part cut short keeps what it printed (its RESULT
 # lines). Knobs (environment, defaults):
-#   BUDGET_S=530 SHALLOW_AUTOTUNE=0 MAX_BATCH=1024 STEPS=10 PROFILE_STEPS=5
+#   BUDGET_S=500 SHALLOW_AUTOTUNE=0 MAX_BATCH=1024 STEPS=10 PROFILE_STEPS=5
 #   COMPILE_MAX_S=90 TRAIN_MAX_S=110 PROFILE_MAX_S=50 CACHE_MAX_S=80
 #   RUN_PRECISION= PRECISION_CONFIGS=shallow:smoke PRECISION_STEPS=200 PRECISION_MAX_S=150
 #   RUN_RUNPY= RUN_MODELS="deep M4,shallow" TRAIN_STEPS=20 RUN_FLAGS= RUN_MAX_S=200
@@ -40,7 +40,7 @@ PY=${PYTHON:-python3}
 SITE=${SITE:-/tmp/site}
 SMOKE=
 if [[ ${1:-} == --smoke ]]; then SMOKE=--smoke; fi
-BUDGET_S=${BUDGET_S:-530}
+BUDGET_S=${BUDGET_S:-500}
 MIN_PART_S=${MIN_PART_S:-30}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-1}
@@ -102,9 +102,10 @@ EOF
   } | tee "$OUT/env.txt"
 
   local check=("$PY" "$HERE/benchmarks/gpu_check.py") shallow_batches=2,4,8,16 m4=16,32,64
-  local max_batch=${MAX_BATCH:-1024} steps=${STEPS:-10} profile_batch=16
-  if [[ -n $SMOKE ]]; then
+  local max_batch=${MAX_BATCH:-1024} steps=${STEPS:-10} profile_batch=16 shallow=shallow
+  if [[ -n $SMOKE ]]; then  # the tiny M4 compiles fastest: the shallow parts' code paths
     check+=(--smoke); shallow_batches=1; m4=1; max_batch=2; steps=1; profile_batch=1
+    shallow="deep M4"
   fi
   # XLA_FLAGS are read when the backend starts: one process per autotune level. The
   # autotuner's and rematerialisation's own log lines need their modules' VLOG.
@@ -113,14 +114,14 @@ EOF
     local flags=${XLA_FLAGS:-}
     [[ $level != default ]] && flags="$flags --xla_gpu_autotune_level=$level"
     XLA_FLAGS="$flags" TF_CPP_MIN_LOG_LEVEL=0 TF_CPP_VMODULE=$vlog \
-      step "compile shallow autotune $level" "${COMPILE_MAX_S:-90}" "${check[@]}" compile \
-      --config=shallow --batches=$shallow_batches
-    xla_lines "compile shallow autotune $level"
+      step "compile $shallow autotune $level" "${COMPILE_MAX_S:-90}" "${check[@]}" compile \
+      --config="$shallow" --batches=$shallow_batches
+    xla_lines "compile $shallow autotune $level"
   done
   local tune=${SHALLOW_AUTOTUNE:-0} flags=${XLA_FLAGS:-}
   [[ $tune != default ]] && flags="$flags --xla_gpu_autotune_level=$tune"
-  XLA_FLAGS="$flags" step "train shallow float32" "${TRAIN_MAX_S:-110}" "${check[@]}" train \
-    --config=shallow --batches=$([[ -n $SMOKE ]] && echo 1 || echo 8,16) --steps=$steps
+  XLA_FLAGS="$flags" step "train $shallow float32" "${TRAIN_MAX_S:-110}" "${check[@]}" train \
+    --config="$shallow" --batches=$([[ -n $SMOKE ]] && echo 1 || echo 8,16) --steps=$steps
   step "train M4 bfloat16" "${TRAIN_MAX_S:-110}" "${check[@]}" train --config="deep M4" \
     --dtype=bfloat16 --batches=$m4 --largest=$max_batch --steps=$steps
   step "profile M4 bfloat16" "${PROFILE_MAX_S:-50}" "${check[@]}" profile --config="deep M4" \

@@ -304,14 +304,18 @@ def write_wav(path: pathlib.Path, seconds: float) -> None:
       left -= len(block)
 
 
-def make_separator(config) -> separate.Separator:
+def make_separator(config, smoke: bool = False) -> separate.Separator:
+  """The config's network at random weights on the JAX engine; with `smoke`, 2 s
+  windows instead of the default 30 s."""
   model = models.from_config(config)
-  return separate.Separator.from_model(model, init_variables(model), config.data.sample_rate)
+  return separate.Separator.from_model(model, init_variables(model), config.data.sample_rate,
+                                       window_seconds=2.0 if smoke else None)
 
 
-def separation_figures(config, reps: int, e2e_seconds: float | None, tmp: pathlib.Path) -> dict:
+def separation_figures(config, reps: int, e2e_seconds: float | None, tmp: pathlib.Path,
+                       smoke: bool = False) -> dict:
   """Model-only figures, and end-to-end ones unless `e2e_seconds` is None."""
-  sep = make_separator(config)
+  sep = make_separator(config, smoke)
   t, rate = sep.tiling, config.data.sample_rate
   # Any audio: a window's worth of a synthetic song (at 44.1 kHz, every second sample).
   window = jnp.asarray(np.resize(song(min(60.0, 2 * t.input_length / FILE_RATE + 1))[::2],
@@ -343,7 +347,7 @@ def separation_figures(config, reps: int, e2e_seconds: float | None, tmp: pathli
 
 def child_separate(name: str, wav: str, out: str, smoke: bool) -> None:
   """Run in a fresh process by `peak_memory`: separates one file, prints its time."""
-  sep = make_separator(get_config(name, smoke))
+  sep = make_separator(get_config(name, smoke), smoke)
   start = time.perf_counter()
   separate.separate_files(sep, [wav], out, overwrite=True)
   # VmHWM is this process image's own peak: the rusage of a child forked from a big
@@ -558,7 +562,7 @@ def main() -> None:
                                     if k not in ("float32", "bfloat16")}, flush=True)
       e2e_seconds = (None if args.skip_e2e else 2.0 if smoke else 25.0 if quick
                      else SONG_SECONDS)
-      out["separate"] = separation_figures(config_of(), reps, e2e_seconds, tmp)
+      out["separate"] = separation_figures(config_of(), reps, e2e_seconds, tmp, smoke)
       print(name, "separate", out["separate"], flush=True)
     # tf.data last: its threads must not run beside the timings above.
     for name in [] if args.skip_pipeline else model_names:

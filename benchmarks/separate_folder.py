@@ -49,7 +49,7 @@ def main() -> None:
   if args.smoke:
     args.songs, args.seconds, args.reps = 2, (1.0, 2.0), 1
   config = run.get_config(args.model, args.smoke)
-  sep = run.make_separator(config)
+  sep = run.make_separator(config, args.smoke)
   t, rate = sep.tiling, config.data.sample_rate
   window = jnp.asarray(np.resize(run.song(min(60.0, 2 * t.input_length / run.FILE_RATE + 1))[::2],
                                  (1, t.input_length, 2)))
