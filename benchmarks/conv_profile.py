@@ -3,15 +3,16 @@ of the network timed alone, against the whole compiled computation.
 
   python benchmarks/conv_profile.py --config=shallow --mode=train --batch=1
   python benchmarks/conv_profile.py --config="deep M4" --mode=separate
+  python benchmarks/conv_profile.py --smoke     # a tiny network: that it runs (CI)
 
 XLA:CPU runs convolutions asynchronously, so its trace (jax.profiler) shows when a
 convolution was launched, not how long it ran. This script times each one instead:
-it records the input shape, kernel and padding of every conv of `models.WaveUNet`
-at the benchmark's sizes (`benchmarks/run.py`: the config's training lengths, or the
+it takes the input shape, kernel and padding of every conv of `models.WaveUNet`
+(`flops.convs`) at the benchmark's sizes (`benchmarks/run.py`: the config's training lengths, or the
 Separator's default window at batch 1), compiles that conv alone, and times it
 (`--mode=train` also times its two backward convs: the gradients with respect to the
-input and to the kernel). Each line gives milliseconds and GFLOP/s (XLA's cost
-analysis); the last lines compare the sum over all convs with the whole step or
+input and to the kernel). Each line gives milliseconds and GFLOP/s (`flops.py`'s
+count: the same multiply-adds for a conv and each of its gradients); the last lines compare the sum over all convs with the whole step or
 window, whose remainder is everything else (normalisation, activations, resampling,
 concatenation, the loss and the optimiser), and with the machine's matmul.
 """
@@ -25,46 +26,31 @@ import sys
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import run  # noqa: E402  (benchmarks/run.py)
 
-import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from waveunet_jax import engine, models  # noqa: E402
+from waveunet_jax import engine, flops, models  # noqa: E402
 
 
-def conv_shapes(model: models.WaveUNet, variables, input_shape) -> list[tuple]:
-  """(input shape, kernel size, features, padding) of every nn.Conv, in call order."""
-  shapes, call = [], nn.Conv.__call__
-
-  def recording(self, x):
-    shapes.append((tuple(x.shape), self.kernel_size[0], self.features, self.padding))
-    return call(self, x)
-
-  nn.Conv.__call__ = recording
-  try:
-    jax.eval_shape(lambda v, x: model.apply(v, x), variables,
-                   jax.ShapeDtypeStruct(input_shape, jnp.float32))
-  finally:
-    nn.Conv.__call__ = call
-  return shapes
-
-
-def conv_timings(shape, kernel: int, features: int, padding: str, train: bool, reps: int):
-  """[(seconds, flops)] of the conv, and with `train` of its input and kernel gradients."""
+def conv_timings(conv: flops.Conv, train: bool, reps: int) -> list[tuple[float, float]]:
+  """[(seconds, flops)] of the conv, and with `train` of its input and kernel gradients
+  (each the conv's own multiply-adds)."""
+  shape, (kernel,), features = conv.input_shape, conv.kernel_size, conv.output_shape[-1]
+  padding = conv.padding
   x, w = jnp.ones(shape), jnp.ones((kernel, shape[-1], features))
-  conv = lambda x, w: jax.lax.conv_general_dilated(x, w, (1,), padding,
-                                                   dimension_numbers=("NWC", "WIO", "NWC"))
-  y = jax.eval_shape(conv, x, w)
+  op = lambda x, w: jax.lax.conv_general_dilated(x, w, (1,), padding,
+                                                 dimension_numbers=("NWC", "WIO", "NWC"))
+  y = jax.eval_shape(op, x, w)
   y = jnp.ones(y.shape)
-  parts = [(jax.jit(conv), (x, w))]
+  parts = [(jax.jit(op), (x, w))]
   if train:
-    parts += [(jax.jit(lambda g: jax.vjp(lambda x: conv(x, w), x)[1](g)), (y,)),
-              (jax.jit(lambda g: jax.vjp(lambda w: conv(x, w), w)[1](g)), (y,))]
+    parts += [(jax.jit(lambda g: jax.vjp(lambda x: op(x, w), x)[1](g)), (y,)),
+              (jax.jit(lambda g: jax.vjp(lambda w: op(x, w), w)[1](g)), (y,))]
   out = []
   for fn, args in parts:
     compiled = fn.lower(*args).compile()
     jax.block_until_ready(compiled(*args))
-    out.append((run.best_time(lambda: compiled(*args), reps), run.flops_of(compiled)))
+    out.append((run.best_time(lambda: compiled(*args), reps), conv.flops))
   return out
 
 
@@ -75,13 +61,13 @@ def whole(config, mode: str, batch: int, reps: int) -> tuple[float, float, tuple
     step, state, data, _ = run.compiled_train_step(config, batch)
     one_step = run.step_runner(step, state, data)
     jax.block_until_ready(one_step())
-    return run.best_time(one_step, reps), run.flops_of(step), tuple(data["mix"].shape)
+    return run.best_time(one_step, reps), flops.train_step(config, batch), tuple(data["mix"].shape)
   sep = engine.separator_from_model(model, run.init_variables(model), config.data.sample_rate)
   window = jnp.zeros((1, sep.tiling.input_length, model.num_channels))
   forward = sep.engine._forward.lower(sep.engine.variables, window).compile()
   jax.block_until_ready(forward(sep.engine.variables, window))
-  return (run.best_time(lambda: forward(sep.engine.variables, window), reps), run.flops_of(forward),
-          tuple(window.shape))
+  return (run.best_time(lambda: forward(sep.engine.variables, window), reps),
+          flops.forward(model, 1, sep.tiling.input_length), tuple(window.shape))
 
 
 def main() -> None:
@@ -90,11 +76,15 @@ def main() -> None:
   parser.add_argument("--mode", default="train", choices=("train", "separate"))
   parser.add_argument("--batch", type=int, default=1, help="training batch (train mode)")
   parser.add_argument("--reps", type=int, default=2, help="timings per figure, best kept")
+  parser.add_argument("--smoke", action="store_true",
+                      help="a tiny network of the config's design, one timing: that it runs")
   args = parser.parse_args()
+  if args.smoke:
+    args.reps = 1
   from waveunet_jax import console
 
   console.setup()  # this project's log lines only
-  config = run.CONFIGS[args.config]()
+  config = run.get_config(args.config, args.smoke)
   model = models.from_config(config)
   train = args.mode == "train"
   step_s, step_flops, input_shape = whole(config, args.mode, args.batch, args.reps)
@@ -102,22 +92,22 @@ def main() -> None:
   print(f"{args.config}, {args.mode}, input {input_shape}; per conv: ms, GFLOP/s of "
         + ", ".join(parts))
   totals = [[0.0, 0.0] for _ in parts]
-  for shape, kernel, features, padding in conv_shapes(model, run.init_variables(model),
-                                                      input_shape):
-    timings = conv_timings(shape, kernel, features, padding, train, args.reps)
-    for total, (seconds, flops) in zip(totals, timings):
+  for conv in flops.convs(model, input_shape[0], input_shape[1]):
+    timings = conv_timings(conv, train, args.reps)
+    for total, (seconds, count) in zip(totals, timings):
       total[0] += seconds
-      total[1] += flops
-    print(f"  {str(shape):>20} k={kernel:<3d} -> {features:<4d}"
+      total[1] += count
+    print(f"  {str(conv.input_shape):>20} k={conv.kernel_size[0]:<3d} -> {conv.output_shape[-1]:<4d}"
           + "".join(f"  {s * 1e3:8.1f} ms {f / s / 1e9:6.1f}" for s, f in timings), flush=True)
   conv_s, conv_flops = sum(t[0] for t in totals), sum(t[1] for t in totals)
-  for name, (seconds, flops) in zip(parts, totals):
-    print(f"{name:>12}: {seconds:7.3f} s  {flops / seconds / 1e9:6.1f} GFLOP/s")
+  for name, (seconds, count) in zip(parts, totals):
+    print(f"{name:>12}: {seconds:7.3f} s  {count / seconds / 1e9:6.1f} GFLOP/s")
   print(f"{'all convs':>12}: {conv_s:7.3f} s  {conv_flops / conv_s / 1e9:6.1f} GFLOP/s, "
         f"{conv_flops / step_flops:.1%} of the FLOPs")
   print(f"{'whole ' + args.mode:>12}: {step_s:7.3f} s  {step_flops / step_s / 1e9:6.1f} GFLOP/s; "
         f"all convs alone take {conv_s / step_s:.0%} of its time")
-  print(f"{'matmul':>12}: {run.matmul_flops() / 1e9:.1f} GFLOP/s (4096^3 float32)")
+  n = 256 if args.smoke else 4096
+  print(f"{'matmul':>12}: {run.matmul_flops(n=n) / 1e9:.1f} GFLOP/s ({n}^3 float32)")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
   python benchmarks/export.py --workdir=runs/m4 --musdb_root=corpus --tracks=3
   python benchmarks/export.py                     # deep M4 at random weights: speed only
+  python benchmarks/export.py --smoke             # a tiny M4, 2 s of audio: that it runs
 
 Exports the model (a workdir's best checkpoint, or M4 at random weights) to every
 format at the separator's default window and batch 1, plus the reduced precisions
@@ -60,15 +61,19 @@ def main() -> None:
   parser.add_argument("--tracks", type=int, default=2)
   parser.add_argument("--seconds", type=float, default=30.0)
   parser.add_argument("--reps", type=int, default=3)
+  parser.add_argument("--smoke", action="store_true",
+                      help="a tiny network of M4's design (no --workdir), 2 s, one timing")
   args = parser.parse_args()
+  if args.smoke:
+    args.seconds, args.reps = 2.0, 1
   if args.workdir:
     from waveunet_jax import checkpoints
 
     jax_engine = engine.JaxEngine.from_workdir(args.workdir)
     config = checkpoints.load_config(args.workdir)
   else:
-    config = run.CONFIGS["deep M4"]()
-    jax_engine = run.make_separator(config).engine
+    config = run.get_config("deep M4", args.smoke)
+    jax_engine = run.make_separator(config, args.smoke).engine
   if args.musdb_root:
     track = evaluate.split_tracks(args.musdb_root, "test", True)[0]
     stems, rate = tracks_lib.read_stems(track)

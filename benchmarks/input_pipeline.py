@@ -1,6 +1,7 @@
 """Training-input throughput: examples/s and audio seconds/s of input_pipeline.
 
   python benchmarks/input_pipeline.py [--tracks 6 --seconds 60 --batches 30] [--batch 16]
+  python benchmarks/input_pipeline.py --smoke     # tiny networks, 2 s tracks: that it runs
 
 Makes a synthetic corpus (MUSDB18-HQ layout, 44.1 kHz), prepares it for the shallow
 and the deep (M4) configs at their training lengths, then times training batches
@@ -18,9 +19,11 @@ import tempfile
 import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 import tensorflow as tf  # noqa: E402
 
+import run  # noqa: E402  (benchmarks/run.py: the configs and their tiny versions)
 from experiments import deep, shallow  # noqa: E402
 from waveunet_jax import input_pipeline, prepare, synthetic  # noqa: E402
 
@@ -34,7 +37,11 @@ def main() -> None:
   parser.add_argument("--seconds", type=float, default=60.0, help="length of each track")
   parser.add_argument("--batches", type=int, default=30, help="batches to time per config")
   parser.add_argument("--batch", type=int, help="batch size for both configs (default: 8 and 16)")
+  parser.add_argument("--smoke", action="store_true",
+                      help="tiny networks (run.py's), 2 tracks of 3 s, 2 batches of 2")
   args = parser.parse_args()
+  if args.smoke:
+    args.tracks, args.seconds, args.batches, args.batch = 1, 3.0, 2, 2
   tf.config.set_visible_devices([], "GPU")
   with tempfile.TemporaryDirectory() as tmp:
     root = pathlib.Path(tmp) / "musdb"
@@ -47,7 +54,7 @@ def main() -> None:
     print(f"{'config':<10} {'batch':>5} {'prepare s':>9} {'examples/s':>10} {'audio s/s':>10}")
     for name, (get_config, batch_size) in CONFIGS.items():
       batch_size = args.batch or batch_size
-      config = get_config()
+      config = run.smoke_config(name) if args.smoke else get_config()
       config.data.data_dir = str(pathlib.Path(tmp) / "data")
       start = time.perf_counter()
       prepare.prepare(config, root, config.data.data_dir, wav=True, valid_tracks=valid)

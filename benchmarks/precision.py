@@ -2,7 +2,7 @@
 
   python benchmarks/precision.py                             # shallow:smoke, 200 steps
   python benchmarks/precision.py --configs=shallow:smoke,deep:M4 --json=OUT.json
-  python benchmarks/precision.py --steps=3                   # only that it runs (CPU)
+  python benchmarks/precision.py --smoke    # 3 steps, one short track: that it runs (CI)
 
 For each config (`MODULE[:VARIANT]` of experiments/, e.g. `shallow:smoke`, `deep:M4`)
 trains twice, `config.model.dtype` float32 then bfloat16, from the same initial
@@ -194,7 +194,11 @@ def main() -> int:
   parser.add_argument("--tolerance", type=float, default=0.10,
                       help="largest |bfloat16 - float32| / float32 of the final loss")
   parser.add_argument("--json", help="also write the figures to this file")
+  parser.add_argument("--smoke", action="store_true",
+                      help="3 steps on one short track (default config): that it runs")
   args = parser.parse_args()
+  if args.smoke:
+    args.steps, args.tracks, args.seconds = 3, 1, 2.0
   if args.steps < 1:
     parser.error("--steps must be at least 1")
   from waveunet_jax import console

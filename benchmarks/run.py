@@ -3,6 +3,7 @@
   python benchmarks/run.py            # full: ~20 min on 2 CPU cores
   python benchmarks/run.py --quick    # a few minutes: batch 1, fewer steps, short audio
   python benchmarks/run.py --json OUT.json
+  python benchmarks/run.py --smoke    # every part on tiny networks: that it runs (CI)
 
 Models are randomly initialised (speed does not depend on training); audio is
 synthetic (`synthetic.make_track`, one 60 s track repeated to the length needed).
@@ -11,15 +12,17 @@ Every time is taken after compilation and a warm-up call. The figures:
 * matmul FLOP/s: best time of a jitted 4096x4096 @ 4096x4096 float32 matmul, at the
   start and the end of the run; every "% of matmul" below divides by it. It is a
   practical reference, not a bound: XLA:CPU's convolutions can beat its matmul.
-* train: steps/s of the jitted train step (`train.train_step`, the config's
-  optimiser, donated state) on random batches of the stated size at the config's
-  training lengths (`models.lengths`); audio s/s = steps/s x batch x output samples /
-  rate (the whole output, not only the loss's central crop); FLOP/s = XLA cost
-  analysis flops of the compiled step / step time.
+* train: steps/s of the jitted train step training runs (`train.jit_steps` on a
+  one-device mesh: the config's optimiser, donated state) on random batches of the
+  stated size at the config's training lengths (`models.lengths`); audio s/s =
+  steps/s x batch x output samples / rate (the whole output, not only the loss's
+  central crop); FLOP/s = the step's FLOPs (`flops.train_step`, the same count on
+  every backend: never a GPU cost analysis, which counts convolutions as -1) / step
+  time, also as a share of the device's dense peak (`accelerators.py`; none on a CPU).
 * separate, model only: the Separator's jitted forward (batch 1, default window) on
   one window at the model's rate, timed; audio s/s = song seconds / (windows the
   song needs x time per window), for a 3-minute song (the last window is padded).
-  FLOP/s = cost analysis flops of that forward / its time. recomputed share:
+  FLOP/s = `flops.forward` of that window / its time. recomputed share:
   `tiling(...).recomputed_share`, the input samples computed again as context.
 * separate, end to end: `separate.separate_files` on a 44.1 kHz stereo 16-bit wav
   (3 min; 25 s, one window, with --quick): decode, resample to the model's rate,
@@ -39,9 +42,14 @@ Every time is taken after compilation and a warm-up call. The figures:
   a fraction of a millisecond there, its dispatch a large share of it). The largest
   batch is searched from a guess (the batch of the train figures' compiled memory,
   scaled to the device's memory limit), doubling while a step runs and halving while
-  it does not, so a few compiles instead of one per power of two. Never run on a GPU
-  yet: none was lent when this was written; on a CPU the path runs
+  it does not, so a few compiles instead of one per power of two. On an H200 the search
+  ran out of its time limit (README, *On a GPU*; `gpu_check.py train --largest`
+  searches on compiled memory instead); on a CPU the path runs
   (`--quick --accelerator_figures --max_batch=2`), its figures mean nothing there.
+
+--smoke runs every part on tiny networks (`shallow.py:smoke` on 8192 samples and a
+4-level M4), one step or timing each, 2 s of audio, a 3 s corpus and a few seconds of
+peak-memory runs: it checks that the script runs (CI does), its figures mean nothing.
 
 Parts can be left out: --skip_pipeline (needs TensorFlow), --skip_memory (peak RSS
 of fresh processes, a CPU figure), --skip_e2e (the end-to-end separation, which needs
@@ -73,9 +81,29 @@ import numpy as np  # noqa: E402
 from experiments import deep, shallow  # noqa: E402
 import optax  # noqa: E402
 
-from waveunet_jax import engine, models, separate, synthetic, train  # noqa: E402
+from waveunet_jax import engine, flops, models, parallel, separate, synthetic, train  # noqa: E402
 
 CONFIGS = {"shallow": shallow.get_config, "deep M4": lambda: deep.get_config("M4")}
+
+
+def smoke_config(name: str):
+  """A tiny network of the same design as CONFIGS[name], for --smoke."""
+  if name == "shallow":
+    config = shallow.get_config("smoke")
+    config.data.output_length, config.loss.central_length = 8192, 4096
+    return config
+  config = CONFIGS[name]()
+  levels = 4
+  config.model.features = tuple(8 * (i + 1) for i in range(levels))
+  config.model.bottleneck_features = 8 * (levels + 1)
+  for field in ("down_kernel_sizes", "up_kernel_sizes", "downsampling_factors"):
+    config.model[field] = tuple(config.model[field][:levels])
+  config.data.output_length = 1024
+  return config
+
+
+def get_config(name: str, smoke: bool = False):
+  return smoke_config(name) if smoke else CONFIGS[name]()
 FILE_RATE = 44100
 SONG_SECONDS = 180.0
 
@@ -131,11 +159,6 @@ def device_memory_limit() -> int | None:
   return (stats or {}).get("bytes_limit")
 
 
-def flops_of(compiled) -> float:
-  cost = compiled.cost_analysis()
-  return (cost[0] if isinstance(cost, (list, tuple)) else cost)["flops"]
-
-
 def init_variables(model: models.WaveUNet, seed: int = 0):
   x = jnp.zeros((1, models.lengths(model, 1).input_length, model.num_channels))
   return jax.jit(model.init)(jax.random.key(seed), x)
@@ -147,19 +170,19 @@ def init_variables(model: models.WaveUNet, seed: int = 0):
 
 
 def compiled_train_step(config, batch_size: int):
+  """The train step training runs (`train.jit_steps`, on this process's first device),
+  compiled for `batch_size`, with a state and a random batch for it."""
   model = models.from_config(config)
   size = models.lengths(model, config.data.output_length)
   state = train.create_state(config, model, optax.identity())
   tx = train.make_optimizer(config, config.optim.learning_rate, state.params)
   state = state.replace(opt_state=tx.init(state.params))
+  step, _ = train.jit_steps(config, model, tx, parallel.data_parallel(jax.local_devices()[:1]))
   rng = np.random.default_rng(0)
   c, s = model.num_channels, model.num_sources
   batch = {"mix": jnp.asarray(rng.uniform(-.5, .5, (batch_size, size.input_length, c)), jnp.float32),
            "sources": jnp.asarray(rng.uniform(-.5, .5, (batch_size, s, size.output_length, c)),
                                   jnp.float32)}
-  step = jax.jit(functools.partial(
-      train.train_step, model=model, tx=tx, scale=config.loss.scale,
-      crop=train.loss_crop(config, size.output_length)), donate_argnums=0)
   return step.lower(state, batch).compile(), state, batch, size
 
 
@@ -186,11 +209,13 @@ def train_figures(config, batch_size: int, steps: int) -> dict:
     metrics = one_step()
   jax.block_until_ready(metrics)
   step_s = (time.perf_counter() - start) / steps
-  flops = flops_of(step)
-  return {"batch": batch_size, "steps": steps, "compile_s": compile_s, "step_s": step_s,
-          "steps_per_s": 1 / step_s,
+  step_flops = flops.train_step(config, batch_size)
+  return {"batch": batch_size, "steps": steps, "dtype": config.model.dtype,
+          "compile_s": compile_s, "step_s": step_s, "steps_per_s": 1 / step_s,
           "audio_s_per_s": batch_size * size.output_length / config.data.sample_rate / step_s,
-          "step_gflop": flops / 1e9, "flops_per_s": flops / step_s,
+          "step_gflop": step_flops / 1e9, "flops_per_s": step_flops / step_s,
+          "peak_share": flops.utilisation(step_flops / step_s, jax.devices()[0].device_kind,
+                                          config.model.dtype),
           "compiled_bytes": compiled_bytes(step)}
 
 
@@ -279,25 +304,33 @@ def write_wav(path: pathlib.Path, seconds: float) -> None:
       left -= len(block)
 
 
-def make_separator(config) -> separate.Separator:
+def make_separator(config, smoke: bool = False) -> separate.Separator:
+  """The config's network at random weights on the JAX engine; with `smoke`, 2 s
+  windows instead of the default 30 s."""
   model = models.from_config(config)
-  return engine.separator_from_model(model, init_variables(model), config.data.sample_rate)
+  return engine.separator_from_model(model, init_variables(model), config.data.sample_rate,
+                                     window_seconds=2.0 if smoke else None)
 
 
-def separation_figures(config, reps: int, e2e_seconds: float | None, tmp: pathlib.Path) -> dict:
+def separation_figures(config, reps: int, e2e_seconds: float | None, tmp: pathlib.Path,
+                       smoke: bool = False) -> dict:
   """Model-only figures, and end-to-end ones unless `e2e_seconds` is None."""
-  sep = make_separator(config)
+  sep = make_separator(config, smoke)
   t, rate = sep.tiling, config.data.sample_rate
-  window = jnp.asarray(np.resize(song(60.0)[::2], (1, t.input_length, 2)))  # any audio
+  # Any audio: a window's worth of a synthetic song (at 44.1 kHz, every second sample).
+  window = jnp.asarray(np.resize(song(min(60.0, 2 * t.input_length / FILE_RATE + 1))[::2],
+                                 (1, t.input_length, 2)))
   forward = sep.engine._forward.lower(sep.engine.variables, window).compile()
   jax.block_until_ready(forward(sep.engine.variables, window))  # warm-up
   window_s = best_time(lambda: forward(sep.engine.variables, window), reps)
   song_windows = lambda seconds: -(-(round(seconds * rate) + t.overlap) // t.hop)
   windows = song_windows(SONG_SECONDS)
-  flops = flops_of(forward)
+  window_flops = flops.forward(sep.engine.model, 1, t.input_length)
   out = {"window_input": t.input_length, "window_kept": t.hop, "window_s": window_s,
          "song_windows": windows, "model_audio_s_per_s": SONG_SECONDS / (windows * window_s),
-         "model_flops_per_s": flops / window_s, "window_gflop": flops / 1e9,
+         "model_flops_per_s": window_flops / window_s, "window_gflop": window_flops / 1e9,
+         "model_peak_share": flops.utilisation(window_flops / window_s,
+                                               jax.devices()[0].device_kind, config.model.dtype),
          "recomputed_share": t.recomputed_share}
   if e2e_seconds is None:
     return out
@@ -312,9 +345,9 @@ def separation_figures(config, reps: int, e2e_seconds: float | None, tmp: pathli
           "e2e_over_model": e2e_s / (song_windows(e2e_seconds) * window_s)}
 
 
-def child_separate(name: str, wav: str, out: str) -> None:
+def child_separate(name: str, wav: str, out: str, smoke: bool) -> None:
   """Run in a fresh process by `peak_memory`: separates one file, prints its time."""
-  sep = make_separator(CONFIGS[name]())
+  sep = make_separator(get_config(name, smoke), smoke)
   start = time.perf_counter()
   separate.separate_files(sep, [wav], out, overwrite=True)
   # VmHWM is this process image's own peak: the rusage of a child forked from a big
@@ -324,12 +357,13 @@ def child_separate(name: str, wav: str, out: str) -> None:
   print(f"{peak_kib / 1024:.1f} {time.perf_counter() - start:.1f}")
 
 
-def peak_memory(name: str, minutes: float, tmp: pathlib.Path) -> tuple[float, float]:
+def peak_memory(name: str, minutes: float, tmp: pathlib.Path,
+                smoke: bool = False) -> tuple[float, float]:
   """(peak RSS in MiB, seconds) of a fresh process separating `minutes` of audio."""
   wav = tmp / f"memory_{minutes:g}.wav"
   write_wav(wav, minutes * 60)
   process = subprocess.Popen([sys.executable, __file__, "--child", name, str(wav),
-                              str(tmp / "memory_out")], stdout=subprocess.PIPE,
+                              str(tmp / "memory_out")] + ["--smoke"] * smoke, stdout=subprocess.PIPE,
                              stderr=subprocess.DEVNULL, text=True)
   output = process.stdout.read()
   status = process.wait()
@@ -394,11 +428,14 @@ def table(r: dict) -> str:
   row("train: init + compile s", tr + "compile_s", "{:.1f}".format)
   row("train: steps/s", tr + "steps_per_s", "{:.3f}".format)
   row("train: audio s/s", tr + "audio_s_per_s", "{:.2f}".format)
-  row("train: GFLOP/step (XLA)", tr + "step_gflop", "{:.0f}".format)
+  row("train: GFLOP/step (flops.py)", tr + "step_gflop", "{:.1f}".format)
   row("train: GFLOP/s", tr + "flops_per_s", lambda x: f"{x / 1e9:.1f}")
   row("train: % of matmul", tr + "flops_per_s", pct)
+  row("train: % of device dense peak", tr + "peak_share", "{:.1%}".format)
   for dtype in ("float32", "bfloat16"):
+    row(f"train {dtype}: TFLOP/s", f"gpu.{dtype}.flops_per_s", lambda x: f"{x / 1e12:.1f}")
     row(f"train {dtype}: % of {dtype} matmul", f"gpu.{dtype}_mfu", "{:.1%}".format)
+    row(f"train {dtype}: % of dense peak", f"gpu.{dtype}.peak_share", "{:.1%}".format)
   row("train bfloat16: steps/s over float32's", "gpu.bfloat16_speedup", "{:.2f}x".format)
   row("train: largest batch that runs", "gpu.largest_batch", str)
   row("sep: window in/kept samples", "separate",
@@ -409,6 +446,7 @@ def table(r: dict) -> str:
       "{:.2f}".format)
   row("sep: model GFLOP/s", sp + "model_flops_per_s", lambda x: f"{x / 1e9:.1f}")
   row("sep: model % of matmul", sp + "model_flops_per_s", pct)
+  row("sep: model % of device dense peak", sp + "model_peak_share", "{:.1%}".format)
   row("sep: end-to-end audio s/s", "separate",
       lambda s: f"{s['e2e_audio_s_per_s']:.2f} ({s['e2e_seconds']:g} s wav)")
   row("sep: end-to-end / model-only time", sp + "e2e_over_model", "{:.2f}".format)
@@ -442,6 +480,8 @@ def config_names(parser: argparse.ArgumentParser, flag: str, value: str) -> list
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--quick", action="store_true", help="a few minutes on 2 CPU cores")
+  parser.add_argument("--smoke", action="store_true",
+                      help="tiny networks and sizes: that every part runs (CI)")
   parser.add_argument("--json", help="also write the figures to this file")
   parser.add_argument("--models", default=",".join(CONFIGS),
                       help="comma-separated configs to measure")
@@ -465,21 +505,26 @@ def main() -> None:
   memory_models = [] if args.skip_memory else config_names(parser, "--memory_models",
                                                            args.memory_models)
   if args.child:
-    return child_separate(*args.child)
+    return child_separate(*args.child, smoke=args.smoke)
   from waveunet_jax import console
 
   console.setup()  # this project's log lines only
   began = time.perf_counter()
-  quick, on_accelerator = args.quick, jax.default_backend() != "cpu"  # a GPU or a TPU
+  smoke, on_accelerator = args.smoke, jax.default_backend() != "cpu"  # a GPU or a TPU
+  quick = args.quick or smoke
   accelerator_figures = on_accelerator or args.accelerator_figures
   batch = (8 if on_accelerator else 1) if quick else (16 if on_accelerator else 2)
   steps = {"shallow": 1 if quick else 3, "deep M4": 3 if quick else 10}
   if args.train_steps:
     steps = dict.fromkeys(steps, args.train_steps)
+  if smoke:
+    batch, steps = 1, dict.fromkeys(steps, args.train_steps or 1)
   reps = 1 if quick else 3
-  minutes = (1.0, 3.0) if quick else (5.0, 30.0)
+  minutes = (0.05, 0.1) if smoke else (1.0, 3.0) if quick else (5.0, 30.0)
   n, calls = matmul_size(on_accelerator)
-  r = {"mode": "quick" if quick else "full", "machine": machine(), "batch": batch, "matmul_n": n,
+  if smoke:
+    n, calls = 256, 1
+  r = {"mode": "smoke" if smoke else "quick" if quick else "full", "machine": machine(), "batch": batch, "matmul_n": n,
        "matmul_flops_per_s": matmul_flops(n=n, reps=reps + 2, calls=calls), "models": {}}
   if accelerator_figures:
     r["matmul_bf16_flops_per_s"] = matmul_flops(jnp.bfloat16, n=n, reps=reps + 1, calls=calls)
@@ -488,18 +533,18 @@ def main() -> None:
     tmp = pathlib.Path(tmp)
     corpus = tmp / "corpus"
     if not args.skip_pipeline:
-      synthetic.write_corpus(corpus, num_train=3, num_test=0, seconds=30.0 if quick else 60.0,
+      synthetic.write_corpus(corpus, num_train=3, num_test=0, seconds=3.0 if smoke else 30.0 if quick else 60.0,
                              seed=0)
     for name in model_names:
-      get_config = CONFIGS[name]
+      config_of = functools.partial(get_config, name, smoke)
       out = r["models"][name] = {}
-      out["train"] = train_figures(get_config(), batch, steps[name])
+      out["train"] = train_figures(config_of(), batch, steps[name])
       print(name, "train", out["train"], flush=True)
       if accelerator_figures:
         out["gpu"] = {}
         for dtype, limit in (("float32", r["matmul_flops_per_s"]),
                              ("bfloat16", r["matmul_bf16_flops_per_s"])):
-          config = get_config()
+          config = config_of()
           if config.model.dtype == dtype:  # the figures just taken
             figures = out["train"]
           else:
@@ -510,26 +555,26 @@ def main() -> None:
         out["gpu"]["bfloat16_speedup"] = (out["gpu"]["bfloat16"]["steps_per_s"]
                                           / out["gpu"]["float32"]["steps_per_s"])
         print(name, "bfloat16", out["gpu"]["bfloat16"], flush=True)
-        search = largest_batch(get_config(), args.max_batch, known=out["train"])
+        search = largest_batch(config_of(), args.max_batch, known=out["train"])
         out["gpu"]["largest_batch"] = search.pop("largest_batch")
         out["gpu"]["largest_batch_search"] = search
         print(name, "accelerator", {k: v for k, v in out["gpu"].items()
                                     if k not in ("float32", "bfloat16")}, flush=True)
-      e2e_seconds = None if args.skip_e2e else 25.0 if quick else SONG_SECONDS
-      out["separate"] = separation_figures(get_config(), reps, e2e_seconds, tmp)
+      e2e_seconds = (None if args.skip_e2e else 2.0 if smoke else 25.0 if quick
+                     else SONG_SECONDS)
+      out["separate"] = separation_figures(config_of(), reps, e2e_seconds, tmp, smoke)
       print(name, "separate", out["separate"], flush=True)
     # tf.data last: its threads must not run beside the timings above.
     for name in [] if args.skip_pipeline else model_names:
-      get_config = CONFIGS[name]
       out = r["models"][name]
-      batches = -(-(64 if quick else 256) // batch)
-      examples = pipeline_examples_per_s(get_config(), batch, batches, corpus,
+      batches = 2 if smoke else -(-(64 if quick else 256) // batch)
+      examples = pipeline_examples_per_s(get_config(name, smoke), batch, batches, corpus,
                                          tmp / "data")
       out["pipeline"] = {"examples_per_s": examples,
                          "ratio": examples / (out["train"]["steps_per_s"] * batch)}
       print(name, "pipeline", out["pipeline"], flush=True)
     for name in memory_models:
-      (short, short_s), (long, long_s) = (peak_memory(name, m, tmp) for m in minutes)
+      (short, short_s), (long, long_s) = (peak_memory(name, m, tmp, smoke) for m in minutes)
       r["models"].setdefault(name, {})["memory"] = {
           "short": (minutes[0], short, short_s), "long": (minutes[1], long, long_s),
           "ratio": long / short}

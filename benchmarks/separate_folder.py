@@ -2,6 +2,7 @@
 
   python benchmarks/separate_folder.py                  # deep M4, 10 songs of 40 to 80 s
   python benchmarks/separate_folder.py --model=shallow --songs=4 --seconds=30
+  python benchmarks/separate_folder.py --smoke      # a tiny M4, 2 songs of 1-2 s (CI)
 
 Writes a folder of 44.1 kHz stereo 16-bit wavs (synthetic audio, random lengths),
 then times, with the compiled forward reused (compilation excluded):
@@ -42,11 +43,16 @@ def main() -> None:
   parser.add_argument("--seconds", type=float, nargs=2, default=(40.0, 80.0),
                       help="shortest and longest song")
   parser.add_argument("--reps", type=int, default=3)
+  parser.add_argument("--smoke", action="store_true",
+                      help="a tiny network of --model's design, 2 songs of 1 to 2 s, one timing")
   args = parser.parse_args()
-  config = run.CONFIGS[args.model]()
-  sep = run.make_separator(config)
+  if args.smoke:
+    args.songs, args.seconds, args.reps = 2, (1.0, 2.0), 1
+  config = run.get_config(args.model, args.smoke)
+  sep = run.make_separator(config, args.smoke)
   t, rate = sep.tiling, config.data.sample_rate
-  window = jnp.asarray(np.resize(run.song(60.0)[::2], (1, t.input_length, 2)))
+  window = jnp.asarray(np.resize(run.song(min(60.0, 2 * t.input_length / run.FILE_RATE + 1))[::2],
+                                 (1, t.input_length, 2)))
   forward = sep.engine._forward.lower(sep.engine.variables, window).compile()
   jax.block_until_ready(forward(sep.engine.variables, window))
   window_s = run.best_time(lambda: forward(sep.engine.variables, window), args.reps)

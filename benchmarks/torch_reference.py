@@ -4,6 +4,7 @@ framework" that the efficiency targets of `benchmarks/run.py` are held against.
   pip install torch   # not a dependency of the project; a CPU build is enough
   python benchmarks/torch_reference.py            # ~10 min on 2 CPU cores
   python benchmarks/torch_reference.py --quick    # batch 1, one timed step
+  python benchmarks/torch_reference.py --smoke    # tiny networks: that it runs (CI)
   python benchmarks/torch_reference.py --json OUT.json
 
 For the shallow and the deep (M4) networks it builds the PyTorch network from the
@@ -22,8 +23,8 @@ alternating JAX and PyTorch so that both see the same machine, it takes the best
   Separator's default window). JAX: the Separator's compiled forward. PyTorch:
   eval mode under `torch.inference_mode()`.
 
-Both are divided into the same FLOP count, the one XLA's cost analysis gives for the
-JAX computation, so each "% of matmul" compares times; the matmul is each
+Both are divided into the same FLOP count (`flops.py`: the network's convolutions,
+training 3x the forward's), so each "% of matmul" compares times; the matmul is each
 framework's own 4096^3 float32 product, and the table also gives every time as
 PyTorch's over ours. PyTorch's OpenMP threads are told not to spin-wait
 (`OMP_WAIT_POLICY=PASSIVE`), so that they cannot hold the cores during JAX's timings.
@@ -53,7 +54,7 @@ import run  # noqa: E402  (benchmarks/run.py: the JAX side, the configs and the 
 
 import jax  # noqa: E402
 
-from waveunet_jax import engine, models  # noqa: E402
+from waveunet_jax import engine, flops, models  # noqa: E402
 
 
 class TorchWaveUNet(torch.nn.Module):
@@ -230,8 +231,8 @@ def torch_train_step(config, net: TorchWaveUNet, batch_size: int, crop: tuple[in
   return step
 
 
-def figures(name: str, quick: bool, reps: int) -> dict:
-  config = run.CONFIGS[name]()
+def figures(name: str, quick: bool, reps: int, smoke: bool = False) -> dict:
+  config = run.get_config(name, smoke)
   model = models.from_config(config)
   variables = run.init_variables(model)
   net = TorchWaveUNet(model)
@@ -241,7 +242,7 @@ def figures(name: str, quick: bool, reps: int) -> dict:
 
   batch = 1 if quick else 2
   jax_step, state, data, size = run.compiled_train_step(config, batch)
-  train_flops = run.flops_of(jax_step)
+  train_flops = flops.train_step(config, batch)
   torch_step = torch_train_step(config, net, batch, run.train.loss_crop(config, size.output_length))
   jax_train = run.step_runner(jax_step, state, data)
   jax.block_until_ready(jax_train())  # warm-ups
@@ -251,7 +252,7 @@ def figures(name: str, quick: bool, reps: int) -> dict:
   window = np.resize(run.song(30.0)[::2], (1, sep.tiling.input_length, model.num_channels))
   window = window.astype(np.float32)
   forward = sep.engine._forward.lower(sep.engine.variables, window).compile()
-  sep_flops = run.flops_of(forward)
+  sep_flops = flops.forward(model, 1, sep.tiling.input_length)
   window_t = torch.from_numpy(window).transpose(1, 2).contiguous()
   net.eval()
 
@@ -303,6 +304,8 @@ def table(r: dict) -> str:
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--quick", action="store_true", help="batch 1, one timing each")
+  parser.add_argument("--smoke", action="store_true",
+                      help="as --quick on tiny networks of the same designs: that it runs")
   parser.add_argument("--reps", type=int, help="timings per figure, best kept (default 3, 1 quick)")
   parser.add_argument("--models", default=",".join(run.CONFIGS), help="comma-separated configs")
   parser.add_argument("--json", help="also write the figures to this file")
@@ -311,11 +314,12 @@ def main() -> None:
   from waveunet_jax import console
 
   console.setup()  # this project's log lines only
-  reps = args.reps or (1 if args.quick else 3)
-  r = {"mode": "quick" if args.quick else "full", "machine": run.machine(),
+  quick = args.quick or args.smoke
+  reps = args.reps or (1 if quick else 3)
+  r = {"mode": "smoke" if args.smoke else "quick" if quick else "full", "machine": run.machine(),
        "jax_matmul": run.matmul_flops(reps=5), "torch_matmul": torch_matmul_flops(), "models": {}}
   for name in names:
-    r["models"][name] = figures(name, args.quick, reps)
+    r["models"][name] = figures(name, quick, reps, args.smoke)
   r["jax_matmul"] = max(r["jax_matmul"], run.matmul_flops(reps=5))
   r["torch_matmul"] = max(r["torch_matmul"], torch_matmul_flops())
   print(table(r))

@@ -4,7 +4,8 @@
   python -m waveunet_jax.summary --config=experiments/shallow.py --json
 
 Nothing is computed on real data: parameters come from shape inference and FLOPs
-from XLA's cost analysis of the forward pass at the config's training lengths.
+from `flops.forward` (the network's convolutions, the project's one FLOP count) at the
+config's training lengths.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ def summarize(config: ml_collections.ConfigDict) -> dict[str, Any]:
   import jax
   import jax.numpy as jnp
 
-  from waveunet_jax import models
+  from waveunet_jax import flops, models
 
   model = models.from_config(config)
   if config.data.output_length < 1:
@@ -49,10 +50,7 @@ def summarize(config: ml_collections.ConfigDict) -> dict[str, Any]:
   size = models.lengths(model, config.data.output_length)
   mix = jax.ShapeDtypeStruct((1, size.input_length, model.num_channels), jnp.float32)
   variables = jax.eval_shape(model.init, jax.random.key(0), mix)
-  forward = jax.jit(lambda v, x: model.apply(v, x, train=False))
-  cost = forward.lower(variables, mix).cost_analysis()
-  if isinstance(cost, (list, tuple)):  # older jax returns one dict per device
-    cost = cost[0]
+  forward_flops = flops.forward(model, 1, size.input_length)
   rate = config.data.sample_rate
   field = models.receptive_field(model)
   return {
@@ -61,7 +59,7 @@ def summarize(config: ml_collections.ConfigDict) -> dict[str, Any]:
       "input_length": size.input_length,
       "output_length": size.output_length,
       "receptive_field": field,
-      "flops_per_output_second": cost["flops"] * rate / size.output_length,
+      "flops_per_output_second": forward_flops * rate / size.output_length,
       "sample_rate": rate,
       "num_levels": model.num_levels,
       "sources": list(model.sources),

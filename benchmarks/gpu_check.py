@@ -1,0 +1,299 @@
+"""The Python parts of `gpu_check.sh`: one part per call, so the shell can bound each.
+
+  python benchmarks/gpu_check.py compile --config=shallow --batches=2,4,8,16
+  python benchmarks/gpu_check.py train --config=shallow --batches=8,16
+  python benchmarks/gpu_check.py train --config="deep M4" --dtype=bfloat16 --batches=16,32,64 --largest=1024
+  python benchmarks/gpu_check.py profile --config="deep M4" --dtype=bfloat16 --batch=16
+  python benchmarks/gpu_check.py cache --config="deep M4" --batch=16 --dir=/tmp/xla_cache
+
+Parts (each prints one JSON object per figure on a line starting `RESULT `, so a
+part cut short by its time limit keeps what it printed):
+
+* compile: the train step training runs (`train.jit_steps` on this device) lowered
+  on abstract shapes and compiled, never run, per batch: compile seconds and XLA's
+  memory analysis (arguments, outputs, temporaries, generated code) against the
+  device's memory. The shell runs it once per `--xla_gpu_autotune_level` (XLA_FLAGS
+  are read when the backend starts) and greps XLA's log for workspace, autotuning and
+  rematerialisation lines.
+* train: steps/s of that step per batch (`run.train_figures`: compiled, a warm-up
+  step, then --steps timed), its FLOP/s by `flops.py` (never a GPU cost analysis,
+  which counts every cuDNN convolution as -1 FLOP), as a share of the chip's dense
+  peak (`accelerators.py`) and of this device's measured matmul of the same dtype.
+  --largest=N then doubles the batch from the largest given while the compiled
+  step's memory analysis fits the device (compile only) up to N, and times the
+  largest that fits.
+* profile: a `jax.profiler` trace of --steps steps after a warm-up, summarised from
+  the trace file: busy time per class of op (convolution forward, its input and its
+  kernel gradient, matmuls, elementwise fusions, copies, other), the idle share of
+  the device's timeline, and the top ops by time.
+* cache: the same step compiled in two fresh processes that share a persistent
+  compilation cache (`jax_compilation_cache_dir`; with it XLA keeps its GPU autotune
+  results): the first start compiles and fills the cache, the second should read it.
+
+--smoke runs any part on run.py's tiny networks (CI runs every part on the CPU that
+way: the figures mean nothing there, the code paths are the GPU's, except that the
+CPU has no autotuner and no device memory limit).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import gzip
+import json
+import os
+import pathlib
+import re
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import run  # noqa: E402  (benchmarks/run.py: the configs, the timed step, the matmul)
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import optax  # noqa: E402
+
+from waveunet_jax import flops, models, parallel, train  # noqa: E402
+
+
+def result(**figures) -> dict:
+  print("RESULT " + json.dumps(figures), flush=True)
+  return figures
+
+
+def config_for(args):
+  config = run.get_config(args.config, args.smoke)
+  config.model.dtype = args.dtype
+  return config
+
+
+def compile_only(config, batch: int):
+  """The train step compiled for `batch` on abstract shapes (nothing allocated but
+  what compiling needs), and the seconds it took."""
+  layout = parallel.data_parallel(jax.local_devices()[:1])
+  model = models.from_config(config)
+  size = models.lengths(model, config.data.output_length)
+  state = jax.eval_shape(lambda: train.create_state(config, model, optax.identity()))
+  tx = train.make_optimizer(config, config.optim.learning_rate, state.params)
+  state = state.replace(opt_state=jax.eval_shape(tx.init, state.params))
+  c, s = model.num_channels, model.num_sources
+  batch_shapes = {
+      "mix": jax.ShapeDtypeStruct((batch, size.input_length, c), jnp.float32),
+      "sources": jax.ShapeDtypeStruct((batch, s, size.output_length, c), jnp.float32)}
+  step, _ = train.jit_steps(config, model, tx, layout)
+  start = time.perf_counter()
+  compiled = step.lower(state, batch_shapes).compile()
+  return compiled, time.perf_counter() - start
+
+
+def memory(compiled) -> dict:
+  m = compiled.memory_analysis()
+  if m is None:
+    return {}
+  gib = lambda b: round(b / 2 ** 30, 3)
+  total = (m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
+           + m.temp_size_in_bytes)
+  return {"argument_gib": gib(m.argument_size_in_bytes), "output_gib": gib(m.output_size_in_bytes),
+          "alias_gib": gib(m.alias_size_in_bytes), "temp_gib": gib(m.temp_size_in_bytes),
+          "code_mib": round(m.generated_code_size_in_bytes / 2 ** 20, 1), "total_gib": gib(total),
+          "total_bytes": int(total)}
+
+
+def part_compile(args) -> None:
+  limit = run.device_memory_limit()
+  for batch in args.batches:
+    config = config_for(args)
+    try:
+      compiled, seconds = compile_only(config, batch)
+    except Exception as e:  # out of memory while compiling, or autotuning
+      result(part="compile", batch=batch, error=f"{type(e).__name__}: {str(e)[:400]}")
+      continue
+    result(part="compile", config=args.config, dtype=args.dtype, batch=batch,
+           compile_s=round(seconds, 2), device_limit_gib=limit and round(limit / 2 ** 30, 1),
+           xla_flags=os.environ.get("XLA_FLAGS", ""), **memory(compiled))
+
+
+def timed(config, batch: int, steps: int, matmul: float) -> dict:
+  figures = run.train_figures(config, batch, steps)
+  return result(part="train", dtype=config.model.dtype, batch=batch,
+                steps_per_s=round(figures["steps_per_s"], 3),
+                examples_per_s=round(figures["steps_per_s"] * batch, 1),
+                compile_s=round(figures["compile_s"], 1),
+                tflop_per_example=flops.train_step(config, 1) / 1e12,
+                tflop_per_s=round(figures["flops_per_s"] / 1e12, 3),
+                of_dense_peak=figures["peak_share"],
+                of_measured_matmul=figures["flops_per_s"] / matmul,
+                compiled_gib=figures["compiled_bytes"] and round(figures["compiled_bytes"] / 2 ** 30, 2))
+
+
+def part_train(args) -> None:
+  n, calls = (256, 1) if args.smoke else run.matmul_size(jax.default_backend() != "cpu")
+  matmul = run.matmul_flops(jnp.dtype(args.dtype), n=n, reps=3, calls=calls)
+  result(part="matmul", dtype=args.dtype, n=n, tflop_per_s=round(matmul / 1e12, 3),
+         device=jax.devices()[0].device_kind)
+  for batch in args.batches:
+    try:
+      timed(config_for(args), batch, args.steps, matmul)
+    except Exception as e:  # XlaRuntimeError: RESOURCE_EXHAUSTED
+      result(part="train", batch=batch, error=f"{type(e).__name__}: {str(e)[:400]}")
+  if not args.largest:
+    return
+  limit = run.device_memory_limit()
+  fits, batch = None, max(args.batches) * 2
+  while batch <= args.largest:
+    try:
+      compiled, seconds = compile_only(config_for(args), batch)
+      need = memory(compiled).get("total_bytes")
+    except Exception as e:
+      result(part="largest", batch=batch, fits=False, error=f"{type(e).__name__}: {str(e)[:200]}")
+      break
+    ok = limit is None or need is None or need <= limit
+    result(part="largest", batch=batch, fits=ok, compile_s=round(seconds, 1),
+           need_gib=need and round(need / 2 ** 30, 2), limit_gib=limit and round(limit / 2 ** 30, 1))
+    if not ok:
+      break
+    fits, batch = batch, batch * 2
+  if fits:
+    timed(config_for(args), fits, args.steps, matmul)
+
+
+# --------------------------------------------------------------------------- #
+# Profile.
+# --------------------------------------------------------------------------- #
+
+CLASSES = (  # (class, words of an op's name or HLO that put it there), first match wins
+    ("conv grad input", ("convbackwardinput", "dgrad", "bw-input")),
+    ("conv grad kernel", ("convbackwardfilter", "wgrad", "bw-filter")),
+    ("conv forward", ("convforward", "fprop", "cudnn-conv", "convolution", "conv")),
+    ("matmul", ("gemm", "cublas", "dot")),
+    ("copies", ("memcpy", "memset", "copy", "transpose")),
+    ("elementwise fusions", ("fusion", "loop_", "input_", "reduce", "select", "scatter")),
+)
+
+
+def op_class(event: dict) -> str:
+  args = event.get("args") or {}
+  text = " ".join(str(x) for x in (event.get("name", ""), args.get("hlo_op", ""),
+                                   args.get("long_name", ""), args.get("hlo_category", ""))).lower()
+  return next((name for name, words in CLASSES if any(w in text for w in words)), "other")
+
+
+def summarise_trace(path: pathlib.Path, top: int = 15) -> dict:
+  """Busy time per op class, idle share and the top ops of a perfetto trace (JSON):
+  the device's lanes where the trace has any (a GPU or TPU; on a GPU its CUDA streams'
+  kernels), else the host threads that run XLA's ops (the CPU). Written against the
+  CPU's traces; a GPU's lane names are as TensorBoard's profile plugin shows them,
+  not yet checked on one."""
+  opener = gzip.open if path.suffix == ".gz" else open
+  with opener(path, "rt") as f:
+    events = json.load(f)
+  events = events.get("traceEvents", events) if isinstance(events, dict) else events
+  names = {e["pid"]: e.get("args", {}).get("name", "") for e in events
+           if e.get("ph") == "M" and e.get("name") == "process_name"}
+  device = {pid for pid, name in names.items() if "/device:" in name}
+  spans = [e for e in events if e.get("ph") == "X" and "dur" in e
+           and (e["pid"] in device if device else True)]
+  # A GPU's lanes also hold "XLA Modules" and "XLA Ops" spans over the same time as
+  # the kernels: keep the CUDA streams' kernels where the trace names its streams.
+  threads = {(e["pid"], e["tid"]): e.get("args", {}).get("name", "") for e in events
+             if e.get("ph") == "M" and e.get("name") == "thread_name" and e.get("pid") in device}
+  streams = {key for key, name in threads.items() if name.lower().startswith("stream")}
+  if streams:
+    spans = [e for e in spans if (e["pid"], e["tid"]) in streams]
+  if not device:  # the CPU: XLA's ops (named like HLO), not the runtime's bookkeeping
+    spans = [e for e in spans if op_class(e) != "other"
+             and re.fullmatch(r"[a-z][a-z0-9_\-]*(\.\d+)?", e.get("name", ""))]
+  if not spans:
+    return {"lanes": "none", "events": 0}
+  by_class, by_op = collections.Counter(), collections.Counter()
+  for e in spans:
+    by_class[op_class(e)] += e["dur"]
+    by_op[e["name"][:80]] += e["dur"]
+  start = min(e["ts"] for e in spans)
+  end = max(e["ts"] + e["dur"] for e in spans)
+  busy, cursor = 0.0, start
+  for e in sorted(spans, key=lambda e: e["ts"]):  # union of busy intervals
+    lo, hi = max(e["ts"], cursor), e["ts"] + e["dur"]
+    if hi > lo:
+      busy += hi - lo
+      cursor = hi
+  total = sum(by_class.values())
+  return {"lanes": "device" if device else "host", "events": len(spans),
+          "span_ms": round((end - start) / 1e3, 3), "idle_share": round(1 - busy / (end - start), 4)
+          if end > start else 0.0,
+          "busy_ms_by_class": {k: round(v / 1e3, 3) for k, v in by_class.most_common()},
+          "share_by_class": {k: round(v / total, 4) for k, v in by_class.most_common()},
+          "top_ops_ms": [(name, round(v / 1e3, 3)) for name, v in by_op.most_common(top)]}
+
+
+def part_profile(args) -> None:
+  config = config_for(args)
+  step, state, batch, _ = run.compiled_train_step(config, args.batch)
+  one_step = run.step_runner(step, state, batch)
+  jax.block_until_ready(one_step())  # warm-up
+  folder = pathlib.Path(args.trace_dir or tempfile.mkdtemp(prefix="waveunet-trace-"))
+  with jax.profiler.trace(str(folder), create_perfetto_trace=True):
+    for _ in range(args.steps):
+      metrics = one_step()
+    jax.block_until_ready(metrics)
+  traces = sorted(folder.rglob("perfetto_trace.json.gz")) or sorted(folder.rglob("*.trace.json.gz"))
+  if not traces:
+    result(part="profile", error=f"no trace file under {folder}")
+    return
+  result(part="profile", config=args.config, dtype=args.dtype, batch=args.batch,
+         steps=args.steps, trace=str(traces[-1]), **summarise_trace(traces[-1]))
+
+
+# --------------------------------------------------------------------------- #
+# Persistent compilation cache.
+# --------------------------------------------------------------------------- #
+
+
+def part_cache(args) -> None:
+  folder = args.dir or tempfile.mkdtemp(prefix="waveunet-xla-cache-")
+  env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": folder,
+         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+         "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+  child = [sys.executable, __file__, "cache_child", f"--config={args.config}",
+           f"--dtype={args.dtype}", f"--batch={args.batch}"] + ["--smoke"] * args.smoke
+  for start in ("first", "second"):
+    began = time.perf_counter()
+    out = subprocess.run(child, env=env, capture_output=True, text=True, check=True).stdout
+    compile_s = json.loads(out.strip().splitlines()[-1].removeprefix("RESULT "))["compile_s"]
+    files = sum(1 for p in pathlib.Path(folder).rglob("*") if p.is_file())
+    result(part="cache", start=start, compile_s=compile_s,
+           process_s=round(time.perf_counter() - began, 1), cache_files=files, cache_dir=folder)
+
+
+def part_cache_child(args) -> None:
+  _, seconds = compile_only(config_for(args), args.batch)
+  result(part="cache_child", compile_s=round(seconds, 2))
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("part", choices=("compile", "train", "profile", "cache", "cache_child"))
+  parser.add_argument("--config", default="shallow", choices=list(run.CONFIGS))
+  parser.add_argument("--dtype", default="float32", choices=tuple(models.DTYPES))
+  parser.add_argument("--batches", default="8,16", help="comma-separated batch sizes")
+  parser.add_argument("--batch", type=int, default=16, help="profile and cache: the batch")
+  parser.add_argument("--steps", type=int, default=10, help="timed or traced steps")
+  parser.add_argument("--largest", type=int, default=0,
+                      help="train: search batches above --batches up to this (0: no search)")
+  parser.add_argument("--trace_dir", help="profile: keep the trace here")
+  parser.add_argument("--dir", help="cache: the cache folder (default: a new one)")
+  parser.add_argument("--smoke", action="store_true", help="run.py's tiny networks (CI)")
+  args = parser.parse_args()
+  args.batches = [int(b) for b in args.batches.split(",") if b]
+  from waveunet_jax import console
+
+  console.setup()  # this project's log lines only
+  {"compile": part_compile, "train": part_train, "profile": part_profile,
+   "cache": part_cache, "cache_child": part_cache_child}[args.part](args)
+
+
+if __name__ == "__main__":
+  main()

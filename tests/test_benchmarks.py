@@ -1,0 +1,134 @@
+"""Every script under benchmarks/ runs, as a user runs it (a subprocess), at smoke size:
+a refactor cannot break one silently again (issue 24: four of them stopped at an
+AttributeError and nobody saw). The figures mean nothing at this size; the tests check
+that each script gets through its real `main` and reports what it should."""
+
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+BENCHMARKS = ROOT / "benchmarks"
+
+
+def env():
+  """The tests' environment (CPU, XLA's quick compiles, the session's compilation
+  cache), with one CPU device: the scripts time one device."""
+  return {**os.environ, "PYTHONPATH": str(ROOT), "XLA_FLAGS": "--xla_backend_optimization_level=0",
+          "PYTHON": sys.executable}  # gpu_check.sh's Python
+
+
+# Runs scripts one after the other in one process, each through its real `main` as
+# `python SCRIPT ARGS...` would (runpy, `__name__ == "__main__"`): one start of Python,
+# JAX and TensorFlow for all, which keeps these tests to about a minute on 2 cores.
+DRIVER = """
+import json, runpy, sys, time
+for argv in json.loads(sys.argv[1]):
+  sys.argv, start = argv, time.perf_counter()
+  print("=== " + " ".join(argv), flush=True)
+  try:
+    runpy.run_path(argv[0], run_name="__main__")
+  except SystemExit as e:
+    if e.code:
+      raise
+  print(f"=== took {time.perf_counter() - start:.0f} s", flush=True)
+"""
+
+
+def run_scripts(*commands, cwd=ROOT) -> dict[str, str]:
+  """{script name: its standard output} of `commands` ([script, args...] each)."""
+  commands = [[str(BENCHMARKS / c[0]), *c[1:]] for c in commands]
+  done = subprocess.run([sys.executable, "-c", DRIVER, json.dumps(commands)], cwd=cwd, env=env(),
+                        capture_output=True, text=True, timeout=900)
+  assert done.returncode == 0, f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+  outputs = {}
+  for section in ("\n" + done.stdout).split("\n=== ")[1:]:
+    if not section.startswith("took"):
+      name = pathlib.Path(section.split()[0]).name
+      outputs[name] = section
+  assert len(outputs) == len(commands), list(outputs)
+  return outputs
+
+
+def test_torch_reference():
+  pytest.importorskip("torch", reason="benchmarks/torch_reference.py needs PyTorch, which "
+                      "the project does not install (pip install torch, a CPU build)")
+  out = run_scripts(["torch_reference.py", "--smoke"])["torch_reference.py"]
+  assert "same network" in out and "torch" in out
+
+
+def test_every_script_and_the_gpu_check(tmp_path):
+  """Every script but torch_reference.py (above) at smoke size; then gpu_check.sh --smoke
+  on the CPU, whose summary reads run.py's and precision.py's JSON."""
+  from waveunet_jax import flops
+
+  sys.path.insert(0, str(BENCHMARKS))
+  import run
+
+  gpu_out = tmp_path / "gpu_check"
+  gpu_out.mkdir()
+  out = run_scripts(
+      ["run.py", "--smoke", "--models=deep M4", "--accelerator_figures", "--max_batch=2",
+       f"--json={gpu_out / 'run_smoke.json'}"],
+      ["precision.py", "--smoke", f"--json={gpu_out / 'precision.json'}"],
+      ["conv_profile.py", "--smoke", "--config=deep M4"],
+      ["input_pipeline.py", "--smoke"],
+      ["separate_folder.py", "--smoke"],
+      ["export.py", "--smoke"])
+
+  # run.py: train, the accelerator figures (bfloat16, largest batch), separation model
+  # only and end to end, the input pipeline, peak memory of fresh processes.
+  r = json.loads((gpu_out / "run_smoke.json").read_text())
+  assert r["mode"] == "smoke" and set(r["models"]) == {"deep M4"}
+  for name, m in r["models"].items():
+    # Utilisation comes from flops.py, the same count on every backend.
+    assert m["train"]["step_gflop"] == pytest.approx(
+        flops.train_step(run.smoke_config(name), r["batch"]) / 1e9)
+    assert m["train"]["peak_share"] is None  # a CPU has no dense peak in the table
+    assert m["gpu"]["bfloat16"]["dtype"] == "bfloat16" and m["gpu"]["largest_batch"] >= 1
+    assert m["separate"]["e2e_audio_s_per_s"] > 0 and m["pipeline"]["examples_per_s"] > 0
+  assert r["models"]["deep M4"]["memory"]["long"][1] > 0  # MiB of a fresh process
+  assert "train: GFLOP/step (flops.py)" in out["run.py"]
+  p = json.loads((gpu_out / "precision.json").read_text())["results"][0]
+  assert p["steps"] == 3 and p["runs"]["bfloat16"]["finite"]
+  assert "all convs" in out["conv_profile.py"] and "whole train" in out["conv_profile.py"]
+  rows = [line.split() for line in out["input_pipeline.py"].splitlines()
+          if line.startswith(("shallow", "deep"))]
+  assert len(rows) == 2 and all(float(row[-1]) > 0 for row in rows)  # audio s/s
+  assert "folder (read ahead)" in out["separate_folder.py"]
+  table = [line for line in out["export.py"].splitlines() if line.startswith("| ")]
+  assert len(table) == 1 + 7  # header, JAX and six exports
+
+  check_gpu(tmp_path, gpu_out)
+
+
+def check_gpu(tmp_path, out_dir):
+  """gpu_check.sh --smoke on the CPU: every part of the GPU call (compile with both
+  autotune settings, train and the largest-batch search, the profile's trace summary,
+  the compilation cache's two starts), and the summary of the JSON in `out_dir`."""
+  assert shutil.which("bash") and shutil.which("timeout"), "gpu_check.sh needs bash, timeout"
+  done = subprocess.run(
+      ["bash", str(BENCHMARKS / "gpu_check.sh"), "--smoke"], cwd=tmp_path, capture_output=True,
+      text=True, timeout=600, env={**env(), "OUT": str(out_dir), "MIN_PART_S": "1", "BUDGET_S": "1500",
+               "COMPILE_MAX_S": "300", "TRAIN_MAX_S": "300", "PROFILE_MAX_S": "300",
+               "CACHE_MAX_S": "300"})
+  log = done.stdout
+  assert done.returncode == 0, log[-3000:]
+  parts = [line for line in log.splitlines() if line.startswith("== ") and ": exit " in line]
+  assert len(parts) == 6 and all(": exit 0 " in p for p in parts), "\n".join(parts)
+  results = [json.loads(line.removeprefix("RESULT ")) for line in log.splitlines()
+             if line.startswith("RESULT ")]
+  kinds = [r["part"] for r in results]
+  assert kinds.count("compile") == 2 and all("compile_s" in r for r in results
+                                              if r["part"] == "compile")
+  assert {"matmul", "train", "largest", "profile", "cache"} <= set(kinds)
+  profile = next(r for r in results if r["part"] == "profile")
+  assert profile["events"] > 0 and "conv forward" in profile["share_by_class"]
+  starts = [r for r in results if r["part"] == "cache"]
+  assert [r["start"] for r in starts] == ["first", "second"] and starts[1]["cache_files"] > 0
+  assert "bfloat16 vs float32" in log and "train: GFLOP/step (flops.py)" in log  # summary
