@@ -69,7 +69,7 @@ MAY_CHANGE_ON_RESUME = (
 
 # config.json's one key that is no config field: where a run that started from
 # another run's parameters (config.init_from) started, {"workdir", "checkpoint",
-# "step"}. `save_config` writes and keeps it, `load_config` leaves it out.
+# "step"}. `Workdir.save_config` writes and keeps it, `load_config` leaves it out.
 STARTED_FROM = "started_from"
 
 
@@ -97,7 +97,7 @@ class Progress:
 
 
 # --------------------------------------------------------------------------- #
-# config.json
+# Reading config.json.
 # --------------------------------------------------------------------------- #
 
 
@@ -168,8 +168,11 @@ def config_differences(saved: ml_collections.ConfigDict, config: ml_collections.
 # --------------------------------------------------------------------------- #
 
 
-# A checkpoint's two items, by name: the train state and the schedule's progress.
-_HANDLERS = {"state": ocp.StandardCheckpointHandler(), "progress": ocp.JsonCheckpointHandler()}
+def _handlers() -> dict[str, ocp.CheckpointHandler]:
+  """A checkpoint's two items, by name: the train state and the schedule's progress.
+  (Made when needed: Orbax's handlers start JAX's backend, which must wait for
+  `distributed.connect`.)"""
+  return {"state": ocp.StandardCheckpointHandler(), "progress": ocp.JsonCheckpointHandler()}
 
 
 def _save_args(state: Any, progress: Progress) -> ocp.args.Composite:
@@ -224,7 +227,7 @@ def load_for_inference(workdir: str | os.PathLike, checkpoint: str = "best", *,
       return load_for_inference(named, "latest", source=source)
     raise WorkdirError(f"{_named(source, '--workdir', named)}: no checkpoint in {folder}; "
                        "train the run first (python -m waveunet_jax.main)")
-  with ocp.CheckpointManager(folder, item_handlers=_HANDLERS) as manager:
+  with ocp.CheckpointManager(folder, item_handlers=_handlers()) as manager:
     steps = manager.all_steps()
     if checkpoint == "best" and not steps:  # no validation yet: fall back to the latest
       return load_for_inference(named, "latest", source=source)

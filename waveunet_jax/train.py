@@ -278,8 +278,8 @@ class Trainer:
     device d's rows at the d-th place."""
     def stack(*parts):
       shape = (parts[0].shape[0] * self.layout.size,) + parts[0].shape[1:]
-      return jax.make_array_from_single_device_arrays(
-          shape, self.layout.sharded, [jax.device_put(p, d) for p, d in zip(parts, self.local_devices)])
+      on_devices = [jax.device_put(p, d) for p, d in zip(parts, self.local_devices)]
+      return jax.make_array_from_single_device_arrays(shape, self.layout.sharded, on_devices)
 
     return jax.tree_util.tree_map(stack, *per_device)
 
