@@ -51,6 +51,27 @@ def tiny_data_config(sample_rate: int, output_length: int, data_dir=None, **mode
   return config
 
 
+def tiny_schedule(config, steps, every=None, *, log_every=None, eval_every=None,
+                  checkpoint_every=None, patience=None, fine_tune_batch_size=None):
+  """`config` set to train a tiny run: global batches of 4, `steps` steps, logged,
+  validated and checkpointed every `every` steps (default: once, at the end) unless
+  given apart; the fine-tune stage off, or on with batches of `fine_tune_batch_size`;
+  early stopping after `patience` validations if given (else the config's)."""
+  every = every or steps
+  config.batch_size = 4
+  config.num_train_steps = steps
+  config.log_every_steps = log_every or every
+  config.eval_every_steps = eval_every or every
+  config.checkpoint_every_steps = checkpoint_every or every
+  if patience is not None:
+    config.patience = patience
+  if fine_tune_batch_size:
+    config.fine_tune.batch_size = fine_tune_batch_size
+  else:
+    config.fine_tune.enabled = False
+  return config
+
+
 def write_config_file(config, path):
   """`config` as a config file for `--config=path` (the command-line programs)."""
   path.write_text("import ml_collections\n\n\ndef get_config():\n"
@@ -90,11 +111,8 @@ def tiny_workdir(tmp_path_factory):
   for the tests that separate or export a trained run; tests only read it."""
   from waveunet_jax import train
 
-  config = tiny_data_config(TINY_RUN_RATE, 400)
+  config = tiny_schedule(tiny_data_config(TINY_RUN_RATE, 400), 3)
   config.data.synthetic_tracks, config.data.synthetic_seconds = 2, 3.0
-  config.batch_size, config.num_train_steps = 4, 3
-  config.fine_tune.enabled = False
-  config.log_every_steps = config.eval_every_steps = config.checkpoint_every_steps = 3
   workdir = tmp_path_factory.mktemp("tiny_run") / "run"
   train.train_and_evaluate(config, workdir)
   return workdir

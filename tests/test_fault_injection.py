@@ -180,17 +180,12 @@ def test_prepare_survives_kill_9(tmp_path):
 def test_training_survives_kill_9(tmp_path, tiny_data_dir):
   import chex
 
-  from conftest import TINY_OUTPUT, TINY_RATE, tiny_data_config, write_config_file
+  from conftest import (TINY_OUTPUT, TINY_RATE, tiny_data_config, tiny_schedule,
+                        write_config_file)
   from waveunet_jax import checkpoints
 
-  config = tiny_data_config(TINY_RATE, TINY_OUTPUT, tiny_data_dir)
-  config.batch_size = 4
-  config.num_train_steps = 40
-  config.log_every_steps = 5
-  config.eval_every_steps = 10
-  config.checkpoint_every_steps = 5
-  config.patience = 100
-  config.fine_tune.enabled = False
+  config = tiny_schedule(tiny_data_config(TINY_RATE, TINY_OUTPUT, tiny_data_dir), 40, 5,
+                         eval_every=10, patience=100)
   config_file = write_config_file(config, tmp_path / "tiny.py")
   command = lambda workdir: [sys.executable, "-m", "waveunet_jax.main",
                              f"--config={config_file}", f"--workdir={workdir}"]

@@ -14,22 +14,16 @@ import chex
 import jax
 import pytest
 
-from conftest import TINY_OUTPUT, TINY_RATE, tiny_data_config, write_config_file
-from waveunet_jax import checkpoints, prepare, synthetic, train
+from conftest import (TINY_OUTPUT, TINY_RATE, tiny_data_config, tiny_schedule,
+                      write_config_file)
+from waveunet_jax import checkpoints, prepare, signals, synthetic, train
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 def tiny_config(data_dir=None):
-  config = tiny_data_config(TINY_RATE, TINY_OUTPUT, data_dir)
-  config.batch_size = 4
-  config.fine_tune.batch_size = 8
-  config.num_train_steps = 10
-  config.log_every_steps = 5
-  config.eval_every_steps = 10
-  config.checkpoint_every_steps = 10
-  config.patience = 100
-  return config
+  return tiny_schedule(tiny_data_config(TINY_RATE, TINY_OUTPUT, data_dir), 10, log_every=5,
+                       patience=100, fine_tune_batch_size=8)
 
 
 @pytest.fixture
@@ -155,20 +149,11 @@ def test_rerun_may_change_the_step_counts_and_resumes(data_dir, tmp_path):
   chex.assert_trees_all_equal(restored, first)
 
 
-def test_differences_name_every_field_but_the_resumable_ones():
-  saved, config = tiny_config(), tiny_config()
-  config.num_train_steps, config.data.data_dir = 99, "/elsewhere"
-  assert checkpoints.config_differences(saved, config) == []
-  config.data.sample_rate, config.optim.learning_rate = 16000, 3e-4
-  assert checkpoints.config_differences(saved, config) == [
-      ("data.sample_rate", 8000, 16000), ("optim.learning_rate", 1e-4, 3e-4)]
-
-
 def test_cli_rerun_with_another_network_is_one_line_and_keeps_config_json(tmp_path):
   """The issue's case: experiments/deep.py:M1 on a shallow workdir."""
   from experiments import shallow
 
-  checkpoints.save_config(shallow.get_config("smoke"), tmp_path)
+  checkpoints.Workdir(tmp_path).save_config(shallow.get_config("smoke"))
   saved = (tmp_path / "config.json").read_bytes()
   result = run_main("--config", "experiments/deep.py:M1", "--workdir", str(tmp_path))
   assert result.returncode == 1, result.stderr[-2000:]
@@ -248,7 +233,7 @@ def test_a_failed_start_in_python_removes_only_a_workdir_it_made(tmp_path):
 
 def test_a_second_signal_raises_at_once_and_handlers_come_back(caplog):
   before = signal.getsignal(signal.SIGINT)
-  with train.StopOnSignal() as stop:
+  with signals.StopOnSignal() as stop:
     os.kill(os.getpid(), signal.SIGTERM)
     assert stop.signum == signal.SIGTERM
     # The handler only records: logging from it could interrupt a write to stderr.

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from conftest import TINY_OUTPUT, TINY_RATE, tiny_data_config
+from conftest import TINY_OUTPUT, TINY_RATE, tiny_data_config, tiny_schedule
 from waveunet_jax import listening, train
 
 
@@ -22,11 +22,7 @@ def test_a_tone_is_a_bright_row_of_the_spectrogram():
 def test_validation_logs_audio_and_spectrograms_of_one_excerpt(tmp_path, tiny_data_dir):
   import tensorflow as tf
 
-  config = tiny_data_config(TINY_RATE, TINY_OUTPUT, tiny_data_dir)
-  config.batch_size = 4
-  config.num_train_steps = 4
-  config.log_every_steps = config.eval_every_steps = config.checkpoint_every_steps = 2
-  config.fine_tune.enabled = False
+  config = tiny_schedule(tiny_data_config(TINY_RATE, TINY_OUTPUT, tiny_data_dir), 4, 2)
   train.train_and_evaluate(config, tmp_path / "run")
   media = {}
   for path in (tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"):

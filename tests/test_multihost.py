@@ -23,8 +23,9 @@ import time
 import chex
 import pytest
 
-from conftest import TINY_OUTPUT, TINY_RATE, tiny_data_config, write_config_file
-from waveunet_jax import checkpoints, input_pipeline
+from conftest import (TINY_OUTPUT, TINY_RATE, tiny_data_config, tiny_schedule,
+                      write_config_file)
+from waveunet_jax import checkpoints, distributed, input_pipeline
 from waveunet_jax import train as train_lib
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -35,14 +36,8 @@ ENDLESS = ("--config.num_train_steps=100000", "--config.eval_every_steps=100000"
 
 @pytest.fixture(scope="module")
 def config_file(tmp_path_factory, tiny_data_dir) -> pathlib.Path:
-  config = tiny_data_config(TINY_RATE, TINY_OUTPUT, tiny_data_dir)
-  config.batch_size = 4
-  config.num_train_steps = 6
-  config.log_every_steps = 3
-  config.eval_every_steps = 3
-  config.checkpoint_every_steps = 3
-  config.patience = 100
-  config.fine_tune.enabled = False
+  config = tiny_schedule(tiny_data_config(TINY_RATE, TINY_OUTPUT, tiny_data_dir), 6, 3,
+                         patience=100)
   return write_config_file(config, tmp_path_factory.mktemp("multihost") / "tiny.py")
 
 
@@ -276,9 +271,9 @@ def test_distributed_flags_that_cannot_work_are_one_line(tmp_path, config_file):
 def test_a_coordinator_address_that_cannot_work_names_the_flag(address):
   with pytest.raises(train_lib.TrainingError, match=r"^--coordinator_address=.*: (not HOST:PORT"
                      r" with a port from 1 to 65535|cannot resolve the host 'host.invalid')"):
-    train_lib._coordinator(address)
-  assert train_lib._coordinator("[::1]:8476") == ("::1", 8476)
-  assert train_lib._coordinator("localhost:65535") == ("localhost", 65535)
+    distributed._coordinator(address)
+  assert distributed._coordinator("[::1]:8476") == ("::1", 8476)
+  assert distributed._coordinator("localhost:65535") == ("localhost", 65535)
 
 
 def test_coordinator_faults_are_one_line_before_jax_starts(tmp_path, config_file):

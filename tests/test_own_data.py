@@ -11,19 +11,13 @@ import pytest
 import soundfile
 import tensorflow as tf
 
-from conftest import TINY_OUTPUT, TINY_RATE, tiny_data_config
+from conftest import TINY_OUTPUT, TINY_RATE, tiny_data_config, tiny_schedule
 from waveunet_jax import checkpoints, input_pipeline, prepare, tracks, train
 
 
 def tiny_config(data_dir, **model):
-  config = tiny_data_config(TINY_RATE, TINY_OUTPUT, data_dir, **model)
+  config = tiny_schedule(tiny_data_config(TINY_RATE, TINY_OUTPUT, data_dir, **model), 2)
   config.optim.learning_rate = 1e-3
-  config.batch_size = 4
-  config.num_train_steps = 2
-  config.log_every_steps = 2
-  config.eval_every_steps = 2
-  config.checkpoint_every_steps = 2
-  config.fine_tune.enabled = False
   return config
 
 
@@ -68,7 +62,7 @@ def test_two_datasets_are_drawn_by_their_weights(tiny_data_dir, silent_data_dir,
   # A saved position of the mixed stream resumes it exactly; another mixture cannot
   # take it (training then starts the data anew, as on another number of devices).
   def streams(config):
-    return train.ShardedData([input_pipeline.train_dataset(config, 4, seed=0)], [0], 1)
+    return input_pipeline.ShardedData([input_pipeline.train_dataset(config, 4, seed=0)], [0], 1)
 
   mixed = streams(config)
   next(mixed)
@@ -173,7 +167,7 @@ def test_fine_tuning_starts_from_the_source_parameters(source_run, tiny_data_dir
   source, source_loss = source_run
   config = tiny_config(tiny_data_dir)
   config.init_from = str(source)  # its best checkpoint
-  trainer = train.Trainer(config, tmp_path)
+  trainer = train.Trainer(config, checkpoints.Workdir(tmp_path))
   try:
     state, tx = trainer.new_state(0)
     trainer.compile_steps(tx)
@@ -203,18 +197,18 @@ def test_freezing_and_the_record_of_the_start(source_run, tiny_data_dir, tmp_pat
                                              "step": 2}
   assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["2"]
   # A resumed run keeps the record, and cannot change init_from.
-  checkpoints.save_config(config, tmp_path)
+  checkpoints.Workdir(tmp_path).save_config(config)
   assert json.loads((tmp_path / "config.json").read_text())[checkpoints.STARTED_FROM]["step"] == 2
   config.init_from = str(source)
   with pytest.raises(checkpoints.WorkdirError, match="config.init_from"):
-    checkpoints.check_resumable(config, tmp_path)
+    checkpoints.Workdir(tmp_path).check_resumable(config)
 
 
 def test_two_sources_to_four_loads_all_but_the_output_layer(source_run, tiny_data_dir, tmp_path):
   source, _ = source_run
   config = tiny_config(tiny_data_dir, sources=("bass", "drums", "other", "vocals"))
   config.init_from = f"{source}:2"
-  trainer = train.Trainer(config, tmp_path)
+  trainer = train.Trainer(config, checkpoints.Workdir(tmp_path))
   trainer.close()
   loaded = flat(trainer.init.params)
   start = flat(checkpoints.load_for_inference(source, "2").variables["params"])

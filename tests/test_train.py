@@ -14,21 +14,16 @@ import optax
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from conftest import TINY_OUTPUT, TINY_RATE, tiny_data_config
+from conftest import TINY_OUTPUT, TINY_RATE, tiny_data_config, tiny_schedule
 from waveunet_jax import checkpoints, models, train
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 def tiny_config(**model):
-  config = tiny_data_config(TINY_RATE, TINY_OUTPUT, **model)
+  config = tiny_schedule(tiny_data_config(TINY_RATE, TINY_OUTPUT, **model), 30, 10,
+                         log_every=5, fine_tune_batch_size=8)
   config.optim.learning_rate = 1e-3
-  config.batch_size = 4
-  config.fine_tune.batch_size = 8
-  config.num_train_steps = 30
-  config.log_every_steps = 5
-  config.eval_every_steps = 10
-  config.checkpoint_every_steps = 10
   return config
 
 

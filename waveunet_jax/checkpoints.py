@@ -1,4 +1,5 @@
-"""A training workdir: its `config.json`, its checkpoints' progress, loading for inference.
+"""A training workdir (`Workdir`): its layout, config.json, checkpoints, resumption and
+where a run starts; and reading a trained model back for inference.
 
 A workdir holds one run:
 
@@ -8,25 +9,38 @@ A workdir holds one run:
   WORKDIR/best/            the checkpoint of the best validation loss
   WORKDIR/data_state/      each device's input pipeline position, beside each checkpoint
   WORKDIR/tensorboard/     metrics
+  WORKDIR/synthetic_*/     the built-in synthetic corpus, when the config names no data
+
+Each checkpoint holds two items: the train state (`state`, Orbax's standard pytree) and
+the schedule's progress (`progress`, JSON of `Progress`); `Workdir` writes them and
+every reader here reads them back, so the saved format has one owner.
 
 Re-running training in a workdir resumes its run, so the new config must describe the
-same run: `check_resumable` refuses any difference except in `MAY_CHANGE_ON_RESUME`,
-before anything in the workdir is touched.
+same run: `Workdir.start` refuses any difference except in `MAY_CHANGE_ON_RESUME`,
+before anything in the workdir is touched, and says where the run starts (its own
+checkpoints, or the run `config.init_from` names).
 
-Training (`train.py`), separation and evaluation all read a workdir through here.
+Training (`train.py`) uses a `Workdir`; separation and evaluation read a workdir with
+`load_config` and `load_for_inference`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import pathlib
-from typing import Any, NamedTuple
+import shutil
+from collections.abc import Iterator
+from typing import Any, NamedTuple, Protocol
 
+import flax
 import jax
+import jax.numpy as jnp
 import ml_collections
 import orbax.checkpoint as ocp
+from absl import logging
 
 from waveunet_jax.files import write_text_atomic
 
@@ -55,12 +69,18 @@ MAY_CHANGE_ON_RESUME = (
 
 # config.json's one key that is no config field: where a run that started from
 # another run's parameters (config.init_from) started, {"workdir", "checkpoint",
-# "step"}. `save_config` writes and keeps it, `load_config` leaves it out.
+# "step"}. `Workdir.save_config` writes and keeps it, `load_config` leaves it out.
 STARTED_FROM = "started_from"
 
 
 class WorkdirError(RuntimeError):
   """A workdir that cannot be used as asked; the message says why and what to do."""
+
+
+class TrainingError(RuntimeError):
+  """The run cannot go on; the message says why and what to do. (Defined here, the
+  lowest of training's modules, so that the workdir and multi-host start-up can raise
+  it too; `train.TrainingError` is this class.)"""
 
 
 @dataclasses.dataclass
@@ -77,24 +97,8 @@ class Progress:
 
 
 # --------------------------------------------------------------------------- #
-# config.json
+# Reading config.json.
 # --------------------------------------------------------------------------- #
-
-
-def save_config(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
-                started_from: dict[str, Any] | None = None) -> None:
-  """Writes config.json beside the checkpoints (atomically, from process 0 only);
-  separation reads it. `started_from` (see STARTED_FROM) is recorded when given, and
-  kept from the config.json there otherwise (a resumed run)."""
-  if jax.process_index() != 0:
-    return
-  path = pathlib.Path(workdir) / "config.json"
-  saved = json.loads(config.to_json_best_effort())
-  if started_from is None and path.is_file():
-    started_from = json.loads(path.read_text()).get(STARTED_FROM)
-  if started_from is not None:
-    saved[STARTED_FROM] = started_from
-  write_text_atomic(path, json.dumps(saved, indent=2, sort_keys=True))
 
 
 def workdir_path(workdir: str | os.PathLike) -> pathlib.Path:
@@ -113,7 +117,7 @@ def load_config(workdir: str | os.PathLike, *,
                 source: str | None = None) -> ml_collections.ConfigDict:
   """The config.json of `workdir` as a ConfigDict (lists back to tuples). Errors name
   `source` if given, else --workdir."""
-  path = workdir_path(workdir) / "config.json"
+  path = Workdir(workdir).config_file
   if not path.is_file():
     raise WorkdirError(f"{_named(source, '--workdir', workdir)}: no config.json; "
                        "is it a training workdir?")
@@ -159,38 +163,41 @@ def config_differences(saved: ml_collections.ConfigDict, config: ml_collections.
           if name not in may_change and old.get(name) != new.get(name)]
 
 
-def check_resumable(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> None:
-  """Raises WorkdirError naming the fields if `workdir` holds a run of another config.
-
-  A workdir without config.json (new, or never started) takes any config."""
-  if not (pathlib.Path(workdir) / "config.json").is_file():
-    return
-  differences = config_differences(load_config(workdir), config)
-  if not differences:
-    return
-  shown = []
-  for name, old, new in differences[:6]:
-    values = f" ({json.dumps(old)} in config.json, {json.dumps(new)} now)"
-    shown.append(f"config.{name}" + (values if len(values) <= 60 else ""))
-  more = f" and {len(differences) - 6} more" if len(differences) > 6 else ""
-  raise WorkdirError(
-      f"--workdir={workdir} holds a run of another config: {', '.join(shown)}{more} "
-      f"differ from its config.json. Re-run with the config it was started with (a resumed "
-      f"run may change only {', '.join(MAY_CHANGE_ON_RESUME)}) or choose another --workdir")
-
-
 # --------------------------------------------------------------------------- #
 # Checkpoints.
 # --------------------------------------------------------------------------- #
 
 
+def _handlers() -> dict[str, ocp.CheckpointHandler]:
+  """A checkpoint's two items, by name: the train state and the schedule's progress.
+  (Made when needed: Orbax's handlers start JAX's backend, which must wait for
+  `distributed.connect`.)"""
+  return {"state": ocp.StandardCheckpointHandler(), "progress": ocp.JsonCheckpointHandler()}
+
+
+def _save_args(state: Any, progress: Progress) -> ocp.args.Composite:
+  return ocp.args.Composite(state=ocp.args.StandardSave(state),
+                            progress=ocp.args.JsonSave(dataclasses.asdict(progress)))
+
+
+def _restore_args(abstract_state: Any = None, progress: bool = False) -> ocp.args.Composite:
+  """The items to read: the state onto `abstract_state`'s shapes and shardings (if
+  given), the progress (if asked)."""
+  items = {}
+  if abstract_state is not None:
+    items["state"] = ocp.args.StandardRestore(abstract_state)
+  if progress:
+    items["progress"] = ocp.args.JsonRestore()
+  return ocp.args.Composite(**items)
+
+
 def read_progress(workdir: str | os.PathLike) -> Progress | None:
   """Where the run in `workdir` stands (its latest checkpoint), or None."""
-  with ocp.CheckpointManager(workdir_path(workdir) / "checkpoints") as manager:
+  with ocp.CheckpointManager(Workdir(workdir).checkpoints_dir) as manager:
     step = manager.latest_step()
     if step is None:
       return None
-    restored = manager.restore(step, args=ocp.args.Composite(progress=ocp.args.JsonRestore()))
+    restored = manager.restore(step, args=_restore_args(progress=True))
   return Progress(**restored["progress"])
 
 
@@ -205,13 +212,13 @@ def load_for_inference(workdir: str | os.PathLike, checkpoint: str = "best", *,
   """(config, variables, step) of a trained model: checkpoint 'best', 'latest' or a
   step number. Errors name `source` if given, else --workdir and --checkpoint."""
   config = load_config(workdir, source=source)
-  named, workdir = workdir, workdir_path(workdir)
+  named, workdir = workdir, Workdir(workdir)
   if checkpoint == "best":
-    folder, step = workdir / "best", None
+    folder, step = workdir.best_dir, None
   elif checkpoint == "latest":
-    folder, step = workdir / "checkpoints", None
+    folder, step = workdir.checkpoints_dir, None
   elif str(checkpoint).isdigit():
-    folder, step = workdir / "checkpoints", int(checkpoint)
+    folder, step = workdir.checkpoints_dir, int(checkpoint)
   else:
     raise WorkdirError(f"{_named(source, '--checkpoint', checkpoint)}: use best, latest or a "
                        "step number")
@@ -220,8 +227,7 @@ def load_for_inference(workdir: str | os.PathLike, checkpoint: str = "best", *,
       return load_for_inference(named, "latest", source=source)
     raise WorkdirError(f"{_named(source, '--workdir', named)}: no checkpoint in {folder}; "
                        "train the run first (python -m waveunet_jax.main)")
-  handlers = {"state": ocp.StandardCheckpointHandler(), "progress": ocp.JsonCheckpointHandler()}
-  with ocp.CheckpointManager(folder, item_handlers=handlers) as manager:
+  with ocp.CheckpointManager(folder, item_handlers=_handlers()) as manager:
     steps = manager.all_steps()
     if checkpoint == "best" and not steps:  # no validation yet: fall back to the latest
       return load_for_inference(named, "latest", source=source)
@@ -234,8 +240,7 @@ def load_for_inference(workdir: str | os.PathLike, checkpoint: str = "best", *,
     abstract = jax.tree_util.tree_map(
         lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
         manager.item_metadata(step)["state"])
-    restored = manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract)))
+    restored = manager.restore(step, args=_restore_args(abstract))
   state = restored["state"]
   variables = {"params": state["params"]}
   if state.get("batch_stats"):
@@ -252,18 +257,274 @@ def parse_init_from(value: str) -> tuple[pathlib.Path, str]:
   return pathlib.Path(value), "best"
 
 
-def load_init_from(value: str, workdir: str | os.PathLike) -> tuple[Trained, dict[str, Any]]:
-  """The trained model config.init_from names, and where that is (`STARTED_FROM`'s
-  record) for the run in `workdir`, which it must not be."""
-  source = f"config.init_from={value}"
-  origin, checkpoint = parse_init_from(value)
-  origin = workdir_path(origin)
-  if origin == workdir_path(workdir):
-    raise WorkdirError(f"{source}: that is this run's --workdir; a run resumes from its own "
-                       "checkpoints by itself: name another run's workdir, or none")
-  if not (origin / "config.json").is_file():
-    raise WorkdirError(f"{source}: no training workdir at {origin} (no config.json); name "
-                       "a workdir, optionally with :best, :latest or :STEP")
-  trained = load_for_inference(origin, checkpoint, source=source)
-  return trained, {"workdir": str(origin), "checkpoint": checkpoint,
-                   "step": trained.step}
+# --------------------------------------------------------------------------- #
+# The training workdir.
+# --------------------------------------------------------------------------- #
+
+
+# The module of models.WaveUNet whose parameters depend on the sources: fine-tuning
+# into other sources starts it afresh.
+OUTPUT_LAYER = "output"
+
+
+class DataPositions(Protocol):
+  """The training data's position (`input_pipeline.ShardedData`), saved beside each
+  checkpoint in a folder of its own."""
+
+  def save(self, directory: pathlib.Path) -> None: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class Start:
+  """Where a run starts (`Workdir.start`): from scratch or its own checkpoints (both
+  None), or from the parameters of the run config.init_from names."""
+
+  init_from: Trained | None = None
+  started_from: dict[str, Any] | None = None  # where that is (STARTED_FROM's record)
+
+  def variables(self, config: ml_collections.ConfigDict, params: Any,
+                batch_stats: Any) -> tuple[Any, Any]:
+    """The parameters and BatchNorm statistics to start from, in place of the fresh ones
+    (`params`, `batch_stats`: this run's initialisation). Same network: all are loaded.
+    Other sources (`config.model.sources` or `.output`): the output layer keeps its
+    fresh values. Anything else that differs is refused (TrainingError) naming the
+    first parameter that does not fit."""
+    trained, origin = self.init_from, self.started_from
+    if trained is None:
+      return params, batch_stats
+    same_sources = (tuple(trained.config.model.sources) == tuple(config.model.sources)
+                    and trained.config.model.output == config.model.output)
+    fresh = flax.traverse_util.flatten_dict({"params": params, "batch_stats": batch_stats},
+                                            sep="/")
+    there = flax.traverse_util.flatten_dict(dict(trained.variables), sep="/")
+    fit = ("; only the output layer may differ (other config.model.sources): start from a "
+           "run of this network")
+    merged = {}
+    for path in list(fresh) + [p for p in there if p not in fresh]:
+      here, theirs = fresh.get(path), there.get(path)
+      if not same_sources and path.split("/")[1] == OUTPUT_LAYER:
+        if here is not None:
+          merged[path] = here
+        continue
+      if theirs is None:
+        raise TrainingError(f"config.init_from={config.init_from}: that run's network has no "
+                            f"{path} (shape {tuple(here.shape)} here){fit}")
+      if here is None:
+        raise TrainingError(f"config.init_from={config.init_from}: that run's {path} (shape "
+                            f"{tuple(theirs.shape)}) is not in this network{fit}")
+      if here.shape != theirs.shape:
+        raise TrainingError(f"config.init_from={config.init_from}: {path} has shape "
+                            f"{tuple(theirs.shape)} there and {tuple(here.shape)} here{fit}")
+      merged[path] = jnp.asarray(theirs, here.dtype)
+    if trained.config.data.sample_rate != config.data.sample_rate:
+      logging.warning("config.init_from=%s trained at %d Hz and this run trains at %d Hz: the "
+                      "network's filters will hear other frequencies", config.init_from,
+                      trained.config.data.sample_rate, config.data.sample_rate)
+    logging.info("starting from the parameters of %s, checkpoint %s (step %d)%s",
+                 origin["workdir"], origin["checkpoint"], origin["step"],
+                 "" if same_sources else f"; the output layer anew, for the sources "
+                 f"{', '.join(config.model.sources)}")
+    variables = flax.traverse_util.unflatten_dict(merged, sep="/")
+    return variables["params"], variables.get("batch_stats", {})
+
+
+class Workdir:
+  """The workdir of one training run: every name in it, its config.json, its two
+  Orbax checkpoint managers (`checkpoints/` and `best/`, opened by `open`), and the
+  data positions saved beside each checkpoint.
+
+  `start(config)` is what training asks it at start-up, once, before anything in it
+  changes: whether this config may train here, and where the run starts."""
+
+  CONFIG = "config.json"
+  CHECKPOINTS = "checkpoints"
+  BEST = "best"
+  DATA_STATE = "data_state"
+  TENSORBOARD = "tensorboard"
+  SYNTHETIC_CORPUS = "synthetic_corpus"
+  SYNTHETIC_DATA = "synthetic_tfds"
+
+  def __init__(self, path: str | os.PathLike):
+    self.path = workdir_path(path)
+    self._checkpoints: ocp.CheckpointManager | None = None  # both set by `open`
+    self._best: ocp.CheckpointManager | None = None
+
+  # -- names -------------------------------------------------------------------
+
+  @property
+  def config_file(self) -> pathlib.Path:
+    return self.path / self.CONFIG
+
+  @property
+  def checkpoints_dir(self) -> pathlib.Path:
+    return self.path / self.CHECKPOINTS
+
+  @property
+  def best_dir(self) -> pathlib.Path:
+    return self.path / self.BEST
+
+  @property
+  def tensorboard_dir(self) -> pathlib.Path:
+    return self.path / self.TENSORBOARD
+
+  @property
+  def synthetic_corpus(self) -> pathlib.Path:
+    return self.path / self.SYNTHETIC_CORPUS
+
+  @property
+  def synthetic_data_dir(self) -> pathlib.Path:
+    return self.path / self.SYNTHETIC_DATA
+
+  def data_state_dir(self, step: int) -> pathlib.Path:
+    """Where the data positions of checkpoint `step` are saved."""
+    return self.path / self.DATA_STATE / str(step)
+
+  # -- config.json -------------------------------------------------------------
+
+  def save_config(self, config: ml_collections.ConfigDict,
+                  started_from: dict[str, Any] | None = None) -> None:
+    """Writes config.json beside the checkpoints (atomically, from process 0 only);
+    separation reads it. `started_from` (see STARTED_FROM) is recorded when given, and
+    kept from the config.json there otherwise (a resumed run)."""
+    if jax.process_index() != 0:
+      return
+    saved = json.loads(config.to_json_best_effort())
+    if started_from is None and self.config_file.is_file():
+      started_from = json.loads(self.config_file.read_text()).get(STARTED_FROM)
+    if started_from is not None:
+      saved[STARTED_FROM] = started_from
+    write_text_atomic(self.config_file, json.dumps(saved, indent=2, sort_keys=True))
+
+  def check_resumable(self, config: ml_collections.ConfigDict) -> None:
+    """Raises WorkdirError naming the fields if the workdir holds a run of another
+    config. A workdir without config.json (new, or never started) takes any config."""
+    if not self.config_file.is_file():
+      return
+    differences = config_differences(load_config(self.path), config)
+    if not differences:
+      return
+    shown = []
+    for name, old, new in differences[:6]:
+      values = f" ({json.dumps(old)} in config.json, {json.dumps(new)} now)"
+      shown.append(f"config.{name}" + (values if len(values) <= 60 else ""))
+    more = f" and {len(differences) - 6} more" if len(differences) > 6 else ""
+    raise WorkdirError(
+        f"--workdir={self.path} holds a run of another config: {', '.join(shown)}{more} "
+        f"differ from its config.json. Re-run with the config it was started with (a resumed "
+        f"run may change only {', '.join(MAY_CHANGE_ON_RESUME)}) or choose another --workdir")
+
+  # -- start-up ----------------------------------------------------------------
+
+  def start(self, config: ml_collections.ConfigDict) -> Start:
+    """Where a run of `config` starts here, checked before anything in the workdir
+    changes: refuses another config's workdir (WorkdirError, `check_resumable`); with
+    config.init_from and no checkpoint of its own, loads that run's model (or raises
+    TrainingError saying why it cannot)."""
+    self.check_resumable(config)
+    if not config.init_from:
+      return Start()
+    if self._saved_step() is not None:
+      logging.info("the workdir has checkpoints: resuming from them (config.init_from=%s "
+                   "served the run's start)", config.init_from)
+      return Start()
+    try:
+      return self._init_from(config.init_from)
+    except WorkdirError as e:
+      raise TrainingError(str(e)) from None
+
+  def _saved_step(self) -> int | None:
+    """The latest checkpoint's step, read without creating anything."""
+    if not self.checkpoints_dir.is_dir():
+      return None
+    with ocp.CheckpointManager(self.checkpoints_dir) as manager:
+      return manager.latest_step()
+
+  def _init_from(self, value: str) -> Start:
+    """The trained model config.init_from names, and where that is (`STARTED_FROM`'s
+    record); it must be another run's workdir."""
+    source = f"config.init_from={value}"
+    origin, checkpoint = parse_init_from(value)
+    origin = workdir_path(origin)
+    if origin == self.path:
+      raise WorkdirError(f"{source}: that is this run's --workdir; a run resumes from its own "
+                         "checkpoints by itself: name another run's workdir, or none")
+    if not Workdir(origin).config_file.is_file():
+      raise WorkdirError(f"{source}: no training workdir at {origin} (no config.json); name "
+                         "a workdir, optionally with :best, :latest or :STEP")
+    trained = load_for_inference(origin, checkpoint, source=source)
+    return Start(trained, {"workdir": str(origin), "checkpoint": checkpoint,
+                           "step": trained.step})
+
+  @contextlib.contextmanager
+  def removed_if_start_fails(self) -> Iterator[None]:
+    """Nothing of a failed start stays behind in a workdir it made (a half-written
+    synthetic corpus included); a workdir that was there keeps what it had."""
+    created = not self.path.exists()
+    try:
+      yield
+    except BaseException:
+      if created and jax.process_index() == 0:
+        shutil.rmtree(self.path, ignore_errors=True)
+      raise
+
+  # -- checkpoints -------------------------------------------------------------
+
+  def open(self, keep_checkpoints: int) -> None:
+    """Creates the workdir and opens its checkpoint managers (asynchronous saves)."""
+    self.path.mkdir(parents=True, exist_ok=True)
+    # Both save the same step at times: with several processes their barriers need
+    # names of their own, or the two saves meet in one barrier and time out.
+    options = lambda name: dict(
+        enable_async_checkpointing=True, create=True,
+        multiprocessing_options=ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=name))
+    self._checkpoints = ocp.CheckpointManager(
+        self.checkpoints_dir, options=ocp.CheckpointManagerOptions(
+            max_to_keep=keep_checkpoints, **options("checkpoints")))
+    self._best = ocp.CheckpointManager(
+        self.best_dir, options=ocp.CheckpointManagerOptions(max_to_keep=1, **options("best")))
+
+  def latest_step(self) -> int | None:
+    return self._checkpoints.latest_step()
+
+  def read_progress(self) -> Progress | None:
+    """The latest checkpoint's progress (read first on resuming: the stage decides the
+    optimiser, and so the state to restore into)."""
+    return read_progress(self.path)
+
+  def save(self, state: Any, progress: Progress, data: DataPositions) -> None:
+    """A checkpoint of `state` and `progress` at the state's step, the data positions
+    beside it."""
+    step = int(state.step)
+    data.save(self.data_state_dir(step))
+    self._checkpoints.save(step, args=_save_args(state, progress))
+    # The data positions of checkpoints Orbax no longer keeps are useless; process 0
+    # removes them (the others may still be writing the current step's).
+    if jax.process_index() == 0:
+      kept = {str(s) for s in self._checkpoints.all_steps()} | {str(step)}
+      for old in self.data_state_dir(step).parent.iterdir():
+        if old.name not in kept:
+          shutil.rmtree(old, ignore_errors=True)
+
+  def save_best(self, step: int, state: Any, progress: Progress) -> None:
+    """`best/`'s checkpoint, replacing the one before."""
+    self._best.save(step, args=_save_args(state, progress))
+
+  def restore(self, step: int, target: Any, *, best: bool = False) -> tuple[Any, Progress]:
+    """(state, progress) of checkpoint `step` (of `best/` if `best`), the state laid out
+    as `target`."""
+    manager = self._best if best else self._checkpoints
+    if best:
+      manager.wait_until_finished()
+    abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, target)
+    restored = manager.restore(step, args=_restore_args(abstract, progress=True))
+    return restored["state"], Progress(**restored["progress"])
+
+  def wait_until_finished(self) -> None:
+    """Returns once every asynchronous save has been written."""
+    self._checkpoints.wait_until_finished()
+    self._best.wait_until_finished()
+
+  def close(self) -> None:
+    self.wait_until_finished()
+    self._checkpoints.close()
+    self._best.close()

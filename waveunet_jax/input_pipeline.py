@@ -25,6 +25,11 @@ Several prepared datasets (`config.data.data_dir = "DIR:WEIGHT,DIR:WEIGHT"`, rea
 share of dataset i with probability weight i (`tf.data.Dataset.sample_from_datasets`,
 seeded from the device's seed), then batches and augments the mixed crops as above.
 Validation tiles one dataset at a time (`eval_dataset(..., data_dir=...)`).
+
+Training saves where each device's stream stands beside every checkpoint
+(`ShardedData`: one `tf.train.Checkpoint` of the iterator per device, under
+`shard_<d>_of_<D>`), so that a resumed run reads on exactly where it stopped; the
+training workdir (`checkpoints.Workdir`) says in which folder.
 """
 
 from __future__ import annotations
@@ -40,8 +45,9 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
+from absl import logging
 
-from waveunet_jax import prepare
+from waveunet_jax import files, prepare
 
 Augmentation = Callable[[tf.Tensor, tf.Tensor, ml_collections.ConfigDict], tf.Tensor]
 
@@ -328,3 +334,77 @@ def as_numpy(ds: tf.data.Dataset):
   """Iterates a dataset as dicts of numpy arrays."""
   return tfds.as_numpy(ds)
 
+
+# --------------------------------------------------------------------------- #
+# Training streams whose positions are saved with each checkpoint.
+# --------------------------------------------------------------------------- #
+
+
+class DataIterator:
+  """A tf.data iterator of numpy batches whose position can be saved and restored
+  (`tf.train.Checkpoint`)."""
+
+  def __init__(self, dataset: tf.data.Dataset):
+    self._iterator = iter(dataset)
+    self._checkpoint = tf.train.Checkpoint(iterator=self._iterator)
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    return tf.nest.map_structure(lambda t: t.numpy(), next(self._iterator))
+
+  def __iter__(self):
+    return self
+
+  def save(self, directory: pathlib.Path) -> None:
+    """Writes atomically: into a temporary folder renamed when complete (replacing an
+    earlier save of this step, which holds only the iterator's files)."""
+    with files.atomic_path(directory, ours=lambda f: all(
+        p.name.startswith("iterator.") for p in f.iterdir())) as temp:
+      self._checkpoint.write(str(temp / "iterator"))
+
+  def restore(self, directory: pathlib.Path) -> None:
+    self._checkpoint.read(str(directory / "iterator")).assert_consumed()
+
+
+class ShardedData:
+  """This process's devices' input streams: `shards[i]` is the mesh position of the
+  i-th local device, whose stream is share `shards[i]` of `num_shards`.
+  `next()` gives one batch per local device; positions are saved per shard, under
+  `DIR/shard_<d>_of_<D>`, so another grouping of the same devices into processes
+  restores them."""
+
+  def __init__(self, datasets: list[tf.data.Dataset], shards: list[int], num_shards: int):
+    self.iterators = [DataIterator(d) for d in datasets]
+    self.shards, self.num_shards = shards, num_shards
+
+  def __next__(self) -> list[dict[str, np.ndarray]]:
+    return [next(it) for it in self.iterators]
+
+  def shard_dir(self, directory: pathlib.Path, shard: int) -> pathlib.Path:
+    return directory / f"shard_{shard}_of_{self.num_shards}"
+
+  def save(self, directory: pathlib.Path) -> None:
+    for shard, iterator in zip(self.shards, self.iterators):
+      iterator.save(self.shard_dir(directory, shard))
+
+  def can_restore(self, directory: pathlib.Path) -> bool:
+    return all(self.shard_dir(directory, s).is_dir() for s in self.shards)
+
+  def restore(self, directory: pathlib.Path) -> bool:
+    """Whether the saved positions were restored: False if they do not fit these
+    streams (another mixture of datasets), which must then not be used."""
+    try:
+      for shard, iterator in zip(self.shards, self.iterators):
+        iterator.restore(self.shard_dir(directory, shard))
+    except (tf.errors.OpError, AssertionError) as e:
+      logging.info("the data positions in %s do not fit: %s", directory, str(e)[:300])
+      return False
+    return True
+
+  def why_not_restored(self, directory: pathlib.Path) -> str:
+    """Why the positions in `directory` did not restore, for the log: another mixture of
+    datasets, or another number of devices."""
+    if self.can_restore(directory):
+      return "do not fit this run's datasets (config.data.data_dir names others)"
+    saved_as = sorted({p.name.rsplit("_of_", 1)[-1] for p in directory.glob("shard_*_of_*")})
+    return (f"were saved for {' or '.join(saved_as) or 'no'} device(s), and this run has "
+            f"{self.num_shards}")

@@ -55,13 +55,13 @@ def main(argv: list[str]) -> None:
   console.import_tensorflow()  # for tf.data, off the accelerators (their memory is JAX's)
   import jax
 
-  from waveunet_jax import checkpoints, files, models, prepare, train
+  from waveunet_jax import checkpoints, distributed, files, models, prepare, signals, train
 
   named = (FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   if FLAGS.distributed or any(v is not None for v in named):
     try:
-      train.connect(*named, heartbeat_timeout=FLAGS.heartbeat_timeout,
-                    coordinator_timeout=FLAGS.coordinator_timeout)
+      distributed.connect(*named, heartbeat_timeout=FLAGS.heartbeat_timeout,
+                          coordinator_timeout=FLAGS.coordinator_timeout)
     except train.TrainingError as e:
       sys.exit(f"error: {e}")
 
@@ -72,7 +72,7 @@ def main(argv: list[str]) -> None:
   except (models.ConfigError, prepare.DataError, train.TrainingError,
           checkpoints.WorkdirError, files.WriteError) as e:
     sys.exit(f"error: {e}")
-  except train.Interrupted as e:
+  except signals.Interrupted as e:
     # 128 + the signal, as a shell reports a program its signal ended.
     print(f"{e}; resume with: {resume_command()}", file=sys.stderr, flush=True)
     sys.exit(128 + e.signum)

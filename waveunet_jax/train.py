@@ -7,45 +7,39 @@
   sharded on its `data` axis, so BatchNorm statistics are global-batch ones. Each
   device has its own input stream (`input_pipeline`: shard d of D), so the run is
   the same whether its D devices sit in one process or in several.
-* Several processes (hosts): `connect` joins them (`jax.distributed`); every process
-  runs the same command, and `check_same_run` refuses to start if their configs or
+* Several processes (hosts): `distributed.connect` joins them; every process runs the
+  same command, and `distributed.check_same_run` refuses to start if their configs or
   workdirs differ. Process 0 alone writes config.json, TensorBoard and the synthetic
-  corpus; Orbax checkpoints are written and read by all together.
+  corpus (`default_data`); Orbax checkpoints are written and read by all together.
 * Optimiser: Adam (AMSGrad for the seed's config) after L2 with Keras semantics
   (loss += weight_decay * sum(w^2), i.e. 2 * weight_decay * w added to the gradient)
   on the parameters whose path matches `config.optim.l2_mask`, optional global-norm
   clipping, a learning-rate schedule; only on those `config.optim.trainable` selects,
   if set (the others are frozen).
 * Fine-tuning: `config.init_from` starts a new run from another run's parameters and
-  BatchNorm statistics (`start_from`), with a fresh optimiser at step 0.
+  BatchNorm statistics (`checkpoints.Start`), with a fresh optimiser at step 0.
 * Data: one prepared dataset, or several mixed by weight (`config.data.data_dir`,
   see `input_pipeline`), each validated and logged on its own as well.
 * Schedule (the paper's): validate every `eval_every_steps`; a stage ends after
   `patience` validations without improvement; then the fine-tune stage restarts from
   the best parameters with its own batch size and learning rate and a fresh optimiser.
-* Checkpoints (Orbax): `checkpoints/` every `checkpoint_every_steps` (asynchronous)
-  and `best/` at each new best validation loss; each holds the state and the
-  schedule's progress, and the data iterator's position is saved beside them, so
-  re-running the same command resumes exactly where the run stopped. The workdir
-  itself (config.json, loading for inference) belongs to `checkpoints.py`.
+* Checkpoints: `checkpoints/` every `checkpoint_every_steps` (asynchronous) and
+  `best/` at each new best validation loss; each holds the state and the schedule's
+  progress, and the data iterator's position (`input_pipeline.ShardedData`) is saved
+  beside them, so re-running the same command resumes exactly where the run stopped.
+  The workdir (its names, checkpoints, config.json, resumption) is
+  `checkpoints.Workdir`'s.
 * Stopping: SIGINT (Ctrl-C) or SIGTERM (a preempted VM) ends the run after the current
-  step with a checkpoint of that step (`Interrupted`); a second one quits at once.
+  step with a checkpoint of that step (`signals.Interrupted`); a second one quits at once.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import errno
 import functools
-import hashlib
-import json
 import os
-import pathlib
 import re
-import shutil
 import signal
-import socket
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -56,66 +50,12 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 from absl import logging
 from jax.experimental import multihost_utils
 
-from waveunet_jax import checkpoints, console, files, models, parallel
-
-
-class TrainingError(RuntimeError):
-  """The run cannot go on; the message says why and what to do."""
-
-
-class Interrupted(Exception):
-  """The run stopped on a signal after `step`, with a checkpoint of that step saved;
-  re-running the same command resumes from it."""
-
-  def __init__(self, step: int, signum: int):
-    self.step, self.signum = step, signum
-    super().__init__(f"stopped at step {step} on {signal.Signals(signum).name}, "
-                     "with a checkpoint of that step")
-
-
-class StopOnSignal:
-  """While active (a context manager), the first SIGINT or SIGTERM only records itself
-  in `.signum`, for the loop to stop after its current step; a second one raises
-  KeyboardInterrupt at once. Does nothing outside the main thread, where Python
-  cannot take signals."""
-
-  SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-  def __init__(self):
-    self.signum: int | None = None
-    self._announced = False
-    self._previous = {}
-
-  def __enter__(self) -> StopOnSignal:
-    if threading.current_thread() is threading.main_thread():
-      self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
-    return self
-
-  def __exit__(self, *exc) -> None:
-    for s, handler in self._previous.items():
-      # None: a handler installed outside Python, which cannot be put back.
-      signal.signal(s, signal.SIG_DFL if handler is None else handler)
-    self._previous = {}
-
-  def _handle(self, signum: int, frame) -> None:
-    del frame
-    if self.signum is not None:
-      self.__exit__()  # a third one gets Python's own handling
-      raise KeyboardInterrupt(f"{signal.Signals(signum).name} again: quitting without saving")
-    self.signum = signum  # said by `announce`: a log call here could land inside a
-    # write to stderr that the signal interrupted ("reentrant call inside BufferedWriter")
-
-  def announce(self) -> None:
-    """Logs, once, that a signal came and the run stops after this step (from the loop,
-    not from the handler)."""
-    if self.signum is not None and not self._announced:
-      self._announced = True
-      logging.warning("%s: stopping after this step with a checkpoint (again to quit at "
-                      "once, without saving)", signal.Signals(self.signum).name)
+from waveunet_jax import (checkpoints, console, default_data, distributed, models, parallel,
+                          signals)
+from waveunet_jax.checkpoints import TrainingError  # training's error, raised there too
 
 
 @flax.struct.dataclass
@@ -220,59 +160,6 @@ def create_state(config: ml_collections.ConfigDict, model: models.WaveUNet,
                     opt_state=tx.init(params), rng=rng)
 
 
-# The module of models.WaveUNet whose parameters depend on the sources: fine-tuning
-# into other sources starts it afresh.
-OUTPUT_LAYER = "output"
-
-
-def start_from(config: ml_collections.ConfigDict, workdir: pathlib.Path, params: Any,
-               batch_stats: Any) -> tuple[Any, Any, dict[str, Any]]:
-  """The parameters and BatchNorm statistics of the run `config.init_from` names, in
-  place of the fresh ones (`params`, `batch_stats`: this run's initialisation), and
-  where they come from (`checkpoints.STARTED_FROM`). Same network: all are loaded.
-  Other sources (`config.model.sources` or `.output`): the output layer keeps its
-  fresh values. Anything else that differs is refused (TrainingError) naming the
-  first parameter that does not fit."""
-  try:
-    trained, origin = checkpoints.load_init_from(config.init_from, workdir)
-  except checkpoints.WorkdirError as e:
-    raise TrainingError(str(e)) from None
-  same_sources = (tuple(trained.config.model.sources) == tuple(config.model.sources)
-                  and trained.config.model.output == config.model.output)
-  fresh = flax.traverse_util.flatten_dict({"params": params, "batch_stats": batch_stats},
-                                          sep="/")
-  there = flax.traverse_util.flatten_dict(dict(trained.variables), sep="/")
-  fit = ("; only the output layer may differ (other config.model.sources): start from a run "
-         "of this network")
-  merged = {}
-  for path in list(fresh) + [p for p in there if p not in fresh]:
-    here, theirs = fresh.get(path), there.get(path)
-    if not same_sources and path.split("/")[1] == OUTPUT_LAYER:
-      if here is not None:
-        merged[path] = here
-      continue
-    if theirs is None:
-      raise TrainingError(f"config.init_from={config.init_from}: that run's network has no "
-                          f"{path} (shape {tuple(here.shape)} here){fit}")
-    if here is None:
-      raise TrainingError(f"config.init_from={config.init_from}: that run's {path} (shape "
-                          f"{tuple(theirs.shape)}) is not in this network{fit}")
-    if here.shape != theirs.shape:
-      raise TrainingError(f"config.init_from={config.init_from}: {path} has shape "
-                          f"{tuple(theirs.shape)} there and {tuple(here.shape)} here{fit}")
-    merged[path] = jnp.asarray(theirs, here.dtype)
-  if trained.config.data.sample_rate != config.data.sample_rate:
-    logging.warning("config.init_from=%s trained at %d Hz and this run trains at %d Hz: the "
-                    "network's filters will hear other frequencies", config.init_from,
-                    trained.config.data.sample_rate, config.data.sample_rate)
-  logging.info("starting from the parameters of %s, checkpoint %s (step %d)%s",
-               origin["workdir"], origin["checkpoint"], origin["step"],
-               "" if same_sources else f"; the output layer anew, for the sources "
-               f"{', '.join(config.model.sources)}")
-  variables = flax.traverse_util.unflatten_dict(merged, sep="/")
-  return variables["params"], variables.get("batch_stats", {}), origin
-
-
 def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: models.WaveUNet,
                tx: optax.GradientTransformation, crop: tuple[int, int],
                scale: float) -> tuple[TrainState, dict[str, jax.Array]]:
@@ -331,149 +218,43 @@ def jit_steps(config: ml_collections.ConfigDict, model: models.WaveUNet,
 
 
 # --------------------------------------------------------------------------- #
-# Data.
-# --------------------------------------------------------------------------- #
-
-
-class DataIterator:
-  """A tf.data iterator of numpy batches whose position can be saved and restored
-  (`tf.train.Checkpoint`)."""
-
-  def __init__(self, dataset):
-    import tensorflow as tf
-
-    self._iterator = iter(dataset)
-    self._checkpoint = tf.train.Checkpoint(iterator=self._iterator)
-
-  def __next__(self) -> dict[str, np.ndarray]:
-    return jax.tree_util.tree_map(lambda t: t.numpy(), next(self._iterator))
-
-  def __iter__(self):
-    return self
-
-  def save(self, directory: pathlib.Path) -> None:
-    """Writes atomically: into a temporary folder renamed when complete (replacing an
-    earlier save of this step, which holds only the iterator's files)."""
-    with files.atomic_path(directory, ours=lambda f: all(
-        p.name.startswith("iterator.") for p in f.iterdir())) as temp:
-      self._checkpoint.write(str(temp / "iterator"))
-
-  def restore(self, directory: pathlib.Path) -> None:
-    self._checkpoint.read(str(directory / "iterator")).assert_consumed()
-
-
-class ShardedData:
-  """This process's devices' input streams: `shards[i]` is the mesh position of the
-  i-th local device, whose stream is share `shards[i]` of `num_shards`.
-  `next()` gives one batch per local device; positions are saved per shard, under
-  `DIR/shard_<d>_of_<D>`, so another grouping of the same devices into processes
-  restores them."""
-
-  def __init__(self, datasets: list, shards: list[int], num_shards: int):
-    self.iterators = [DataIterator(d) for d in datasets]
-    self.shards, self.num_shards = shards, num_shards
-
-  def __next__(self) -> list[dict[str, np.ndarray]]:
-    return [next(it) for it in self.iterators]
-
-  def shard_dir(self, directory: pathlib.Path, shard: int) -> pathlib.Path:
-    return directory / f"shard_{shard}_of_{self.num_shards}"
-
-  def save(self, directory: pathlib.Path) -> None:
-    for shard, iterator in zip(self.shards, self.iterators):
-      iterator.save(self.shard_dir(directory, shard))
-
-  def can_restore(self, directory: pathlib.Path) -> bool:
-    return all(self.shard_dir(directory, s).is_dir() for s in self.shards)
-
-  def restore(self, directory: pathlib.Path) -> bool:
-    """Whether the saved positions were restored: False if they do not fit these
-    streams (another mixture of datasets), which must then not be used."""
-    import tensorflow as tf
-
-    try:
-      for shard, iterator in zip(self.shards, self.iterators):
-        iterator.restore(self.shard_dir(directory, shard))
-    except (tf.errors.OpError, AssertionError) as e:
-      logging.info("the data positions in %s do not fit: %s", directory, str(e)[:300])
-      return False
-    return True
-
-
-def ensure_data(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> ml_collections.ConfigDict:
-  """The config with `data.data_dir` set: as given, or a synthetic corpus prepared once
-  under the workdir when none is given (the built-in default)."""
-  from waveunet_jax import prepare, synthetic
-
-  if config.data.data_dir:
-    return config
-  data = config.data
-  root = workdir / "synthetic_corpus"
-  data_dir = workdir / "synthetic_tfds"
-  logging.info("config.data.data_dir is not set: training on a synthetic corpus of %d tracks "
-               "of %.0f s in %s. To train on MUSDB18, run python -m waveunet_jax.prepare "
-               "--musdb_root=DIR --data_dir=OUT --config=<this config> and pass "
-               "--config.data.data_dir=OUT.", data.synthetic_tracks, data.synthetic_seconds, root)
-  if jax.process_index() == 0:
-    tracks = synthetic.write_corpus(root, num_train=data.synthetic_tracks, num_test=1,
-                                    seconds=data.synthetic_seconds, seed=config.seed)
-    valid = [tracks[0].name]
-    prepare.prepare(config, root, data_dir, wav=True, valid_tracks=valid)
-  multihost_utils.sync_global_devices("synthetic data prepared")
-  config = ml_collections.ConfigDict(config.to_dict())
-  config.data.data_dir = str(data_dir)
-  return config
-
-
-# --------------------------------------------------------------------------- #
 # The loop.
 # --------------------------------------------------------------------------- #
 
 
 class Trainer:
-  """Holds what one run needs: mesh, model, jitted steps, checkpoint managers."""
+  """Holds what one run needs: its workdir, mesh, model, jitted steps, metrics writer.
 
-  def __init__(self, config: ml_collections.ConfigDict, workdir: pathlib.Path):
+  `start` is where the run starts (`checkpoints.Workdir.start`), asked of the workdir
+  here if not given."""
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: checkpoints.Workdir,
+               start: checkpoints.Start | None = None):
     self.config = config
     self.workdir = workdir
     self.model = models.from_config(config)
     self.lengths = models.lengths(self.model, config.data.output_length)
-    self.crop = loss_crop(config, self.lengths.output_length)
+    loss_crop(config, self.lengths.output_length)  # a crop that cannot be fails here
     self.layout = parallel.data_parallel()
-    self.mesh, self.replicated, self.sharded = (self.layout.mesh, self.layout.replicated,
-                                                self.layout.sharded)
     # Device d of the mesh reads data shard d; these are this process's.
-    self.local_devices = [d for d in self.mesh.devices.flat
+    self.local_devices = [d for d in self.layout.mesh.devices.flat
                           if d.process_index == jax.process_index()]
-    self.shards = [int(np.flatnonzero(self.mesh.devices.flat == d)[0])
+    self.shards = [int(np.flatnonzero(self.layout.mesh.devices.flat == d)[0])
                    for d in self.local_devices]
     self.init = create_state(config, self.model, optax.identity())
     trainable_mask(config, self.init.params)  # a pattern that selects nothing fails here
-    # Both save the same step at times: with several processes their barriers need
-    # names of their own, or the two saves meet in one barrier and time out.
-    options = lambda name: dict(
-        enable_async_checkpointing=True, create=True,
-        multiprocessing_options=ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=name))
-    self.checkpoints = ocp.CheckpointManager(
-        workdir / "checkpoints", options=ocp.CheckpointManagerOptions(
-            max_to_keep=config.keep_checkpoints, **options("checkpoints")))
-    self.best = ocp.CheckpointManager(
-        workdir / "best", options=ocp.CheckpointManagerOptions(max_to_keep=1, **options("best")))
-    # Where this run starts (checkpoints.STARTED_FROM), if from another run: only if it
-    # has no checkpoint of its own to resume from.
-    self.started_from = None
-    if config.init_from and self.checkpoints.latest_step() is None:
-      params, batch_stats, self.started_from = start_from(
-          config, workdir, self.init.params, self.init.batch_stats)
-      self.init = self.init.replace(params=params, batch_stats=batch_stats)
-    elif config.init_from:
-      logging.info("the workdir has checkpoints: resuming from them (config.init_from=%s "
-                   "served the run's start)", config.init_from)
-    self.writer = self.listening = None
+    start = workdir.start(config) if start is None else start
+    params, batch_stats = start.variables(config, self.init.params, self.init.batch_stats)
+    self.init = self.init.replace(params=params, batch_stats=batch_stats)
+    self.started_from = start.started_from  # for config.json (checkpoints.STARTED_FROM)
+    workdir.open(config.keep_checkpoints)
+    self.train_step = self.eval_step = None  # jitted for a stage's optimiser: compile_steps
+    self.stop = signals.StopOnSignal()  # active while `run` runs
+    self.writer = self.listening = None  # TensorBoard, on process 0; its audio, once needed
     if jax.process_index() == 0:
       import tensorflow as tf
 
-      self.writer = tf.summary.create_file_writer(str(workdir / "tensorboard"))
+      self.writer = tf.summary.create_file_writer(str(workdir.tensorboard_dir))
 
   # -- state and steps ---------------------------------------------------------
 
@@ -487,7 +268,7 @@ class Trainer:
                        opt_state=tx.init(params), rng=self.init.rng)
     # Copies: the train step donates its state, and self.init must outlive it.
     state = jax.tree_util.tree_map(jnp.copy, state)
-    return jax.device_put(state, self.replicated), tx
+    return jax.device_put(state, self.layout.replicated), tx
 
   def compile_steps(self, tx) -> None:
     self.train_step, self.eval_step = jit_steps(self.config, self.model, tx, self.layout)
@@ -496,9 +277,9 @@ class Trainer:
     """One batch per local device (in `self.local_devices` order) -> the global batch,
     device d's rows at the d-th place."""
     def stack(*parts):
-      shape = (parts[0].shape[0] * len(self.mesh.devices.flat),) + parts[0].shape[1:]
-      return jax.make_array_from_single_device_arrays(
-          shape, self.sharded, [jax.device_put(p, d) for p, d in zip(parts, self.local_devices)])
+      shape = (parts[0].shape[0] * self.layout.size,) + parts[0].shape[1:]
+      on_devices = [jax.device_put(p, d) for p, d in zip(parts, self.local_devices)]
+      return jax.make_array_from_single_device_arrays(shape, self.layout.sharded, on_devices)
 
     return jax.tree_util.tree_map(stack, *per_device)
 
@@ -508,40 +289,18 @@ class Trainer:
 
     return input_pipeline.derived_seed(self.config.seed, progress.stage, progress.data_start_step)
 
-  def train_data(self, progress: checkpoints.Progress) -> ShardedData:
+  def train_data(self, progress: checkpoints.Progress):
+    """This process's devices' training streams (`input_pipeline.ShardedData`) for the
+    stage and data order of `progress`."""
     from waveunet_jax import input_pipeline
 
     batch_size, _ = stage_settings(self.config, progress.stage)
-    num_shards = len(self.mesh.devices.flat)
+    num_shards = self.layout.size
     seed = self.data_seed(progress)
-    return ShardedData([
+    return input_pipeline.ShardedData([
         input_pipeline.train_dataset(self.config, batch_size // num_shards, seed=seed,
                                      shard=shard, num_shards=num_shards)
         for shard in self.shards], self.shards, num_shards)
-
-  # -- checkpoints -------------------------------------------------------------
-
-  def data_state_dir(self, step: int) -> pathlib.Path:
-    return self.workdir / "data_state" / str(step)
-
-  def save(self, state: TrainState, progress: checkpoints.Progress, data: ShardedData) -> None:
-    step = int(state.step)
-    data.save(self.data_state_dir(step))
-    self.checkpoints.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), progress=ocp.args.JsonSave(dataclasses.asdict(progress))))
-    # The data positions of checkpoints Orbax no longer keeps are useless; process 0
-    # removes them (the others may still be writing the current step's).
-    if jax.process_index() == 0:
-      kept = {str(s) for s in self.checkpoints.all_steps()} | {str(step)}
-      for old in self.data_state_dir(step).parent.iterdir():
-        if old.name not in kept:
-          shutil.rmtree(old, ignore_errors=True)
-
-  def restore(self, manager: ocp.CheckpointManager, step: int, target: TrainState):
-    abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, target)
-    restored = manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract), progress=ocp.args.JsonRestore()))
-    return restored["state"], checkpoints.Progress(**restored["progress"])
 
   # -- validation and logging --------------------------------------------------
 
@@ -577,7 +336,7 @@ class Trainer:
     from waveunet_jax import input_pipeline
 
     batch_size, _ = stage_settings(self.config, stage)
-    num_shards = len(self.mesh.devices.flat)
+    num_shards = self.layout.size
     per_device = batch_size // num_shards
     streams = [iter(input_pipeline.as_numpy(input_pipeline.eval_dataset(
         self.config, per_device, shard=shard, num_shards=num_shards, data_dir=data_dir)))
@@ -637,7 +396,7 @@ class Trainer:
 
   def run(self, callback: Callable[[int, dict[str, float]], None] | None = None) -> TrainState:
     """Trains to the end, or raises Interrupted after saving the step a signal stopped."""
-    with StopOnSignal() as self.stop:
+    with self.stop:
       return self._run(callback)
 
   def stop_agreed(self, step: int) -> bool:
@@ -656,12 +415,12 @@ class Trainer:
     config = self.config
     state, tx = self.new_state(0)
     progress = checkpoints.Progress()
-    latest = self.checkpoints.latest_step()
+    latest = self.workdir.latest_step()
     if latest is not None:
       # The stage decides the optimiser (its learning rate), so read progress first.
-      progress = checkpoints.read_progress(self.workdir)
+      progress = self.workdir.read_progress()
       state, tx = self.new_state(progress.stage)
-      state, progress = self.restore(self.checkpoints, latest, state)
+      state, progress = self.workdir.restore(latest, state)
       logging.info("resuming at step %d, stage %d", latest, progress.stage)
     if progress.done:
       logging.info("training finished before (step %d); nothing to do", int(state.step))
@@ -669,19 +428,14 @@ class Trainer:
     self.compile_steps(tx)
     data = self.train_data(progress)
     if latest is not None:
-      positions = self.data_state_dir(latest)
+      positions = self.workdir.data_state_dir(latest)
       restored = data.can_restore(positions) and data.restore(positions)
       if jax.process_count() > 1:  # all restore, or all start anew
         restored = bool(np.all(multihost_utils.process_allgather(np.int32(restored))))
       if not restored:
-        if data.can_restore(positions):
-          why = "do not fit this run's datasets (config.data.data_dir names others)"
-        else:
-          saved_as = sorted({p.name.rsplit("_of_", 1)[-1] for p in positions.glob("shard_*_of_*")})
-          why = (f"were saved for {' or '.join(saved_as) or 'no'} device(s), and this run has "
-                 f"{data.num_shards}")
         logging.warning("step %d's data positions %s: the parameters and the optimiser resume "
-                        "exactly, the training data start a new random order here", latest, why)
+                        "exactly, the training data start a new random order here", latest,
+                        data.why_not_restored(positions))
         progress.data_start_step = latest
         data = self.train_data(progress)
 
@@ -706,7 +460,7 @@ class Trainer:
         if not np.isfinite(loss):
           raise TrainingError(
               f"the training loss is {loss} at step {step}: stopping. The last good checkpoint "
-              f"(step {self.checkpoints.latest_step()}) is in {self.workdir / 'checkpoints'}; "
+              f"(step {self.workdir.latest_step()}) is in {self.workdir.checkpoints_dir}; "
               "lower config.optim.learning_rate or set config.optim.grad_clip_norm")
         seconds = time.perf_counter() - window_start
         # The rate of this step: the stage's optimiser counts from the stage's start.
@@ -734,23 +488,20 @@ class Trainer:
           callback(step, {f"valid/{k}": v for k, v in results.items()})
         if results["loss"] < progress.best_loss:
           progress.best_loss, progress.best_step, progress.bad_validations = results["loss"], step, 0
-          self.best.save(step, args=ocp.args.Composite(
-              state=ocp.args.StandardSave(state),
-              progress=ocp.args.JsonSave(dataclasses.asdict(progress))))
+          self.workdir.save_best(step, state, progress)
         else:
           progress.bad_validations += 1
         stage_over = progress.bad_validations >= config.patience
 
       if stage_over and (progress.stage == 1 or not config.fine_tune.enabled):
         progress.done = True
-        self.save(state, progress, data)
+        self.workdir.save(state, progress, data)
         logging.info("no improvement in %d validations: training done at step %d",
                      config.patience, step)
         break
       if stage_over:
         # The paper's second stage: from the best parameters, new batch size and rate.
-        self.best.wait_until_finished()
-        best_state, _ = self.restore(self.best, progress.best_step, state)
+        best_state, _ = self.workdir.restore(progress.best_step, state, best=True)
         progress = dataclasses.replace(progress, stage=1, stage_start_step=step,
                                        bad_validations=0)
         state, tx = self.new_state(1, best_state.params, best_state.batch_stats, step)
@@ -760,174 +511,25 @@ class Trainer:
         audio_per_step = batch_size * self.lengths.output_length / config.data.sample_rate
         logging.info("step %d: fine-tune stage from the best step %d (batch %d, lr %g)",
                      step, progress.best_step, batch_size, learning_rate)
-        self.save(state, progress, data)
+        self.workdir.save(state, progress, data)
         saved = step
       elif step % config.checkpoint_every_steps == 0 or step == config.num_train_steps:
-        self.save(state, progress, data)
+        self.workdir.save(state, progress, data)
         saved = step
       if self.stop_agreed(step) and step < config.num_train_steps:
         if bar is not None:
           bar.close()
         if saved != step:
-          self.save(state, progress, data)
-        self.checkpoints.wait_until_finished()
-        self.best.wait_until_finished()
-        raise Interrupted(step, self.stop.signum or signal.SIGTERM)
+          self.workdir.save(state, progress, data)
+        self.workdir.wait_until_finished()
+        raise signals.Interrupted(step, self.stop.signum or signal.SIGTERM)
     if bar is not None:
       bar.close()
-    self.checkpoints.wait_until_finished()
-    self.best.wait_until_finished()
+    self.workdir.wait_until_finished()
     return state
 
   def close(self) -> None:
-    self.checkpoints.wait_until_finished()
-    self.best.wait_until_finished()
-    self.checkpoints.close()
-    self.best.close()
-
-
-def connect(coordinator_address: str | None = None, num_processes: int | None = None,
-            process_id: int | None = None, heartbeat_timeout: int = 100,
-            coordinator_timeout: int = 300) -> None:
-  """Joins this process to the others of a multi-process run (`jax.distributed`),
-  before anything uses JAX. With no arguments, JAX detects the cluster (Cloud TPU,
-  SLURM, Open MPI); otherwise all three are needed. A process that stays silent for
-  `heartbeat_timeout` seconds (killed, crashed, its host gone) ends the others' run,
-  instead of leaving them waiting in a collective forever.
-
-  Named flags are checked here first, each refused in one line: JAX itself indexes a
-  malformed address (IndexError), crashes the interpreter when process 0's port is
-  taken, and aborts one that finds no coordinator within `coordinator_timeout`
-  seconds. So process 0 binds the port once itself, and the others wait for the
-  coordinator's port to answer before JAX connects to it."""
-  named = (coordinator_address, num_processes, process_id)
-  if any(v is not None for v in named) and not all(v is not None for v in named):
-    raise TrainingError("--coordinator_address, --num_processes and --process_id go together: "
-                        "give all three (or none, on a cluster JAX detects)")
-  if num_processes is not None and not 0 <= process_id < num_processes:
-    raise TrainingError(f"--process_id={process_id} is not in [0, --num_processes="
-                        f"{num_processes})")
-  if coordinator_address is not None:
-    host, port = _coordinator(coordinator_address)
-    if process_id == 0:
-      _check_port_free(coordinator_address, port)
-    else:
-      _wait_for_coordinator(coordinator_address, host, port, coordinator_timeout)
-  # Collectives between CPU devices of different processes (tests, CPU clusters);
-  # TPUs and GPUs have their own.
-  jax.config.update("jax_cpu_collectives_implementation", "gloo")
-  try:
-    jax.distributed.initialize(coordinator_address, num_processes, process_id,
-                               initialization_timeout=coordinator_timeout,
-                               heartbeat_timeout_seconds=heartbeat_timeout)
-  except ValueError as e:  # nothing detected, or given values JAX refuses
-    if coordinator_address is None:
-      raise TrainingError("--distributed: JAX detected no cluster to join (Cloud TPU, SLURM, "
-                          "Open MPI); elsewhere give --coordinator_address, --num_processes "
-                          "and --process_id") from None
-    raise TrainingError(f"cannot join the run's processes: {e}") from None
-  except RuntimeError as e:  # e.g. no coordinator at the address within the timeout
-    message = str(e).splitlines()[0] if str(e) else type(e).__name__
-    raise TrainingError(f"cannot join the run's processes ({message}): process 0 must run "
-                        "at --coordinator_address, reachable from every process") from None
-
-
-def _coordinator(address: str) -> tuple[str, int]:
-  """(host, port) of --coordinator_address=HOST:PORT (HOST may be `[IPv6]`), or a
-  TrainingError naming the flag; the host must resolve, as every process dials it."""
-  host, _, port = address.rpartition(":")
-  host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-  if not host or not (port.isascii() and port.isdigit()) or not 1 <= int(port) <= 65535:
-    raise TrainingError(f"--coordinator_address={address}: not HOST:PORT with a port from 1 "
-                        "to 65535 (e.g. node0:8476); name process 0's host and a free port")
-  try:
-    socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
-  except (socket.gaierror, UnicodeError) as e:
-    raise TrainingError(f"--coordinator_address={address}: cannot resolve the host {host!r} "
-                        f"({getattr(e, 'strerror', None) or e}); name process 0's host") from None
-  return host, int(port)
-
-
-def _check_port_free(address: str, port: int) -> None:
-  """Raises TrainingError unless process 0 can bind `port` as JAX's coordinator will:
-  on every address (`[::]`, IPv4 too; `0.0.0.0` where this host has no IPv6), with
-  SO_REUSEADDR as gRPC sets it. Skipped when JAX_COORDINATOR_BIND_ADDRESS tells JAX to
-  bind elsewhere."""
-  if "JAX_COORDINATOR_BIND_ADDRESS" in os.environ:
-    return
-  for family, host in ((socket.AF_INET6, "::"), (socket.AF_INET, "0.0.0.0")):
-    try:
-      s = socket.socket(family)
-    except OSError:  # no such address family here
-      continue
-    with s:
-      s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-      if family == socket.AF_INET6:
-        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-      try:
-        s.bind((host, port))
-        return
-      except OSError as e:
-        if e.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):  # IPv6 off: as gRPC, try IPv4
-          continue
-        hint = {errno.EADDRINUSE: "; another program or run uses it?",
-                errno.EACCES: "; a port below 1024 needs root"}.get(e.errno, "")
-        raise TrainingError(f"--coordinator_address={address}: process 0 cannot listen on "
-                            f"port {port} ({e.strerror}{hint}); choose a free port, the "
-                            "same for every process") from None
-
-
-def _wait_for_coordinator(address: str, host: str, port: int, timeout: int) -> None:
-  """Returns once the coordinator's port accepts a connection, or raises TrainingError
-  after `timeout` seconds (JAX would abort the interpreter instead)."""
-  logging.info("waiting up to %d s (--coordinator_timeout) for the coordinator, process 0, "
-               "at %s", timeout, address)
-  deadline = time.monotonic() + timeout
-  while True:
-    left = deadline - time.monotonic()
-    try:
-      with socket.create_connection((host, port), timeout=max(min(left, 5.0), 0.1)):
-        return
-    except OSError:
-      if left <= 0:
-        break
-      time.sleep(min(0.5, max(left, 0)))
-  raise TrainingError(f"--coordinator_address={address}: no coordinator answered within "
-                      f"{timeout} s (--coordinator_timeout); start process 0 (it listens "
-                      "there), or check the address and that this host can reach the port")
-
-
-def check_same_run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> None:
-  """Raises TrainingError, on every process, unless all processes were started with
-  the same config and workdir (a run whose hosts disagree would hang or diverge)."""
-  if jax.process_count() == 1:
-    return
-  mine = json.dumps({"workdir": str(workdir), "config": json.loads(config.to_json_best_effort())},
-                    sort_keys=True).encode()
-  digests = multihost_utils.process_allgather(
-      np.frombuffer(hashlib.sha256(mine).digest(), np.uint8))
-  others = [i for i, d in enumerate(digests) if not np.array_equal(d, digests[0])]
-  if not others:
-    return
-  # Process 0's run to every process, which names what differs from its own.
-  length = int(np.max(multihost_utils.process_allgather(np.int64(len(mine)))))
-  padded = np.zeros(length, np.uint8)
-  padded[:len(mine)] = np.frombuffer(mine, np.uint8)
-  first = json.loads(bytes(np.asarray(multihost_utils.broadcast_one_to_all(padded))).rstrip(b"\0"))
-  what = "start every process with the same --config, --config.* overrides and --workdir"
-  if jax.process_index() == 0:
-    raise TrainingError(f"process(es) {', '.join(map(str, others))} of {jax.process_count()} "
-                        f"were started with another config or --workdir than this one; {what}")
-  if jax.process_index() not in others:
-    raise TrainingError(f"process(es) {', '.join(map(str, others))} of {jax.process_count()} "
-                        f"were started with another config or --workdir than process 0; {what}")
-  fields = [f"config.{name} ({json.dumps(old)} on process 0, {json.dumps(new)} here)"
-            for name, old, new in checkpoints.config_differences(
-                ml_collections.ConfigDict(first["config"]), config, may_change=())]
-  if first["workdir"] != str(workdir):
-    fields.append(f"--workdir ({first['workdir']} on process 0, {workdir} here)")
-  raise TrainingError(f"process {jax.process_index()} was started with another run than "
-                      f"process 0: {', '.join(fields[:4])} differ; {what}")
+    self.workdir.close()
 
 
 def check_batch_size(batch_size: int, field: str) -> None:
@@ -949,32 +551,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   A workdir that holds a run of another config is refused (checkpoints.WorkdirError)
   before anything in it changes; a start that fails leaves no workdir it created behind.
   SIGINT or SIGTERM stops the run cleanly after the current step with a checkpoint
-  (raises Interrupted); a second one raises KeyboardInterrupt at once.
+  (raises signals.Interrupted); a second one raises KeyboardInterrupt at once.
   """
-  workdir = checkpoints.workdir_path(workdir)
+  workdir = checkpoints.Workdir(workdir)
   from waveunet_jax import input_pipeline
 
-  check_same_run(config, workdir)  # first: until they agree, processes may not wait on each other
-  created = not workdir.exists()
-  try:
+  # First: until they agree, processes may not wait on each other.
+  distributed.check_same_run(config, workdir.path)
+  with workdir.removed_if_start_fails():
     # Check what can be checked before anything slow, and before writing anything.
     models.from_config(config)
     stages = ("config.batch_size", "config.fine_tune.batch_size")
     for stage, field in enumerate(stages[:2 if config.fine_tune.enabled else 1]):
       check_batch_size(stage_settings(config, stage)[0], field)
-    checkpoints.check_resumable(config, workdir)
-    config = ensure_data(config, workdir)
+    start = workdir.start(config)
+    config = default_data.ensure_data(config, workdir)
     input_pipeline.load_builders(config)  # the data is there, before compiling anything
-    workdir.mkdir(parents=True, exist_ok=True)
-    trainer = Trainer(config, workdir)
-  except BaseException:
-    # Nothing of a failed start stays behind in a workdir it made (a half-written
-    # synthetic corpus included); a workdir that was there keeps what it had.
-    if created and jax.process_index() == 0:
-      shutil.rmtree(workdir, ignore_errors=True)
-    raise
+    trainer = Trainer(config, workdir, start)
   # The run starts: only now does the workdir describe it.
-  checkpoints.save_config(config, workdir, trainer.started_from)
+  workdir.save_config(config, trainer.started_from)
   try:
     return trainer.run(callback)
   finally:
