@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import numpy as np  # noqa: E402
 
 import run  # noqa: E402
-from waveunet_jax import engine, evaluate, export, exported, separator  # noqa: E402
+from waveunet_jax import evaluate, export, formats, jax_engine, separator  # noqa: E402
 from waveunet_jax import tracks as tracks_lib  # noqa: E402
 
 VARIANTS = {  # name: (format, options)
@@ -69,11 +69,11 @@ def main() -> None:
   if args.workdir:
     from waveunet_jax import checkpoints
 
-    jax_engine = engine.JaxEngine.from_workdir(args.workdir)
+    engine_jax = jax_engine.JaxEngine.from_workdir(args.workdir)
     config = checkpoints.load_config(args.workdir)
   else:
     config = run.get_config("deep M4", args.smoke)
-    jax_engine = run.make_separator(config, args.smoke).engine
+    engine_jax = run.make_separator(config, args.smoke).engine
   if args.musdb_root:
     track = evaluate.split_tracks(args.musdb_root, "test", True)[0]
     stems, rate = tracks_lib.read_stems(track)
@@ -81,19 +81,19 @@ def main() -> None:
     assert rate == 44100
   else:
     song = run.song(args.seconds)
-  t = jax_engine.tiling
-  window = np.resize(song[::2], (1, t.input_length, jax_engine.num_channels)).astype(np.float32)
-  engines = {"JAX (jit)": jax_engine}
+  t = engine_jax.tiling
+  window = np.resize(song[::2], (1, t.input_length, engine_jax.num_channels)).astype(np.float32)
+  engines = {"JAX (jit)": engine_jax}
   with tempfile.TemporaryDirectory() as tmp:
     for i, (name, (fmt, options)) in enumerate(VARIANTS.items()):
       suffix = {"onnx": ".onnx", "tflite": ".tflite", "stablehlo": ".stablehlo"}.get(fmt, "")
       path = pathlib.Path(tmp) / f"model{i}{suffix}"
       start = time.perf_counter()
-      export.export(jax_engine, fmt, path, config=config, **options)
+      export.export(engine_jax, fmt, path, config=config, **options)
       size = sum(p.stat().st_size for p in [path, *path.rglob("*")] if p.is_file())
       print(f"exported {name}: {time.perf_counter() - start:.1f} s, {size / 2**20:.1f} MiB",
             flush=True)
-      engines[name] = exported.load(path)
+      engines[name] = formats.load(path)
     results, reference = {}, None
     for name, e in engines.items():
       np.asarray(e.forward(window))  # warm-up (and compilation)

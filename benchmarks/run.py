@@ -81,7 +81,7 @@ import numpy as np  # noqa: E402
 from experiments import deep, shallow  # noqa: E402
 import optax  # noqa: E402
 
-from waveunet_jax import engine, flops, models, parallel, separate, synthetic, train  # noqa: E402
+from waveunet_jax import flops, jax_engine, models, parallel, separate, synthetic, train  # noqa: E402
 
 CONFIGS = {"shallow": shallow.get_config, "deep M4": lambda: deep.get_config("M4")}
 
@@ -308,7 +308,7 @@ def make_separator(config, smoke: bool = False) -> separate.Separator:
   """The config's network at random weights on the JAX engine; with `smoke`, 2 s
   windows instead of the default 30 s."""
   model = models.from_config(config)
-  return engine.separator_from_model(model, init_variables(model), config.data.sample_rate,
+  return jax_engine.separator_from_model(model, init_variables(model), config.data.sample_rate,
                                      window_seconds=2.0 if smoke else None)
 
 

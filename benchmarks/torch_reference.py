@@ -54,7 +54,7 @@ import run  # noqa: E402  (benchmarks/run.py: the JAX side, the configs and the 
 
 import jax  # noqa: E402
 
-from waveunet_jax import engine, flops, models  # noqa: E402
+from waveunet_jax import flops, jax_engine, models  # noqa: E402
 
 
 class TorchWaveUNet(torch.nn.Module):
@@ -248,7 +248,7 @@ def figures(name: str, quick: bool, reps: int, smoke: bool = False) -> dict:
   jax.block_until_ready(jax_train())  # warm-ups
   torch_step()
 
-  sep = engine.separator_from_model(model, variables, config.data.sample_rate)
+  sep = jax_engine.separator_from_model(model, variables, config.data.sample_rate)
   window = np.resize(run.song(30.0)[::2], (1, sep.tiling.input_length, model.num_channels))
   window = window.astype(np.float32)
   forward = sep.engine._forward.lower(sep.engine.variables, window).compile()

@@ -136,14 +136,14 @@ def evaluated(musdb_corpus, tmp_path_factory):
   import jax
   import numpy as np
 
-  from waveunet_jax import engine, evaluate, models
+  from waveunet_jax import evaluate, jax_engine, models
 
   model = models.WaveUNet(**tiny_model_config())
   assert tuple(model.sources) == ("accompaniment", "vocals")
   mix = np.zeros((1, models.lengths(model, 1).input_length, 2), np.float32)
   variables = jax.jit(model.init)(jax.random.key(0), mix)
   out = tmp_path_factory.mktemp("eval")
-  summary = evaluate.evaluate(engine.separator_from_model(model, variables, 8000),
+  summary = evaluate.evaluate(jax_engine.separator_from_model(model, variables, 8000),
                               musdb_corpus, out, wav=True, split="test")
   return out, summary
 

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from conftest import tiny_model_config
-from waveunet_jax import engine, evaluate, models
+from waveunet_jax import evaluate, jax_engine, models
 from waveunet_jax import tracks as tracks_lib
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -248,7 +248,7 @@ def test_a_folder_where_the_report_goes_is_refused_before_any_work(musdb_corpus,
 def test_a_four_source_model_is_scored_as_vocals_and_accompaniment(musdb_corpus, tmp_path):
   model = models.WaveUNet(**tiny_model_config(sources=("bass", "drums", "other", "vocals")))
   mix = np.zeros((1, models.lengths(model, 1).input_length, 2), np.float32)
-  sep = engine.separator_from_model(model, jax.jit(model.init)(jax.random.key(0), mix), 8000)
+  sep = jax_engine.separator_from_model(model, jax.jit(model.init)(jax.random.key(0), mix), 8000)
   summary = evaluate.evaluate(sep, musdb_corpus, tmp_path, wav=True, max_tracks=1,
                               stems=["vocals", "accompaniment"])
   assert list(summary["model"]) == list(summary["mixture_baseline"]) == ["vocals",
@@ -279,7 +279,7 @@ CLI = """
 import json, os, sys
 sys.path.insert(0, "tests")
 import conftest  # CPU only, like the tests
-from waveunet_jax import engine, evaluate
+from waveunet_jax import evaluate, jax_engine
 
 class Resumed:
   sources = ("accompaniment", "vocals")
@@ -294,7 +294,7 @@ def from_workdir(workdir, checkpoint="best", **kwargs):
   assert (workdir, checkpoint) == ("RUN", "7"), (workdir, checkpoint)
   return Resumed()
 
-engine.separator_from_workdir = from_workdir
+jax_engine.separator_from_workdir = from_workdir
 evaluate.cli()
 """
 
@@ -325,7 +325,7 @@ HALVES = """
 import sys
 sys.path.insert(0, "tests")
 import conftest  # CPU only, like the tests
-from waveunet_jax import engine, evaluate
+from waveunet_jax import evaluate, jax_engine
 
 class Halves:
   sources = ("accompaniment", "vocals")
@@ -336,7 +336,7 @@ class Halves:
   def separate(self, audio, rate):
     return {s: audio / 2 for s in self.sources}
 
-engine.separator_from_workdir = lambda workdir, checkpoint, **kw: Halves()
+jax_engine.separator_from_workdir = lambda workdir, checkpoint, **kw: Halves()
 evaluate.cli()
 """
 

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from conftest import tiny_model_config
-from waveunet_jax import engine, export, exported, models, separator
+from waveunet_jax import export, formats, jax_engine, models, separator
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 RATE = 8000
@@ -30,7 +30,7 @@ DESIGNS = {
 
 
 @functools.cache
-def jax_engine(design: str) -> engine.JaxEngine:
+def tiny_engine(design: str) -> jax_engine.JaxEngine:
   """A tiny random network; BatchNorm's running statistics made far from 0 and 1, so
   that an export which ignored them would show."""
   model = models.WaveUNet(**tiny_model_config(**DESIGNS[design]))
@@ -40,25 +40,25 @@ def jax_engine(design: str) -> engine.JaxEngine:
     rng = np.random.default_rng(0)
     variables = {**variables, "batch_stats": jax.tree_util.tree_map(
         lambda x: rng.uniform(0.5, 2.0, x.shape).astype(np.float32), variables["batch_stats"])}
-  return engine.JaxEngine(model, variables, RATE, window_seconds=0.05)
+  return jax_engine.JaxEngine(model, variables, RATE, window_seconds=0.05)
 
 
 def export_to(tmp_path, design, fmt, **kwargs) -> pathlib.Path:
-  path = tmp_path / f"{design}{exported.FORMATS[fmt].extension or ''}"  # '': a folder
-  return export.export(jax_engine(design), fmt, path, **kwargs)
+  path = tmp_path / f"{design}{formats.FORMATS[fmt].extension or ''}"  # '': a folder
+  return export.export(tiny_engine(design), fmt, path, **kwargs)
 
 
 @pytest.mark.parametrize("design", list(DESIGNS))
-@pytest.mark.parametrize("fmt", exported.FORMATS)
+@pytest.mark.parametrize("fmt", formats.FORMATS)
 def test_exported_forward_and_separation_equal_jax(tmp_path, design, fmt):
   path = export_to(tmp_path, design, fmt)
-  meta = json.loads(exported.metadata_path(path, fmt).read_text())
-  jax_side = jax_engine(design)
+  meta = json.loads(formats.metadata_path(path, fmt).read_text())
+  jax_side = tiny_engine(design)
   assert meta["sources"] == list(jax_side.sources) and meta["sample_rate"] == RATE
   assert meta["input_length"] == jax_side.tiling.input_length
   assert meta["output_offset"] == (meta["input_length"] - meta["output_length"]) // 2
   batch = meta["batch_size"] or 3  # LiteRT's batch is fixed at export
-  loaded = exported.load(path, batch_size=batch)
+  loaded = formats.load(path, batch_size=batch)
   windows = np.random.default_rng(1).uniform(
       -1, 1, (batch, meta["input_length"], 2)).astype(np.float32)
   want = np.asarray(jax_side.forward(windows))
@@ -74,19 +74,19 @@ def test_exported_forward_and_separation_equal_jax(tmp_path, design, fmt):
 
 def test_bad_exports_are_one_line(tmp_path):
   with pytest.raises(export.ExportError, match="a onnx export's name ends in .onnx"):
-    export.export(jax_engine("deep"), "onnx", tmp_path / "m.bin")
+    export.export(tiny_engine("deep"), "onnx", tmp_path / "m.bin")
   with pytest.raises(export.ExportError, match="--float16 is for --format=tflite"):
-    export.export(jax_engine("deep"), "stablehlo", tmp_path / "m.stablehlo", float16=True)
+    export.export(tiny_engine("deep"), "stablehlo", tmp_path / "m.stablehlo", float16=True)
   (tmp_path / "m.onnx").write_bytes(b"not a model")
   with pytest.raises(separator.SeparationError, match="no metadata .*m.onnx.json"):
-    exported.load(tmp_path / "m.onnx")
+    formats.load(tmp_path / "m.onnx")
   with pytest.raises(separator.SeparationError, match="not an export"):
-    exported.format_of(tmp_path / "m.bin")
+    formats.format_of(tmp_path / "m.bin")
 
 
 def test_an_export_replaces_only_an_earlier_export_and_only_with_overwrite(tmp_path,
                                                                           monkeypatch):
-  engine_ = jax_engine("deep")
+  engine_ = tiny_engine("deep")
   mine = tmp_path / "mine"
   mine.mkdir()
   (mine / "notes.txt").write_text("my own files")
@@ -110,13 +110,13 @@ def test_an_export_replaces_only_an_earlier_export_and_only_with_overwrite(tmp_p
     export.export(engine_, "stablehlo", path)
   assert path.read_bytes() == b"an earlier export"
   export.export(engine_, "stablehlo", path, overwrite=True)
-  assert exported.load(path).forward is not None and path.read_bytes() != b"an earlier export"
+  assert formats.load(path).forward is not None and path.read_bytes() != b"an earlier export"
   folder = export.export(engine_, "saved_model", tmp_path / "sm")
   (folder / "stale.txt").write_text("from an earlier export")
   with pytest.raises(export.ExportError, match=r"sm exists; add --overwrite"):
     export.export(engine_, "saved_model", folder)
   export.export(engine_, "saved_model", folder, overwrite=True)
-  assert not (folder / "stale.txt").exists() and exported.is_export_folder(folder)
+  assert not (folder / "stale.txt").exists() and formats.is_export_folder(folder)
   assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
@@ -171,7 +171,7 @@ def test_separate_on_onnx_imports_neither_jax_nor_tensorflow(tmp_path):
        f"--output_dir={tmp_path / 'out'}", "--format=float", "--batch_size=2"],
       cwd=ROOT, capture_output=True, text=True, timeout=120)
   assert result.returncode == 0, result.stderr[-3000:]
-  want = separator.Separator(jax_engine("shallow")).separate(song, 44100)
+  want = separator.Separator(tiny_engine("shallow")).separate(song, 44100)
   for name, audio in want.items():
     got = sf.read(tmp_path / "out" / "song" / f"{name}.wav", dtype="float32")[0]
     assert np.abs(got - audio).max() < 1e-4
@@ -190,13 +190,13 @@ def test_separate_on_onnx_imports_neither_jax_nor_tensorflow(tmp_path):
                                                  ("tflite", "float16", "float16")])
 def test_reduced_precision_exports_run_close_to_float(tmp_path, fmt, option, weights):
   path = export_to(tmp_path, "deep", fmt, **{option: True})
-  meta = json.loads(exported.metadata_path(path).read_text())
+  meta = json.loads(formats.metadata_path(path).read_text())
   assert meta["weights"] == weights
   batch = meta["batch_size"] or 2
   windows = np.random.default_rng(5).uniform(-1, 1, (batch, meta["input_length"], 2)
                                               ).astype(np.float32)
-  want = np.asarray(jax_engine("deep").forward(windows))
-  got = exported.load(path, batch_size=batch).forward(windows)
+  want = np.asarray(tiny_engine("deep").forward(windows))
+  got = formats.load(path, batch_size=batch).forward(windows)
   error = np.sqrt(np.mean((got - want) ** 2) / np.mean(want ** 2))
   assert 0 < error < 0.1  # close, not equal
 
@@ -216,8 +216,8 @@ def test_export_command_from_a_trained_workdir(tmp_path, tiny_workdir):
   meta = json.loads((tmp_path / "m.onnx.json").read_text())
   assert meta["source_model"]["step"] == 3 and meta["config"]["data"]["sample_rate"] == RATE
   song = np.random.default_rng(6).uniform(-0.5, 0.5, (5000, 2)).astype(np.float32)
-  a = separator.Separator(exported.load(tmp_path / "m.onnx")).separate(song, 44100)
-  b = separator.Separator(engine.JaxEngine.from_workdir(tiny_workdir,
+  a = separator.Separator(formats.load(tmp_path / "m.onnx")).separate(song, 44100)
+  b = separator.Separator(jax_engine.JaxEngine.from_workdir(tiny_workdir,
                                                         window_seconds=0.1)).separate(song, 44100)
   for name in a:
     assert np.abs(a[name] - b[name]).max() < 1e-4
@@ -233,7 +233,7 @@ def onnx_export(tmp_path_factory) -> pathlib.Path:
 
   folder = tmp_path_factory.mktemp("onnx_export")
   sf.write(folder / "song.wav", np.zeros((1000, 2), np.float32), RATE)
-  return export.export(jax_engine("deep"), "onnx", folder / "m.onnx")
+  return export.export(tiny_engine("deep"), "onnx", folder / "m.onnx")
 
 
 def _edit(**fields):
@@ -292,14 +292,14 @@ TAMPERED = [
 def test_a_tampered_or_foreign_export_is_one_line_naming_the_file(
     tmp_path, onnx_export, name, model, edit_metadata, edit_model, message):
   path = tmp_path / model
-  meta = json.loads(exported.metadata_path(onnx_export, "onnx").read_text())
+  meta = json.loads(formats.metadata_path(onnx_export, "onnx").read_text())
   if model == "sm":
     path.mkdir()
   else:
     data = onnx_export.read_bytes()
     path.write_bytes(edit_model(data) if edit_model else data)
   meta = edit_metadata(meta) if edit_metadata else meta
-  exported.metadata_path(path).write_text(json.dumps(meta))
+  formats.metadata_path(path).write_text(json.dumps(meta))
   result = subprocess.run(
       [sys.executable, "-m", "waveunet_jax.separate", f"--model={path}",
        str(onnx_export.parent / "song.wav"), f"--output_dir={tmp_path / 'out'}"],
@@ -311,13 +311,13 @@ def test_a_tampered_or_foreign_export_is_one_line_naming_the_file(
 
 
 def test_each_format_is_one_registry_entry_that_names_and_paths_follow(tmp_path):
-  for name, fmt in exported.FORMATS.items():
+  for name, fmt in formats.FORMATS.items():
     path = tmp_path / f"m{fmt.extension or ''}"
     assert export.check_output(name, path) == path
     if fmt.extension is None:  # a folder, its metadata inside
       path.mkdir()
-      assert exported.metadata_path(path) == path / exported.METADATA_NAME
+      assert formats.metadata_path(path) == path / formats.METADATA_NAME
     else:
-      assert exported.metadata_path(path) == tmp_path / f"{path.name}.json"
-    assert exported.format_of(path) == name
-  assert [f.reduced for f in exported.FORMATS.values() if f.reduced] == ["float16", "int8"]
+      assert formats.metadata_path(path) == tmp_path / f"{path.name}.json"
+    assert formats.format_of(path) == name
+  assert [f.reduced for f in formats.FORMATS.values() if f.reduced] == ["float16", "int8"]

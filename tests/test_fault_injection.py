@@ -93,16 +93,16 @@ import sys
 sys.path.insert(0, "tests")
 import conftest
 import jax, numpy as np
-from waveunet_jax import engine, evaluate, models, separate
+from waveunet_jax import evaluate, jax_engine, models, separate
 
 def from_workdir(workdir, checkpoint="best", **kwargs):
   model = models.WaveUNet(**conftest.tiny_model_config())
   mix = np.zeros((1, models.lengths(model, 1).input_length, 2), np.float32)
   kwargs["window_seconds"] = 0.05  # many windows: the kills land while it works
-  return engine.separator_from_model(model, jax.jit(model.init)(jax.random.key(0), mix), 8000,
+  return jax_engine.separator_from_model(model, jax.jit(model.init)(jax.random.key(0), mix), 8000,
                                      **kwargs)
 
-engine.separator_from_workdir = from_workdir
+jax_engine.separator_from_workdir = from_workdir
 (separate if sys.argv.pop(1) == "separate" else evaluate).cli()
 """
 

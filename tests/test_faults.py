@@ -98,13 +98,13 @@ def test_init_from_a_relative_workdir(trained_run, tiny_data_dir, monkeypatch):
 
 
 def test_reading_a_workdir_without_checkpoints_writes_nothing(trained_run, tmp_path):
-  from waveunet_jax import engine, separator
+  from waveunet_jax import jax_engine, separator
 
   (tmp_path / "bare").mkdir()
   shutil.copy(trained_run / "run" / "config.json", tmp_path / "bare")
   with pytest.raises(separator.SeparationError,
                      match=r"^--workdir=.*bare: no checkpoint in .*bare/checkpoints; train "):
-    engine.JaxEngine.from_workdir(tmp_path / "bare")
+    jax_engine.JaxEngine.from_workdir(tmp_path / "bare")
   assert os.listdir(tmp_path / "bare") == ["config.json"]
 
 

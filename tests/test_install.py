@@ -124,9 +124,9 @@ def assert_same_stems(got: dict[str, np.ndarray], want: dict[str, np.ndarray]) -
 
 def test_onnx_install_separates_an_export_without_jax_or_tensorflow(
     environments, tiny_workdir, song, tmp_path):
-  from waveunet_jax import engine, export, exported, separator
+  from waveunet_jax import export, formats, jax_engine, separator
 
-  model = export.export(engine.JaxEngine.from_workdir(tiny_workdir, window_seconds=0.1),
+  model = export.export(jax_engine.JaxEngine.from_workdir(tiny_workdir, window_seconds=0.1),
                         "onnx", tmp_path / "m.onnx")
   python = environments.python("onnx")
   distributions, modules = installed(python)
@@ -138,7 +138,7 @@ def test_onnx_install_separates_an_export_without_jax_or_tensorflow(
                     "--format=float", cwd=tmp_path)
   assert result.returncode == 0, result.stderr[-3000:]
   audio, rate = soundfile.read(song, dtype="float32")
-  want = separator.Separator(exported.load(model)).separate(audio, rate)
+  want = separator.Separator(formats.load(model)).separate(audio, rate)
   assert_same_stems(read_stems(tmp_path / "out" / "song"), want)
 
   # What this install cannot do is one line saying what to install.
@@ -158,7 +158,7 @@ def test_onnx_install_separates_an_export_without_jax_or_tensorflow(
 
 def test_jax_install_separates_a_workdir_without_tensorflow(
     environments, tiny_workdir, song, tmp_path):
-  from waveunet_jax import engine
+  from waveunet_jax import jax_engine
 
   python = environments.python("jax")
   distributions, modules = installed(python)
@@ -172,7 +172,7 @@ def test_jax_install_separates_a_workdir_without_tensorflow(
                     str(song), "--output_dir=out", "--format=float", cwd=tmp_path)
   assert result.returncode == 0, result.stderr[-3000:]
   audio, rate = soundfile.read(song, dtype="float32")
-  want = engine.separator_from_workdir(tiny_workdir, window_seconds=0.1).separate(audio, rate)
+  want = jax_engine.separator_from_workdir(tiny_workdir, window_seconds=0.1).separate(audio, rate)
   assert_same_stems(read_stems(tmp_path / "out" / "song"), want)
 
 

@@ -172,7 +172,7 @@ def test_fine_tuning_starts_from_the_source_parameters(source_run, tiny_data_dir
     state, tx = trainer.new_state(0)
     trainer.compile_steps(tx)
     assert int(state.step) == 0
-    assert trainer.evaluate(state, 0)["loss"] == source_loss
+    assert trainer.validate(state, 0)["loss"] == source_loss
   finally:
     trainer.close()
   assert trainer.started_from == {"workdir": str(source), "checkpoint": "best", "step": 2}

@@ -527,7 +527,7 @@ CLI = """
 import sys
 sys.path.insert(0, "tests")
 import conftest  # CPU only, like the tests
-from waveunet_jax import engine, models, separate
+from waveunet_jax import jax_engine, models, separate
 import jax, numpy as np
 
 def from_workdir(workdir, checkpoint="best", **kwargs):
@@ -535,9 +535,9 @@ def from_workdir(workdir, checkpoint="best", **kwargs):
   sources = ("bass", "drums", "other", "vocals") if workdir == "FOUR" else None
   model = models.WaveUNet(**conftest.tiny_model_config(**({"sources": sources} if sources else {})))
   variables = jax.jit(model.init)(jax.random.key(0), np.zeros((1, 161, 2), np.float32))
-  return engine.separator_from_model(model, variables, 8000, **kwargs)
+  return jax_engine.separator_from_model(model, variables, 8000, **kwargs)
 
-engine.separator_from_workdir = from_workdir
+jax_engine.separator_from_workdir = from_workdir
 separate.cli()
 """
 

@@ -15,7 +15,7 @@ import soundfile as sf
 import soxr
 
 from conftest import tiny_model_config
-from waveunet_jax import engine, models, separate
+from waveunet_jax import jax_engine, models, separate
 from waveunet_jax import separator as separator_lib
 
 RATE = 8000  # the tiny models' sample rate
@@ -46,7 +46,7 @@ def model_and_variables(padding="valid", output="difference", channels=2, bias=N
 @functools.cache
 def separator(padding="valid", output="difference", channels=2, bias=None, **kwargs):
   model, variables = model_and_variables(padding, output, channels, bias)
-  return engine.separator_from_model(model, variables, RATE, **kwargs)
+  return jax_engine.separator_from_model(model, variables, RATE, **kwargs)
 
 
 def pass_through(padding="valid", **kwargs):
@@ -117,8 +117,8 @@ def test_one_window_or_many_give_the_same_samples(padding, overlap):
 
 def test_same_padding_keeps_the_centre_of_each_window():
   model = pass_through("same", window_seconds=SHORT).engine.model
-  t = engine.tiling(model, RATE, SHORT)
-  margin = engine.same_padding_margin(model)
+  t = jax_engine.tiling(model, RATE, SHORT)
+  margin = jax_engine.same_padding_margin(model)
   assert margin >= models.receptive_field(model) // 2
   assert t.keep_start >= margin and t.keep_start + t.hop <= t.input_length - margin
   assert 0 < t.recomputed_share < 1
@@ -211,7 +211,7 @@ def test_full_band_stems_add_up_to_a_44k_file(tmp_path, design):
   model = models.WaveUNet(**tiny_model_config(**overrides))
   mix = np.zeros((1, models.lengths(model, 1).input_length, 2), np.float32)
   variables = jax.jit(model.init)(jax.random.key(1), mix)
-  sep = engine.separator_from_model(model, variables, model_rate, window_seconds=0.05)
+  sep = jax_engine.separator_from_model(model, variables, model_rate, window_seconds=0.05)
   assert sep.residual_source == "accompaniment"
   rate = 44100
   song = tones(1.5, rate) + noise(round(1.5 * rate), peak=0.3)
@@ -255,7 +255,7 @@ FOUR = ("bass", "drums", "other", "vocals")
 def four_source_separator(**kwargs):
   model = models.WaveUNet(**tiny_model_config(sources=FOUR))
   mix = np.zeros((1, models.lengths(model, 1).input_length, 2), np.float32)
-  return engine.separator_from_model(model, jax.jit(model.init)(jax.random.key(2), mix),
+  return jax_engine.separator_from_model(model, jax.jit(model.init)(jax.random.key(2), mix),
                                      RATE, **kwargs)
 
 

@@ -164,7 +164,7 @@ def test_early_stopping_then_fine_tune_stage(data_dir, tmp_path, monkeypatch):
   script = {5: 1.0, 10: 0.9, 15: 0.95, 20: 0.85, 25: 0.86}
   evaluated, fine_tune_params = {}, []
 
-  def evaluate(self, state, stage):
+  def validate(self, state, stage):
     step = int(state.step)
     evaluated[step] = (stage, jax.device_get(state.params))
     return {"loss": script[step]}
@@ -176,7 +176,7 @@ def test_early_stopping_then_fine_tune_stage(data_dir, tmp_path, monkeypatch):
       fine_tune_params.append(jax.device_get(params))
     return original_new_state(self, stage, params, *args, **kwargs)
 
-  monkeypatch.setattr(train.Trainer, "evaluate", evaluate)
+  monkeypatch.setattr(train.Trainer, "validate", validate)
   monkeypatch.setattr(train.Trainer, "new_state", new_state)
   rates = {}
   train.train_and_evaluate(config, tmp_path, callback=lambda step, s: rates.setdefault(
@@ -259,10 +259,10 @@ def test_smoke_command_end_to_end_with_an_override(tmp_path):
   assert "batch_stats" in variables
 
   # What users do next: separate a song with the trained model, in Python and the CLI.
-  from waveunet_jax import engine, separate
+  from waveunet_jax import jax_engine, separate
 
   song = 0.3 * np.random.default_rng(0).standard_normal((44100 + 17, 2)).astype(np.float32)
-  separator = engine.separator_from_workdir(workdir, "best", window_seconds=2.0)
+  separator = jax_engine.separator_from_workdir(workdir, "best", window_seconds=2.0)
   stems = separator.separate(song, 44100)
   assert set(stems) == {"vocals", "accompaniment"}
   assert all(stem.shape == song.shape for stem in stems.values())
@@ -280,7 +280,7 @@ def test_smoke_command_end_to_end_with_an_override(tmp_path):
   assert rate == 44100 and vocals.shape == song.shape
   # A checkpoint that is not there: a one-line error and no output.
   with pytest.raises(separate.SeparationError, match="no such checkpoint"):
-    engine.separator_from_workdir(workdir, "999")
+    jax_engine.separator_from_workdir(workdir, "999")
   result = subprocess.run([sys.executable, "-m", "waveunet_jax.separate", f"--workdir={workdir}",
                            "--checkpoint=999", str(tmp_path / "song.wav"),
                            f"--output_dir={tmp_path / 'out999'}"],

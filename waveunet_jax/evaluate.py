@@ -505,7 +505,7 @@ def _define_flags() -> None:
 
 def main(argv: list[str]) -> None:
   # Flax: imported here so that cli() can name the install.
-  from waveunet_jax import engine, models
+  from waveunet_jax import jax_engine, models
 
   console.no_arguments(argv)
   args = flags.FLAGS
@@ -517,7 +517,7 @@ def main(argv: list[str]) -> None:
   output_dir = pathlib.Path(args.output_dir)
   try:
     split_tracks(args.musdb_root, args.split, args.wav, valid)  # before loading the model
-    model = engine.separator_from_workdir(
+    model = jax_engine.separator_from_workdir(
         args.workdir, args.checkpoint,
         residual_source=None if args.residual_source == "none" else args.residual_source)
     evaluate(model, args.musdb_root, output_dir, wav=args.wav, split=args.split,

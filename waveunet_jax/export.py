@@ -5,13 +5,13 @@
       --float16 --output=m4.tflite
   waveunet-separate --model=m4.onnx song.wav --output_dir=separated
 
-Formats (`exported.FORMATS`, which also says how each is written and loaded):
+Formats (`formats.FORMATS`, which also says how each is written and loaded):
 
 * `stablehlo`: `jax.export`'s serialised module (runs with `jax.export.deserialize`);
 * `saved_model`: a TensorFlow SavedModel folder (`jax2tf`), serving signature
   `mix [batch, input_length, channels] -> sources [batch, sources, output_length, channels]`;
 * `tflite`: LiteRT's flatbuffer of that SavedModel (float32, or float16 weights);
-* `onnx`: an ONNX model (`jax2onnx`), `exported.OPSET` (optionally with int8 weights,
+* `onnx`: an ONNX model (`jax2onnx`), `formats.OPSET` (optionally with int8 weights,
   ONNX Runtime's dynamic quantisation).
 
 Each exports the network's forward pass on the separator's window: the time length is
@@ -33,7 +33,7 @@ from typing import Any
 from absl import flags
 
 import waveunet_jax
-from waveunet_jax import console, exported, files, shared_flags
+from waveunet_jax import console, files, formats, shared_flags
 
 
 class ExportError(ValueError):
@@ -54,7 +54,7 @@ def metadata(engine, fmt: str, config=None, batch_size: int | None = None,
   size = models.Lengths(engine.tiling.input_length,
                         models.output_length_for(model, engine.tiling.input_length))
   return {
-      "schema": exported.SCHEMA,
+      "schema": formats.SCHEMA,
       "format": fmt,
       "project": "waveunet_jax",
       "version": waveunet_jax.__version__,
@@ -86,16 +86,16 @@ def check_output(fmt: str, output: str | os.PathLike, overwrite: bool = False) -
   name must fit the format, and what is there already (the model or its metadata) is
   replaced only with `overwrite`, and only if it is what an export writes there (a
   file, or a SavedModel folder holding this project's metadata)."""
-  if fmt not in exported.FORMATS:
-    raise ExportError(f"--format={fmt}: use one of {', '.join(exported.FORMATS)}")
+  if fmt not in formats.FORMATS:
+    raise ExportError(f"--format={fmt}: use one of {', '.join(formats.FORMATS)}")
   if not str(output).strip():  # "" would be the current folder
     raise ExportError("--output is empty: name the file or SavedModel folder to write")
   output = pathlib.Path(output)
-  expected = exported.FORMATS[fmt].extension
+  expected = formats.FORMATS[fmt].extension
   if expected and output.suffix.lower() != expected:
     raise ExportError(f"--output={output}: a {fmt} export's name ends in {expected}")
-  targets = ([(output, exported.is_export_folder)] if expected is None else  # a folder
-             [(output, None), (exported.metadata_path(output, fmt), None)])
+  targets = ([(output, formats.is_export_folder)] if expected is None else  # a folder
+             [(output, None), (formats.metadata_path(output, fmt), None)])
   for path, ours in targets:
     try:
       files.check_target(path, ours)
@@ -110,33 +110,33 @@ def check_output(fmt: str, output: str | os.PathLike, overwrite: bool = False) -
 def export(engine, fmt: str, output: str | os.PathLike, *, config=None,
            batch_size: int | None = None, float16: bool = False, int8: bool = False,
            overwrite: bool = False) -> pathlib.Path:
-  """Writes `engine`'s model (a `engine.JaxEngine`) as `fmt` to `output`, and its
+  """Writes `engine`'s model (a `jax_engine.JaxEngine`) as `fmt` to `output`, and its
   metadata beside it (inside a SavedModel folder, before it is renamed into place).
   An existing export there is replaced only if `overwrite` (see `check_output`).
   Returns the model's path."""
   output = check_output(fmt, output, overwrite)
   options = {"float16": float16, "int8": int8}  # the `reduced` options of the formats
   for option, wanted in options.items():
-    owner = next(name for name, f in exported.FORMATS.items() if f.reduced == option)
+    owner = next(name for name, f in formats.FORMATS.items() if f.reduced == option)
     if wanted and fmt != owner:
       raise ExportError(f"--{option} is for --format={owner}")
-  kind = exported.FORMATS[fmt]
+  kind = formats.FORMATS[fmt]
   if kind.fixed_batch:  # its converter refuses a symbolic batch
     batch_size = batch_size or 1
   reduced = bool(kind.reduced and options[kind.reduced])
   extra = {**kind.metadata,
            **({"weights": kind.reduced if reduced else "float32"} if kind.reduced else {})}
   meta = metadata(engine, fmt, config, batch_size, **extra)
-  exported.check_metadata(meta, fmt)  # what separation will accept; a failure is a bug here
+  formats.check_metadata(meta, fmt)  # what separation will accept; a failure is a bug here
   text = json.dumps(meta, indent=2) + "\n"
   if kind.extension is None:  # a folder, the metadata inside it
-    with files.atomic_path(output, ours=exported.is_export_folder) as temp:
+    with files.atomic_path(output, ours=formats.is_export_folder) as temp:
       kind.write(engine, temp, batch_size, reduced)
-      (temp / exported.METADATA_NAME).write_text(text)
+      (temp / formats.METADATA_NAME).write_text(text)
     return output
   with files.atomic_path(output, suffix=kind.extension) as temp:  # converters go by it
     kind.write(engine, temp, batch_size, reduced)
-  files.write_text_atomic(exported.metadata_path(output, fmt), text)
+  files.write_text_atomic(formats.metadata_path(output, fmt), text)
   return output
 
 
@@ -151,7 +151,7 @@ def _define_flags() -> None:
       "workdir", "checkpoint", "window_seconds", "overlap", "batch_size", "overwrite",
       batch_size="Windows per call (default: any, where the format allows it).",
       overwrite="Replace an earlier export at --output.")
-  flags.DEFINE_enum("format", None, list(exported.FORMATS), "The export format.")
+  flags.DEFINE_enum("format", None, list(formats.FORMATS), "The export format.")
   flags.DEFINE_string("output", None, "The model file (.onnx, .tflite, .stablehlo) or "
                       "SavedModel folder to write.")
   flags.DEFINE_bool("float16", False, "tflite: float16 weights.")
@@ -162,7 +162,7 @@ def _define_flags() -> None:
 def check_flags(args) -> None:
   """ExportError naming the flag that cannot work: the output (`check_output`), the
   batch or the window."""
-  from waveunet_jax import engine as engine_lib
+  from waveunet_jax import jax_engine as engine_lib
 
   check_output(args.format, args.output, args.overwrite)
   if args.batch_size is not None and args.batch_size < 1:
@@ -175,7 +175,7 @@ def check_flags(args) -> None:
 
 
 def main(argv: list[str]) -> None:
-  from waveunet_jax import checkpoints, engine as engine_lib
+  from waveunet_jax import checkpoints, jax_engine as engine_lib
 
   console.no_arguments(argv)
   args = flags.FLAGS
@@ -190,7 +190,7 @@ def main(argv: list[str]) -> None:
                   overwrite=args.overwrite)
   except ValueError as e:  # ExportError, SeparationError, ConfigError, a too short window
     sys.exit(f"error: {e}")
-  console.done(f"done: wrote {path} and {exported.metadata_path(path, args.format)}; separate "
+  console.done(f"done: wrote {path} and {formats.metadata_path(path, args.format)}; separate "
                f"with: {console.python()} -m waveunet_jax.separate --model={path} "
                "--output_dir=OUT SONG.wav")
 

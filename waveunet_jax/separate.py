@@ -14,7 +14,7 @@ module lists the inputs, reads them (`audio.open_audio`, the next file decoded w
 on the current one), names and writes the outputs (`audio.AudioWriter`: complete or
 absent) and shows one progress bar for the whole job. From Python:
 
-  separator = engine.separator_from_workdir("runs/m4")   # waveunet_jax.engine
+  separator = jax_engine.separator_from_workdir("runs/m4")   # waveunet_jax.jax_engine
   stems = separator.separate(audio, rate)     # audio [T, C] or [T] -> {source: [T, C]}
   separate_files(separator, ["album/"], "separated", fmt="flac")
 """
@@ -540,17 +540,17 @@ def load_separator(args) -> Separator:
     raise SeparationError("give the model: --workdir=RUN (a training workdir) or "
                           "--model=FILE (an export), not both")
   if args.model is not None:
-    from waveunet_jax import exported
+    from waveunet_jax import formats
 
     if args.window_seconds is not None or args.overlap:
       raise SeparationError("--window_seconds and --overlap are fixed when a model is "
                             "exported (python -m waveunet_jax.export)")
-    return Separator(exported.load(args.model, args.batch_size), residual_source=residual)
+    return Separator(formats.load(args.model, args.batch_size), residual_source=residual)
   try:
-    from waveunet_jax import engine
+    from waveunet_jax import jax_engine
 
-    engine.check_window_seconds(args.window_seconds)  # before the checkpoint loads
-    return engine.separator_from_workdir(args.workdir, args.checkpoint,
+    jax_engine.check_window_seconds(args.window_seconds)  # before the checkpoint loads
+    return jax_engine.separator_from_workdir(args.workdir, args.checkpoint,
                                          window_seconds=args.window_seconds,
                                          overlap=args.overlap, batch_size=args.batch_size,
                                          residual_source=residual)

@@ -1,12 +1,12 @@
 """The Separator: whole songs of any length, rate and channel count through a network
 that only takes windows of one fixed shape. Imports neither JAX nor TensorFlow: the
-network is behind an `Engine` (`engine.JaxEngine` runs a Flax model; an exported model
+network is behind an `Engine` (`jax_engine.JaxEngine` runs a Flax model; an exported model
 can be another engine; an engine's module builds separators on it, this one never
 imports an engine), and all the rest (tiling, streaming, resampling, channels,
 full band, stem layouts) is shared by every engine.
 
-  separator = Separator(engine.JaxEngine.from_workdir("runs/m4"))
-  separator = engine.separator_from_workdir("runs/m4")   # the same, in one call
+  separator = Separator(jax_engine.JaxEngine.from_workdir("runs/m4"))
+  separator = jax_engine.separator_from_workdir("runs/m4")   # the same, in one call
   stems = separator.separate(audio, rate)                  # {source: [T, C]}
   stems = separator.separate(audio, rate, stems=("vocals", "accompaniment"))
 

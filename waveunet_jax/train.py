@@ -304,7 +304,7 @@ class Trainer:
 
   # -- validation and logging --------------------------------------------------
 
-  def evaluate(self, state: TrainState, stage: int) -> dict[str, float]:
+  def validate(self, state: TrainState, stage: int) -> dict[str, float]:
     """Validation loss ('loss') and pooled SDR per source ('sdr/<source>') on the
     validation split. With several datasets (config.data.data_dir), each one's as
     '<name>/loss' and '<name>/sdr/<source>', and 'loss' and 'sdr/<source>' weight-
@@ -479,7 +479,7 @@ class Trainer:
 
       stage_over = False
       if step % config.eval_every_steps == 0:
-        results = self.evaluate(state, progress.stage)
+        results = self.validate(state, progress.stage)
         logging.info("step %d validation: %s", step,
                      ", ".join(f"{k} {v:.4f}" for k, v in results.items()))
         self.write(step, {f"valid/{k}": v for k, v in results.items()})

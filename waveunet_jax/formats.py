@@ -3,8 +3,8 @@ the `separator.Separator` on ONNX Runtime, LiteRT, TensorFlow or a serialised
 `jax.export` module, with the same tiling, streaming, resampling and file handling as on
 the JAX engine.
 
-  from waveunet_jax import exported, separator
-  sep = separator.Separator(exported.load("model.onnx"))   # imports neither JAX nor TF
+  from waveunet_jax import formats, separator
+  sep = separator.Separator(formats.load("model.onnx"))   # imports neither JAX nor TF
 
 `FORMATS` is the one registry of formats: a new one is an entry there (its file
 extension, writer, loader and runtime), which `export`, `load` and the command lines
@@ -219,7 +219,7 @@ def _shape(shape: tuple[int | None, ...]) -> str:
 
 
 # --------------------------------------------------------------------------- #
-# Writing, for `export.export`: each writer puts the model of an `engine.JaxEngine`
+# Writing, for `export.export`: each writer puts the model of an `jax_engine.JaxEngine`
 # at `path` (a file, or a folder for a SavedModel), with a symbolic batch unless
 # `batch_size`; the last argument is the format's `reduced` option.
 # --------------------------------------------------------------------------- #
