@@ -30,6 +30,12 @@ that libtpu refuses for memory, or whose total exceeds HBM, does not fit; search
 with at most --max_compiles compiles, so it may be a range); compile time on this
 machine; and the FLOP count of one step per chip from the TPU compile's own cost
 analysis (libtpu's count, not the CPU's: `flops.py` owns the project's count).
+`--layouts` adds, under each row, the shapes and TPU layouts of the outer level's
+convolutions: which axis libtpu puts on the 128 lanes of its tiles (README: where a TPU
+would leave its matrix unit idle).
+
+Each compile of a full network takes minutes of CPU (libtpu's code generation): the
+whole table is hours on 2 cores.
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ import json
 import math
 import os
 import pathlib
+import re
 import sys
 import time
 from typing import Any
@@ -137,6 +144,8 @@ class Compiled:
   code: int = 0
   flops: float | None = None
   refused: str | None = None  # libtpu's reason when the program does not fit
+  # The outer level's convolutions as libtpu laid them out: 'f32[32,18431,24]{0,2,1:T(8,128)}'
+  outer_layouts: list[str] = dataclasses.field(default_factory=list)
 
   @property
   def total(self) -> int:
@@ -219,7 +228,17 @@ class Target:
                     output=memory.output_size_in_bytes, alias=memory.alias_size_in_bytes,
                     temp=memory.temp_size_in_bytes,
                     code=memory.generated_code_size_in_bytes,
-                    flops=(cost or {}).get("flops"))
+                    flops=(cost or {}).get("flops"),
+                    outer_layouts=outer_layouts(compiled.as_text(), self.model.features[0]))
+
+
+def outer_layouts(hlo: str, features: int) -> list[str]:
+  """The distinct shapes and layouts of the convolutions in `hlo` (a compiled module's
+  text) whose last dimension is `features` (the outer level's): in a TPU layout
+  '{0,2,1:T(8,128)}' the first dimension listed is the minor one, tiled to 128 lanes,
+  the second to 8 sublanes, so it shows which axis fills the matrix unit's lanes."""
+  found = re.findall(r"= (\w+\[[\d,]*,%d\]\{[^}]*\}) convolution\(" % features, hlo)
+  return sorted(set(found))
 
 
 def largest_fit(target, first: Compiled, hbm: int, max_compiles: int,
@@ -301,6 +320,7 @@ def run(configs: list, described: list, batch: int | None, max_compiles: int, ma
           "refused": first.refused, "compile_seconds": round(first.seconds, 1),
           "tpu_cost_analysis_flops_per_chip": first.flops,
           "largest_fitting_per_chip_batch": fit, "smallest_failing_per_chip_batch": over,
+          "outer_conv_layouts": first.outer_layouts,
           "search": [{"per_chip_batch": c.per_chip_batch, "total_bytes": c.total,
                       "refused": c.refused, "compile_seconds": round(c.seconds, 1)}
                      for c in extra],
@@ -355,6 +375,8 @@ def main() -> None:
   parser.add_argument("--max_batch", type=int, default=1024,
                       help="the largest per-chip batch the search tries")
   parser.add_argument("--json", help="also write the rows to this file")
+  parser.add_argument("--layouts", action="store_true",
+                      help="under each row, the outer level's convolution layouts")
   args = parser.parse_args()
   if args.batch is not None and args.batch < 1:
     parser.error(f"--batch: must be positive, got {args.batch}")
@@ -378,7 +400,9 @@ def main() -> None:
   print(HEADER, flush=True)
   print("|" + "---|" * HEADER.count(" | ") + "---|", flush=True)
   rows = run(configs, described, args.batch, args.max_compiles, args.max_batch,
-             lambda row: print(format_row(row), flush=True))
+             lambda row: print(format_row(row) + "".join(
+                 f"\n  outer level conv: {layout}" for layout in row["outer_conv_layouts"]
+                 if args.layouts), flush=True))
   if any(r["compiled_batch"] != r["batch"] for r in rows):
     print("* the batch does not divide the chips (training refuses it): compiled at the "
           "next multiple", flush=True)

@@ -78,7 +78,8 @@ def test_compiles_the_train_step_for_a_tpu_topology(libtpu_path, tmp_path):
   path = write_config_file(config, tmp_path / "tiny.py")
   out = tmp_path / "rows.json"
   result = run_command(f"--configs={path}", "--topologies=v5e:2x2", "--max_compiles=1",
-                       "--max_batch=8", f"--json={out}", pythonpath=libtpu_path)
+                       "--max_batch=8", f"--json={out}", "--layouts",
+                       pythonpath=libtpu_path)
   assert result.returncode == 0, result.stderr[-3000:]
   # libtpu's native warnings (no TPU VM metadata here) are silenced at the source.
   assert result.stderr == ""
@@ -104,6 +105,11 @@ def test_compiles_the_train_step_for_a_tpu_topology(libtpu_path, tmp_path):
   assert (row["largest_fitting_per_chip_batch"], row["smallest_failing_per_chip_batch"]) == (8, None)
   table_row = next(line for line in result.stdout.splitlines() if "v5e:2x2" in line)
   assert "| 4 (1) |" in table_row and "| >= 8 |" in table_row
+  # --layouts: the outer level's (4 features) convolutions as libtpu laid them out.
+  assert row["outer_conv_layouts"]
+  for layout in row["outer_conv_layouts"]:
+    assert re.fullmatch(r"f32\[[\d,]*,4\]\{[\d,]+:T\(\d+,128\).*\}", layout), layout
+    assert f"  outer level conv: {layout}" in result.stdout
 
 
 def test_without_libtpu_names_the_install(tmp_path):
