@@ -169,3 +169,21 @@ def test_largest_fit_gives_a_range_when_its_compiles_run_out():
   # A memory that never runs out stops at --max_batch.
   target = LinearMemory(0, 1, state=0)
   assert tpu_compile.largest_fit(target, target.compile(1), 10**9, 3, 16)[:2] == (16, None)
+
+
+def test_a_row_says_when_the_batch_does_not_divide_the_chips_or_does_not_fit():
+  row = {"config": "experiments/shallow.py", "topology": "v5e:4x4", "chips": 16, "hosts": 4,
+         "batch": 8, "compiled_batch": 16, "per_chip_batch": 1, "hbm_bytes": 16 * 2**30,
+         "argument_bytes": 2**30, "temp_bytes": 3 * 2**30, "total_bytes": 4 * 2**30,
+         "refused": None, "largest_fitting_per_chip_batch": 3,
+         "smallest_failing_per_chip_batch": 6, "compile_seconds": 61.4,
+         "tpu_cost_analysis_flops_per_chip": 2.5e12}
+  assert tpu_compile.format_row(row) == (
+      "| shallow.py | v5e:4x4 (16, 4) | 8* -> 16 (1) | 1.00 | 3.00 | 4.00 / 16.00 | 3 to 5 "
+      "| 61 | 2.500 |")
+  row.update(refused="RESOURCE_EXHAUSTED: ...", largest_fitting_per_chip_batch=0,
+             smallest_failing_per_chip_batch=1, compile_seconds=10.0,
+             tpu_cost_analysis_flops_per_chip=None)
+  assert tpu_compile.format_row(row) == (
+      "| shallow.py | v5e:4x4 (16, 4) | 8* -> 16 (1) | - | - | refused / 16.00 | 0 | 10 "
+      "| - |")
