@@ -399,18 +399,23 @@ def main() -> None:
   print("compiled on a CPU with libtpu, not run; per chip; GiB = 2^30 bytes", flush=True)
   print(HEADER, flush=True)
   print("|" + "---|" * HEADER.count(" | ") + "---|", flush=True)
-  rows = run(configs, described, args.batch, args.max_compiles, args.max_batch,
-             lambda row: print(format_row(row) + "".join(
-                 f"\n  outer level conv: {layout}" for layout in row["outer_conv_layouts"]
-                 if args.layouts), flush=True))
+  done = []
+
+  def report(row: dict[str, Any]) -> None:
+    print(format_row(row) + "".join(f"\n  outer level conv: {layout}"
+                                    for layout in row["outer_conv_layouts"] if args.layouts),
+          flush=True)
+    done.append(row)
+    if args.json:  # after every row: a long run stopped early keeps what it compiled
+      path = pathlib.Path(args.json)
+      partial = path.with_name(path.name + ".partial")
+      partial.write_text(json.dumps(done, indent=1))
+      partial.replace(path)
+
+  rows = run(configs, described, args.batch, args.max_compiles, args.max_batch, report)
   if any(r["compiled_batch"] != r["batch"] for r in rows):
     print("* the batch does not divide the chips (training refuses it): compiled at the "
           "next multiple", flush=True)
-  if args.json:
-    path = pathlib.Path(args.json)
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(rows, indent=1))
-    partial.replace(path)
 
 
 if __name__ == "__main__":
