@@ -64,9 +64,9 @@ def tensorflow_requirements() -> list[str]:
           f'tensorflow>={MIN_VERSION}; sys_platform != "linux"']
 
 
-# Extras that include others: training and export run the network on JAX; the tests
-# run everything.
-INCLUDES = {"train": ("jax",), "export": ("jax",), "dev": ("train", "export")}
+# Extras that include others: training and export run the network on JAX; Cloud TPU
+# trains (and the compile check imports the training code); the tests run everything.
+INCLUDES = {"train": ("jax",), "export": ("jax",), "tpu": ("train",), "dev": ("train", "export")}
 # Extras whose programs import TensorFlow: training (tf.data, TFDS), export (jax2tf).
 WITH_TENSORFLOW = ("train", "export")
 
