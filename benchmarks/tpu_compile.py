@@ -29,7 +29,7 @@ chip's HBM (`accelerators.CHIPS`); the largest per-chip batch that fits (a compi
 that libtpu refuses for memory, or whose total exceeds HBM, does not fit; searched
 with at most --max_compiles compiles, so it may be a range); compile time on this
 machine; and the FLOP count of one step per chip from the TPU compile's own cost
-analysis (libtpu's count, not the CPU's: `flops.py` owns the project's count).
+analysis beside the project's count (`flops.py`) for the same per-chip batch.
 `--layouts` adds, under each row, the shapes and TPU layouts of the outer level's
 convolutions: which axis libtpu puts on the 128 lanes of its tiles (README: where a TPU
 would leave its matrix unit idle).
@@ -300,6 +300,8 @@ def resolve(config_specs: list[str], topologies: list[str]) -> tuple[list, list]
 
 def run(configs: list, described: list, batch: int | None, max_compiles: int, max_batch: int,
         report) -> list[dict[str, Any]]:
+  from waveunet_jax import flops
+
   rows = []
   for topology, chip, devices in described:
     # A pod slice's hosts: the processes its devices belong to.
@@ -319,6 +321,8 @@ def run(configs: list, described: list, batch: int | None, max_compiles: int, ma
           "total_bytes": first.total, "fits": first.fits(chip.memory_bytes),
           "refused": first.refused, "compile_seconds": round(first.seconds, 1),
           "tpu_cost_analysis_flops_per_chip": first.flops,
+          # The project's count (the same on every backend), for the same per-chip batch.
+          "flops_per_chip": flops.train_step(config, per_chip),
           "largest_fitting_per_chip_batch": fit, "smallest_failing_per_chip_batch": over,
           "outer_conv_layouts": first.outer_layouts,
           "search": [{"per_chip_batch": c.per_chip_batch, "total_bytes": c.total,
@@ -332,7 +336,7 @@ def run(configs: list, described: list, batch: int | None, max_compiles: int, ma
 
 HEADER = ("| config | topology (chips, hosts) | batch (per chip) | argument GiB | temp GiB | "
           "total GiB / HBM | largest per-chip batch that fits | compile s | "
-          "TFLOP per step per chip (TPU cost analysis) |")
+          "TFLOP per step per chip (flops.py / TPU cost analysis) |")
 
 
 def format_row(row: dict[str, Any]) -> str:
@@ -354,7 +358,8 @@ def format_row(row: dict[str, Any]) -> str:
   flops = row["tpu_cost_analysis_flops_per_chip"]
   cells = [row["config"].removeprefix("experiments/"),
            f"{row['topology']} ({row['chips']}, {row['hosts']})", batch, *memory, largest,
-           f"{row['compile_seconds']:.0f}", "-" if flops is None else f"{flops / 1e12:.3f}"]
+           f"{row['compile_seconds']:.0f}", (f"{row['flops_per_chip'] / 1e12:.3f} / "
+            + ("-" if flops is None else f"{flops / 1e12:.3f}"))]
   return "| " + " | ".join(cells) + " |"
 
 

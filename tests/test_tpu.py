@@ -98,6 +98,12 @@ def test_compiles_the_train_step_for_a_tpu_topology(libtpu_path, tmp_path):
                                 - row["alias_bytes"] + row["temp_bytes"] + row["code_bytes"])
   assert row["fits"] and row["total_bytes"] < row["hbm_bytes"] == 16 * 2**30
   assert row["tpu_cost_analysis_flops_per_chip"] > 0
+  # The project's count for the same per-chip batch; libtpu counts the same convolutions
+  # (and a little elementwise work besides).
+  from waveunet_jax import flops
+
+  assert row["flops_per_chip"] == flops.train_step(config, 1)
+  assert 0.9 < row["tpu_cost_analysis_flops_per_chip"] / row["flops_per_chip"] < 1.5
   # The search: the tiny network fits 16 GiB at any batch up to --max_batch, which one
   # more compile shows.
   assert [c["per_chip_batch"] for c in row["search"]] == [8]
@@ -177,13 +183,13 @@ def test_a_row_says_when_the_batch_does_not_divide_the_chips_or_does_not_fit():
          "argument_bytes": 2**30, "temp_bytes": 3 * 2**30, "total_bytes": 4 * 2**30,
          "refused": None, "largest_fitting_per_chip_batch": 3,
          "smallest_failing_per_chip_batch": 6, "compile_seconds": 61.4,
-         "tpu_cost_analysis_flops_per_chip": 2.5e12}
+         "tpu_cost_analysis_flops_per_chip": 2.5e12, "flops_per_chip": 2.4e12}
   assert tpu_compile.format_row(row) == (
       "| shallow.py | v5e:4x4 (16, 4) | 8* -> 16 (1) | 1.00 | 3.00 | 4.00 / 16.00 | 3 to 5 "
-      "| 61 | 2.500 |")
+      "| 61 | 2.400 / 2.500 |")
   row.update(refused="RESOURCE_EXHAUSTED: ...", largest_fitting_per_chip_batch=0,
              smallest_failing_per_chip_batch=1, compile_seconds=10.0,
              tpu_cost_analysis_flops_per_chip=None)
   assert tpu_compile.format_row(row) == (
       "| shallow.py | v5e:4x4 (16, 4) | 8* -> 16 (1) | - | - | refused / 16.00 | 0 | 10 "
-      "| - |")
+      "| 2.400 / - |")
