@@ -56,7 +56,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import optax  # noqa: E402
 
-from waveunet_jax import flops, models, parallel, train  # noqa: E402
+from waveunet_jax import flops, models, optim, parallel, train  # noqa: E402
 
 
 def result(**figures) -> dict:
@@ -77,7 +77,7 @@ def compile_only(config, batch: int):
   model = models.from_config(config)
   size = models.lengths(model, config.data.output_length)
   state = jax.eval_shape(lambda: train.create_state(config, model, optax.identity()))
-  tx = train.make_optimizer(config, config.optim.learning_rate, state.params)
+  tx = optim.make_optimizer(config, config.optim.learning_rate, state.params)
   state = state.replace(opt_state=jax.eval_shape(tx.init, state.params))
   c, s = model.num_channels, model.num_sources
   batch_shapes = {

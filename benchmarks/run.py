@@ -81,7 +81,8 @@ import numpy as np  # noqa: E402
 from experiments import deep, shallow  # noqa: E402
 import optax  # noqa: E402
 
-from waveunet_jax import flops, jax_engine, models, parallel, separate, synthetic, train  # noqa: E402
+from waveunet_jax import (flops, jax_engine, models, optim, parallel, separate,  # noqa: E402
+                          synthetic, train)
 
 CONFIGS = {"shallow": shallow.get_config, "deep M4": lambda: deep.get_config("M4")}
 
@@ -175,7 +176,7 @@ def compiled_train_step(config, batch_size: int):
   model = models.from_config(config)
   size = models.lengths(model, config.data.output_length)
   state = train.create_state(config, model, optax.identity())
-  tx = train.make_optimizer(config, config.optim.learning_rate, state.params)
+  tx = optim.make_optimizer(config, config.optim.learning_rate, state.params)
   state = state.replace(opt_state=tx.init(state.params))
   step, _ = train.jit_steps(config, model, tx, parallel.data_parallel(jax.local_devices()[:1]))
   rng = np.random.default_rng(0)

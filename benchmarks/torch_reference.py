@@ -213,7 +213,7 @@ def torch_train_step(config, net: TorchWaveUNet, batch_size: int, crop: tuple[in
                              .astype(np.float32))
   decayed = {id(p) for p in net.l2_kernels(optim.l2_mask)}
   groups = [{"params": [p for p in net.parameters() if id(p) in decayed],
-             "weight_decay": 2 * optim.weight_decay},  # Keras L2, as train.make_optimizer
+             "weight_decay": 2 * optim.weight_decay},  # Keras L2, as optim.make_optimizer
             {"params": [p for p in net.parameters() if id(p) not in decayed], "weight_decay": 0.0}]
   opt = torch.optim.Adam(groups, lr=optim.learning_rate, betas=(optim.b1, optim.b2),
                          eps=optim.eps, amsgrad=optim.amsgrad)

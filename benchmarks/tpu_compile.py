@@ -13,7 +13,7 @@ What is compiled is what training runs: `train.jit_steps` (the jitted train step
 its donated state replicated and its batch sharded) on `parallel.data_parallel` of the
 topology's devices, the state built as `train.Trainer.new_state` builds it for the
 main stage (`train.create_state`'s parameters and BatchNorm statistics,
-`train.make_optimizer`'s state), all as `jax.ShapeDtypeStruct`s with their shardings.
+`optim.make_optimizer`'s state), all as `jax.ShapeDtypeStruct`s with their shardings.
 
 Batch: the config's `batch_size` is the global batch, split evenly over the chips
 (one JAX device per chip: v4 in its megacore mode, as Cloud TPU runs it; v5p is
@@ -162,11 +162,11 @@ def abstract_state(config, model, layout):
   import jax.numpy as jnp
   import optax
 
-  from waveunet_jax import train
+  from waveunet_jax import optim, train
 
   init = jax.eval_shape(lambda: train.create_state(config, model, optax.identity()))
   _, learning_rate = train.stage_settings(config, 0)
-  tx = train.make_optimizer(config, learning_rate, init.params)
+  tx = optim.make_optimizer(config, learning_rate, init.params)
   state = train.TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=init.params,
                            batch_stats=init.batch_stats,
                            opt_state=jax.eval_shape(tx.init, init.params), rng=init.rng)

@@ -23,9 +23,23 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
 else:
   _OWN_CACHE = None
 
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
 import pytest  # noqa: E402
 
 from experiments import default  # noqa: E402
+
+
+def install_failed(command: str, output: str) -> None:
+  """A failed `command` (a pip install a test needs): the project's fault, so the test
+  fails, unless pip cannot reach the package index at all, where the test skips."""
+  probe = subprocess.run([sys.executable, "-m", "pip", "index", "versions", "pip"],
+                         capture_output=True, text=True, timeout=300)
+  if probe.returncode:
+    pytest.skip(f"{command} failed and the package index cannot be reached "
+                f"(pip index versions pip: {probe.stderr.strip()[-300:]})")
+  pytest.fail(f"{command} failed:\n{output[-3000:]}")
 
 
 def tiny_model_config(**overrides):

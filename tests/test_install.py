@@ -21,6 +21,8 @@ import numpy as np
 import pytest
 import soundfile
 
+from conftest import install_failed
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 # What a pip install needs of the checkout (not the tests, notebooks or a .venv).
 PACKAGE_FILES = ("setup.cfg", "setup.py", "pyproject.toml", "README.md", "LICENSE",
@@ -60,13 +62,7 @@ class Environments:
     log.close()
     output = (self.root / f"{choice}.log").read_text()
     if returncode:
-      # A failed install is this project's fault unless pip cannot reach the index.
-      probe = subprocess.run([sys.executable, "-m", "pip", "index", "versions", "pip"],
-                             capture_output=True, text=True, timeout=300)
-      if probe.returncode:
-        pytest.skip(f"pip install '.[{choice}]' failed and the package index cannot be "
-                    f"reached (pip index versions pip: {probe.stderr.strip()[-300:]})")
-      pytest.fail(f"pip install '.[{choice}]' failed:\n{output[-3000:]}")
+      install_failed(f"pip install '.[{choice}]'", output)
     return str(self.root / choice / "bin" / "python")
 
   def stop(self) -> None:

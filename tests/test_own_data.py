@@ -12,7 +12,7 @@ import soundfile
 import tensorflow as tf
 
 from conftest import TINY_OUTPUT, TINY_RATE, tiny_data_config, tiny_schedule
-from waveunet_jax import checkpoints, input_pipeline, prepare, tracks, train
+from waveunet_jax import checkpoints, input_pipeline, optim, prepare, tracks, train
 
 
 def tiny_config(data_dir, **model):
@@ -258,5 +258,5 @@ def test_init_from_and_trainable_errors(source_run, tiny_data_dir, tmp_path):
     config.optim.trainable = pattern
     with pytest.raises(train.models.ConfigError,
                        match=re.escape(f"config.optim.trainable={pattern}: {message}")):
-      train.make_optimizer(config, 1e-3, params)
+      optim.make_optimizer(config, 1e-3, params)
   assert not (tmp_path / "new").exists()

@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import tpu_compile  # noqa: E402
 
-from conftest import tiny_data_config, write_config_file  # noqa: E402
+from conftest import install_failed, tiny_data_config, write_config_file  # noqa: E402
 
 
 def libtpu_requirement() -> str:
@@ -51,13 +51,7 @@ def libtpu_path() -> str:
                            str(partial), requirement], capture_output=True, text=True,
                           timeout=900)
   if result.returncode:
-    # The project's fault unless pip cannot reach the index (as tests/test_install.py).
-    probe = subprocess.run([sys.executable, "-m", "pip", "index", "versions", "pip"],
-                           capture_output=True, text=True, timeout=300)
-    if probe.returncode:
-      pytest.skip(f"pip install {requirement} failed and the package index cannot be "
-                  f"reached (pip index versions pip: {probe.stderr.strip()[-300:]})")
-    pytest.fail(f"pip install {requirement} failed:\n{result.stderr[-3000:]}")
+    install_failed(f"pip install {requirement}", result.stderr)
   partial.replace(folder)
   return str(folder)
 

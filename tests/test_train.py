@@ -15,7 +15,7 @@ import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from conftest import TINY_OUTPUT, TINY_RATE, tiny_data_config, tiny_schedule
-from waveunet_jax import checkpoints, models, train
+from waveunet_jax import checkpoints, models, optim, train
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -51,7 +51,7 @@ def step_fn(config, model, tx):
 def test_a_few_dozen_steps_halve_the_loss_on_one_batch():
   config = tiny_config()
   model = models.WaveUNet(**config.model)
-  tx = train.make_optimizer(config, 3e-3, train.create_state(config, model, optax.identity()).params)
+  tx = optim.make_optimizer(config, 3e-3, train.create_state(config, model, optax.identity()).params)
   state = train.create_state(config, model, tx)
   batch = fixed_batch(model)
   step = jax.jit(step_fn(config, model, tx))
@@ -70,7 +70,7 @@ def test_step_on_four_devices_equals_one_device(normalization):
   config.optim.weight_decay = 0.01
   model = models.WaveUNet(**config.model)
   init = train.create_state(config, model, optax.identity())
-  tx = train.make_optimizer(config, 1e-3, init.params)
+  tx = optim.make_optimizer(config, 1e-3, init.params)
   state = init.replace(opt_state=tx.init(init.params))
   batch = fixed_batch(model, batch_size=8)
   results = []
@@ -93,14 +93,14 @@ def test_l2_changes_only_the_masked_kernels():
   config.optim.weight_decay = 0.01
   model = models.WaveUNet(**config.model)
   params = train.create_state(config, model, optax.identity()).params
-  mask = train.path_mask(params, config.optim.l2_mask)
+  mask = optim.path_mask(params, config.optim.l2_mask)
   flat = {"/".join(k.key for k in path): m
           for path, m in jax.tree_util.tree_leaves_with_path(mask)}
   assert flat["down_0/conv/kernel"] and flat["up_2/conv/kernel"] and flat["bottleneck/conv/kernel"]
   assert not flat["output/kernel"] and not flat["output/bias"]
   assert not flat["down_0/norm/scale"] and not flat["upsample_0/weights"]
   # With zero gradients Adam moves nothing; only the L2 term moves parameters.
-  tx = train.make_optimizer(config, 1e-3, params)
+  tx = optim.make_optimizer(config, 1e-3, params)
   zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
   updates, _ = tx.update(zeros, tx.init(params), params)
   for path, update in jax.tree_util.tree_leaves_with_path(updates):
@@ -111,7 +111,7 @@ def test_l2_changes_only_the_masked_kernels():
 def test_bfloat16_compute_keeps_float32_parameters():
   config = tiny_config(dtype="bfloat16")
   model = models.WaveUNet(**config.model)
-  tx = train.make_optimizer(config, 1e-3, train.create_state(config, model, optax.identity()).params)
+  tx = optim.make_optimizer(config, 1e-3, train.create_state(config, model, optax.identity()).params)
   state = train.create_state(config, model, tx)
   state, metrics = jax.jit(step_fn(config, model, tx))(state, fixed_batch(model))
   assert np.isfinite(float(metrics["loss"]))

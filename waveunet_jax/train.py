@@ -11,11 +11,8 @@
   same command, and `distributed.check_same_run` refuses to start if their configs or
   workdirs differ. Process 0 alone writes config.json, TensorBoard and the synthetic
   corpus (`default_data`); Orbax checkpoints are written and read by all together.
-* Optimiser: Adam (AMSGrad for the seed's config) after L2 with Keras semantics
-  (loss += weight_decay * sum(w^2), i.e. 2 * weight_decay * w added to the gradient)
-  on the parameters whose path matches `config.optim.l2_mask`, optional global-norm
-  clipping, a learning-rate schedule; only on those `config.optim.trainable` selects,
-  if set (the others are frozen).
+* Optimiser (`optim.py`): Adam after Keras-style L2 on `config.optim.l2_mask`, clipping,
+  the schedule, `config.optim.trainable`.
 * Fine-tuning: `config.init_from` starts a new run from another run's parameters and
   BatchNorm statistics (`checkpoints.Start`), with a fresh optimiser at step 0.
 * Data: one prepared dataset, or several mixed by weight (`config.data.data_dir`,
@@ -38,7 +35,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-import re
 import signal
 import time
 from collections.abc import Callable
@@ -53,8 +49,8 @@ import optax
 from absl import logging
 from jax.experimental import multihost_utils
 
-from waveunet_jax import (checkpoints, console, default_data, distributed, models, parallel,
-                          signals)
+from waveunet_jax import (checkpoints, console, default_data, distributed, models, optim,
+                          parallel, signals)
 from waveunet_jax.checkpoints import TrainingError  # training's error, raised there too
 
 
@@ -77,67 +73,6 @@ def stage_settings(config: ml_collections.ConfigDict, stage: int) -> tuple[int, 
   if stage == 0:
     return config.batch_size, config.optim.learning_rate
   return config.fine_tune.batch_size, config.fine_tune.learning_rate
-
-
-def path_mask(params: Any, pattern: str) -> Any:
-  """True for every parameter whose '/'-joined path ('down_0/conv/kernel') fully
-  matches `pattern`."""
-  regex = re.compile(pattern)
-  return jax.tree_util.tree_map_with_path(
-      lambda path, _: bool(regex.fullmatch("/".join(k.key for k in path))), params)
-
-
-def trainable_mask(config: ml_collections.ConfigDict, params: Any) -> Any | None:
-  """True for the parameters `config.optim.trainable` selects; None: all train."""
-  pattern = config.optim.trainable
-  if pattern is None:
-    return None
-  try:
-    mask = path_mask(params, pattern)
-  except re.error as e:
-    raise models.ConfigError(f"config.optim.trainable={pattern}: not a regular expression "
-                             f"({e})") from None
-  if not any(jax.tree_util.tree_leaves(mask)):
-    raise models.ConfigError(
-        f"config.optim.trainable={pattern}: matches no parameter; paths look like "
-        "down_0/conv/kernel, up_0/conv/kernel, upsample_0/weights, output/kernel")
-  return mask
-
-
-def learning_rate_schedule(config: ml_collections.ConfigDict,
-                           learning_rate: float) -> optax.Schedule:
-  """The stage's rate by optimiser step (counted from the stage's start)."""
-  optim = config.optim
-  if optim.schedule == "constant":
-    return optax.constant_schedule(learning_rate)
-  if optim.schedule == "warmup_cosine":
-    return optax.warmup_cosine_decay_schedule(
-        0.0, learning_rate, optim.warmup_steps, max(config.num_train_steps, optim.warmup_steps + 1))
-  raise models.ConfigError(f"config.optim.schedule: unknown value {optim.schedule!r}; "
-                           "choose 'constant' or 'warmup_cosine'")
-
-
-def make_optimizer(config: ml_collections.ConfigDict, learning_rate: float,
-                   params: Any) -> optax.GradientTransformation:
-  optim = config.optim
-  schedule = learning_rate_schedule(config, learning_rate)
-  parts = []
-  if optim.grad_clip_norm:
-    parts.append(optax.clip_by_global_norm(optim.grad_clip_norm))
-  if optim.weight_decay:
-    # Keras L2: d/dw (wd * w^2) = 2 wd w, added to the gradient before Adam. A
-    # function of the parameters it sees: with `trainable`, only the trainable ones.
-    parts.append(optax.add_decayed_weights(2 * optim.weight_decay,
-                                           mask=lambda p: path_mask(p, optim.l2_mask)))
-  adam = optax.amsgrad if optim.amsgrad else optax.adam
-  parts.append(adam(schedule, b1=optim.b1, b2=optim.b2, eps=optim.eps))
-  trainable = trainable_mask(config, params)
-  if trainable is None:
-    return optax.chain(*parts)
-  # Frozen parameters get zero updates (exactly: p + 0 = p), and no optimiser state.
-  labels = jax.tree_util.tree_map(lambda t: "train" if t else "freeze", trainable)
-  return optax.multi_transform({"train": optax.chain(*parts), "freeze": optax.set_to_zero()},
-                               labels)
 
 
 def loss_crop(config: ml_collections.ConfigDict, output_length: int) -> tuple[int, int]:
@@ -242,7 +177,7 @@ class Trainer:
     self.shards = [int(np.flatnonzero(self.layout.mesh.devices.flat == d)[0])
                    for d in self.local_devices]
     self.init = create_state(config, self.model, optax.identity())
-    trainable_mask(config, self.init.params)  # a pattern that selects nothing fails here
+    optim.trainable_mask(config, self.init.params)  # a pattern that selects nothing fails here
     start = workdir.start(config) if start is None else start
     params, batch_stats = start.variables(config, self.init.params, self.init.batch_stats)
     self.init = self.init.replace(params=params, batch_stats=batch_stats)
@@ -261,7 +196,7 @@ class Trainer:
   def new_state(self, stage: int, params=None, batch_stats=None, step=0) -> tuple[TrainState, Any]:
     """A state for `stage`: fresh, or from given parameters with a fresh optimiser."""
     _, learning_rate = stage_settings(self.config, stage)
-    tx = make_optimizer(self.config, learning_rate, self.init.params)
+    tx = optim.make_optimizer(self.config, learning_rate, self.init.params)
     if params is None:
       params, batch_stats = self.init.params, self.init.batch_stats
     state = TrainState(step=jnp.asarray(step, jnp.int32), params=params, batch_stats=batch_stats,
@@ -464,7 +399,7 @@ class Trainer:
               "lower config.optim.learning_rate or set config.optim.grad_clip_norm")
         seconds = time.perf_counter() - window_start
         # The rate of this step: the stage's optimiser counts from the stage's start.
-        rate = float(learning_rate_schedule(config, learning_rate)(
+        rate = float(optim.learning_rate_schedule(config, learning_rate)(
             step - 1 - progress.stage_start_step))
         scalars = {"train/loss": loss, "train/learning_rate": rate,
                    "train/steps_per_second": window_steps / seconds,
