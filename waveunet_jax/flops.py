@@ -161,7 +161,7 @@ def cpu_cost_analysis(config: Any, batch_size: int, *, train: bool = True) -> fl
   default backend is (compile only: nothing runs)."""
   import optax
 
-  from waveunet_jax import parallel
+  from waveunet_jax import optim, parallel
   from waveunet_jax import train as training
 
   cpu = jax.devices("cpu")[:1]
@@ -174,7 +174,7 @@ def cpu_cost_analysis(config: Any, batch_size: int, *, train: bool = True) -> fl
   with jax.default_device(cpu[0]):
     state = jax.eval_shape(lambda: training.create_state(config, model, optax.identity()))
   if train:
-    tx = training.make_optimizer(config, config.optim.learning_rate, state.params)
+    tx = optim.make_optimizer(config, config.optim.learning_rate, state.params)
     state = state.replace(opt_state=jax.eval_shape(tx.init, state.params))
     state = jax.tree_util.tree_map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=layout.replicated), state)
