@@ -82,6 +82,16 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.gain_range = (0.7, 1.0)
   # 'remix': chance that a source is taken from another example of the batch.
   config.data.remix_probability = 0.5
+  # Where training batches are made. 'device': the prepared windows are read once and
+  # held by the accelerators as int16, each device its share, and every batch is
+  # cropped, augmented and mixed there by a jitted function of (seed, step, device)
+  # (`device_data`): no input pipeline limits a GPU or TPU, and a resumed run draws
+  # exactly the batches it would have drawn. 'tfdata': tf.data reads, crops and augments
+  # on the host CPU (`input_pipeline`; the settings below are its), its positions saved
+  # with each checkpoint. 'auto' (the default): 'device' when each device's share fits
+  # beside the compiled train step in 80 % of its memory (on a CPU: the machine's memory
+  # over its devices), else 'tfdata'; the log says which and why.
+  config.data.pipeline = "auto"
   # Random crops taken from each decoded window before shuffling.
   config.data.crops_per_window = 8
   # Shuffle buffers: windows read from the files, then crops (memory: crops x input).

@@ -158,7 +158,8 @@ def trained_start(params, sources=("accompaniment", "vocals"), rate=TINY_RATE):
 
 
 def test_init_from_loads_every_parameter_but_a_new_output_layer(caplog):
-  caplog.set_level(logging.INFO)
+  # absl's logger itself: an earlier test in this process may have left it at WARNING.
+  caplog.set_level(logging.INFO, logger="absl")
   config = tiny_config()
   fresh = {"output": {"kernel": np.zeros((1, 3, 2), np.float32)},
            "down_0": {"kernel": np.zeros((5, 2), np.float32)}}

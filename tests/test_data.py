@@ -155,7 +155,8 @@ def stored_sources(config, split: str, track: str) -> np.ndarray:
 @pytest.mark.parametrize("sources", [("accompaniment", "vocals"),
                                      ("vocals", "drums", "bass", "other")])
 def test_an_extra_stem_is_accompaniment_and_other(tmp_path, caplog, sources):
-  caplog.set_level(logging.INFO)
+  # absl's logger itself: an earlier test in this process may have left it at WARNING.
+  caplog.set_level(logging.INFO, logger="absl")
   root = tmp_path / "own"
   # A mixture.wav is never a stem: were it summed, accompaniment would not match below.
   write_track(root / "train" / "A - piano",
@@ -272,7 +273,7 @@ def stored_tracks(config) -> dict:
 
 
 def test_prepare_a_folder_of_ones_own_chooses_validation(corpus, tmp_path, caplog):
-  caplog.set_level(logging.INFO)
+  caplog.set_level(logging.INFO, logger="absl")
   config = tiny_config(tmp_path)
   prepare.prepare(config, corpus, tmp_path, wav=True)  # no --valid_tracks, no valid/
   train = tracks_lib.find_tracks(corpus, "train", True)
@@ -283,7 +284,7 @@ def test_prepare_a_folder_of_ones_own_chooses_validation(corpus, tmp_path, caplo
 
 
 def test_a_valid_folder_is_the_validation_split(tmp_path, caplog):
-  caplog.set_level(logging.INFO)
+  caplog.set_level(logging.INFO, logger="absl")
   root = tmp_path / "own"
   for split, name in (("train", "A - a"), ("train", "B - b"), ("valid", "C - c")):
     write_track(root / split / name, silent_stems(1.0))
@@ -301,7 +302,7 @@ def test_a_valid_folder_is_the_validation_split(tmp_path, caplog):
 
 
 def test_tracks_file_names_folders_and_their_splits(tmp_path, caplog):
-  caplog.set_level(logging.INFO)
+  caplog.set_level(logging.INFO, logger="absl")
   songs = tmp_path / "songs"
   for name in ("A - a", "B - b", "C - c", "D - d"):
     write_track(songs / name, silent_stems(1.0))

@@ -7,6 +7,7 @@ at 8 kHz, exported at a short window so that a song takes many windows.
 
 import functools
 import json
+import logging as std_logging
 import os
 import pathlib
 import subprocess
@@ -51,7 +52,9 @@ def export_to(tmp_path, design, fmt, **kwargs) -> pathlib.Path:
 @pytest.mark.parametrize("design", list(DESIGNS))
 @pytest.mark.parametrize("fmt", formats.FORMATS)
 def test_exported_forward_and_separation_equal_jax(tmp_path, design, fmt):
+  absl_level = std_logging.getLogger("absl").level
   path = export_to(tmp_path, design, fmt)
+  assert std_logging.getLogger("absl").level == absl_level  # TF's save changes it
   meta = json.loads(formats.metadata_path(path, fmt).read_text())
   jax_side = tiny_engine(design)
   assert meta["sources"] == list(jax_side.sources) and meta["sample_rate"] == RATE

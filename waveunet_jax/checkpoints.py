@@ -63,6 +63,7 @@ MAY_CHANGE_ON_RESUME = (
     "checkpoint_every_steps",
     "keep_checkpoints",
     "data.data_dir",
+    "data.pipeline",
     "separation.residual_source",
 )
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging as std_logging
 import os
 import pathlib
 import struct
@@ -303,7 +304,13 @@ def save_saved_model(engine, folder: pathlib.Path, batch_size: int | None) -> No
     return {"sources": apply(module.weights, mix)}
 
   module.serve = serve
-  tf.saved_model.save(module, str(folder), signatures={"serving_default": serve})
+  # TensorFlow's save sets absl's logger to WARNING: the caller's INFO lines would vanish.
+  absl_logger = std_logging.getLogger("absl")
+  level = absl_logger.level
+  try:
+    tf.saved_model.save(module, str(folder), signatures={"serving_default": serve})
+  finally:
+    absl_logger.setLevel(level)
 
 
 def _write_tflite(engine, path: pathlib.Path, batch_size: int | None, float16: bool) -> None:

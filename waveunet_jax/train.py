@@ -49,8 +49,8 @@ import optax
 from absl import logging
 from jax.experimental import multihost_utils
 
-from waveunet_jax import (checkpoints, console, default_data, distributed, models, optim,
-                          parallel, signals)
+from waveunet_jax import (checkpoints, console, default_data, device_data, distributed, models,
+                          optim, parallel, signals)
 from waveunet_jax.checkpoints import TrainingError  # training's error, raised there too
 
 
@@ -224,18 +224,47 @@ class Trainer:
 
     return input_pipeline.derived_seed(self.config.seed, progress.stage, progress.data_start_step)
 
-  def train_data(self, progress: checkpoints.Progress):
-    """This process's devices' training streams (`input_pipeline.ShardedData`) for the
-    stage and data order of `progress`."""
-    from waveunet_jax import input_pipeline
+  def train_data(self, progress: checkpoints.Progress, state: TrainState):
+    """The training batches of the stage and data order of `progress`: sampled on the
+    devices (`device_data.DeviceSampler`) or this process's devices' tf.data streams
+    (`input_pipeline.ShardedData`), as config.data.pipeline and the memory decide
+    (`device_data.choose`; `state`: the stage's, to size the compiled step)."""
+    from waveunet_jax import input_pipeline, prepare
 
     batch_size, _ = stage_settings(self.config, progress.stage)
     num_shards = self.layout.size
     seed = self.data_seed(progress)
+    self.pipeline = device_data.choose(self.config, lambda: self.data_fit(state, batch_size))
+    if self.pipeline == "device":
+      shares = [device_data.read_share(self.config, shard, num_shards) for shard in self.shards]
+      return device_data.DeviceSampler(self.config.data, self.layout,
+                                       prepare.layout_for(self.config), shares, self.shards,
+                                       batch_size=batch_size, seed=seed)
     return input_pipeline.ShardedData([
         input_pipeline.train_dataset(self.config, batch_size // num_shards, seed=seed,
                                      shard=shard, num_shards=num_shards)
         for shard in self.shards], self.shards, num_shards)
+
+  def data_fit(self, state: TrainState, batch_size: int):
+    """Whether the device sampler's windows fit beside the train step (compiled here
+    for its memory analysis; the training loop's first call then finds it compiled)."""
+    def spec(*shape):
+      return jax.ShapeDtypeStruct(shape, jnp.float32, sharding=self.layout.sharded)
+
+    lengths, model = self.lengths, self.model
+    batch = {"mix": spec(batch_size, lengths.input_length, model.num_channels),
+             "sources": spec(batch_size, model.num_sources, lengths.output_length,
+                             model.num_channels)}
+    compiled = self.train_step.lower(state, batch).compile()
+    capacity = min(device_data.device_capacity(d) for d in self.local_devices)
+    return device_data.Fit(device_data.share_bytes(self.config, self.layout.size),
+                           device_data.step_bytes(compiled), capacity)
+
+  def batch(self, data, step: int) -> dict[str, jax.Array]:
+    """The global batch that trains step `step + 1`."""
+    if isinstance(data, device_data.DeviceSampler):
+      return data.batch(step)
+    return self.global_batch(next(data))
 
   # -- validation and logging --------------------------------------------------
 
@@ -361,18 +390,28 @@ class Trainer:
       logging.info("training finished before (step %d); nothing to do", int(state.step))
       return state
     self.compile_steps(tx)
-    data = self.train_data(progress)
-    if latest is not None:
+    data = self.train_data(progress, state)
+    if latest is not None and self.pipeline == "device":
+      if not device_data.sampled_by_device(self.workdir.data_state_dir(latest)):
+        logging.info("step %d was trained on tf.data's batches; from here the devices draw "
+                     "them (the batch of each step from the seed and the step alone)", latest)
+    elif latest is not None:
       positions = self.workdir.data_state_dir(latest)
-      restored = data.can_restore(positions) and data.restore(positions)
+      if device_data.sampled_by_device(positions):
+        reason = ("were not saved: the devices drew the batches (config.data.pipeline="
+                  "'device'), and tf.data cannot continue their order")
+        restored = False
+      else:
+        reason = data.why_not_restored(positions)
+        restored = data.can_restore(positions) and data.restore(positions)
       if jax.process_count() > 1:  # all restore, or all start anew
         restored = bool(np.all(multihost_utils.process_allgather(np.int32(restored))))
       if not restored:
         logging.warning("step %d's data positions %s: the parameters and the optimiser resume "
                         "exactly, the training data start a new random order here", latest,
-                        data.why_not_restored(positions))
+                        reason)
         progress.data_start_step = latest
-        data = self.train_data(progress)
+        data = self.train_data(progress, state)
 
     batch_size, learning_rate = stage_settings(config, progress.stage)
     audio_per_step = batch_size * self.lengths.output_length / config.data.sample_rate
@@ -384,7 +423,7 @@ class Trainer:
         bar = console.progress(min(config.log_every_steps - step % config.log_every_steps,
                                    config.num_train_steps - step),
                                f"step {step + 1}", unit="step")
-      state, metrics = self.train_step(state, self.global_batch(next(data)))
+      state, metrics = self.train_step(state, self.batch(data, step))
       step += 1
       bar.update()
       window_loss, window_steps = window_loss + metrics["loss"], window_steps + 1
@@ -441,7 +480,7 @@ class Trainer:
                                        bad_validations=0)
         state, tx = self.new_state(1, best_state.params, best_state.batch_stats, step)
         self.compile_steps(tx)
-        data = self.train_data(progress)
+        data = self.train_data(progress, state)
         batch_size, learning_rate = stage_settings(config, 1)
         audio_per_step = batch_size * self.lengths.output_length / config.data.sample_rate
         logging.info("step %d: fine-tune stage from the best step %d (batch %d, lr %g)",
@@ -499,6 +538,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     stages = ("config.batch_size", "config.fine_tune.batch_size")
     for stage, field in enumerate(stages[:2 if config.fine_tune.enabled else 1]):
       check_batch_size(stage_settings(config, stage)[0], field)
+    device_data.check_pipeline(config)
     start = workdir.start(config)
     config = default_data.ensure_data(config, workdir)
     input_pipeline.load_builders(config)  # the data is there, before compiling anything
