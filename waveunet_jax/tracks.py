@@ -2,7 +2,8 @@
 
 * Reading: MUSDB18's `<track>.stem.mp4` files (decoded by PyAV) or `<track>/<stem>.wav`
   folders (MUSDB18-HQ, or one's own multitracks: extra stems such as `piano.wav` count
-  as `other`, and a stem that no source needs may be missing; `stems` owns the rule),
+  as `other`, `accompaniment.wav` or `instrumental.wav` holds drums + bass + other, and
+  a stem that no source needs may be missing; `stems` owns the rule),
   from `DIR/{train,valid,test}` (`folder_tracks`) or listed in a text file
   (`read_tracks_file`). `check_track` reads headers only, so that a bad track fails
   before hours of decoding.
@@ -35,7 +36,7 @@ STEMS = stems_lib.STEMS
 STEM_STREAMS = {"drums": 1, "bass": 2, "other": 3, "vocals": 4}
 # MUSDB18-HQ's mix, beside the stems: never read (training sums the stems).
 MIXTURE = "mixture"
-# Why a track's stem is needed, in errors of `prepare` (`evaluate` reads all four).
+# Why a track's stem is needed, in errors of `prepare` (`evaluate` says its own).
 NEEDED_FOR = " of config.model.sources"
 SPLITS = ("train", "valid", "test")
 # Without validation tracks named or found, about this share of the training tracks
@@ -86,15 +87,24 @@ def needed_stems(track: Track, sources: Sequence[str],
                  needed_for: str = NEEDED_FOR) -> dict[str, pathlib.Path]:
   """The stem files of a track folder that `sources` sum (`stems.multitrack_parts`):
   a stem no source needs is not read, and may be missing. Raises DataError naming the
-  track and the file when a source has none."""
+  track, its folder and stems, and what is missing when a source has none, or a stem
+  that holds parts of several sources (`stems.split_across`)."""
   files = stem_files(track)
+  found = f"it has {stems_lib.describe_stems(list(files), '.wav')}"
   needed = set()
   for source in sources:
     members = stems_lib.multitrack_parts(source, list(files))
     if not members:
       raise DataError(f"track {track.name!r}: {stems_lib.describe_missing(source, '.wav')} in "
-                      f"{track.path} (needed for the source {source!r}{needed_for})")
+                      f"{track.path} (needed for the source {source!r}{needed_for}); {found}")
     needed.update(members)
+  split = stems_lib.split_across(list(files), sources)
+  if split:
+    stem, touched = next(iter(split.items()))
+    raise DataError(
+        f"track {track.name!r}: {files[stem]} holds {' + '.join(stems_lib.holds(stem))} in "
+        f"one, which no source can take whole (needed apart for the sources "
+        f"{', '.join(map(repr, touched))}{needed_for}); {found}; move it out of {track.path}")
   return {stem: path for stem, path in files.items() if stem in needed}
 
 
