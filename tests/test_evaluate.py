@@ -217,7 +217,7 @@ def test_a_bad_track_is_reported_and_the_others_summarized(musdb_corpus, evaluat
   root, good = tmp_path / "musdb", tracks_lib.find_tracks(musdb_corpus, "test", True)[0]
   shutil.copytree(good.path, root / "test" / good.name)
   shutil.copytree(good.path, root / "test" / "Broken Track")
-  (root / "test" / "Broken Track" / "bass.wav").unlink()
+  (root / "test" / "Broken Track" / "vocals.wav").unlink()
   out = copy_outputs(evaluated, tmp_path)
   stub = Stub()
   stub.identity = same_model(evaluated[1])
@@ -225,7 +225,7 @@ def test_a_bad_track_is_reported_and_the_others_summarized(musdb_corpus, evaluat
     evaluate.evaluate(stub, root, out, wav=True, split="test")
   summary = json.loads((out / "summary.json").read_text())
   assert summary["tracks"] == [good.name]
-  assert "bass.wav" in summary["failed"]["Broken Track"]
+  assert "no vocals.wav" in summary["failed"]["Broken Track"]
   assert "Broken Track" in (out / "summary.md").read_text()
 
 

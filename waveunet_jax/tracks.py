@@ -3,7 +3,8 @@
 * Reading: MUSDB18's `<track>.stem.mp4` files (decoded by PyAV) or `<track>/<stem>.wav`
   folders (MUSDB18-HQ, or one's own multitracks: extra stems such as `piano.wav` count
   as `other`, `accompaniment.wav` or `instrumental.wav` holds drums + bass + other, and
-  a stem that no source needs may be missing; `stems` owns the rule),
+  a stem that no source needs may be missing; `stems` owns the rule; mono stems only
+  where the caller takes them, `read_multitrack(mono=True)`),
   from `DIR/{train,valid,test}` (`folder_tracks`) or listed in a text file
   (`read_tracks_file`). `check_track` reads headers only, so that a bad track fails
   before hours of decoding.
@@ -108,14 +109,23 @@ def needed_stems(track: Track, sources: Sequence[str],
   return {stem: path for stem, path in files.items() if stem in needed}
 
 
-def read_multitrack(track: Track, sources: Sequence[str],
-                    needed_for: str = NEEDED_FOR) -> tuple[dict[str, np.ndarray], int]:
+def read_multitrack(track: Track, sources: Sequence[str], needed_for: str = NEEDED_FOR, *,
+                    all_stems: bool = False,
+                    mono: bool = False) -> tuple[dict[str, np.ndarray], int]:
   """The stems of a track that `sources` need (all four of a `.stem.mp4`), float32
-  [time, 2] each, and their sample rate."""
+  [time, 2] each (or [time, 1], below), and their sample rate.
+
+  `all_stems`: also the stems of a folder that no source needs (the whole mix), once
+  the sources are checked to have theirs. `mono`: a folder's mono stems too ([time,
+  1]; `evaluate` takes them); else they are refused, as MUSDB18's stems are stereo.
+  """
   if track.wav:
     stems, rates = {}, {}
-    for stem, path in needed_stems(track, sources, needed_for).items():
-      stems[stem], rates[stem] = _read_wav(track, path)
+    files = needed_stems(track, sources, needed_for)  # first: the sources have their stems
+    if all_stems:
+      files = stem_files(track)
+    for stem, path in files.items():
+      stems[stem], rates[stem] = _read_wav(track, path, mono)
     if len(set(rates.values())) > 1:
       raise DataError(f"track {track.name!r}: stems have different sample rates {rates}")
     rate = next(iter(rates.values()))
@@ -165,12 +175,12 @@ def _stem_file_info(track: Track) -> None:
     _check_channels(track, f"{track.path.name} ({stem} stream)", channels[index])
 
 
-def _read_wav(track: Track, path: pathlib.Path) -> tuple[np.ndarray, int]:
+def _read_wav(track: Track, path: pathlib.Path, mono: bool = False) -> tuple[np.ndarray, int]:
   try:
     data, rate = audio.read_audio(path)
   except audio.AudioError as e:
     raise DataError(f"track {track.name!r}: {e}") from None
-  _check_stereo(track, path.name, data)
+  _check_stereo(track, path.name, data, mono)
   return data, rate
 
 
@@ -187,16 +197,16 @@ def _read_stem_file(track: Track) -> tuple[dict[str, np.ndarray], int]:
   return stems, rate
 
 
-def _check_stereo(track: Track, what: str, audio: np.ndarray) -> None:
-  _check_channels(track, what, audio.shape[1])
+def _check_stereo(track: Track, what: str, audio: np.ndarray, mono: bool = False) -> None:
+  _check_channels(track, what, audio.shape[1], mono)
   if len(audio) == 0:
     raise DataError(f"track {track.name!r}: {what} is empty")
 
 
-def _check_channels(track: Track, what: str, channels: int) -> None:
-  if channels != 2:
+def _check_channels(track: Track, what: str, channels: int, mono: bool = False) -> None:
+  if channels != 2 and not (mono and channels == 1):
     raise DataError(f"track {track.name!r}: {what} has {channels} channel(s); "
-                    "MUSDB18 stems are stereo")
+                    f"MUSDB18 stems are stereo{' (or mono here)' if mono else ''}")
 
 
 
