@@ -1,6 +1,6 @@
 """Evaluation on one's own folders: any stems that make the model's sources (vocals +
-accompaniment.wav or instrumental.wav), mono stems, and the error line of a track that
-lacks a source.
+accompaniment.wav or instrumental.wav), mono stems, the error line of a track that
+lacks a source, and --split=valid holding out what `prepare` holds out.
 
 Tracks are 2 s of noise at 8 kHz, written as float wavs (read back exactly); museval
 scores each in about 3 s (the model and the mixture baseline).
@@ -170,3 +170,31 @@ def test_a_track_without_a_sources_stems_fails_in_one_line(tmp_path, caplog):
       "which no source can take whole (needed apart for the sources 'bass', 'drums', 'other' "
       "of the model's sources); it has vocals.wav, drums.wav, bass.wav, other.wav, "
       f"accompaniment.wav (drums + bass + other); move it out of {five.path}")
+
+
+def test_the_valid_split_is_what_prepare_holds_out(tmp_path):
+  root = tmp_path / "mine"
+  names = [f"Artist {i:02d} - Song" for i in range(12)]
+  for i, name in enumerate(names):
+    write_track(root / "train" / name, {"vocals": noise(2 * i, 2),
+                                         "accompaniment": noise(2 * i + 1, 2)})
+  chosen = lambda split: [t.name for t in split]
+  # No valid/ and no MUSDB18 track: about 10 % of train/, by a hash of the names, as
+  # prepare chooses them (tracks.split_tracks).
+  held_out = chosen(tracks_lib.split_tracks(root, True, None)["valid"])
+  assert held_out == sorted(tracks_lib.hashed_validation(
+      tracks_lib.find_tracks(root, "train", True))) and len(held_out) == 1
+  assert chosen(evaluate.split_tracks(root, "valid", True)) == held_out
+  # And scored: exactly that track.
+  true = {name: {"vocals": noise(2 * i, 2), "accompaniment": noise(2 * i + 1, 2)}
+          for i, name in enumerate(names)}
+  summary = evaluate.evaluate(Oracle(true), root, tmp_path / "eval", wav=True, split="valid",
+                              report=False)
+  assert summary["split"] == "valid" and summary["tracks"] == held_out
+  assert min(track_sdr(tmp_path / "eval", "valid", held_out[0]).values()) > 40
+  # --valid_tracks names them; else a valid/ folder holds them.
+  assert chosen(evaluate.split_tracks(root, "valid", True, names[3:5])) == names[3:5]
+  for name in ("Z - one", "Y - two"):
+    (root / "valid" / name).mkdir(parents=True)
+  assert chosen(evaluate.split_tracks(root, "valid", True)) == ["Y - two", "Z - one"] == \
+      chosen(tracks_lib.split_tracks(root, True, None)["valid"])

@@ -5,7 +5,10 @@
       --tracks=3 --output_dir=eval/m4-valid
 
 Reads the tracks as `prepare` does, through `tracks` (`<track>.stem.mp4` files, or with
---wav the MUSDB18-HQ folders, or any folder of multitracks in that layout).
+--wav the MUSDB18-HQ folders, or any folder of multitracks in that layout). The split
+`test` is DIR/test; `valid` the tracks `prepare` holds out for validation
+(`tracks.split_tracks`: --valid_tracks, else DIR/valid/, else musdb's validation
+tracks of MUSDB18, else about 10 % of DIR/train chosen by a hash of their names).
 
 A track needs the stems that the model's sources (or --stems) are made of, as `stems`
 says, not all four of MUSDB18: `vocals.wav` + `accompaniment.wav` (or
@@ -114,25 +117,25 @@ class SeparatorLike(Protocol):
 
 def split_tracks(musdb_root: str | os.PathLike, split: str, wav: bool,
                  valid_tracks: Sequence[str] | None = None) -> list[tracks_lib.Track]:
-  """The tracks of `split`, sorted by name: `test`, or `valid` (musdb's validation
-  tracks of `train`, or `valid_tracks`). Raises EvaluationError if there are none."""
+  """The tracks of `split`, sorted by name: `test` (DIR/test), or `valid`: those that
+  `prepare` holds out for validation (`tracks.split_tracks` chooses them, from
+  `valid_tracks`, DIR/valid/ or DIR/train). Raises EvaluationError if there are none."""
   root = pathlib.Path(musdb_root)
   if not root.is_dir():
     raise EvaluationError(f"--musdb_root={root}: no such directory")
   if split not in SPLITS:
     raise EvaluationError(f"--split={split}: use {' or '.join(SPLITS)}")
-  folder = root / ("test" if split == "test" else "train")
-  tracks = tracks_lib.find_tracks(root, folder.name, wav)
-  if split == "valid" and tracks:
+  if split == "valid":
     try:
-      wanted = tracks_lib.validation_names(tracks, folder, valid_tracks or None)
+      return sorted(tracks_lib.split_tracks(root, wav, valid_tracks)["valid"],
+                    key=lambda t: t.name)
     except tracks_lib.DataError as e:
       raise EvaluationError(str(e)) from None
-    tracks = [t for t in tracks if t.name in wanted]
+  tracks = tracks_lib.find_tracks(root, "test", wav)
   if not tracks:
-    kind = "<track>/{vocals,drums,bass,other}.wav folders" if wav else "<track>.stem.mp4 files"
+    kind = "<track>/<stem>.wav folders" if wav else "<track>.stem.mp4 files"
     hint = "" if wav else " (for the MUSDB18-HQ wav layout or your own multitracks, add --wav)"
-    raise EvaluationError(f"--musdb_root={root}: no tracks of the {split} split in {folder}; "
+    raise EvaluationError(f"--musdb_root={root}: no tracks of the test split in {root / 'test'}; "
                           f"expected {kind}{hint}")
   return tracks
 
@@ -381,9 +384,11 @@ def evaluate(separator: SeparatorLike, musdb_root: str | os.PathLike,
 
   Args:
     separator: a `separator.Separator`, or anything with its `sources` and `separate`.
-    musdb_root: folder with `train/` and `test/` (stem files, or with `wav` the HQ layout).
+    musdb_root: folder with `test/`, or `train/` (and `valid/`) for 'valid' (stem files,
+      or with `wav` the HQ layout or one's own multitracks).
     output_dir: where the per-track JSON and the summary go.
-    split: 'test' or 'valid' (musdb's validation tracks of `train`, or `valid_tracks`).
+    split: 'test', or 'valid': the tracks `prepare` holds out (`valid_tracks`, else
+      `valid/`, else musdb's validation tracks or about 10 % of `train/`).
     max_tracks: only the split's first tracks (by name).
     stems: score this stem layout of the model's sources (`stems`, e.g. vocals and
       accompaniment of a four-source model); None: the model's sources.
@@ -533,10 +538,12 @@ def _define_flags() -> None:
       "workdir", "checkpoint", "musdb_root", "wav", "valid_tracks", "output_dir",
       "residual_source", "stems",
       musdb_root="MUSDB18 folder with train/ and test/.",
-      valid_tracks="Comma-separated training tracks of the valid split (default: musdb's "
-                   "validation tracks).",
+      valid_tracks="Comma-separated training tracks of the valid split (default: those "
+                   "prepare holds out: the valid/ folder; else musdb's 14-track split for "
+                   "MUSDB18; else about 10 % of the training tracks).",
       output_dir="Where the per-track JSON and the summary go.")
-  flags.DEFINE_enum("split", "test", list(SPLITS), "test, or valid (from train/).")
+  flags.DEFINE_enum("split", "test", list(SPLITS), "test, or valid (the tracks prepare "
+                    "validates on: valid/, or those held out of train/).")
   flags.DEFINE_integer("tracks", None, "Evaluate only the split's first N tracks.")
   flags.DEFINE_bool("report", True, f"Write OUTPUT_DIR/{REPORT} (plots, the aggregates and "
                     "audio excerpts in one file); --noreport: neither it nor the excerpts.")

@@ -10,8 +10,9 @@
   before hours of decoding.
 * Splits: the validation tracks are `--valid_tracks`, else the valid/ folder (or
   lines), else musdb's 14-track split for MUSDB18, else about 10 % of the training
-  tracks chosen by a hash of their names (`choose_validation`). `evaluate` asks
-  `validation_names` for the same choice.
+  tracks chosen by a hash of their names (`choose_validation`). `evaluate
+  --split=valid` asks `split_tracks` for the same choice, so it scores the tracks
+  `prepare` held out.
 
 `prepare` cuts what this reads into a TFDS dataset; `evaluate` scores a model on it.
 Errors are `DataError`s whose message names the track or file.
@@ -303,19 +304,6 @@ def track_names(flag_value: str | None) -> list[str] | None:
   if not flag_value:
     return None
   return [name.strip() for name in flag_value.split(",") if name.strip()]
-
-
-def validation_names(train: Sequence[Track], folder: pathlib.Path,
-                     valid_tracks: Sequence[str] | None) -> set[str]:
-  """The names of the validation tracks among `train` (the tracks of `folder`):
-  `valid_tracks`, or musdb's validation split when None."""
-  if valid_tracks is None:
-    wanted = _musdb_validation(train)
-    if not wanted:
-      raise DataError(f"--musdb_root={folder.parent}: none of musdb's validation tracks is in "
-                      f"{folder}; choose some with --valid_tracks=NAME,NAME")
-    return wanted
-  return _named_validation(train, str(folder), valid_tracks)
 
 
 def _musdb_validation(train: Sequence[Track]) -> set[str]:
