@@ -191,7 +191,8 @@ def test_a_stem_no_source_needs_may_be_missing(tmp_path):
   with pytest.raises(prepare.DataError) as error:
     prepare.prepare(config, root, tmp_path / "data4", wav=True, valid_tracks=["B - plain"])
   assert str(error.value) == (f"track 'A - no drums': no drums.wav in {folder} (needed for the "
-                              "source 'drums' of config.model.sources)")
+                              "source 'drums' of config.model.sources); it has vocals.wav, "
+                              "bass.wav")
 
 
 def no_dataset_left(data_dir: pathlib.Path):

@@ -217,7 +217,7 @@ def test_a_bad_track_is_reported_and_the_others_summarized(musdb_corpus, evaluat
   root, good = tmp_path / "musdb", tracks_lib.find_tracks(musdb_corpus, "test", True)[0]
   shutil.copytree(good.path, root / "test" / good.name)
   shutil.copytree(good.path, root / "test" / "Broken Track")
-  (root / "test" / "Broken Track" / "bass.wav").unlink()
+  (root / "test" / "Broken Track" / "vocals.wav").unlink()
   out = copy_outputs(evaluated, tmp_path)
   stub = Stub()
   stub.identity = same_model(evaluated[1])
@@ -225,7 +225,7 @@ def test_a_bad_track_is_reported_and_the_others_summarized(musdb_corpus, evaluat
     evaluate.evaluate(stub, root, out, wav=True, split="test")
   summary = json.loads((out / "summary.json").read_text())
   assert summary["tracks"] == [good.name]
-  assert "bass.wav" in summary["failed"]["Broken Track"]
+  assert "no vocals.wav" in summary["failed"]["Broken Track"]
   assert "Broken Track" in (out / "summary.md").read_text()
 
 
@@ -260,9 +260,14 @@ def test_a_four_source_model_is_scored_as_vocals_and_accompaniment(musdb_corpus,
 
 def test_splits(musdb_corpus, tmp_path):
   train = tracks_lib.find_tracks(musdb_corpus, "train", True)[0].name
-  assert [t.name for t in evaluate.split_tracks(musdb_corpus, "valid", True, [train])] == [train]
-  with pytest.raises(evaluate.EvaluationError, match="--valid_tracks"):
-    evaluate.split_tracks(musdb_corpus, "valid", True)  # none of musdb's validation tracks
+  # The valid split is what prepare holds out (test_evaluate_own): never every training
+  # track.
+  with pytest.raises(evaluate.EvaluationError, match="every track of .* is a validation track"):
+    evaluate.split_tracks(musdb_corpus, "valid", True, [train])
+  # One training track, no valid/: nothing to hold out (as prepare says).
+  with pytest.raises(evaluate.EvaluationError, match="only one training track .* validation "
+                     "needs at least 2 tracks there"):
+    evaluate.split_tracks(musdb_corpus, "valid", True)
   with pytest.raises(evaluate.EvaluationError, match="--valid_tracks: not in .*: Nope"):
     evaluate.split_tracks(musdb_corpus, "valid", True, ["Nope"])
   with pytest.raises(evaluate.EvaluationError, match="add --wav"):

@@ -55,7 +55,7 @@ def test_combining_sums_the_parts_in_every_form():
 
 def test_extra_stems_of_a_multitrack_count_as_other():
   found = ["vocals", "drums", "bass", "other", "piano", "strings"]
-  assert stems.counts_as("piano") == "other" and stems.counts_as("bass") == "bass"
+  assert stems.holds("piano") == ("other",) and stems.holds("bass") == ("bass",)
   assert stems.multitrack_parts("other", found) == ("other", "piano", "strings")
   assert stems.multitrack_parts("accompaniment", found) == (
       "drums", "bass", "other", "piano", "strings")
@@ -69,6 +69,34 @@ def test_extra_stems_of_a_multitrack_count_as_other():
   np.testing.assert_array_equal(combined["vocals"], ones["vocals"])
   with pytest.raises(ValueError, match=r"^no vocals for the source 'vocals'$"):
     stems.combine_multitrack({"piano": ones["piano"]}, ["vocals"])
+
+
+def test_an_accompaniment_stem_is_the_accompaniment_whole():
+  # A stem named after a derived source holds its stems mixed; instrumental is an alias.
+  for name in ("accompaniment", "instrumental", "no_vocals"):
+    assert stems.holds(name) == ("drums", "bass", "other")
+    assert stems.multitrack_parts("accompaniment", ["vocals", name]) == (name,)
+    assert stems.multitrack_parts("vocals", ["vocals", name]) == ("vocals",)
+    # Its drums cannot be taken apart from its bass.
+    assert stems.multitrack_parts("drums", ["vocals", name]) == ()
+  assert stems.holds("no_drums") == ("vocals", "bass", "other")
+  # With the accompaniment's own stems beside it, it is a part of the accompaniment too.
+  assert stems.multitrack_parts("accompaniment", ["vocals", "drums", "instrumental"]) == (
+      "drums", "instrumental")
+  ones = {"vocals": np.ones((3, 2), np.float32), "instrumental": np.full((3, 2), 2.0, np.float32)}
+  combined = stems.combine_multitrack(ones, ["vocals", "accompaniment"])
+  np.testing.assert_array_equal(combined["accompaniment"], ones["instrumental"])
+  # A stem that holds parts of several sources goes to none of them.
+  four = ("vocals", "drums", "bass", "other")
+  assert stems.split_across(["vocals", "drums", "bass", "other", "accompaniment"], four) == {
+      "accompaniment": ("drums", "bass", "other")}
+  assert stems.split_across(["vocals", "no_drums"], ["vocals", "accompaniment"]) == {
+      "no_drums": ("vocals", "accompaniment")}
+  assert stems.split_across(["vocals", "accompaniment"], ["vocals", "accompaniment"]) == {}
+  assert stems.split_across(["vocals", "bass"], ["vocals", "drums"]) == {}  # needed by none
+  assert stems.describe_stems(["vocals", "instrumental", "piano"], ".wav") == (
+      "vocals.wav, instrumental.wav (drums + bass + other), piano.wav")
+  assert stems.describe_stems([]) == "no stem"
 
 
 def test_what_a_multitrack_misses_is_said_in_its_files_names():

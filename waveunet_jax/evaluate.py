@@ -5,13 +5,30 @@
       --tracks=3 --output_dir=eval/m4-valid
 
 Reads the tracks as `prepare` does, through `tracks` (`<track>.stem.mp4` files, or with
---wav the MUSDB18-HQ folders, or any folder of multitracks in that layout). For each
-track: the mix is the sum of the four stems (the references then add up to it
-exactly), the model separates it whole (`separator.Separator`, at the model's rate and
-back, the band above the model's Nyquist frequency in the residual source unless
---residual_source=none; with --stems, in that stem layout), and museval scores the
-model's sources against the original stems ('accompaniment' = drums + bass + other)
-with BSSEval v4 over 1 s windows at the track's rate (44.1 kHz for MUSDB18). Writes
+--wav the MUSDB18-HQ folders, or any folder of multitracks in that layout). The split
+`test` is DIR/test; `valid` the tracks `prepare` holds out for validation
+(`tracks.split_tracks`: --valid_tracks, else DIR/valid/, else musdb's validation
+tracks of MUSDB18, else about 10 % of DIR/train chosen by a hash of their names).
+
+A track needs the stems that the model's sources (or --stems) are made of, as `stems`
+says, not all four of MUSDB18: `vocals.wav` + `accompaniment.wav` (or
+`instrumental.wav`, or drums, bass, other, piano ... in any number) scores a
+vocals/accompaniment model; a track that lacks a source's stems fails with a line
+naming its folder, its stems and what is missing. For each track: the mix is the sum
+of every stem there (the references then add up to it exactly), the model separates
+it whole (`separator.Separator`, at the model's rate and back, the band above the
+model's Nyquist frequency in the residual source unless --residual_source=none; with
+--stems, in that stem layout), and museval scores the model's sources against the
+original stems (each source the sum of its stems: 'accompaniment' = drums + bass +
+other, or the accompaniment stem) with BSSEval v4 over 1 s windows at the track's rate
+(44.1 kHz for MUSDB18).
+
+Mono stems (a folder's wavs; MUSDB18's are stereo) are scored as the model hears
+them: each is duplicated into the channels of the track's other stems, or in a track
+of mono stems only into the model's channels (stereo: both channels a copy of the
+mono stem; a mono model: kept mono). The mix, the estimates and the references then
+all have those channels, and one info line per track names the stems duplicated.
+Writes
 
   OUT/<split>/<track>.json                   museval's per-track JSON (TrackStore)
   OUT/mixture-baseline/<split>/<track>.json  the same for the unprocessed mixture
@@ -83,9 +100,11 @@ class ReportError(EvaluationError):
 
 
 class SeparatorLike(Protocol):
-  """What evaluation needs of a `separator.Separator` (tests pass stubs)."""
+  """What evaluation needs of a `separator.Separator` (tests pass stubs). Evaluation
+  reads `num_channels` only for a track of mono stems (stereo where a stub has none)."""
 
   sources: Sequence[str]
+  num_channels: int
 
   def separate(self, audio: np.ndarray, rate: int, *, stems: Sequence[str] | None = None
                ) -> dict[str, np.ndarray]: ...
@@ -98,25 +117,25 @@ class SeparatorLike(Protocol):
 
 def split_tracks(musdb_root: str | os.PathLike, split: str, wav: bool,
                  valid_tracks: Sequence[str] | None = None) -> list[tracks_lib.Track]:
-  """The tracks of `split`, sorted by name: `test`, or `valid` (musdb's validation
-  tracks of `train`, or `valid_tracks`). Raises EvaluationError if there are none."""
+  """The tracks of `split`, sorted by name: `test` (DIR/test), or `valid`: those that
+  `prepare` holds out for validation (`tracks.split_tracks` chooses them, from
+  `valid_tracks`, DIR/valid/ or DIR/train). Raises EvaluationError if there are none."""
   root = pathlib.Path(musdb_root)
   if not root.is_dir():
     raise EvaluationError(f"--musdb_root={root}: no such directory")
   if split not in SPLITS:
     raise EvaluationError(f"--split={split}: use {' or '.join(SPLITS)}")
-  folder = root / ("test" if split == "test" else "train")
-  tracks = tracks_lib.find_tracks(root, folder.name, wav)
-  if split == "valid" and tracks:
+  if split == "valid":
     try:
-      wanted = tracks_lib.validation_names(tracks, folder, valid_tracks or None)
+      return sorted(tracks_lib.split_tracks(root, wav, valid_tracks)["valid"],
+                    key=lambda t: t.name)
     except tracks_lib.DataError as e:
       raise EvaluationError(str(e)) from None
-    tracks = [t for t in tracks if t.name in wanted]
+  tracks = tracks_lib.find_tracks(root, "test", wav)
   if not tracks:
-    kind = "<track>/{vocals,drums,bass,other}.wav folders" if wav else "<track>.stem.mp4 files"
+    kind = "<track>/<stem>.wav folders" if wav else "<track>.stem.mp4 files"
     hint = "" if wav else " (for the MUSDB18-HQ wav layout or your own multitracks, add --wav)"
-    raise EvaluationError(f"--musdb_root={root}: no tracks of the {split} split in {folder}; "
+    raise EvaluationError(f"--musdb_root={root}: no tracks of the test split in {root / 'test'}; "
                           f"expected {kind}{hint}")
   return tracks
 
@@ -130,8 +149,32 @@ def check_sources(sources: Sequence[str]) -> None:
 
 
 def references(stems: Mapping[str, np.ndarray], sources: Sequence[str]) -> dict[str, np.ndarray]:
-  """{source: [T, C]}: a stem, or the sum of a derived source's stems (`stems.combine`)."""
-  return stems_lib.combine(stems, sources)
+  """{source: [T, C]}: the sum of a track's stems that make the source
+  (`stems.combine_multitrack`: 'accompaniment' = drums + bass + other, or the
+  accompaniment stem)."""
+  return stems_lib.combine_multitrack(stems, sources)
+
+
+def read_track(track: tracks_lib.Track, sources: Sequence[str], channels: int = 2, *,
+               needed_for: str = " of the model's sources"
+               ) -> tuple[np.ndarray, dict[str, np.ndarray], int]:
+  """(mix [T, C], {source: reference [T, C]}, rate) of a track: every stem read
+  (`tracks.read_multitrack`), the mix their sum, the references as `references`
+  makes them. Mono stems are duplicated into the channels of the track's other stems,
+  or where all are mono into `channels` (the model's); an info line says so.
+  Raises tracks.DataError naming the track folder, its stems and what is missing
+  when `sources` cannot be made of them."""
+  stems, rate = tracks_lib.read_multitrack(track, sources, needed_for, all_stems=True,
+                                           mono=True)
+  width = max(x.shape[1] for x in stems.values())
+  width = channels if width == 1 else width
+  mono = [stem for stem, x in stems.items() if x.shape[1] < width]
+  if mono:
+    logging.info("track %r: mono %s scored as %d channels (each a copy of the mono stem)",
+                 track.name, ", ".join(f"{stem}.wav" for stem in mono), width)
+    stems = {stem: np.repeat(x, width, axis=1) if stem in mono else x
+             for stem, x in stems.items()}
+  return sum(stems.values()), references(stems, sources), rate
 
 
 # --------------------------------------------------------------------------- #
@@ -341,9 +384,11 @@ def evaluate(separator: SeparatorLike, musdb_root: str | os.PathLike,
 
   Args:
     separator: a `separator.Separator`, or anything with its `sources` and `separate`.
-    musdb_root: folder with `train/` and `test/` (stem files, or with `wav` the HQ layout).
+    musdb_root: folder with `test/`, or `train/` (and `valid/`) for 'valid' (stem files,
+      or with `wav` the HQ layout or one's own multitracks).
     output_dir: where the per-track JSON and the summary go.
-    split: 'test' or 'valid' (musdb's validation tracks of `train`, or `valid_tracks`).
+    split: 'test', or 'valid': the tracks `prepare` holds out (`valid_tracks`, else
+      `valid/`, else musdb's validation tracks or about 10 % of `train/`).
     max_tracks: only the split's first tracks (by name).
     stems: score this stem layout of the model's sources (`stems`, e.g. vocals and
       accompaniment of a four-source model); None: the model's sources.
@@ -378,6 +423,8 @@ def evaluate(separator: SeparatorLike, musdb_root: str | os.PathLike,
   for track in tracks:  # before any work: earlier scores must be this model's
     if (folders["model"] / f"{track.name}.json").exists():
       check_same_model(folders["model"] / f"{track.name}.json", model)
+  channels = getattr(separator, "num_channels", 2)
+  needed_for = " of --stems" if layout else " of the model's sources; --stems scores others"
   scores = {key: {} for key in folders}
   failed = {}
   bar = console.progress(len(tracks), f"evaluate {split}", unit="track", iterable=tracks)
@@ -388,9 +435,7 @@ def evaluate(separator: SeparatorLike, musdb_root: str | os.PathLike,
     start, took, where = time.perf_counter(), {}, f"{split} [{i + 1}/{len(tracks)}] {track.name}"
     try:
       if todo:
-        track_stems, rate = tracks_lib.read_stems(track)
-        refs = references(track_stems, sources)
-        mix = sum(track_stems[s] for s in tracks_lib.STEMS)
+        mix, refs, rate = read_track(track, sources, channels, needed_for=needed_for)
         took["audio"] = len(mix) / rate
         for key in todo:
           tic = time.perf_counter()
@@ -493,10 +538,12 @@ def _define_flags() -> None:
       "workdir", "checkpoint", "musdb_root", "wav", "valid_tracks", "output_dir",
       "residual_source", "stems",
       musdb_root="MUSDB18 folder with train/ and test/.",
-      valid_tracks="Comma-separated training tracks of the valid split (default: musdb's "
-                   "validation tracks).",
+      valid_tracks="Comma-separated training tracks of the valid split (default: those "
+                   "prepare holds out: the valid/ folder; else musdb's 14-track split for "
+                   "MUSDB18; else about 10 % of the training tracks).",
       output_dir="Where the per-track JSON and the summary go.")
-  flags.DEFINE_enum("split", "test", list(SPLITS), "test, or valid (from train/).")
+  flags.DEFINE_enum("split", "test", list(SPLITS), "test, or valid (the tracks prepare "
+                    "validates on: valid/, or those held out of train/).")
   flags.DEFINE_integer("tracks", None, "Evaluate only the split's first N tracks.")
   flags.DEFINE_bool("report", True, f"Write OUTPUT_DIR/{REPORT} (plots, the aggregates and "
                     "audio excerpts in one file); --noreport: neither it nor the excerpts.")

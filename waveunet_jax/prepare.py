@@ -8,12 +8,13 @@ dataset of TFRecord windows.
 Reads `DIR/{train,valid,test}` (valid/ and test/ optional): `<track>.stem.mp4` files
 (MUSDB18, decoded by PyAV) or, with `--wav`, `<track>/<stem>.wav`
 folders (MUSDB18-HQ, or one's own multitracks: extra stems such as `piano.wav` count
-as `other`, and a stem that no source of the config needs may be missing; `stems`
-owns the rule). `--tracks_file` lists track folders instead. The splits are `train`,
-`valid` and `test`; the validation tracks are `--valid_tracks`, else the valid/
-folder (or lines), else musdb's 14-track split for MUSDB18, else about 10 % of the
-training tracks. `tracks` owns reading the tracks and choosing the splits; this
-module the layout, the windows and the TFDS builder.
+as `other`, `accompaniment.wav` or `instrumental.wav` as drums + bass + other, and a
+stem that no source of the config needs may be missing; `stems` owns the rule).
+`--tracks_file` lists track folders instead. The splits are `train`, `valid` and
+`test`; the validation tracks are `--valid_tracks`, else the valid/ folder (or
+lines), else musdb's 14-track split for MUSDB18, else about 10 % of the training
+tracks. `tracks` owns reading the tracks and choosing the splits; this module the
+layout, the windows and the TFDS builder.
 
 Storage, chosen so that a random crop never decodes a whole track:
 * only the config's sources are stored (never a mix: training sums the sources), at
@@ -236,7 +237,8 @@ def _builder_class():
         bar.set_postfix_str(track.name, refresh=False)
         stems, rate = tracks_lib.read_multitrack(track, self.layout.sources)
         sources = track_sources(stems, rate, self.layout)
-        extra = [s for s in stems if s not in stems_lib.STEMS]
+        extra = ", ".join(f"{s} counted as {' + '.join(stems_lib.holds(s))}"
+                          for s in stems if s not in stems_lib.STEMS)
         seconds = sources.shape[1] / self.layout.sample_rate
         longest = max(longest, (seconds, track.name))
         if sources.shape[1] < self.layout.output_length:
@@ -263,7 +265,7 @@ def _builder_class():
         if bar.disable or extra:
           logging.info("%s [%d/%d] %s: %.1f s, %d windows%s", split, i + 1, len(tracks),
                        track.name, seconds, count,
-                       f" ({', '.join(extra)} counted as {stems_lib.EXTRA})" if extra else "")
+                       f" ({extra})" if extra else "")
 
   _BUILDER = MusdbWindows
   return _BUILDER

@@ -170,6 +170,11 @@ class Separator:
     return int(self.engine.sample_rate)
 
   @property
+  def num_channels(self) -> int:
+    """The model's channels; a song may have others (see the module docstring)."""
+    return int(self.engine.num_channels)
+
+  @property
   def tiling(self) -> Tiling:
     return self.engine.tiling
 

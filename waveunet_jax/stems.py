@@ -13,11 +13,22 @@ Datasets (`prepare`) and references (`evaluate`) derive their sources from MUSDB
 four stems with the same rule.
 
 A multitrack of one's own may hold other stems than those four (`piano`, `guitar`,
-`strings`, ...) and may lack some. Each extra stem counts as `other`, where MUSDB18
-files every instrument that is not vocals, drums or bass; so `other` is `other` plus
-the extra stems, `accompaniment` is every stem but `vocals` (a piano is
-accompaniment), and `no_<source>` every stem but those counted as that source. A
-source needs at least one of its stems; a stem that no source needs may be missing.
+`strings`, ...) and may lack some. What a stem holds (`holds`):
+
+* one of the four: itself;
+* a stem named after a source derived from them holds that source's stems mixed in
+  one: `accompaniment` (or its other name `instrumental`, `ALIASES`) is drums + bass +
+  other, `no_vocals` (Demucs's) the same, `no_drums` vocals + bass + other;
+* any other stem: `other`, where MUSDB18 files every instrument that is not vocals,
+  drums or bass.
+
+A source is the sum of the stems that hold nothing but its own: `other` is `other`
+plus the extra stems, `accompaniment` every stem but `vocals` (a piano is
+accompaniment; so is `accompaniment.wav`), `drums` never `accompaniment.wav` (its
+drums cannot be taken apart from its bass). A source needs at least one such stem; a
+stem that no source needs may be missing; a stem that holds part of a source but
+also another's (`accompaniment.wav` for the sources drums, bass and other) can go to
+none of them (`split_across`).
 """
 
 from __future__ import annotations
@@ -32,6 +43,8 @@ STEMS = ("vocals", "drums", "bass", "other")
 EXTRA = "other"
 ACCOMPANIMENT = "accompaniment"
 WITHOUT = "no_"
+# Other names of a multitrack's stems: an instrumental is the accompaniment.
+ALIASES = {"instrumental": ACCOMPANIMENT}
 
 
 def parts(name: str, available: Sequence[str]) -> tuple[str, ...]:
@@ -88,17 +101,49 @@ def combine(sources: Mapping[str, np.ndarray], names: Sequence[str]) -> dict[str
   return out
 
 
-def counts_as(stem: str) -> str:
-  """The stem of MUSDB18 that a multitrack's stem counts as: itself, or `other`."""
-  return stem if stem in STEMS else EXTRA
+def holds(stem: str) -> tuple[str, ...]:
+  """The stems of MUSDB18 that a multitrack's stem holds (see the module docstring):
+  itself; those of the derived source it is named after (`accompaniment`,
+  `instrumental`: drums, bass and other); else `other`."""
+  name = ALIASES.get(stem, stem)
+  if name in STEMS:
+    return (name,)
+  if name in derivable(STEMS):
+    return parts(name, STEMS)
+  return (EXTRA,)
 
 
 def multitrack_parts(source: str, stems: Sequence[str]) -> tuple[str, ...]:
   """The stems of a multitrack (their names, `stems`, in the order given) whose sum is
-  `source`, one of MUSDB18's stems or a source derived from them (see the module
-  docstring). Empty if the multitrack holds none of them."""
-  wanted = parts(source, STEMS)
-  return tuple(stem for stem in stems if counts_as(stem) in wanted)
+  `source`, one of MUSDB18's stems or a source derived from them: those that hold
+  nothing but its stems (see the module docstring). Empty if there are none."""
+  wanted = set(parts(source, STEMS))
+  return tuple(stem for stem in stems if set(holds(stem)) <= wanted)
+
+
+def split_across(stems: Sequence[str], sources: Sequence[str]) -> dict[str, tuple[str, ...]]:
+  """{stem: the sources it holds part of} for each of a multitrack's `stems` that holds
+  part of a source of `sources` and is none's `multitrack_parts` (`accompaniment`
+  for drums, bass and other): no source can take it, so they cannot add up to it."""
+  out = {}
+  for stem in stems:
+    held = set(holds(stem))
+    wanted = {source: set(parts(source, STEMS)) for source in sources}
+    if not any(held <= w for w in wanted.values()):
+      touched = tuple(source for source, w in wanted.items() if held & w)
+      if touched:
+        out[stem] = touched
+  return out
+
+
+def describe_stems(stems: Sequence[str], suffix: str = "") -> str:
+  """A multitrack's stems for a message, each that holds several of MUSDB18's with
+  them: 'vocals.wav, accompaniment.wav (drums + bass + other)'; `suffix` ends each
+  stem name (a file's `.wav`)."""
+  if not stems:
+    return "no stem"
+  return ", ".join(stem + suffix + (f" ({' + '.join(holds(stem))})" if len(holds(stem)) > 1
+                                    else "") for stem in stems)
 
 
 def describe_missing(source: str, suffix: str = "") -> str:

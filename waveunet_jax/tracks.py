@@ -2,14 +2,17 @@
 
 * Reading: MUSDB18's `<track>.stem.mp4` files (decoded by PyAV) or `<track>/<stem>.wav`
   folders (MUSDB18-HQ, or one's own multitracks: extra stems such as `piano.wav` count
-  as `other`, and a stem that no source needs may be missing; `stems` owns the rule),
+  as `other`, `accompaniment.wav` or `instrumental.wav` holds drums + bass + other, and
+  a stem that no source needs may be missing; `stems` owns the rule; mono stems only
+  where the caller takes them, `read_multitrack(mono=True)`),
   from `DIR/{train,valid,test}` (`folder_tracks`) or listed in a text file
   (`read_tracks_file`). `check_track` reads headers only, so that a bad track fails
   before hours of decoding.
 * Splits: the validation tracks are `--valid_tracks`, else the valid/ folder (or
   lines), else musdb's 14-track split for MUSDB18, else about 10 % of the training
-  tracks chosen by a hash of their names (`choose_validation`). `evaluate` asks
-  `validation_names` for the same choice.
+  tracks chosen by a hash of their names (`choose_validation`). `evaluate
+  --split=valid` asks `split_tracks` for the same choice, so it scores the tracks
+  `prepare` held out.
 
 `prepare` cuts what this reads into a TFDS dataset; `evaluate` scores a model on it.
 Errors are `DataError`s whose message names the track or file.
@@ -35,7 +38,7 @@ STEMS = stems_lib.STEMS
 STEM_STREAMS = {"drums": 1, "bass": 2, "other": 3, "vocals": 4}
 # MUSDB18-HQ's mix, beside the stems: never read (training sums the stems).
 MIXTURE = "mixture"
-# Why a track's stem is needed, in errors of `prepare` (`evaluate` reads all four).
+# Why a track's stem is needed, in errors of `prepare` (`evaluate` says its own).
 NEEDED_FOR = " of config.model.sources"
 SPLITS = ("train", "valid", "test")
 # Without validation tracks named or found, about this share of the training tracks
@@ -86,26 +89,44 @@ def needed_stems(track: Track, sources: Sequence[str],
                  needed_for: str = NEEDED_FOR) -> dict[str, pathlib.Path]:
   """The stem files of a track folder that `sources` sum (`stems.multitrack_parts`):
   a stem no source needs is not read, and may be missing. Raises DataError naming the
-  track and the file when a source has none."""
+  track, its folder and stems, and what is missing when a source has none, or a stem
+  that holds parts of several sources (`stems.split_across`)."""
   files = stem_files(track)
+  found = f"it has {stems_lib.describe_stems(list(files), '.wav')}"
   needed = set()
   for source in sources:
     members = stems_lib.multitrack_parts(source, list(files))
     if not members:
       raise DataError(f"track {track.name!r}: {stems_lib.describe_missing(source, '.wav')} in "
-                      f"{track.path} (needed for the source {source!r}{needed_for})")
+                      f"{track.path} (needed for the source {source!r}{needed_for}); {found}")
     needed.update(members)
+  split = stems_lib.split_across(list(files), sources)
+  if split:
+    stem, touched = next(iter(split.items()))
+    raise DataError(
+        f"track {track.name!r}: {files[stem]} holds {' + '.join(stems_lib.holds(stem))} in "
+        f"one, which no source can take whole (needed apart for the sources "
+        f"{', '.join(map(repr, touched))}{needed_for}); {found}; move it out of {track.path}")
   return {stem: path for stem, path in files.items() if stem in needed}
 
 
-def read_multitrack(track: Track, sources: Sequence[str],
-                    needed_for: str = NEEDED_FOR) -> tuple[dict[str, np.ndarray], int]:
+def read_multitrack(track: Track, sources: Sequence[str], needed_for: str = NEEDED_FOR, *,
+                    all_stems: bool = False,
+                    mono: bool = False) -> tuple[dict[str, np.ndarray], int]:
   """The stems of a track that `sources` need (all four of a `.stem.mp4`), float32
-  [time, 2] each, and their sample rate."""
+  [time, 2] each (or [time, 1], below), and their sample rate.
+
+  `all_stems`: also the stems of a folder that no source needs (the whole mix), once
+  the sources are checked to have theirs. `mono`: a folder's mono stems too ([time,
+  1]; `evaluate` takes them); else they are refused, as MUSDB18's stems are stereo.
+  """
   if track.wav:
     stems, rates = {}, {}
-    for stem, path in needed_stems(track, sources, needed_for).items():
-      stems[stem], rates[stem] = _read_wav(track, path)
+    files = needed_stems(track, sources, needed_for)  # first: the sources have their stems
+    if all_stems:
+      files = stem_files(track)
+    for stem, path in files.items():
+      stems[stem], rates[stem] = _read_wav(track, path, mono)
     if len(set(rates.values())) > 1:
       raise DataError(f"track {track.name!r}: stems have different sample rates {rates}")
     rate = next(iter(rates.values()))
@@ -155,12 +176,12 @@ def _stem_file_info(track: Track) -> None:
     _check_channels(track, f"{track.path.name} ({stem} stream)", channels[index])
 
 
-def _read_wav(track: Track, path: pathlib.Path) -> tuple[np.ndarray, int]:
+def _read_wav(track: Track, path: pathlib.Path, mono: bool = False) -> tuple[np.ndarray, int]:
   try:
     data, rate = audio.read_audio(path)
   except audio.AudioError as e:
     raise DataError(f"track {track.name!r}: {e}") from None
-  _check_stereo(track, path.name, data)
+  _check_stereo(track, path.name, data, mono)
   return data, rate
 
 
@@ -177,16 +198,16 @@ def _read_stem_file(track: Track) -> tuple[dict[str, np.ndarray], int]:
   return stems, rate
 
 
-def _check_stereo(track: Track, what: str, audio: np.ndarray) -> None:
-  _check_channels(track, what, audio.shape[1])
+def _check_stereo(track: Track, what: str, audio: np.ndarray, mono: bool = False) -> None:
+  _check_channels(track, what, audio.shape[1], mono)
   if len(audio) == 0:
     raise DataError(f"track {track.name!r}: {what} is empty")
 
 
-def _check_channels(track: Track, what: str, channels: int) -> None:
-  if channels != 2:
+def _check_channels(track: Track, what: str, channels: int, mono: bool = False) -> None:
+  if channels != 2 and not (mono and channels == 1):
     raise DataError(f"track {track.name!r}: {what} has {channels} channel(s); "
-                    "MUSDB18 stems are stereo")
+                    f"MUSDB18 stems are stereo{' (or mono here)' if mono else ''}")
 
 
 
@@ -283,19 +304,6 @@ def track_names(flag_value: str | None) -> list[str] | None:
   if not flag_value:
     return None
   return [name.strip() for name in flag_value.split(",") if name.strip()]
-
-
-def validation_names(train: Sequence[Track], folder: pathlib.Path,
-                     valid_tracks: Sequence[str] | None) -> set[str]:
-  """The names of the validation tracks among `train` (the tracks of `folder`):
-  `valid_tracks`, or musdb's validation split when None."""
-  if valid_tracks is None:
-    wanted = _musdb_validation(train)
-    if not wanted:
-      raise DataError(f"--musdb_root={folder.parent}: none of musdb's validation tracks is in "
-                      f"{folder}; choose some with --valid_tracks=NAME,NAME")
-    return wanted
-  return _named_validation(train, str(folder), valid_tracks)
 
 
 def _musdb_validation(train: Sequence[Track]) -> set[str]:
