@@ -6,10 +6,9 @@ import numpy as np
 import pytest
 
 from experiments import deep, shallow
-from waveunet_jax import models
+from waveunet_jax import models, optim
 
-PAPER_VARIANTS = deep.VARIANTS
-ALL_CONFIGS = [("deep", v) for v in PAPER_VARIANTS] + [("shallow", None)]
+ALL_CONFIGS = [("deep", v) for v in deep.VARIANTS] + [("shallow", None)]
 
 
 def get_config(name, variant):
@@ -273,3 +272,103 @@ def test_bad_configs_name_the_field(tiny_config, overrides, field):
 def test_bad_wanted_length(tiny_config):
   with pytest.raises(models.ConfigError, match="output length must be positive"):
     models.lengths(tiny_config(), 0)
+
+
+# --------------------------------------------------------------------------- #
+# The seed's first network (experiments/deep.py:seed, anleva/Wave-U-Net wave_u_net.py).
+# --------------------------------------------------------------------------- #
+
+SEED_LENGTH = 16384 * 14  # the seed's training examples
+
+
+def test_seed_config_builds_with_same_padding_lengths():
+  config = deep.get_config("seed")
+  model = models.from_config(config)
+  assert (model.padding, model.downsampling, model.upsampling, model.normalization,
+          model.output) == ("same", "decimate", "linear", "none", "difference")
+  assert model.sources == ("vocals", "accompaniment")
+  assert config.data.sample_rate == 16000 and config.data.output_length == SEED_LENGTH
+  assert models.total_downsampling(model) == 2 ** 12
+  size = models.lengths(model, config.data.output_length)
+  assert (size.input_length, size.output_length, size.offset) == (SEED_LENGTH, SEED_LENGTH, 0)
+  assert models.output_length_for(model, SEED_LENGTH) == SEED_LENGTH
+  assert output_shape(model, SEED_LENGTH) == (1, 2, SEED_LENGTH, 2)
+  # The loss sees the central 69376 samples, 80000 in from each end: further than
+  # any output sample's dependencies reach, so none of them sees the zero padding.
+  assert config.loss.central_length == SEED_LENGTH - 2 * 80000 == 69376
+  assert models.context_reach(model) < 80000
+
+
+def test_seed_parameter_count_from_the_layer_shapes():
+  # By hand from the seed's layers: conv(15) down with bias, from 2 channels, 24 * (i+1)
+  # features; bridge conv(15, 312); conv(5) up over [upsampled from below, skip i];
+  # output conv(1, 2) over [features of level 0, the stereo mix] for the one estimated
+  # source (the other is the difference).
+  c = [24 * (i + 1) for i in range(12)]
+  downs = sum(15 * c_in * c_out + c_out for c_in, c_out in zip([2] + c[:-1], c))
+  bridge = 15 * 288 * 312 + 312
+  ups = sum(5 * (below + c_i) * c_i + c_i for c_i, below in zip(c, c[1:] + [312]))
+  output = 1 * (24 + 2) * 2 + 2
+  assert downs + bridge + ups + output == 10_263_390
+  config = deep.get_config("seed")
+  model = models.from_config(config)
+  shapes = jax.eval_shape(model.init, jax.random.key(0),
+                          jax.ShapeDtypeStruct((1, 4096, 2), jnp.float32))
+  assert set(shapes) == {"params"}  # no BatchNorm statistics
+  assert sum(x.size for x in jax.tree_util.tree_leaves(shapes)) == downs + bridge + ups + output
+  # Keras L2 falls on the 25 U-Net conv kernels and nothing else.
+  mask = optim.path_mask(shapes["params"], config.optim.l2_mask)
+  regularised = {"/".join(k.key for k in path)
+                 for path, on in jax.tree_util.tree_leaves_with_path(mask) if on}
+  assert regularised == ({f"{block}_{i}/conv/kernel" for block in ("down", "up") for i in range(12)}
+                         | {"bottleneck/conv/kernel"})
+  assert config.optim.weight_decay == 0.01
+
+
+def keras_upsampling(x: np.ndarray, size: int = 2) -> np.ndarray:
+  """A numpy model of the seed's UpSampling1D(size) then AveragePooling1D(size,
+  strides=1, padding="same") on [B, n, C]: each sample repeated `size` times, then
+  averaged over windows of `size`. Keras' "same" is TensorFlow's SAME: of the size - 1
+  padding samples the smaller half goes before, the rest after, and a pool ignores
+  the padded positions (it averages the valid samples only)."""
+  repeated = np.repeat(x, size, axis=1)
+  n, before = repeated.shape[1], (size - 1) // 2
+  return np.stack([repeated[:, max(i - before, 0):min(i - before + size, n)].mean(axis=1)
+                   for i in range(n)], axis=1)
+
+
+def test_keras_upsampling_model_keeps_the_last_sample_alone():
+  # Measured with tf.keras 3.15 (TensorFlow 2.21) on [1, 4, 9]: the last output is
+  # the last input, not its average with a zero.
+  x = np.array([1.0, 4.0, 9.0], np.float32)[None, :, None]
+  np.testing.assert_array_equal(keras_upsampling(x)[0, :, 0], [1, 2.5, 4, 6.5, 9, 9])
+
+
+@pytest.fixture(scope="module")
+def seed_forward():
+  """The seed network (full size) on a random stereo mix of 4096 samples (its
+  shortest input): (mix, sources, the intermediate outputs of every layer)."""
+  model = models.from_config(deep.get_config("seed"))
+  mix = jax.random.uniform(jax.random.key(1), (2, 4096, 2), minval=-1, maxval=1)
+  variables = jax.jit(model.init)(jax.random.key(0), mix[:1])
+  sources, state = jax.jit(lambda v, x: model.apply(v, x, capture_intermediates=True))(
+      variables, mix)
+  return np.asarray(mix), np.asarray(sources), jax.device_get(state["intermediates"])
+
+
+def test_seed_upsampling_is_keras_repeat_then_average(seed_forward):
+  _, _, layers = seed_forward
+  for i in range(12):
+    below = layers[f"up_{i + 1}" if i < 11 else "bottleneck"]["__call__"][0]
+    upsampled = layers[f"upsample_{i}"]["__call__"][0]
+    assert upsampled.shape[1] == 2 * below.shape[1]
+    np.testing.assert_allclose(upsampled, keras_upsampling(below), rtol=1e-6, atol=0)
+
+
+def test_seed_difference_output_is_exact(seed_forward):
+  mix, sources, _ = seed_forward
+  assert sources.shape == (2, 2, 4096, 2)
+  assert np.all(np.abs(sources[:, 0]) <= 1)  # vocals: tanh
+  # accompaniment = mix - vocals, to the bit; the two add up to the mix to rounding.
+  np.testing.assert_array_equal(sources[:, 1], mix - sources[:, 0])
+  np.testing.assert_allclose(sources.sum(axis=1), mix, atol=1e-6)
