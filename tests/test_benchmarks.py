@@ -97,9 +97,14 @@ def test_every_script_and_the_gpu_check(tmp_path):
   p = json.loads((gpu_out / "precision.json").read_text())["results"][0]
   assert p["steps"] == 3 and p["runs"]["bfloat16"]["finite"]
   assert "all convs" in out["conv_profile.py"] and "whole train" in out["conv_profile.py"]
-  rows = [line.split() for line in out["input_pipeline.py"].splitlines()
-          if line.startswith(("shallow", "deep"))]
-  assert len(rows) == 2 and all(float(row[-1]) > 0 for row in rows)  # audio s/s
+  # Each sampler alone (shallow, M4), then training with each (M4, small.py).
+  alone, training = out["input_pipeline.py"].split("samplers alone")[1].split("\ntraining")
+  rows = [line.rsplit(None, 6)[1:] for line in alone.splitlines()
+          if line.startswith(("shallow", "deep M4"))]
+  assert len(rows) == 2 and all(float(value) > 0 for row in rows for value in row), alone
+  rows = [line.rsplit(None, 3)[1:] for line in training.splitlines()
+          if line.startswith(("deep M4", "small"))]
+  assert len(rows) == 2 and all(float(value) > 0 for row in rows for value in row), training
   assert "folder (read ahead)" in out["separate_folder.py"]
   table = [line for line in out["export.py"].splitlines() if line.startswith("| ")]
   assert len(table) == 1 + 7  # header, JAX and six exports

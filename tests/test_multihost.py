@@ -149,11 +149,15 @@ def parameters(workdir: pathlib.Path, step: int):
   return restored.variables
 
 
+@pytest.mark.parametrize("pipeline", ["tfdata", "device"])
 def test_two_processes_train_as_one_process_of_two_devices_and_resume_each_other(
-    tmp_path, config_file, tiny_data_dir, caplog):
+    tmp_path, tiny_data_dir, caplog, pipeline):
+  config = tiny_schedule(tiny_data_config(TINY_RATE, TINY_OUTPUT, tiny_data_dir), 6, 3,
+                         patience=100)
+  config.data.pipeline = pipeline  # tf.data's streams per device, or the device sampler
+  config_file = write_config_file(config, tmp_path / "tiny.py")
   # The validation tiles split unevenly over the 2 devices, so one process runs out of
   # validation batches first and joins in with empty ones until the other is done.
-  config = tiny_data_config(TINY_RATE, TINY_OUTPUT, tiny_data_dir)
   tiles = [sum(b["weight"].sum() for b in input_pipeline.as_numpy(input_pipeline.eval_dataset(
       config, 2, shard=d, num_shards=2))) for d in range(2)]
   assert tiles[0] != tiles[1], tiles
@@ -166,26 +170,31 @@ def test_two_processes_train_as_one_process_of_two_devices_and_resume_each_other
   assert [p.name for p in two_then_one.iterdir() if p.is_file()] == ["config.json"]
   assert len(list((two_then_one / "tensorboard").iterdir())) == 1
   assert all("JAX process" in log for log in logs)
-  assert sorted(p.name for p in (two_then_one / "data_state" / "3").iterdir()) == [
-      "shard_0_of_2", "shard_1_of_2"]
+  # tf.data saves each device's stream position; the device sampler needs none.
+  assert sorted(p.name for p in (two_then_one / "data_state" / "3").iterdir()) == (
+      ["shard_0_of_2", "shard_1_of_2"] if pipeline == "tfdata" else ["device_sampler.json"])
   # After the same steps, 2 processes of 1 device = 1 process of 2 devices, bit for
   # bit: the same batches (a data stream per device), and a 2-way all-reduce is
   # exact in any order (a + b == b + a).
   chex.assert_trees_all_equal(parameters(two_then_one, 3), parameters(one_then_two, 3))
   chex.assert_trees_all_equal(parameters(two_then_one, 3), parameters(uninterrupted, 3))
 
-  # On another number of devices (this process has 4), the state resumes and the data
-  # order starts afresh, saying so.
+  # On another number of devices (this process has 4), the state resumes; tf.data's
+  # order starts afresh, saying so, the device sampler draws for 4 devices from here.
   four = tmp_path / "four"
   shutil.copytree(one_then_two, four)
   config = checkpoints.load_config(four)
   config.num_train_steps = 6
   with caplog.at_level(logging.WARNING):
     train_lib.train_and_evaluate(config, four)
-  assert "saved for 2 device(s), and this run has 4" in caplog.text
-  assert checkpoints.read_progress(four).data_start_step == 3
-  assert sorted(p.name for p in (four / "data_state" / "6").iterdir()) == [
-      f"shard_{d}_of_4" for d in range(4)]
+  if pipeline == "tfdata":
+    assert "saved for 2 device(s), and this run has 4" in caplog.text
+    assert checkpoints.read_progress(four).data_start_step == 3
+    assert sorted(p.name for p in (four / "data_state" / "6").iterdir()) == [
+        f"shard_{d}_of_4" for d in range(4)]
+  else:
+    assert "data positions" not in caplog.text
+    assert checkpoints.read_progress(four).data_start_step == 0
 
   # Each resumes on the other topology, with every device's data position.
   train(config_file, one_then_two, 2)

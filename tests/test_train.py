@@ -1,6 +1,7 @@
 """Training: the step, data parallelism, L2, the schedule, resumption, the CLI."""
 
 import functools
+import logging
 import os
 import pathlib
 import re
@@ -155,9 +156,11 @@ def params_of(state):
   return jax.device_get(state.params)
 
 
-def test_interrupted_run_resumes_to_the_same_parameters(data_dir, tmp_path):
+@pytest.mark.parametrize("pipeline", ["tfdata", "device"])
+def test_interrupted_run_resumes_to_the_same_parameters(data_dir, tmp_path, pipeline):
   config = tiny_config()
   config.data.data_dir = data_dir
+  config.data.pipeline = pipeline
   config.patience = 100
   reference = params_of(train.train_and_evaluate(config, tmp_path / "straight"))
 
@@ -178,6 +181,44 @@ def test_interrupted_run_resumes_to_the_same_parameters(data_dir, tmp_path):
   again = params_of(train.train_and_evaluate(config, tmp_path / "resumed"))
   for a, b in zip(jax.tree_util.tree_leaves(reference), jax.tree_util.tree_leaves(again)):
     np.testing.assert_array_equal(a, b)
+
+
+def test_a_resumed_run_may_change_its_sampler_saying_what_happens(data_dir, tmp_path, caplog):
+  caplog.set_level(logging.INFO, logger="absl")
+  config = tiny_schedule(tiny_data_config(TINY_RATE, TINY_OUTPUT, data_dir), 2, 1,
+                         patience=100)
+  for first, then in (("tfdata", "device"), ("device", "tfdata")):
+    workdir = tmp_path / first
+    config.data.pipeline, config.num_train_steps = first, 1
+    train.train_and_evaluate(config, workdir)
+    config.data.pipeline, config.num_train_steps = then, 2
+    caplog.clear()
+    assert int(train.train_and_evaluate(config, workdir).step) == 2
+    if then == "device":
+      assert "step 1 was trained on tf.data's batches; from here the devices draw them" \
+          in caplog.text
+    else:
+      assert ("step 1's data positions were not saved: the devices drew the batches "
+              "(config.data.pipeline='device'), and tf.data cannot continue their order") \
+          in caplog.text
+      assert checkpoints.read_progress(workdir).data_start_step == 1
+
+
+def test_device_data_that_do_not_fit_are_refused_or_left_to_tf_data(data_dir, tmp_path,
+                                                                     monkeypatch, caplog):
+  from waveunet_jax import device_data, prepare
+
+  caplog.set_level(logging.INFO, logger="absl")
+  monkeypatch.setattr(device_data, "device_capacity", lambda device: 2**10)
+  config = tiny_schedule(tiny_data_config(TINY_RATE, TINY_OUTPUT, data_dir), 1)
+  config.data.pipeline = "device"
+  with pytest.raises(prepare.DataError, match=r"config.data.pipeline='device': the training "
+                     r"data do not fit on the devices \(.* of training windows per device "
+                     r"\+ .* for the train step, against 80% of the 1.0 KiB a device holds\)"):
+    train.train_and_evaluate(config, tmp_path / "device")
+  config.data.pipeline = "auto"
+  train.train_and_evaluate(config, tmp_path / "auto")
+  assert "training data: tf.data (config.data.pipeline='auto'; it does not fit" in caplog.text
 
 
 def test_early_stopping_then_fine_tune_stage(data_dir, tmp_path, monkeypatch):

@@ -230,7 +230,9 @@ class Fit:
 
 
 def _gib(size: int) -> str:
-  return f"{size / 2**30:.2f} GiB" if size >= 2**30 else f"{size / 2**20:.1f} MiB"
+  if size >= 2**30:
+    return f"{size / 2**30:.2f} GiB"
+  return f"{size / 2**20:.1f} MiB" if size >= 2**20 else f"{size / 2**10:.1f} KiB"
 
 
 def check_pipeline(config: ml_collections.ConfigDict) -> str:
