@@ -196,6 +196,7 @@ def test_training_survives_kill_9(tmp_path, tiny_data_dir):
 
   config = tiny_schedule(tiny_data_config(TINY_RATE, TINY_OUTPUT, tiny_data_dir), 40, 5,
                          eval_every=10, patience=100)
+  config.data.pipeline = "device"  # no saved data positions: the batches follow the step
   config_file = write_config_file(config, tmp_path / "tiny.py")
   command = lambda workdir: [sys.executable, "-m", "waveunet_jax.main",
                              f"--config={config_file}", f"--workdir={workdir}"]

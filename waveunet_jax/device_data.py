@@ -137,10 +137,13 @@ def _read_windows(builder, split) -> tuple[np.ndarray, np.ndarray]:
   import tensorflow_datasets as tfds
 
   ds = builder.as_dataset(split=split, shuffle_files=False)
-  count = int(ds.cardinality())
-  shape = builder.info.features["sources"].shape
-  windows = np.zeros((max(count, 0),) + tuple(shape), np.int16)
-  starts = np.zeros(max(count, 0), np.int32)
+  count = int(ds.cardinality())  # TFDS knows it: the windows go straight to their place
+  if count < 0:
+    read = list(tfds.as_numpy(ds))
+    return (np.stack([w["sources"] for w in read]),
+            np.array([w["num_starts"] for w in read], np.int32))
+  windows = np.zeros((count,) + tuple(builder.info.features["sources"].shape), np.int16)
+  starts = np.zeros(count, np.int32)
   for i, window in enumerate(tfds.as_numpy(ds)):
     windows[i], starts[i] = window["sources"], window["num_starts"]
   return windows, starts

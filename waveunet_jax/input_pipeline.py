@@ -1,5 +1,9 @@
 """Prepared MUSDB18 windows (see `prepare`) -> tf.data batches for JAX.
 
+Validation always reads through here; training does where config.data.pipeline is
+'tfdata' (or 'auto' and the windows do not fit on the devices): otherwise the devices
+sample the training batches themselves (`device_data`, the same statistics).
+
 Training batches are random crops of the network's input length: the targets are the
 central `output_length` samples (`models.lengths` decides both), tracks are
 zero-padded by the context at their edges (done by `prepare`), the augmentations of

@@ -16,13 +16,16 @@
 * Fine-tuning: `config.init_from` starts a new run from another run's parameters and
   BatchNorm statistics (`checkpoints.Start`), with a fresh optimiser at step 0.
 * Data: one prepared dataset, or several mixed by weight (`config.data.data_dir`,
-  see `input_pipeline`), each validated and logged on its own as well.
+  see `input_pipeline`), each validated and logged on its own as well. Training batches
+  are drawn on the devices (`device_data`) or read by tf.data (`input_pipeline`), as
+  `config.data.pipeline` and the devices' memory decide (`Trainer.train_data`).
 * Schedule (the paper's): validate every `eval_every_steps`; a stage ends after
   `patience` validations without improvement; then the fine-tune stage restarts from
   the best parameters with its own batch size and learning rate and a fresh optimiser.
 * Checkpoints: `checkpoints/` every `checkpoint_every_steps` (asynchronous) and
   `best/` at each new best validation loss; each holds the state and the schedule's
-  progress, and the data iterator's position (`input_pipeline.ShardedData`) is saved
+  progress, and the data iterator's position (`input_pipeline.ShardedData`; the device
+  sampler needs none: its batch of step n depends on the seed and n alone) is saved
   beside them, so re-running the same command resumes exactly where the run stopped.
   The workdir (its names, checkpoints, config.json, resumption) is
   `checkpoints.Workdir`'s.
