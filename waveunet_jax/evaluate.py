@@ -379,8 +379,11 @@ def evaluate(separator: SeparatorLike, musdb_root: str | os.PathLike,
              output_dir: str | os.PathLike, *, wav: bool = False, split: str = "test",
              valid_tracks: Sequence[str] | None = None,
              max_tracks: int | None = None,
-             stems: Sequence[str] | None = None, report: bool = True) -> dict[str, Any]:
+             stems: Sequence[str] | None = None, report: bool = True,
+             split_read: Sequence[Any] | None = None) -> dict[str, Any]:
   """Scores `separator` and the mixture baseline on a split (see the module docstring).
+  `split_read`: the split's tracks as `split_tracks` gave them, if the caller has
+  them already (it logs the validation choice once).
 
   Args:
     separator: a `separator.Separator`, or anything with its `sources` and `separate`.
@@ -410,7 +413,9 @@ def evaluate(separator: SeparatorLike, musdb_root: str | os.PathLike,
   check_sources(sources)
   if max_tracks is not None and max_tracks < 1:
     raise EvaluationError(f"--tracks={max_tracks}: must be positive")
-  tracks = split_tracks(musdb_root, split, wav, valid_tracks)[:max_tracks]
+  if split_read is None:
+    split_read = split_tracks(musdb_root, split, wav, valid_tracks)
+  tracks = list(split_read)[:max_tracks]
   output_dir = pathlib.Path(output_dir)
   for name in ("summary.json", "summary.md") + ((REPORT,) if report else ()):
     try:  # before any work: a folder where a file goes is refused, never replaced
@@ -563,13 +568,14 @@ def main(argv: list[str]) -> None:
   valid = tracks_lib.track_names(args.valid_tracks)
   output_dir = pathlib.Path(args.output_dir)
   try:
-    split_tracks(args.musdb_root, args.split, args.wav, valid)  # before loading the model
+    chosen = split_tracks(args.musdb_root, args.split, args.wav, valid)  # before the model
     model = jax_engine.separator_from_workdir(
         args.workdir, args.checkpoint,
         residual_source=None if args.residual_source == "none" else args.residual_source)
     evaluate(model, args.musdb_root, output_dir, wav=args.wav, split=args.split,
              valid_tracks=valid, max_tracks=args.tracks,
-             stems=args.stems.split(",") if args.stems else None, report=args.report)
+             stems=args.stems.split(",") if args.stems else None, report=args.report,
+             split_read=chosen)
   except ReportError as e:  # the scores are there: show them, then the failure
     print((output_dir / "summary.md").read_text(), end="")
     sys.exit(f"error: {e}")
