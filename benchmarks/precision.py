@@ -14,7 +14,7 @@ batches are not the tf.data pipeline's but the same recipe in numpy, seeded by t
 step: tracks from `synthetic.make_track` at the model's rate, summed into the
 config's sources (`stems.combine`) and zero-padded by the context at the edges as
 `prepare` does; random crops of the input length; the augmentations of
-`config.data.augmentations` (gain, channel_swap, remix); the mix is the sum of the
+`config.data.augmentations` (gain, channel_swap, remix, polarity); the mix is the sum of the
 augmented sources and the targets their central output samples (`models.lengths`).
 
 Printed per config and dtype: the loss averaged over the first and the last 10 % of
@@ -105,6 +105,8 @@ class Batches:
         others = np.stack([sources[rng.permutation(b), i] for i in range(s)], axis=1)
         take = rng.uniform(size=(b, s, 1, 1)) < data.remix_probability
         sources = np.where(take, others, sources)
+      elif name == "polarity":
+        sources = np.where(rng.uniform(size=(b, s, 1, 1)) < 0.5, -sources, sources)
       else:
         raise ValueError(f"config.data.augmentations: unknown augmentation {name!r}")
     return sources.astype(np.float32)

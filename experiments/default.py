@@ -75,8 +75,12 @@ def get_config() -> ml_collections.ConfigDict:
   # SDR as valid/loss and valid/sdr/*, which early stopping and best/ follow.
   config.data.data_dir = config_dict.placeholder(str)
   # Augmentations of the training sources, applied in order (names from
-  # input_pipeline.AUGMENTATIONS: 'gain', 'channel_swap', 'remix'); the mix is
-  # always the sum of the augmented sources. The paper used 'gain' alone.
+  # input_pipeline.AUGMENTATIONS and device_data.AUGMENTATIONS, the same in both
+  # samplers: 'gain', 'channel_swap', 'remix', 'polarity': each source of each example
+  # negated with probability 1/2); the mix is always the sum of the augmented sources.
+  # The paper used 'gain' alone. Pitch and tempo changes are left out: each resamples
+  # a whole crop at a random ratio, which changes its length (a crop read longer or
+  # shorter, then resampled to the network's input) and costs a resampler per example.
   config.data.augmentations = ("gain",)
   # 'gain': each source scaled by a factor drawn from U[low, high].
   config.data.gain_range = (0.7, 1.0)

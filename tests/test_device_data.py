@@ -1,5 +1,5 @@
 """The device sampler (`device_data`): its statistics, shown by sampling many batches
-with fixed seeds (crop positions, gains, swaps, remixing, dataset shares), its
+with fixed seeds (crop positions, gains, swaps, remixing, polarity, dataset shares), its
 determinism per (seed, step, device), and the choice between it and tf.data.
 Training with it (resume after kill -9, several processes) is tested with training."""
 
@@ -110,6 +110,18 @@ def test_remixing_takes_sources_from_other_examples_at_its_probability():
   # one with 1/16: they differ with 1 - (1 - p(1 - 1/16))^2.
   replaced = 0.4 * (1 - 1 / 16)
   assert abs(moved.mean() - (1 - (1 - replaced) ** 2)) < 0.03
+  np.testing.assert_array_equal(batch["mix"][:, LAYOUT.offset:LAYOUT.offset + 20],
+                                batch["sources"].sum(axis=1))
+
+
+def test_half_the_sources_flip_polarity_each_on_its_own():
+  batch = sample(constant_share(0.5, 0.25), data_config("polarity"), batches=50)
+  signs = np.sign(batch["sources"][:, :, :, 0])  # [examples, sources, samples]
+  assert np.all(signs == signs[:, :, :1])  # a whole source flips
+  flipped = signs[:, :, 0] < 0
+  assert abs(flipped.mean() - 0.5) < 0.03
+  assert abs(np.corrcoef(flipped[:, 0], flipped[:, 1])[0, 1]) < 0.1  # sources apart
+  np.testing.assert_array_equal(np.abs(batch["sources"][..., 1]), np.float32(0.25))
   np.testing.assert_array_equal(batch["mix"][:, LAYOUT.offset:LAYOUT.offset + 20],
                                 batch["sources"].sum(axis=1))
 

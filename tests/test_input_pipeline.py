@@ -99,11 +99,26 @@ def test_each_augmentation_eagerly_and_in_dataset_map(name):
     swapped = [np.array_equal(eager[b], x[b, ..., ::-1]) for b in range(8)]
     kept = [np.array_equal(eager[b], x[b]) for b in range(8)]
     assert all(s or k for s, k in zip(swapped, kept)) and any(swapped) and any(kept)
+  elif name == "polarity":  # each source of each example as it was or negated
+    flipped = np.array([[np.array_equal(eager[b, s], -x[b, s]) for s in range(2)]
+                        for b in range(8)])
+    kept = np.array([[np.array_equal(eager[b, s], x[b, s]) for s in range(2)] for b in range(8)])
+    assert np.all(flipped | kept) and flipped.any() and kept.any()
   else:  # remix: every source comes from some example's same source
     for b in range(8):
       for s in range(2):
         assert any(np.array_equal(eager[b, s], x[o, s]) for o in range(8))
     assert not np.array_equal(eager, x)
+
+
+def test_polarity_flips_each_source_of_each_example_with_probability_one_half():
+  sources = tf.ones((2000, 2, 4, 2))
+  flipped = input_pipeline.AUGMENTATIONS["polarity"](sources, tf.constant([5, 6]),
+                                                     tiny_config().data).numpy() < 0
+  assert np.all(flipped == flipped[:, :, :1, :1])  # a whole source flips
+  flipped = flipped[:, :, 0, 0]
+  assert abs(flipped.mean() - 0.5) < 0.03  # as device_data's (tests/test_device_data.py)
+  assert abs(np.corrcoef(flipped[:, 0], flipped[:, 1])[0, 1]) < 0.1  # sources apart
 
 
 def test_unknown_augmentation_names_the_field():

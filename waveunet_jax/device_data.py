@@ -84,10 +84,18 @@ def remix(sources: jax.Array, key: jax.Array, data: ml_collections.ConfigDict) -
   return jnp.where(take, others, sources)
 
 
+def polarity(sources: jax.Array, key: jax.Array, data: ml_collections.ConfigDict) -> jax.Array:
+  """Each source of each example negated with probability 1/2."""
+  del data
+  flip = jax.random.uniform(key, sources.shape[:2] + (1, 1)) < 0.5
+  return jnp.where(flip, -sources, sources)
+
+
 AUGMENTATIONS: dict[str, Augmentation] = {
     "gain": random_gain,
     "channel_swap": channel_swap,
     "remix": remix,
+    "polarity": polarity,
 }
 
 

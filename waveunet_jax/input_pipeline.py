@@ -87,10 +87,20 @@ def remix(sources: tf.Tensor, seed: tf.Tensor, data: ml_collections.ConfigDict) 
   return tf.where(take, others, sources)
 
 
+def polarity(sources: tf.Tensor, seed: tf.Tensor, data: ml_collections.ConfigDict) -> tf.Tensor:
+  """Each source of each example negated with probability 1/2: a source's sign is
+  inaudible alone, but the mix of signs changes how the sources add up."""
+  del data
+  shape = tf.concat([tf.shape(sources)[:2], [1, 1]], axis=0)
+  flip = tf.random.stateless_uniform(shape, seed) < 0.5
+  return tf.where(flip, -sources, sources)
+
+
 AUGMENTATIONS: dict[str, Augmentation] = {
     "gain": random_gain,
     "channel_swap": channel_swap,
     "remix": remix,
+    "polarity": polarity,
 }
 
 
