@@ -123,8 +123,8 @@ def train_losses(config: ml_collections.ConfigDict, dtype: str, init: train.Trai
   # Copies: the step donates its state, and `init` serves both dtypes.
   state = jax.tree_util.tree_map(jnp.copy, init.replace(opt_state=tx.init(init.params)))
   step = jax.jit(functools.partial(
-      train.train_step, model=model, tx=tx, scale=config.loss.scale,
-      crop=train.loss_crop(config, batches.size.output_length)), donate_argnums=0)
+      train.train_step, model=model, tx=tx,
+      loss=train.Loss.from_config(config, batches.size.output_length)), donate_argnums=0)
   start = time.perf_counter()
   state, metrics = step(state, batches.batch(0))
   losses = [jax.block_until_ready(metrics["loss"])]

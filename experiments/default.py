@@ -134,11 +134,24 @@ def get_config() -> ml_collections.ConfigDict:
   config.optim.trainable = config_dict.placeholder(str)
 
   config.loss = ml_collections.ConfigDict()
-  # The loss is scale * MSE over the output samples, averaged over sources.
+  # The training loss is scale * (kind + stft_weight * STFT) over the output samples
+  # (train.Loss). Validation (valid/loss, which early stopping and best/ follow) is
+  # always scale * MSE, whatever trains, so that it compares across runs.
   config.loss.scale = 1.0
-  # Only the central this-many output samples count (the seed's context for same
-  # padding); None: all of them.
+  # Only the central this-many output samples count, in every term (the seed's context
+  # for same padding); None: all of them.
   config.loss.central_length = config_dict.placeholder(int)
+  # 'mse' (the paper's) or 'l1': the mean squared or absolute error over every sample
+  # of every source.
+  config.loss.kind = "mse"
+  # Weight of a multi-resolution STFT term added to `kind` (Parallel WaveGAN's, Demucs's
+  # auxiliary loss: spectral convergence + L1 of log magnitudes, averaged over the FFT
+  # sizes); 0: none, the paper's.
+  config.loss.stft_weight = 0.0
+  # The STFT term's FFT sizes (periodic Hann windows as long, hops of a quarter, only
+  # frames wholly inside the samples the loss sees). A size longer than those samples
+  # is refused at start-up, naming this field.
+  config.loss.stft_fft_sizes = (512, 1024, 2048)
 
   config.fine_tune = ml_collections.ConfigDict()
   # The paper's second stage, from the best parameters of the first, once the first

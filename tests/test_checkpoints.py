@@ -103,6 +103,29 @@ def test_config_json_keeps_where_the_run_started(tmp_path):
   assert checkpoints.STARTED_FROM not in checkpoints.load_config(tmp_path)
 
 
+def test_an_older_config_json_reads_and_resumes_with_the_fields_added_since(tmp_path):
+  from experiments import default
+
+  workdir, config = checkpoints.Workdir(tmp_path), tiny_config()
+  workdir.save_config(config)
+  older = json.loads(workdir.config_file.read_text())
+  for name in checkpoints.ADDED_FIELDS:
+    group, field = name.split(".")
+    del older[group][field]
+  workdir.config_file.write_text(json.dumps(older))
+  assert checkpoints.load_config(tmp_path).to_dict() == config.to_dict()
+  assert workdir.start(config) == checkpoints.Start()  # the run resumes
+  # Each added field's value there is its default: a run that leaves it resumes.
+  defaults = default.get_config()
+  for name, value in checkpoints.ADDED_FIELDS.items():
+    group, field = name.split(".")
+    assert defaults[group][field] == value, name
+  config.loss.kind = "l1"  # another run
+  with pytest.raises(checkpoints.WorkdirError,
+                     match=r'config.loss.kind \("mse" in config.json, "l1" now\)'):
+    workdir.start(config)
+
+
 def test_differences_name_every_field_but_the_resumable_ones():
   saved, config = tiny_config(), tiny_config()
   config.num_train_steps, config.data.data_dir = 99, "/elsewhere"

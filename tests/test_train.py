@@ -45,9 +45,9 @@ def fixed_batch(model, batch_size=4, seed=0):
 
 
 def step_fn(config, model, tx):
-  crop = train.loss_crop(config, models.lengths(model, config.data.output_length).output_length)
-  return functools.partial(train.train_step, model=model, tx=tx, crop=crop,
-                           scale=config.loss.scale)
+  output_length = models.lengths(model, config.data.output_length).output_length
+  return functools.partial(train.train_step, model=model, tx=tx,
+                           loss=train.Loss.from_config(config, output_length))
 
 
 def test_a_few_dozen_steps_halve_the_loss_on_one_batch():
@@ -63,6 +63,114 @@ def test_a_few_dozen_steps_halve_the_loss_on_one_batch():
     losses.append(float(metrics["loss"]))
   assert losses[-1] < 0.5 * losses[0], losses
   assert int(state.step) == 40
+
+
+# --------------------------------------------------------------------------- #
+# The loss options (train.Loss): values on known inputs, refusals, a few steps each.
+# --------------------------------------------------------------------------- #
+
+
+def sine(length, period, amplitude=1.0):
+  return amplitude * np.sin(2 * np.pi * np.arange(length) / period)
+
+
+def test_mse_and_l1_of_a_sine_against_silence_count_the_crop_alone():
+  n = 64  # 4 whole periods of n samples from sample 20; outside, errors the loss ignores
+  targets = np.full((1, 1, 300, 1), 5.0, np.float32)
+  targets[0, 0, 20:20 + 4 * n, 0] = sine(4 * n, n, 0.5)
+  zeros = np.zeros_like(targets)
+  assert float(train.Loss((20, 4 * n), scale=3.0)(zeros, targets)) == pytest.approx(
+      3 * 0.5 ** 2 / 2, rel=1e-6)
+  # The mean of |sin| over whole periods of n samples: 2 cot(pi / n) / n (-> 2 / pi).
+  l1 = train.Loss((20, 4 * n), scale=3.0, kind="l1")
+  assert float(l1(zeros, targets)) == pytest.approx(3 * 0.5 * 2 / np.tan(np.pi / n) / n,
+                                                    rel=1e-6)
+
+
+def test_stft_loss_of_a_sine_against_silence_by_hand():
+  n, k, amplitude = 64, 8, 0.5  # a sine at bin k of every frame of n samples
+  targets = sine(256, n / k, amplitude).astype(np.float32)[None, None, :, None]
+  # The periodic Hann window is 1/2 - (e^{+} + e^{-}) / 4 of the bin frequency: bin k
+  # holds amplitude n / 4, bins k +- 1 amplitude n / 8, every other bin nothing, which
+  # the floor raises to e; silence is e in every bin.
+  e, bins = np.sqrt(train.POWER_FLOOR), n // 2 + 1
+  peak, side = amplitude * n / 4, amplitude * n / 8
+  convergence = (np.sqrt((peak - e) ** 2 + 2 * (side - e) ** 2)
+                 / np.sqrt(peak ** 2 + 2 * side ** 2 + (bins - 3) * e ** 2))
+  log_magnitude = (np.log(peak / e) + 2 * np.log(side / e)) / bins
+  loss = train.stft_loss(np.zeros_like(targets), targets, (n,))
+  assert float(loss) == pytest.approx(convergence + log_magnitude, rel=1e-5)
+  assert float(train.stft_loss(targets, targets, (n,))) < 1e-10
+
+
+def numpy_stft_loss(estimates, targets, fft_sizes):
+  """train.stft_loss again, in float64 numpy: frames by sliding windows, numpy's FFT."""
+  def magnitudes(x, n):
+    frames = np.lib.stride_tricks.sliding_window_view(
+        np.moveaxis(x, 2, -1).astype(np.float64), n, axis=-1)[..., ::n // 4, :]
+    window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n) / n)
+    return np.sqrt(np.maximum(np.abs(np.fft.rfft(frames * window, axis=-1)) ** 2, 1e-7))
+
+  total = 0.0
+  for n in fft_sizes:
+    e, t = magnitudes(estimates, n), magnitudes(targets, n)
+    total += np.linalg.norm(t - e) / np.linalg.norm(t) + np.mean(np.abs(np.log(t) - np.log(e)))
+  return total / len(fft_sizes)
+
+
+def test_l1_plus_stft_on_the_crop_equals_numpy_s():
+  rng = np.random.default_rng(0)
+  estimates, targets = (rng.uniform(-0.5, 0.5, (3, 2, 260, 2)).astype(np.float32)
+                        for _ in range(2))
+  loss = train.Loss((30, 200), scale=2.0, kind="l1", stft_weight=0.5, fft_sizes=(32, 64, 200))
+  crop = slice(30, 230)
+  expected = 2.0 * (np.mean(np.abs(estimates - targets)[:, :, crop])
+                    + 0.5 * numpy_stft_loss(estimates[:, :, crop], targets[:, :, crop],
+                                            (32, 64, 200)))
+  assert float(loss(estimates, targets)) == pytest.approx(expected, rel=1e-5)
+
+
+def test_loss_options_that_cannot_work_are_refused_naming_the_field():
+  config = tiny_config()
+  assert train.Loss.from_config(config, 1000) == train.Loss((0, 1000))  # the paper's
+  config.loss.central_length = 500
+  config.loss.stft_weight = 0.1
+  with pytest.raises(models.ConfigError, match=r"^config.loss.stft_fft_sizes: 512 does not fit "
+                     r"the 500 output samples the loss sees \(config.data.output_length, "
+                     r"config.loss.central_length\); use FFT sizes from 4 to 500$"):
+    train.Loss.from_config(config, 1000)
+  config.loss.stft_fft_sizes = (128, 256)
+  assert train.Loss.from_config(config, 1000).fft_sizes == (128, 256)
+  config.loss.kind = "l2"
+  with pytest.raises(models.ConfigError, match="config.loss.kind: unknown value 'l2'; choose "
+                     "'mse' or 'l1'"):
+    train.Loss.from_config(config, 1000)
+
+
+TRAINING_OPTIONS = {
+    "l1": {"loss.kind": "l1"},
+    "mse+stft": {"loss.stft_weight": 1.0, "loss.stft_fft_sizes": (64, 128, 256)},
+    "l1+stft": {"loss.kind": "l1", "loss.stft_weight": 0.1, "loss.stft_fft_sizes": (128,)},
+}
+
+
+@pytest.mark.parametrize("option", sorted(TRAINING_OPTIONS))
+def test_each_training_option_trains_a_few_steps(option):
+  config = tiny_config()
+  for name, value in TRAINING_OPTIONS[option].items():
+    group, field = name.split(".")
+    config[group][field] = value
+  model = models.WaveUNet(**config.model)
+  init = train.create_state(config, model, optax.identity())
+  tx = optim.make_optimizer(config, 3e-3, init.params)
+  state = init.replace(opt_state=tx.init(init.params))
+  step = jax.jit(step_fn(config, model, tx))
+  losses = []
+  for _ in range(8):
+    state, metrics = step(state, fixed_batch(model))
+    losses.append(float(metrics["loss"]))
+  assert np.all(np.isfinite(losses)) and losses[-1] < losses[0], losses
+  assert all(np.all(np.isfinite(p)) for p in jax.tree_util.tree_leaves(state))
 
 
 @pytest.mark.parametrize("normalization", ["none", "batchnorm"])

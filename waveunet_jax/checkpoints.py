@@ -68,6 +68,18 @@ MAY_CHANGE_ON_RESUME = (
 )
 
 
+# Config fields added after runs were trained without them, each with the value that
+# does what those runs did: `load_config` reads a config.json that lacks one as if it
+# held this value, so an older workdir still resumes (with a config that leaves the
+# field at this value), separates and evaluates. (experiments/default.py's defaults are
+# these values; tests/test_checkpoints.py checks it.)
+ADDED_FIELDS = {
+    "loss.kind": "mse",
+    "loss.stft_weight": 0.0,
+    "loss.stft_fft_sizes": (512, 1024, 2048),
+}
+
+
 # config.json's one key that is no config field: where a run that started from
 # another run's parameters (config.init_from) started, {"workdir", "checkpoint",
 # "step"}. `Workdir.save_config` writes and keeps it, `load_config` leaves it out.
@@ -116,8 +128,8 @@ def _named(source: str | None, flag: str, value: Any) -> str:
 
 def load_config(workdir: str | os.PathLike, *,
                 source: str | None = None) -> ml_collections.ConfigDict:
-  """The config.json of `workdir` as a ConfigDict (lists back to tuples). Errors name
-  `source` if given, else --workdir."""
+  """The config.json of `workdir` as a ConfigDict (lists back to tuples), with the
+  `ADDED_FIELDS` it predates. Errors name `source` if given, else --workdir."""
   path = Workdir(workdir).config_file
   if not path.is_file():
     raise WorkdirError(f"{_named(source, '--workdir', workdir)}: no config.json; "
@@ -128,6 +140,12 @@ def load_config(workdir: str | os.PathLike, *,
     raise WorkdirError(
         f"{_named(source, '--workdir', workdir)}: cannot read {path} ({e})") from None
   saved.pop(STARTED_FROM, None)
+  for name, value in ADDED_FIELDS.items():
+    *groups, field = name.split(".")
+    group = saved
+    for key in groups:
+      group = group.setdefault(key, {})
+    group.setdefault(field, value)
   return ml_collections.ConfigDict(_tuples(saved))
 
 

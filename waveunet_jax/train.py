@@ -87,6 +87,97 @@ def loss_crop(config: ml_collections.ConfigDict, output_length: int) -> tuple[in
   return (output_length - central) // 2, central
 
 
+LOSS_KINDS = ("mse", "l1")
+
+
+@dataclasses.dataclass(frozen=True)
+class Loss:
+  """config.loss: the training loss of estimates and targets [B, S, T_out, C] float32,
+  on the output samples of `crop` (`loss_crop`): `kind`, 'mse' (the paper's) or 'l1',
+  averaged over every sample of every source, plus `stft_weight` times the
+  multi-resolution STFT loss there (`stft_loss`, at `fft_sizes`), all times `scale`.
+  (Static, hashable: jitted steps take it as an argument.)"""
+
+  crop: tuple[int, int]
+  scale: float = 1.0
+  kind: str = "mse"
+  stft_weight: float = 0.0
+  fft_sizes: tuple[int, ...] = ()
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict, output_length: int) -> Loss:
+    """The loss of `config` at `output_length` output samples; ConfigError naming the
+    field that cannot work (an STFT frame longer than the samples the loss sees among
+    them: the term is refused rather than silently dropped)."""
+    loss = config.loss
+    crop = loss_crop(config, output_length)
+    if loss.kind not in LOSS_KINDS:
+      raise models.ConfigError(f"config.loss.kind: unknown value {loss.kind!r}; choose "
+                               f"{' or '.join(repr(k) for k in LOSS_KINDS)}")
+    if not loss.stft_weight >= 0:
+      raise models.ConfigError(f"config.loss.stft_weight={loss.stft_weight}: must be >= 0 "
+                               "(0: no STFT term)")
+    fft_sizes = tuple(int(n) for n in loss.stft_fft_sizes) if loss.stft_weight else ()
+    if loss.stft_weight and not fft_sizes:
+      raise models.ConfigError("config.loss.stft_fft_sizes is empty: name at least one FFT "
+                               "size, or set config.loss.stft_weight=0")
+    for n in fft_sizes:
+      if not 4 <= n <= crop[1]:
+        raise models.ConfigError(
+            f"config.loss.stft_fft_sizes: {n} does not fit the {crop[1]} output samples the "
+            "loss sees (config.data.output_length, config.loss.central_length); use FFT "
+            f"sizes from 4 to {crop[1]}")
+    return cls(crop, float(loss.scale), loss.kind, float(loss.stft_weight), fft_sizes)
+
+  def cropped(self, x: jax.Array) -> jax.Array:
+    """The samples the loss sees of [B, S, T_out, C]."""
+    start, length = self.crop
+    return x[:, :, start:start + length]
+
+  def __call__(self, estimates: jax.Array, targets: jax.Array) -> jax.Array:
+    """The scalar loss of a batch (every example alike)."""
+    estimates, targets = self.cropped(estimates), self.cropped(targets)
+    error = estimates - targets
+    loss = jnp.mean(error ** 2) if self.kind == "mse" else jnp.mean(jnp.abs(error))
+    if self.stft_weight:
+      loss = loss + self.stft_weight * stft_loss(estimates, targets, self.fft_sizes)
+    return self.scale * loss
+
+
+# Parallel WaveGAN's floor of the squared magnitude: the log of a silent bin is finite.
+POWER_FLOOR = 1e-7
+
+
+def stft_magnitudes(signals: jax.Array, fft_size: int) -> jax.Array:
+  """|STFT| of signals [..., T] -> [..., frames, fft_size // 2 + 1] float32: periodic
+  Hann windows of `fft_size` samples every `fft_size // 4`, only frames wholly inside
+  the signal (no padding: the edges count less than in torch.stft's centred frames),
+  the magnitude floored at sqrt(POWER_FLOOR)."""
+  hop = max(fft_size // 4, 1)
+  frames = 1 + (signals.shape[-1] - fft_size) // hop
+  index = hop * np.arange(frames)[:, None] + np.arange(fft_size)[None, :]
+  window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(fft_size) / fft_size)
+  spectrum = jnp.fft.rfft(signals.astype(jnp.float32)[..., index] * window, axis=-1)
+  return jnp.sqrt(jnp.maximum(jnp.real(spectrum) ** 2 + jnp.imag(spectrum) ** 2, POWER_FLOOR))
+
+
+def stft_loss(estimates: jax.Array, targets: jax.Array, fft_sizes: tuple[int, ...]) -> jax.Array:
+  """The multi-resolution STFT loss of Parallel WaveGAN (Yamamoto et al. 2020), Demucs's
+  auxiliary loss, on [B, S, T, C] (each source and channel its own signal): at each FFT
+  size, the spectral convergence ||T| - |E||_F / ||T||_F over the whole batch plus the
+  mean absolute difference of log magnitudes; averaged over the sizes."""
+  estimates, targets = (jnp.moveaxis(x, 2, -1) for x in (estimates, targets))  # time last
+
+  def norm(x):  # floored: no NaN gradient where estimates equal targets
+    return jnp.sqrt(jnp.maximum(jnp.sum(x ** 2), 1e-20))
+
+  total = 0.0
+  for n in fft_sizes:
+    e, t = stft_magnitudes(estimates, n), stft_magnitudes(targets, n)
+    total += norm(t - e) / norm(t) + jnp.mean(jnp.abs(jnp.log(t) - jnp.log(e)))
+  return total / len(fft_sizes)
+
+
 def create_state(config: ml_collections.ConfigDict, model: models.WaveUNet,
                  tx: optax.GradientTransformation) -> TrainState:
   rng = jax.random.PRNGKey(config.seed)
@@ -99,39 +190,39 @@ def create_state(config: ml_collections.ConfigDict, model: models.WaveUNet,
 
 
 def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: models.WaveUNet,
-               tx: optax.GradientTransformation, crop: tuple[int, int],
-               scale: float) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One optimiser step on a (global) batch: MSE over the cropped output samples,
-  averaged over sources, times `scale`."""
-  start, length = crop
+               tx: optax.GradientTransformation,
+               loss: Loss) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One optimiser step on a (global) batch, on `loss` (config.loss)."""
 
   def loss_fn(params):
     variables = {"params": params, "batch_stats": state.batch_stats}
     estimates, updates = model.apply(variables, batch["mix"], train=True,
                                      mutable=["batch_stats"])
-    error = (estimates - batch["sources"])[:, :, start:start + length]
-    return scale * jnp.mean(error ** 2), updates
+    return loss(estimates, batch["sources"]), updates
 
-  (loss, updates), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  (value, updates), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   changes, opt_state = tx.update(grads, state.opt_state, state.params)
   state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, changes),
                         batch_stats=updates.get("batch_stats", state.batch_stats),
                         opt_state=opt_state)
-  return state, {"loss": loss, "grad_norm": optax.tree_utils.tree_norm(grads)}
+  return state, {"loss": value, "grad_norm": optax.tree_utils.tree_norm(grads)}
 
 
 def eval_step(state: TrainState, batch: dict[str, jax.Array], *, model: models.WaveUNet,
-              crop: tuple[int, int], scale: float) -> dict[str, jax.Array]:
+              loss: Loss) -> dict[str, jax.Array]:
   """Weighted sums for the validation loss and the per-source SDR (energy of the
-  targets over energy of the errors, pooled over the whole validation set)."""
-  start, length = crop
+  targets over energy of the errors, pooled over the whole validation set).
+
+  The validation loss is always `loss.scale` x MSE on the loss's crop, whatever
+  config.loss.kind and STFT term train: so valid/loss compares across runs of any loss
+  (the SDR's error energy is the same MSE), and early stopping and best/ follow it."""
   variables = {"params": state.params, "batch_stats": state.batch_stats}
-  estimates = model.apply(variables, batch["mix"], train=False)
-  targets = batch["sources"][:, :, start:start + length]
-  error = (estimates[:, :, start:start + length] - targets) ** 2
+  estimates = loss.cropped(model.apply(variables, batch["mix"], train=False))
+  targets = loss.cropped(batch["sources"])
+  error = (estimates - targets) ** 2
   weight = batch["weight"]
   return {
-      "loss_sum": scale * jnp.sum(weight * jnp.mean(error, axis=(1, 2, 3))),
+      "loss_sum": loss.scale * jnp.sum(weight * jnp.mean(error, axis=(1, 2, 3))),
       "count": jnp.sum(weight),
       "signal": jnp.einsum("b,bs->s", weight, jnp.sum(targets ** 2, axis=(2, 3))),
       "noise": jnp.einsum("b,bs->s", weight, jnp.sum(error, axis=(2, 3))),
@@ -144,8 +235,7 @@ def jit_steps(config: ml_collections.ConfigDict, model: models.WaveUNet,
   state replicated, batches sharded, the train step donating its state. Training
   runs these; the compile-only accelerator checks lower the same functions."""
   lengths = models.lengths(model, config.data.output_length)
-  static = dict(model=model, crop=loss_crop(config, lengths.output_length),
-                scale=config.loss.scale)
+  static = dict(model=model, loss=Loss.from_config(config, lengths.output_length))
   train = jax.jit(functools.partial(train_step, tx=tx, **static),
                   in_shardings=(layout.replicated, layout.sharded),
                   out_shardings=(layout.replicated, layout.replicated), donate_argnums=0)
@@ -172,7 +262,7 @@ class Trainer:
     self.workdir = workdir
     self.model = models.from_config(config)
     self.lengths = models.lengths(self.model, config.data.output_length)
-    loss_crop(config, self.lengths.output_length)  # a crop that cannot be fails here
+    Loss.from_config(config, self.lengths.output_length)  # a loss that cannot be fails here
     self.layout = parallel.data_parallel()
     # Device d of the mesh reads data shard d; these are this process's.
     self.local_devices = [d for d in self.layout.mesh.devices.flat
@@ -537,7 +627,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   distributed.check_same_run(config, workdir.path)
   with workdir.removed_if_start_fails():
     # Check what can be checked before anything slow, and before writing anything.
-    models.from_config(config)
+    model = models.from_config(config)
+    Loss.from_config(config, models.lengths(model, config.data.output_length).output_length)
     stages = ("config.batch_size", "config.fine_tune.batch_size")
     for stage, field in enumerate(stages[:2 if config.fine_tune.enabled else 1]):
       check_batch_size(stage_settings(config, stage)[0], field)
