@@ -169,7 +169,8 @@ def abstract_state(config, model, layout):
   tx = optim.make_optimizer(config, learning_rate, init.params)
   state = train.TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=init.params,
                            batch_stats=init.batch_stats,
-                           opt_state=jax.eval_shape(tx.init, init.params), rng=init.rng)
+                           opt_state=jax.eval_shape(tx.init, init.params), rng=init.rng,
+                           ema_params=init.ema_params)
   state = jax.tree_util.tree_map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=layout.replicated), state)
   return state, tx

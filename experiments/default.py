@@ -132,6 +132,14 @@ def get_config() -> ml_collections.ConfigDict:
   # and the output layer. BatchNorm statistics are no parameters: they follow the data
   # in every layer.
   config.optim.trainable = config_dict.placeholder(str)
+  # Keep an exponential moving average of the parameters, updated after every optimiser
+  # step: ema = d * ema + (1 - d) * params, from the stage's first parameters; 0: none
+  # (the paper's), e.g. 0.999. The average is what validation, best/, separation,
+  # evaluation, export and init_from use; it is saved with each checkpoint, and the
+  # fine-tune stage starts from the best average (the parameters best/ chose) as both
+  # its parameters and its average. BatchNorm's running statistics stay the trained
+  # network's, as they are (not averaged, nor recomputed for the average).
+  config.optim.ema_decay = 0.0
 
   config.loss = ml_collections.ConfigDict()
   # The training loss is scale * (kind + stft_weight * STFT) over the output samples
@@ -183,11 +191,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.keep_checkpoints = 2
   # Seeds parameter initialisation and the data pipeline.
   config.seed = 0
-  # Start from another run's parameters and BatchNorm statistics (fine-tuning), with a
-  # fresh optimiser at step 0: 'WORKDIR' or 'WORKDIR:CHECKPOINT' (best, latest or a
-  # step; default best). The network must be that run's, or differ only in its
-  # sources (the output layer then starts fresh). Used only when the workdir has no
-  # checkpoint yet; config.json records the step it started from.
+  # Start from another run's parameters (its average where it kept one, optim.ema_decay)
+  # and BatchNorm statistics (fine-tuning), with a fresh optimiser at step 0: 'WORKDIR'
+  # or 'WORKDIR:CHECKPOINT' (best, latest or a step; default best). The network must be
+  # that run's, or differ only in its sources (the output layer then starts fresh). Used
+  # only when the workdir has no checkpoint yet; config.json records the step it
+  # started from.
   config.init_from = config_dict.placeholder(str)
 
   return config

@@ -5,6 +5,7 @@ import dataclasses
 import json
 import logging
 import os
+from typing import Any
 
 import flax
 import jax
@@ -26,6 +27,16 @@ class State:
   step: jax.Array
   params: dict
   batch_stats: dict
+
+
+@flax.struct.dataclass
+class AveragedState:
+  """State with a field added since, None when its option is off (as
+  train.TrainState.ema_params)."""
+  step: jax.Array
+  params: dict
+  batch_stats: dict
+  ema_params: Any = None
 
 
 def state_at(step: int, scale: float = 1.0) -> State:
@@ -92,6 +103,37 @@ def test_save_and_restore_round_trip(tmp_path):
   np.testing.assert_array_equal(trained.variables["params"]["output"]["kernel"],
                                 30 * np.arange(6.0).reshape(1, 3, 2))
   assert checkpoints.load_for_inference(workdir.path).step == 10  # best
+
+
+def test_a_field_that_is_off_keeps_the_checkpoints_of_runs_from_before_it(tmp_path):
+  workdir = checkpoints.Workdir(tmp_path)
+  workdir.open(keep_checkpoints=3)
+  older = lambda step: state_at(step, scale=step)
+  newer = lambda step, ema=None: AveragedState(**dataclasses.asdict(older(step)), ema_params=ema)
+  try:
+    workdir.save(older(10), checkpoints.Progress(), Positions(10))  # from before the field
+    workdir.save(newer(20), checkpoints.Progress(), Positions(20))  # its option off
+    average = {"output": {"kernel": jnp.full((1, 3, 2), 7.0)},
+               "down_0": {"conv": {"kernel": jnp.full((5, 2, 4), 7.0)}}}
+    workdir.save(newer(30, average), checkpoints.Progress(), Positions(30))
+    workdir.wait_until_finished()
+    # Off: either reads either.
+    for step, target in ((10, newer(0)), (20, newer(0)), (20, older(0))):
+      restored, _ = workdir.restore(step, target)
+      assert type(restored) is type(target)
+      jax.tree_util.tree_map(np.testing.assert_array_equal, jax.device_get(restored),
+                             jax.device_get(type(target)(**dataclasses.asdict(older(step)))))
+    restored, _ = workdir.restore(30, newer(0, jax.tree_util.tree_map(jnp.zeros_like, average)))
+    jax.tree_util.tree_map(np.testing.assert_array_equal, jax.device_get(restored.ema_params),
+                           jax.device_get(average))
+  finally:
+    workdir.close()
+  # Inference reads the average where there is one, the parameters elsewhere.
+  workdir.save_config(tiny_config())
+  loaded = checkpoints.load_for_inference(tmp_path, "30").variables["params"]
+  jax.tree_util.tree_map(np.testing.assert_array_equal, loaded, jax.device_get(average))
+  loaded = checkpoints.load_for_inference(tmp_path, "20").variables["params"]
+  jax.tree_util.tree_map(np.testing.assert_array_equal, loaded, jax.device_get(older(20).params))
 
 
 def test_config_json_keeps_where_the_run_started(tmp_path):

@@ -47,7 +47,8 @@ def fixed_batch(model, batch_size=4, seed=0):
 def step_fn(config, model, tx):
   output_length = models.lengths(model, config.data.output_length).output_length
   return functools.partial(train.train_step, model=model, tx=tx,
-                           loss=train.Loss.from_config(config, output_length))
+                           loss=train.Loss.from_config(config, output_length),
+                           ema_decay=optim.ema_decay(config))
 
 
 def test_a_few_dozen_steps_halve_the_loss_on_one_batch():
@@ -151,6 +152,7 @@ TRAINING_OPTIONS = {
     "l1": {"loss.kind": "l1"},
     "mse+stft": {"loss.stft_weight": 1.0, "loss.stft_fft_sizes": (64, 128, 256)},
     "l1+stft": {"loss.kind": "l1", "loss.stft_weight": 0.1, "loss.stft_fft_sizes": (128,)},
+    "ema": {"optim.ema_decay": 0.99},
 }
 
 
@@ -171,6 +173,44 @@ def test_each_training_option_trains_a_few_steps(option):
     losses.append(float(metrics["loss"]))
   assert np.all(np.isfinite(losses)) and losses[-1] < losses[0], losses
   assert all(np.all(np.isfinite(p)) for p in jax.tree_util.tree_leaves(state))
+
+
+# --------------------------------------------------------------------------- #
+# The average of the parameters (config.optim.ema_decay).
+# --------------------------------------------------------------------------- #
+
+
+def test_the_parameters_average_after_k_steps_is_its_closed_form():
+  config = tiny_config(normalization="batchnorm")
+  config.optim.ema_decay = decay = 0.8
+  model = models.WaveUNet(**config.model)
+  init = train.create_state(config, model, optax.identity())
+  tx = optim.make_optimizer(config, 3e-3, init.params)
+  state = init.replace(opt_state=tx.init(init.params))
+  step, batch = jax.jit(step_fn(config, model, tx)), fixed_batch(model)
+  trajectory = [jax.device_get(state.params)]  # p_0: where the average starts
+  for _ in range(5):
+    state, _ = step(state, batch)
+    trajectory.append(jax.device_get(state.params))
+  k = len(trajectory) - 1
+  expected = jax.tree_util.tree_map(
+      lambda *p: decay ** k * np.float64(p[0])
+      + (1 - decay) * sum(decay ** (k - i) * np.float64(p[i]) for i in range(1, k + 1)),
+      *trajectory)
+  for got, want in zip(jax.tree_util.tree_leaves(state.ema_params),
+                       jax.tree_util.tree_leaves(expected)):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+  # Validation sees the average (with the running BatchNorm statistics), not params.
+  loss = train.Loss.from_config(config, models.lengths(model, 1000).output_length)
+  evaluate = jax.jit(functools.partial(train.eval_step, model=model, loss=loss))
+  batch["weight"] = np.ones(4, np.float32)
+  averaged = state.replace(params=state.ema_params, ema_params=None)
+  assert evaluate(state, batch)["loss_sum"] == evaluate(averaged, batch)["loss_sum"]
+  assert evaluate(state, batch)["loss_sum"] != evaluate(state.replace(ema_params=None),
+                                                        batch)["loss_sum"]
+  # Off: no average in the state, nothing in its checkpoints.
+  config.optim.ema_decay = 0.0
+  assert train.create_state(config, model, optax.identity()).ema_params is None
 
 
 @pytest.mark.parametrize("normalization", ["none", "batchnorm"])
@@ -291,6 +331,37 @@ def test_interrupted_run_resumes_to_the_same_parameters(data_dir, tmp_path, pipe
     np.testing.assert_array_equal(a, b)
 
 
+def test_the_average_resumes_exactly_and_is_what_inference_loads(data_dir, tmp_path):
+  config = tiny_schedule(tiny_data_config(TINY_RATE, TINY_OUTPUT, data_dir), 6, 3,
+                         log_every=1, eval_every=6, patience=100)
+  config.data.pipeline, config.optim.learning_rate, config.optim.ema_decay = "device", 1e-3, 0.9
+  straight = train.train_and_evaluate(config, tmp_path / "straight")
+
+  class Killed(Exception):
+    pass
+
+  def kill_at_4(step, _):
+    if step == 4:
+      raise Killed  # between the checkpoints of steps 3 and 6
+
+  with pytest.raises(Killed):
+    train.train_and_evaluate(config, tmp_path / "resumed", callback=kill_at_4)
+  assert sorted(os.listdir(tmp_path / "resumed" / "checkpoints")) == ["3"]
+  resumed = train.train_and_evaluate(config, tmp_path / "resumed")
+  for a, b in zip(jax.tree_util.tree_leaves(jax.device_get((straight.params, straight.ema_params))),
+                  jax.tree_util.tree_leaves(jax.device_get((resumed.params, resumed.ema_params)))):
+    np.testing.assert_array_equal(a, b)
+  # Separation, evaluation, export and init_from load the average.
+  trained = checkpoints.load_for_inference(tmp_path / "resumed", "latest")
+  assert trained.step == 6
+  pairs = list(zip(jax.tree_util.tree_leaves(trained.variables["params"]),
+                   jax.tree_util.tree_leaves(jax.device_get(resumed.ema_params)),
+                   jax.tree_util.tree_leaves(jax.device_get(resumed.params))))
+  for loaded, average, _ in pairs:
+    np.testing.assert_array_equal(loaded, average)
+  assert any(not np.array_equal(average, params) for _, average, params in pairs)
+
+
 def test_a_resumed_run_may_change_its_sampler_saying_what_happens(data_dir, tmp_path, caplog):
   caplog.set_level(logging.INFO, logger="absl")
   config = tiny_schedule(tiny_data_config(TINY_RATE, TINY_OUTPUT, data_dir), 2, 1,
@@ -329,9 +400,13 @@ def test_device_data_that_do_not_fit_are_refused_or_left_to_tf_data(data_dir, tm
   assert "training data: tf.data (config.data.pipeline='auto'; it does not fit" in caplog.text
 
 
-def test_early_stopping_then_fine_tune_stage(data_dir, tmp_path, monkeypatch):
-  """Validation losses scripted per step: the stage logic alone decides the rest."""
+@pytest.mark.parametrize("ema_decay", [0.0, 0.9], ids=["", "average"])
+def test_early_stopping_then_fine_tune_stage(data_dir, tmp_path, monkeypatch, ema_decay):
+  """Validation losses scripted per step: the stage logic alone decides the rest. With
+  an average of the parameters, validation judges it, and the fine-tune stage starts
+  from the best one, as its parameters and its average."""
   config = tiny_config()
+  config.optim.ema_decay = ema_decay
   config.data.data_dir = data_dir
   config.patience = 1
   config.eval_every_steps = 5
@@ -343,15 +418,20 @@ def test_early_stopping_then_fine_tune_stage(data_dir, tmp_path, monkeypatch):
 
   def validate(self, state, stage):
     step = int(state.step)
-    evaluated[step] = (stage, jax.device_get(state.params))
+    evaluated[step] = (stage, jax.device_get(state.inference_params))
     return {"loss": script[step]}
 
   original_new_state = train.Trainer.new_state
 
   def new_state(self, stage, params=None, *args, **kwargs):
+    state, tx = original_new_state(self, stage, params, *args, **kwargs)
     if stage == 1:
-      fine_tune_params.append(jax.device_get(params))
-    return original_new_state(self, stage, params, *args, **kwargs)
+      fine_tune_params.append(jax.device_get(state.params))
+      assert (state.ema_params is None) == (ema_decay == 0)
+      if ema_decay:
+        for a, b in zip(*map(jax.tree_util.tree_leaves, (state.params, state.ema_params))):
+          np.testing.assert_array_equal(a, b)
+    return state, tx
 
   monkeypatch.setattr(train.Trainer, "validate", validate)
   monkeypatch.setattr(train.Trainer, "new_state", new_state)

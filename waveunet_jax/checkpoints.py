@@ -11,9 +11,10 @@ A workdir holds one run:
   WORKDIR/tensorboard/     metrics
   WORKDIR/synthetic_*/     the built-in synthetic corpus, when the config names no data
 
-Each checkpoint holds two items: the train state (`state`, Orbax's standard pytree) and
-the schedule's progress (`progress`, JSON of `Progress`); `Workdir` writes them and
-every reader here reads them back, so the saved format has one owner.
+Each checkpoint holds two items: the train state (`state`, Orbax's standard pytree of
+its fields by name, those that are None left out: `_items`) and the schedule's progress
+(`progress`, JSON of `Progress`); `Workdir` writes them and every reader here reads them
+back, so the saved format has one owner.
 
 Re-running training in a workdir resumes its run, so the new config must describe the
 same run: `Workdir.start` refuses any difference except in `MAY_CHANGE_ON_RESUME`,
@@ -77,6 +78,7 @@ ADDED_FIELDS = {
     "loss.kind": "mse",
     "loss.stft_weight": 0.0,
     "loss.stft_fft_sizes": (512, 1024, 2048),
+    "optim.ema_decay": 0.0,
 }
 
 
@@ -194,8 +196,19 @@ def _handlers() -> dict[str, ocp.CheckpointHandler]:
   return {"state": ocp.StandardCheckpointHandler(), "progress": ocp.JsonCheckpointHandler()}
 
 
+def _items(state: Any) -> Any:
+  """A state as its checkpoint holds it: a dataclass as a dict of its fields, less those
+  that are None (an option that is off, such as train.TrainState.ema_params), so that
+  a run with the option off writes the checkpoints of runs from before the field
+  existed, and reads theirs."""
+  if not dataclasses.is_dataclass(state):
+    return state
+  fields = {f.name: getattr(state, f.name) for f in dataclasses.fields(state)}
+  return {name: value for name, value in fields.items() if value is not None}
+
+
 def _save_args(state: Any, progress: Progress) -> ocp.args.Composite:
-  return ocp.args.Composite(state=ocp.args.StandardSave(state),
+  return ocp.args.Composite(state=ocp.args.StandardSave(_items(state)),
                             progress=ocp.args.JsonSave(dataclasses.asdict(progress)))
 
 
@@ -222,7 +235,9 @@ def read_progress(workdir: str | os.PathLike) -> Progress | None:
 
 class Trained(NamedTuple):
   config: ml_collections.ConfigDict
-  variables: dict[str, Any]  # params, and batch_stats with BatchNorm
+  # params (the average of the parameters where the run kept one: config.optim.ema_decay),
+  # and batch_stats with BatchNorm
+  variables: dict[str, Any]
   step: int                  # the optimiser step of the checkpoint
 
 
@@ -261,7 +276,7 @@ def load_for_inference(workdir: str | os.PathLike, checkpoint: str = "best", *,
         manager.item_metadata(step)["state"])
     restored = manager.restore(step, args=_restore_args(abstract))
   state = restored["state"]
-  variables = {"params": state["params"]}
+  variables = {"params": state.get("ema_params", state["params"])}  # the average, if kept
   if state.get("batch_stats"):
     variables["batch_stats"] = state["batch_stats"]
   return Trained(config, jax.device_get(variables), int(step))
@@ -534,9 +549,12 @@ class Workdir:
     manager = self._best if best else self._checkpoints
     if best:
       manager.wait_until_finished()
-    abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, target)
+    abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, _items(target))
     restored = manager.restore(step, args=_restore_args(abstract, progress=True))
-    return restored["state"], Progress(**restored["progress"])
+    state = restored["state"]
+    if dataclasses.is_dataclass(target):
+      state = dataclasses.replace(target, **state)
+    return state, Progress(**restored["progress"])
 
   def wait_until_finished(self) -> None:
     """Returns once every asynchronous save has been written."""

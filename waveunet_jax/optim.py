@@ -3,6 +3,9 @@ with Keras semantics (loss += weight_decay * sum(w^2), i.e. 2 * weight_decay * w
 the gradient) on the parameters whose path matches `config.optim.l2_mask`, optional
 global-norm clipping, the learning-rate schedule, and only on the parameters
 `config.optim.trainable` selects, if set (the others frozen, with no optimiser state).
+
+And the exponential moving average of the parameters that `config.optim.ema_decay`
+asks for (`ema_decay`, `update_ema`); the train state holds it (`train.TrainState`).
 """
 
 from __future__ import annotations
@@ -76,3 +79,19 @@ def make_optimizer(config: ml_collections.ConfigDict, learning_rate: float,
   labels = jax.tree_util.tree_map(lambda t: "train" if t else "freeze", trainable)
   return optax.multi_transform({"train": optax.chain(*parts), "freeze": optax.set_to_zero()},
                                labels)
+
+
+def ema_decay(config: ml_collections.ConfigDict) -> float:
+  """config.optim.ema_decay: 0 (no average kept) or a decay in (0, 1)."""
+  decay = config.optim.ema_decay
+  if not 0 <= decay < 1:
+    raise models.ConfigError(f"config.optim.ema_decay={decay}: use 0 (off) or a decay in "
+                             "(0, 1), e.g. 0.999")
+  return float(decay)
+
+
+def update_ema(ema: Any, params: Any, decay: float) -> Any:
+  """The average after an optimiser step: decay * ema + (1 - decay) * params (the
+  parameters after the step). Started from the stage's first parameters, after k
+  steps it is decay^k p_0 + (1 - decay) sum_i decay^(k - i) p_i."""
+  return jax.tree_util.tree_map(lambda e, p: decay * e + (1 - decay) * p, ema, params)

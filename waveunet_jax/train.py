@@ -2,7 +2,8 @@
 
 `train_and_evaluate(config, workdir)` is the whole job; `main.py` only parses flags.
 
-* State: `TrainState` (step, params, batch_stats, opt_state, rng), one pytree,
+* State: `TrainState` (step, params, batch_stats, opt_state, rng, and the parameters'
+  average, ema_params, where config.optim.ema_decay keeps one), one pytree,
   replicated over a 1-D device mesh of every device of every process; batches are
   sharded on its `data` axis, so BatchNorm statistics are global-batch ones. Each
   device has its own input stream (`input_pipeline`: shard d of D), so the run is
@@ -12,9 +13,13 @@
   workdirs differ. Process 0 alone writes config.json, TensorBoard and the synthetic
   corpus (`default_data`); Orbax checkpoints are written and read by all together.
 * Optimiser (`optim.py`): Adam after Keras-style L2 on `config.optim.l2_mask`, clipping,
-  the schedule, `config.optim.trainable`.
-* Fine-tuning: `config.init_from` starts a new run from another run's parameters and
-  BatchNorm statistics (`checkpoints.Start`), with a fresh optimiser at step 0.
+  the schedule, `config.optim.trainable`; the average of the parameters, updated in the
+  train step after each optimiser update, is what validation, best/ and inference use
+  (`TrainState.inference_params`).
+* Loss (`Loss`, config.loss): MSE (the paper's) or L1 on the loss's crop, optionally
+  plus a multi-resolution STFT term; validation is always MSE.
+* Fine-tuning: `config.init_from` starts a new run from another run's parameters (its
+  average, where it kept one) and BatchNorm statistics (`checkpoints.Start`), with a fresh optimiser at step 0.
 * Data: one prepared dataset, or several mixed by weight (`config.data.data_dir`,
   see `input_pipeline`), each validated and logged on its own as well. Training batches
   are drawn on the devices (`device_data`) or read by tf.data (`input_pipeline`), as
@@ -64,6 +69,15 @@ class TrainState:
   batch_stats: Any
   opt_state: Any
   rng: jax.Array  # raw uint32 key data, folded with the step where randomness is needed
+  # The exponential moving average of `params` (config.optim.ema_decay), or None where
+  # none is kept: its checkpoints are then those of runs from before it existed.
+  ema_params: Any = None
+
+  @property
+  def inference_params(self) -> Any:
+    """The parameters validation, best/ and separation use: the average where one is
+    kept."""
+    return self.params if self.ema_params is None else self.ema_params
 
 
 # --------------------------------------------------------------------------- #
@@ -184,15 +198,17 @@ def create_state(config: ml_collections.ConfigDict, model: models.WaveUNet,
   shortest = jnp.zeros((1, models.lengths(model, 1).input_length, model.num_channels))
   variables = jax.jit(model.init)(jax.random.fold_in(rng, 0), shortest)
   params = variables["params"]
+  ema = jax.tree_util.tree_map(jnp.copy, params) if optim.ema_decay(config) else None
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                     batch_stats=variables.get("batch_stats", {}),
-                    opt_state=tx.init(params), rng=rng)
+                    opt_state=tx.init(params), rng=rng, ema_params=ema)
 
 
 def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: models.WaveUNet,
-               tx: optax.GradientTransformation,
-               loss: Loss) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One optimiser step on a (global) batch, on `loss` (config.loss)."""
+               tx: optax.GradientTransformation, loss: Loss,
+               ema_decay: float = 0.0) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One optimiser step on a (global) batch, on `loss` (config.loss); then, where the
+  state keeps an average of the parameters, its update with `ema_decay`."""
 
   def loss_fn(params):
     variables = {"params": params, "batch_stats": state.batch_stats}
@@ -202,9 +218,13 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: models.
 
   (value, updates), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   changes, opt_state = tx.update(grads, state.opt_state, state.params)
-  state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, changes),
+  params = optax.apply_updates(state.params, changes)
+  ema = state.ema_params
+  if ema is not None:
+    ema = optim.update_ema(ema, params, ema_decay)
+  state = state.replace(step=state.step + 1, params=params,
                         batch_stats=updates.get("batch_stats", state.batch_stats),
-                        opt_state=opt_state)
+                        opt_state=opt_state, ema_params=ema)
   return state, {"loss": value, "grad_norm": optax.tree_utils.tree_norm(grads)}
 
 
@@ -215,8 +235,10 @@ def eval_step(state: TrainState, batch: dict[str, jax.Array], *, model: models.W
 
   The validation loss is always `loss.scale` x MSE on the loss's crop, whatever
   config.loss.kind and STFT term train: so valid/loss compares across runs of any loss
-  (the SDR's error energy is the same MSE), and early stopping and best/ follow it."""
-  variables = {"params": state.params, "batch_stats": state.batch_stats}
+  (the SDR's error energy is the same MSE), and early stopping and best/ follow it.
+  The network is the state's `inference_params` (the average, where one is kept) with
+  the running BatchNorm statistics."""
+  variables = {"params": state.inference_params, "batch_stats": state.batch_stats}
   estimates = loss.cropped(model.apply(variables, batch["mix"], train=False))
   targets = loss.cropped(batch["sources"])
   error = (estimates - targets) ** 2
@@ -236,7 +258,8 @@ def jit_steps(config: ml_collections.ConfigDict, model: models.WaveUNet,
   runs these; the compile-only accelerator checks lower the same functions."""
   lengths = models.lengths(model, config.data.output_length)
   static = dict(model=model, loss=Loss.from_config(config, lengths.output_length))
-  train = jax.jit(functools.partial(train_step, tx=tx, **static),
+  train = jax.jit(functools.partial(train_step, tx=tx, ema_decay=optim.ema_decay(config),
+                                    **static),
                   in_shardings=(layout.replicated, layout.sharded),
                   out_shardings=(layout.replicated, layout.replicated), donate_argnums=0)
   evaluate = jax.jit(functools.partial(eval_step, **static),
@@ -273,7 +296,8 @@ class Trainer:
     optim.trainable_mask(config, self.init.params)  # a pattern that selects nothing fails here
     start = workdir.start(config) if start is None else start
     params, batch_stats = start.variables(config, self.init.params, self.init.batch_stats)
-    self.init = self.init.replace(params=params, batch_stats=batch_stats)
+    # (No average here: `new_state` starts each stage's from its first parameters.)
+    self.init = self.init.replace(params=params, batch_stats=batch_stats, ema_params=None)
     self.started_from = start.started_from  # for config.json (checkpoints.STARTED_FROM)
     workdir.open(config.keep_checkpoints)
     self.train_step = self.eval_step = None  # jitted for a stage's optimiser: compile_steps
@@ -287,13 +311,15 @@ class Trainer:
   # -- state and steps ---------------------------------------------------------
 
   def new_state(self, stage: int, params=None, batch_stats=None, step=0) -> tuple[TrainState, Any]:
-    """A state for `stage`: fresh, or from given parameters with a fresh optimiser."""
+    """A state for `stage`: fresh, or from given parameters with a fresh optimiser; the
+    average of the parameters, if kept, starts from them."""
     _, learning_rate = stage_settings(self.config, stage)
     tx = optim.make_optimizer(self.config, learning_rate, self.init.params)
     if params is None:
       params, batch_stats = self.init.params, self.init.batch_stats
     state = TrainState(step=jnp.asarray(step, jnp.int32), params=params, batch_stats=batch_stats,
-                       opt_state=tx.init(params), rng=self.init.rng)
+                       opt_state=tx.init(params), rng=self.init.rng,
+                       ema_params=params if optim.ema_decay(self.config) else None)
     # Copies: the train step donates its state, and self.init must outlive it.
     state = jax.tree_util.tree_map(jnp.copy, state)
     return jax.device_put(state, self.layout.replicated), tx
@@ -443,7 +469,7 @@ class Trainer:
       predict = jax.jit(lambda variables, mix: model.apply(variables, mix, train=False))
       self.listening = listening.Listening(self.config, model.sources, self.lengths.offset,
                                            self.lengths.output_length, predict)
-    variables = listening.local_copy({"params": state.params,
+    variables = listening.local_copy({"params": state.inference_params,
                                       "batch_stats": state.batch_stats})
     with self.writer.as_default():
       self.listening.write(step, variables)
@@ -567,11 +593,14 @@ class Trainer:
                      config.patience, step)
         break
       if stage_over:
-        # The paper's second stage: from the best parameters, new batch size and rate.
+        # The paper's second stage: from the best parameters, new batch size and rate
+        # (the average's, where one is kept: it is what validation chose; the stage's
+        # average starts from them too).
         best_state, _ = self.workdir.restore(progress.best_step, state, best=True)
         progress = dataclasses.replace(progress, stage=1, stage_start_step=step,
                                        bad_validations=0)
-        state, tx = self.new_state(1, best_state.params, best_state.batch_stats, step)
+        state, tx = self.new_state(1, best_state.inference_params, best_state.batch_stats,
+                                   step)
         self.compile_steps(tx)
         data = self.train_data(progress, state)
         batch_size, learning_rate = stage_settings(config, 1)
@@ -629,6 +658,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     # Check what can be checked before anything slow, and before writing anything.
     model = models.from_config(config)
     Loss.from_config(config, models.lengths(model, config.data.output_length).output_length)
+    optim.ema_decay(config)
     stages = ("config.batch_size", "config.fine_tune.batch_size")
     for stage, field in enumerate(stages[:2 if config.fine_tune.enabled else 1]):
       check_batch_size(stage_settings(config, stage)[0], field)
