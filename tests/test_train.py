@@ -211,6 +211,10 @@ def test_the_parameters_average_after_k_steps_is_its_closed_form():
   # Off: no average in the state, nothing in its checkpoints.
   config.optim.ema_decay = 0.0
   assert train.create_state(config, model, optax.identity()).ema_params is None
+  config.optim.ema_decay = 1.0
+  with pytest.raises(models.ConfigError, match=r"^config.optim.ema_decay=1.0: use 0 \(off\) or "
+                     r"a decay in \(0, 1\), e.g. 0.999$"):
+    optim.ema_decay(config)
 
 
 @pytest.mark.parametrize("normalization", ["none", "batchnorm"])
