@@ -133,8 +133,9 @@ def get_config() -> ml_collections.ConfigDict:
   # in every layer.
   config.optim.trainable = config_dict.placeholder(str)
   # Keep an exponential moving average of the parameters, updated after every optimiser
-  # step: ema = d * ema + (1 - d) * params, from the stage's first parameters; 0: none
-  # (the paper's), e.g. 0.999. The average is what validation, best/, separation,
+  # step: ema = d * ema + (1 - d) * params, from the stage's first parameters, with d
+  # warmed up as min(d, (1 + step) / (10 + step)) (optim.ema_decay_at); 0: none (the
+  # paper's), e.g. 0.999. The average is what validation, best/, separation,
   # evaluation, export and init_from use; it is saved with each checkpoint, and the
   # fine-tune stage starts from the best average (the parameters best/ chose) as both
   # its parameters and its average. BatchNorm's running statistics stay the trained

@@ -192,11 +192,17 @@ def test_the_parameters_average_after_k_steps_is_its_closed_form():
   for _ in range(5):
     state, _ = step(state, batch)
     trajectory.append(jax.device_get(state.params))
-  k = len(trajectory) - 1
-  expected = jax.tree_util.tree_map(
-      lambda *p: decay ** k * np.float64(p[0])
-      + (1 - decay) * sum(decay ** (k - i) * np.float64(p[i]) for i in range(1, k + 1)),
-      *trajectory)
+  # Each update's decay is warmed up: min(decay, (1 + i) / (10 + i)) after step i.
+  decays = [min(decay, (1 + i) / (10 + i)) for i in range(len(trajectory) - 1)]
+  assert decays[0] == 0.1 and decays[-1] < decay
+
+  def average(*p):
+    ema = np.float64(p[0])
+    for d, params in zip(decays, p[1:]):
+      ema = d * ema + (1 - d) * np.float64(params)
+    return ema
+
+  expected = jax.tree_util.tree_map(average, *trajectory)
   for got, want in zip(jax.tree_util.tree_leaves(state.ema_params),
                        jax.tree_util.tree_leaves(expected)):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)

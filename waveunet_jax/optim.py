@@ -14,6 +14,7 @@ import re
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 
@@ -90,8 +91,17 @@ def ema_decay(config: ml_collections.ConfigDict) -> float:
   return float(decay)
 
 
-def update_ema(ema: Any, params: Any, decay: float) -> Any:
+def ema_decay_at(decay: float, step: jax.Array) -> jax.Array:
+  """The decay of the update after step `step` (the state's step before it): `decay`,
+  warmed up as min(decay, (1 + step) / (10 + step)) (TensorFlow's
+  ExponentialMovingAverage with num_updates), so that early in a run the average
+  follows the parameters instead of staying near their random start for ~1/(1 - decay)
+  steps."""
+  step = jnp.asarray(step, jnp.float32)
+  return jnp.minimum(decay, (1 + step) / (10 + step))
+
+
+def update_ema(ema: Any, params: Any, decay: float | jax.Array) -> Any:
   """The average after an optimiser step: decay * ema + (1 - decay) * params (the
-  parameters after the step). Started from the stage's first parameters, after k
-  steps it is decay^k p_0 + (1 - decay) sum_i decay^(k - i) p_i."""
+  parameters after the step)."""
   return jax.tree_util.tree_map(lambda e, p: decay * e + (1 - decay) * p, ema, params)

@@ -221,7 +221,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: models.
   params = optax.apply_updates(state.params, changes)
   ema = state.ema_params
   if ema is not None:
-    ema = optim.update_ema(ema, params, ema_decay)
+    ema = optim.update_ema(ema, params, optim.ema_decay_at(ema_decay, state.step))
   state = state.replace(step=state.step + 1, params=params,
                         batch_stats=updates.get("batch_stats", state.batch_stats),
                         opt_state=opt_state, ema_params=ema)
