@@ -3,6 +3,8 @@
   python -m waveunet_jax.evaluate --workdir=runs/m4 --musdb_root=musdb18 --output_dir=eval/m4
   python -m waveunet_jax.evaluate --workdir=runs/m4 --musdb_root=musdb18hq --wav --split=valid \\
       --tracks=3 --output_dir=eval/m4-valid
+  python -m waveunet_jax.evaluate --workdir=runs/m4 --musdb_root=musdb18 --shifts=4 --flip \\
+      --output_dir=eval/m4-averaged
 
 Reads the tracks as `prepare` does, through `tracks` (`<track>.stem.mp4` files, or with
 --wav the MUSDB18-HQ folders, or any folder of multitracks in that layout). The split
@@ -18,10 +20,11 @@ naming its folder, its stems and what is missing. For each track: the mix is the
 of every stem there (the references then add up to it exactly), the model separates
 it whole (`separator.Separator`, at the model's rate and back, the band above the
 model's Nyquist frequency in the residual source unless --residual_source=none; with
---stems, in that stem layout), and museval scores the model's sources against the
-original stems (each source the sum of its stems: 'accompaniment' = drums + bass +
-other, or the accompaniment stem) with BSSEval v4 over 1 s windows at the track's rate
-(44.1 kHz for MUSDB18).
+--stems, in that stem layout; with --shifts and --flip, averaged over test-time
+variants of the track as `separate` averages, and recorded beside the scores), and
+museval scores the model's sources against the original stems (each source the sum of
+its stems: 'accompaniment' = drums + bass + other, or the accompaniment stem) with
+BSSEval v4 over 1 s windows at the track's rate (44.1 kHz for MUSDB18).
 
 Mono stems (a folder's wavs; MUSDB18's are stereo) are scored as the model hears
 them: each is duplicated into the channels of the track's other stems, or in a track
@@ -279,7 +282,9 @@ def _describe(model: Mapping[str, Any] | None) -> str:
            f"checkpoint {model['checkpoint']}" if model.get("checkpoint") else "",
            f"step {model['step']}" if model.get("step") is not None else "",
            f"parameters {model.get('params_sha256', '?')[:12]}",
-           f"residual source {model.get('residual_source')}"]
+           f"residual source {model.get('residual_source')}",
+           f"shifts {model['shifts']} (seed {model.get('seed')})" if model.get("shifts") else "",
+           "flip" if model.get("flip") else ""]
   return ", ".join(p for p in parts if p)
 
 
@@ -541,7 +546,7 @@ def _define_flags() -> None:
   # Defined only when run as a program (shared_flags says why).
   shared_flags.define(
       "workdir", "checkpoint", "musdb_root", "wav", "valid_tracks", "output_dir",
-      "residual_source", "stems",
+      "residual_source", "stems", "shifts", "flip", "seed",
       musdb_root="MUSDB18 folder with train/ and test/.",
       valid_tracks="Comma-separated training tracks of the valid split (default: those "
                    "prepare holds out: the valid/ folder; else musdb's 14-track split for "
@@ -568,10 +573,12 @@ def main(argv: list[str]) -> None:
   valid = tracks_lib.track_names(args.valid_tracks)
   output_dir = pathlib.Path(args.output_dir)
   try:
-    chosen = split_tracks(args.musdb_root, args.split, args.wav, valid)  # before the model
+    separator_lib.check_averaging(args.shifts, args.seed)  # before loading the model
+    chosen = split_tracks(args.musdb_root, args.split, args.wav, valid)  # and before the model
     model = jax_engine.separator_from_workdir(
         args.workdir, args.checkpoint,
-        residual_source=None if args.residual_source == "none" else args.residual_source)
+        residual_source=None if args.residual_source == "none" else args.residual_source,
+        shifts=args.shifts, flip=args.flip, seed=args.seed)
     evaluate(model, args.musdb_root, output_dir, wav=args.wav, split=args.split,
              valid_tracks=valid, max_tracks=args.tracks,
              stems=args.stems.split(",") if args.stems else None, report=args.report,

@@ -5,12 +5,16 @@
       --stems=vocals,accompaniment --filename="{stem}/{track}.{ext}" album/ \\
       --output_dir=separated
   python -m waveunet_jax.separate --model=m4.onnx song.wav --output_dir=separated
+  python -m waveunet_jax.separate --workdir=runs/m4 --shifts=4 --flip song.wav \\
+      --output_dir=separated
 
 writes `separated/<track>/<stem>.wav` (the `--filename` template) for every stem, at
 the input's sample rate, length and channel count; a folder input gives the same tree
 of folders out. The model is a training workdir's (on JAX) or an export's (`--model`,
-on its own runtime: see `export.py`). The work is the `separator.Separator`'s; this
-module lists the inputs, reads them (`audio.open_audio`, the next file decoded while the network runs
+on its own runtime: see `export.py`); `--shifts` and `--flip` average its estimates over
+variants of the song (delayed, channels swapped, negated: `separator` says how) at a
+multiple of the time. The work is the `separator.Separator`'s; this module lists the
+inputs, reads them (`audio.open_audio`, the next file decoded while the network runs
 on the current one), names and writes the outputs (`audio.AudioWriter`: complete or
 absent) and shows one progress bar for the whole job. From Python:
 
@@ -36,7 +40,8 @@ import numpy as np
 from absl import app, flags, logging
 
 from waveunet_jax import audio, console, files, shared_flags
-from waveunet_jax.separator import SeparationError, Separator  # noqa: F401 (the API)
+from waveunet_jax.separator import (  # noqa: F401 (the API)
+    SeparationError, Separator, check_averaging)
 
 DEFAULT_FILENAME = "{track}/{stem}.{ext}"
 FILENAME_FIELDS = ("track", "trackext", "stem", "ext")
@@ -511,7 +516,7 @@ def _define_flags() -> None:
   # Defined only when run as a program (shared_flags says why).
   shared_flags.define(
       "workdir", "checkpoint", "output_dir", "stems", "residual_source", "overwrite",
-      "overlap", "window_seconds", "batch_size",
+      "overlap", "window_seconds", "batch_size", "shifts", "flip", "seed",
       workdir="Training workdir of the model (or --model).",
       output_dir="Where the outputs go (see --filename).", overwrite="Replace existing outputs.")
   flags.DEFINE_string("model", None, "An exported model instead of --workdir: .onnx, "
@@ -536,6 +541,7 @@ def load_separator(args) -> Separator:
   exported model on its runtime (which imports neither this project's JAX code nor
   JAX for ONNX)."""
   residual = None if args.residual_source == "none" else args.residual_source
+  options = dict(residual_source=residual, shifts=args.shifts, flip=args.flip, seed=args.seed)
   if (args.workdir is None) == (args.model is None):
     raise SeparationError("give the model: --workdir=RUN (a training workdir) or "
                           "--model=FILE (an export), not both")
@@ -545,15 +551,15 @@ def load_separator(args) -> Separator:
     if args.window_seconds is not None or args.overlap:
       raise SeparationError("--window_seconds and --overlap are fixed when a model is "
                             "exported (python -m waveunet_jax.export)")
-    return Separator(formats.load(args.model, args.batch_size), residual_source=residual)
+    return Separator(formats.load(args.model, args.batch_size), **options)
   try:
     from waveunet_jax import jax_engine
 
     jax_engine.check_window_seconds(args.window_seconds)  # before the checkpoint loads
     return jax_engine.separator_from_workdir(args.workdir, args.checkpoint,
-                                         window_seconds=args.window_seconds,
-                                         overlap=args.overlap, batch_size=args.batch_size,
-                                         residual_source=residual)
+                                             window_seconds=args.window_seconds,
+                                             overlap=args.overlap, batch_size=args.batch_size,
+                                             **options)
   except ModuleNotFoundError as e:  # the base install separates exports only
     line = console.missing_extra("--workdir", "jax", e)
     if line is None:
@@ -589,6 +595,7 @@ def _run(inputs: list[str], args) -> list[pathlib.Path]:
       raise SeparationError(f"--batch_size={args.batch_size}: must be a positive number of "
                             "windows (or left out: one per device, or an exported model's "
                             "fixed batch)")
+    check_averaging(args.shifts, args.seed)
     separator = load_separator(args)
     stems = separator.stem_names(args.stems.split(",") if args.stems else None)
   except ValueError as e:  # SeparationError, ConfigError, a bad --overlap

@@ -9,6 +9,7 @@ full band, stem layouts) is shared by every engine.
   separator = jax_engine.separator_from_workdir("runs/m4")   # the same, in one call
   stems = separator.separate(audio, rate)                  # {source: [T, C]}
   stems = separator.separate(audio, rate, stems=("vocals", "accompaniment"))
+  separator = Separator(engine, shifts=4, flip=True)       # test-time averaging: 12 passes
 
 How a song is cut (`Tiling`): the network runs on windows of one shape, in batches of
 one size (the last window and batch zero-padded). Window k covers the song's output
@@ -50,12 +51,38 @@ Difference output: as in the paper, the network's difference source is clipped t
 [-1, 1] when separating (`clip_difference`); that clip changes nothing unless
 mix - sum(others) leaves the audio range. A residual source is formed after it, so the
 stems still add up to the input.
+
+Test-time averaging (`shifts`, `flip`; Demucs's "shift trick"): the song goes through
+the network in several passes, each of a variant of it, and the estimates, each turned
+back, are averaged (`Pass`):
+
+* `shifts` = N: N passes, each of the song delayed by a random number of samples at the
+  model's rate, drawn uniformly from [0, `max_shift`) = [0, hop // 2): half of what a
+  window keeps (15 s for M4's default 30 s windows), which moves the song against the
+  network's downsampling grid (hop is a multiple of the total downsampling) and against
+  the window cuts. As in Demucs the unshifted estimate is not among them: N shifts cost
+  N passes (0, the default: one plain pass). The delays come from a generator seeded
+  with `seed`, the same for every song: the same song and settings give the same
+  samples. A delay moves the windows, not the audio (the song starts `delay` samples
+  later in the zero-padded stream), so it adds at most one window to a pass.
+* `flip`: every pass also with the channels swapped (reversed) and with the polarity
+  flipped, each undone on the estimate; for a mono model only the polarity: 3 (mono: 2)
+  times the passes.
+
+The passes run side by side over the one stream of the song at the model's rate (it is
+resampled once), each holding a few windows of its own, so memory grows with the
+number of passes (`MAX_SHIFTS` bounds it), never with the song. Their estimates are
+averaged at the model's rate, before anything goes back to the input's rate: the full
+band and the residual source then work on the average as on a single estimate, and
+the stems still add up to the input. For an engine that is linear in its input
+(shift-, swap- and sign-equivariant) the average is the plain estimate.
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
+import itertools
 import math
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Protocol
@@ -75,6 +102,10 @@ MIN_RATE, MAX_RATE = 1000, 768000
 # upsampling by a large ratio (8 kHz to 768 kHz) never makes one huge block.
 RESAMPLED_BLOCK_FRAMES = 1 << 16
 DEFAULT = "default"  # residual_source: the config's, else stems.default_residual_source
+# The most random shifts of test-time averaging: every pass holds a few windows of its
+# own (some 40 MB for M4's default 30 s windows; 3 passes a shift with flip), and Demucs
+# used 10 in its paper, 5 giving about the same gain (its README).
+MAX_SHIFTS = 20
 
 
 class SeparationError(ValueError):
@@ -87,6 +118,49 @@ def check_rate(rate: int, name: str = "audio") -> None:
     raise SeparationError(f"{name}: its header declares a sample rate of {rate} Hz, outside "
                           f"the {MIN_RATE} to {MAX_RATE} Hz of audio (a damaged header?); "
                           "rewrite the file at its true rate")
+
+
+def check_averaging(shifts: int, seed: int = 0) -> None:
+  """SeparationError naming --shifts or --seed unless `shifts` is a whole number in
+  [0, MAX_SHIFTS] and `seed` one of at least 0."""
+  if isinstance(shifts, bool) or not isinstance(shifts, (int, np.integer)) or not (
+      0 <= shifts <= MAX_SHIFTS):
+    raise SeparationError(f"--shifts={shifts}: use 0 (no test-time shifts) or a whole number "
+                          f"of random shifts up to {MAX_SHIFTS}")
+  if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+    raise SeparationError(f"--seed={seed}: use a whole number, 0 or more")
+
+
+@dataclasses.dataclass(frozen=True)
+class Pass:
+  """One pass of test-time averaging (see the module docstring): the song delayed by
+  `delay` samples at the model's rate, its channels reversed (`swap`), its polarity
+  flipped (`negate`). `Pass()` is the plain separation."""
+
+  delay: int = 0
+  swap: bool = False
+  negate: bool = False
+
+  def flip(self, x: np.ndarray) -> np.ndarray:
+    """The swap and the negation of `x` [..., C]; its own inverse, so it turns the
+    input [n, C] into this pass's and its estimate [n, S, C] back."""
+    if self.swap:
+      x = x[..., ::-1]
+    return -x if self.negate else x
+
+
+def averaging_passes(shifts: int, flip: bool, seed: int, max_shift: int,
+                     channels: int) -> list[Pass]:
+  """The passes of test-time averaging: `shifts` random delays in [0, max_shift) drawn
+  with `seed` (none: delay 0), each plain and, with `flip`, swapped (for more than one
+  channel) and negated. [Pass()] for no averaging."""
+  check_averaging(shifts, seed)
+  rng = np.random.default_rng(seed)
+  delays = [int(d) for d in rng.integers(0, max(1, max_shift), shifts)] if shifts else [0]
+  flips = [(False, False)]
+  if flip:
+    flips += [(True, False)] * (channels > 1) + [(False, True)]
+  return [Pass(delay, swap, negate) for delay in delays for swap, negate in flips]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,10 +214,15 @@ class Separator:
       docstring); 'default': the engine's configured choice or the default rule;
       None: none.
     clip_difference: clip a difference output's last source to [-1, 1].
+    shifts: test-time averaging over this many random delays of the song (0: none).
+    flip: test-time averaging over the song with its channels swapped and negated.
+    seed: of the random delays.
   """
 
   def __init__(self, engine: Engine, *, residual_source: str | None = DEFAULT,
-               clip_difference: bool = True):
+               clip_difference: bool = True, shifts: int = 0, flip: bool = False,
+               seed: int = 0):
+    check_averaging(shifts, seed)
     self.engine = engine
     if residual_source == DEFAULT:
       residual_source = (getattr(engine, "residual_source", None)
@@ -153,6 +232,9 @@ class Separator:
                             f"sources ({', '.join(engine.sources)})")
     self.residual_source = residual_source
     self.clip_difference = clip_difference and engine.output == "difference"
+    self.shifts, self.flip, self.seed = int(shifts), bool(flip), int(seed)
+    self.passes = averaging_passes(self.shifts, self.flip, self.seed, self.max_shift,
+                                   self.num_channels)
 
   @property
   def sources(self) -> tuple[str, ...]:
@@ -160,10 +242,17 @@ class Separator:
 
   def identity(self) -> dict[str, Any]:
     """What its results depend on: the engine's model (where from, a hash of its
-    parameters) and the separation settings. Evaluation records it beside scores."""
+    parameters) and the separation settings. Evaluation records it beside scores; the
+    averaging settings only where averaging is on, so that earlier scores of plain
+    separation still count as this separator's."""
+    averaging = {}
+    if self.shifts:
+      averaging.update(shifts=self.shifts, seed=self.seed)
+    if self.flip:
+      averaging.update(flip=True)
     return {**getattr(self.engine, "identity", {"engine": type(self.engine).__name__}),
             "residual_source": self.residual_source, "clip_difference": self.clip_difference,
-            "tiling": dataclasses.asdict(self.tiling)}
+            "tiling": dataclasses.asdict(self.tiling), **averaging}
 
   @property
   def sample_rate(self) -> int:
@@ -177,6 +266,12 @@ class Separator:
   @property
   def tiling(self) -> Tiling:
     return self.engine.tiling
+
+  @property
+  def max_shift(self) -> int:
+    """The random delays of `shifts` lie in [0, max_shift): half a window's kept output,
+    at the model's rate."""
+    return max(1, self.tiling.hop // 2)
 
   def stem_names(self, stems: Sequence[str] | None) -> tuple[str, ...]:
     """The names a stem layout gives (None: the model's sources); SeparationError for
@@ -244,7 +339,7 @@ class Separator:
     mix_at_model = _Fifo() if with_mix else None
     if mix_at_model is not None:
       x = mix_at_model.tee(x)
-    y = (b[:, carried] for b in self._separate_at_model_rate(x))
+    y = (b[:, carried] for b in self._averaged_at_model_rate(x))
     if mix_at_model is not None:
       y = (np.concatenate([b, mix_at_model.pop(len(b))[:, None]], axis=1) for b in y)
     width = len(carried) + with_mix
@@ -271,16 +366,33 @@ class Separator:
       out[:, residual] += mix - block[:, -1]
     return out
 
-  def _separate_at_model_rate(self, blocks: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
-    """[n, C] blocks -> [n, S, C] blocks of exactly the same total length."""
+  def _averaged_at_model_rate(self, blocks: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+    """[n, C] blocks -> [n, S, C] blocks of exactly the same total length: the average of
+    the passes' estimates (one pass: its own), the passes side by side."""
+    passes = self.passes
+    inputs = itertools.tee(blocks, len(passes)) if len(passes) > 1 else (blocks,)
+    streams = [self._pass(x, p) for x, p in zip(inputs, passes)]
+    return streams[0] if len(streams) == 1 else _average(streams)
+
+  def _pass(self, blocks: Iterable[np.ndarray], p: Pass) -> Iterator[np.ndarray]:
+    """One pass's estimates of the song, turned back (`Pass.flip`) and in its time."""
+    if p.swap or p.negate:
+      blocks = (p.flip(b) for b in blocks)
+      return (p.flip(y) for y in self._separate_at_model_rate(blocks, p.delay))
+    return self._separate_at_model_rate(blocks, p.delay)
+
+  def _separate_at_model_rate(self, blocks: Iterable[np.ndarray], delay: int = 0
+                              ) -> Iterator[np.ndarray]:
+    """[n, C] blocks -> [n, S, C] blocks of exactly the same total length; with `delay`,
+    the windows see the song `delay` samples later (its zero padding before it longer)."""
     t = self.tiling
     song = _SongLength()
     weights = np.ones((t.hop + t.overlap, 1, 1), np.float32)
     if t.overlap:
       fade_in = ((np.arange(t.overlap) + 0.5) / t.overlap).astype(np.float32)[:, None, None]
       weights[:t.overlap], weights[t.hop:] = fade_in, 1 - fade_in
-    tail, position = None, -t.overlap  # song sample of the next kept output
-    for kept in self._forward_windows(self._windows(blocks, song)):
+    tail, position = None, -t.overlap - delay  # song sample of the next kept output
+    for kept in self._forward_windows(self._windows(blocks, song, delay)):
       if t.overlap:
         kept = kept * weights
         if tail is not None:
@@ -293,11 +405,13 @@ class Separator:
         yield kept[start:end]
       position += t.hop
 
-  def _windows(self, blocks: Iterable[np.ndarray], song: _SongLength) -> Iterator[np.ndarray]:
-    """The network inputs [I, C], in order: real audio as long as it lasts, then zeros
-    until the kept outputs reach the song's end. Counts the song into `song`."""
+  def _windows(self, blocks: Iterable[np.ndarray], song: _SongLength, delay: int = 0
+               ) -> Iterator[np.ndarray]:
+    """The network inputs [I, C], in order: `delay` zeros more than the tiling pads,
+    real audio as long as it lasts, then zeros until the kept outputs reach the song's
+    end. Counts the song into `song`."""
     t = self.tiling
-    buffer = np.zeros((t.pad_left, self.engine.num_channels), np.float32)
+    buffer = np.zeros((t.pad_left + delay, self.engine.num_channels), np.float32)
     pending, pending_frames, count = [], 0, 0
     for block in blocks:
       song.frames += len(block)
@@ -313,7 +427,7 @@ class Separator:
         buffer, count = buffer[t.hop:], count + 1
     buffer = np.concatenate([buffer, *pending])
     song.done = True
-    needed = -(-(song.frames + t.overlap) // t.hop) if song.frames else 0
+    needed = -(-(song.frames + delay + t.overlap) // t.hop) if song.frames else 0
     for _ in range(count, needed):
       buffer = np.pad(buffer, ((0, max(0, t.input_length - len(buffer))), (0, 0)))
       yield buffer[:t.input_length]
@@ -349,9 +463,11 @@ class _Fifo:
 
   def __init__(self):
     self._blocks = collections.deque()
+    self.frames = 0  # held
 
   def push(self, block: np.ndarray) -> None:
     self._blocks.append(block)
+    self.frames += len(block)
 
   def tee(self, blocks: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
     for block in blocks:
@@ -360,6 +476,7 @@ class _Fifo:
 
   def pop(self, n: int) -> np.ndarray:
     """The next `n` frames (zeros past what was pushed: the stream's zero padding)."""
+    self.frames = max(0, self.frames - n)
     out = []
     while n > 0 and self._blocks:
       block = self._blocks.popleft()
@@ -393,6 +510,22 @@ def _model_inputs(blocks: Iterable[np.ndarray], channels: int, model_channels: i
       yield np.repeat(block, model_channels, axis=1)
     else:
       yield block.mean(axis=1, keepdims=True)
+
+
+def _average(streams: Sequence[Iterator[np.ndarray]]) -> Iterator[np.ndarray]:
+  """The frame-wise mean of streams of [n, ...] blocks of equal total length, in the
+  first stream's blocks: each of the others is read only as far as it must be, so the
+  streams (and what they read) advance together."""
+  lead, rest = streams[0], streams[1:]
+  held = [_Fifo() for _ in rest]
+  scale = np.float32(1 / len(streams))
+  for block in lead:
+    total = np.array(block, np.float32)
+    for stream, fifo in zip(rest, held):
+      while fifo.frames < len(block):
+        fifo.push(next(stream))
+      total += fifo.pop(len(block))
+    yield total * scale
 
 
 def _to_channels(block: np.ndarray, channels: int) -> np.ndarray:

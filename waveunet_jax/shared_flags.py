@@ -40,6 +40,19 @@ DEFINITIONS: dict[str, tuple[Callable[..., Any], Any, str | None]] = {
     "batch_size": (flags.DEFINE_integer, None, "Windows per forward pass, split over this "
                    "host's devices (default: one per device, or an exported model's fixed "
                    "batch)."),
+    "shifts": (
+        flags.DEFINE_integer, 0,
+        "Test-time averaging (Demucs's shift trick): average the estimates of N passes, "
+        "each of the song delayed by a random amount (up to half a window, drawn from "
+        "--seed); 0: one plain pass. N shifts cost about N times the separation time (3N "
+        "with --flip), and each pass holds a few windows in memory. At most 20."),
+    "flip": (
+        flags.DEFINE_bool, False,
+        "Test-time averaging: also separate the song with left and right swapped and with "
+        "its polarity flipped (a mono model: flipped only), each turned back, and average; "
+        "costs 3 times the separation time (a mono model: 2), times --shifts."),
+    "seed": (flags.DEFINE_integer, 0, "Seed of --shifts' random delays: the same song and "
+             "flags give the same stems."),
     "output_dir": (flags.DEFINE_string, None, None),
     "overwrite": (flags.DEFINE_bool, False, None),
     "musdb_root": (flags.DEFINE_string, None, None),
