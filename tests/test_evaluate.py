@@ -325,7 +325,8 @@ def test_cli_summarizes_the_first_tracks(musdb_corpus, evaluated, tmp_path):
   assert "# test split: 1 track\n" in result.stdout
 
 
-# A model that estimates each source as half the mix: scored for real, in seconds.
+# A model that estimates each source as half the mix: scored for real, in seconds. Its
+# identity holds the separation options evaluate gave it.
 HALVES = """
 import sys
 sys.path.insert(0, "tests")
@@ -335,13 +336,16 @@ from waveunet_jax import evaluate, jax_engine
 class Halves:
   sources = ("accompaniment", "vocals")
 
+  def __init__(self, **options):
+    self.options = options
+
   def identity(self):
-    return {"engine": "halves"}
+    return {"engine": "halves", **self.options}
 
   def separate(self, audio, rate):
     return {s: audio / 2 for s in self.sources}
 
-jax_engine.separator_from_workdir = lambda workdir, checkpoint, **kw: Halves()
+jax_engine.separator_from_workdir = lambda workdir, checkpoint, **kw: Halves(**kw)
 evaluate.cli()
 """
 
@@ -366,6 +370,18 @@ def test_cli_scores_wav_tracks_with_no_ffmpeg_on_the_path(musdb_corpus, tmp_path
   assert (out / evaluate.REPORT).is_file()
 
 
+def test_cli_separates_with_the_averaging_flags(musdb_corpus, tmp_path):
+  out = tmp_path / "eval"
+  result = subprocess.run(
+      [sys.executable, "-c", HALVES, "--workdir=RUN", f"--musdb_root={musdb_corpus}", "--wav",
+       f"--output_dir={out}", "--tracks=1", "--noreport", "--shifts=2", "--flip", "--seed=5"],
+      cwd=ROOT, capture_output=True, text=True, timeout=300,
+      env={**os.environ, "PYTHONPATH": str(ROOT)})
+  assert result.returncode == 0, result.stderr
+  options = json.loads((out / "summary.json").read_text())["separator"]
+  assert (options["shifts"], options["flip"], options["seed"]) == (2, True, 5)
+
+
 def cli_error(*args):
   result = run_cli(*args)
   assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
@@ -379,6 +395,10 @@ def test_cli_errors_are_one_line(musdb_corpus, tmp_path):
   line = cli_error(f"--workdir={tmp_path / 'no-run'}", f"--musdb_root={tmp_path}", "--wav",
                  f"--output_dir={tmp_path / 'out'}")
   assert line.startswith("error: --musdb_root=") and "no tracks of the test split" in line
+  line = cli_error(f"--workdir={tmp_path / 'no-run'}", f"--musdb_root={musdb_corpus}", "--wav",
+                   f"--output_dir={tmp_path / 'out'}", "--shifts=-1")
+  assert line == ("error: --shifts=-1: use 0 (no test-time shifts) or a whole number of random "
+                  "shifts up to 20")
   # Refused before anything is read, as separate refuses it (files.check_output_dir).
   line = cli_error(f"--workdir={tmp_path / 'no-run'}", f"--musdb_root={musdb_corpus}", "--wav",
                    "--output_dir=")

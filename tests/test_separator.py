@@ -285,3 +285,138 @@ def test_upsampling_by_a_large_ratio_streams_in_bounded_blocks():
   assert sum(len(b) for b in blocks) == len(mix)
   # Without cutting, one 30 s window at 8 kHz came back as 23 M frames at 768 kHz.
   assert max(len(b) for b in blocks) < 2 * separator_lib.RESAMPLED_BLOCK_FRAMES
+
+
+# --------------------------------------------------------------------------- #
+# Test-time averaging (shifts, flip).
+# --------------------------------------------------------------------------- #
+
+
+class FilterEngine:
+  """A linear stand-in engine in NumPy (as an exported model's engine is, without JAX):
+  each source a fixed two-tap filter of the mix, a difference model's last source the
+  mix minus the others. Linear and time-invariant, the same filter on every channel:
+  shift-, swap- and sign-equivariant, so test-time averaging must give back its plain
+  estimate. Windows keep `hop` samples, `overlap` more cross-faded, with `context`
+  samples of real audio on each side."""
+
+  sources = ("accompaniment", "vocals")
+  sample_rate = RATE
+  batch_size = 2
+  residual_source = None
+
+  def __init__(self, output="difference", channels=2, hop=40, overlap=0, context=16):
+    self.output, self.num_channels, self.context = output, channels, context
+    self.length = hop + overlap  # of the network's output, all of it kept
+    self.tiling = separator_lib.Tiling(input_length=self.length + 2 * context, hop=hop,
+                                       overlap=overlap, keep_start=0, pad_left=context + overlap)
+
+  def forward(self, windows):
+    c, n = self.context, self.length
+    now, before = windows[:, c:c + n], windows[:, c - 1:c - 1 + n]
+    accompaniment = 0.3 * now + 0.2 * before
+    vocals = now - accompaniment if self.output == "difference" else 0.6 * now - 0.1 * before
+    return np.stack([accompaniment, vocals], axis=1)
+
+
+@pytest.mark.parametrize("output", ["difference", "direct"])
+@pytest.mark.parametrize("channels, overlap", [(2, 0), (2, 8), (1, 0)])
+def test_averaging_a_linear_engine_gives_its_plain_estimate(output, channels, overlap):
+  engine = FilterEngine(output, channels, overlap=overlap)
+  averaged = separate.Separator(engine, shifts=3, flip=True, seed=1)
+  delays = sorted({p.delay for p in averaged.passes})
+  assert len(delays) == 3 and 0 < delays[0] and delays[-1] < averaged.max_shift == 20
+  flips = [(False, False), (True, False), (False, True)] if channels == 2 else [
+      (False, False), (False, True)]  # a mono model: the polarity only
+  assert [(p.swap, p.negate) for p in averaged.passes] == flips * 3
+  for rate in (RATE, 44100):  # at the model's rate, and through the resamplers
+    mix = noise(round(0.1 * rate), peak=0.5, seed=rate)
+    plain = separate.Separator(engine).separate(mix, rate)
+    got = averaged.separate(mix, rate)
+    for name in plain:
+      assert np.abs(plain[name]).max() > 0.1
+      np.testing.assert_allclose(got[name], plain[name], rtol=0, atol=1e-6)
+
+
+def nonlinear(output="difference"):
+  """The tiny random network (tanh, leaky ReLU, decimation by 8): neither shift- nor
+  sign-equivariant."""
+  return separator("valid", output, window_seconds=SHORT, batch_size=2).engine
+
+
+def test_averaging_a_non_linear_network_changes_its_estimate_deterministically():
+  engine = nonlinear()
+  mix = tones(0.3, 44100, peak=0.4) + noise(round(0.3 * 44100), peak=0.2)
+  plain = separate.Separator(engine).separate(mix, 44100)["vocals"]
+  for options in (dict(shifts=2), dict(flip=True), dict(shifts=2, flip=True)):
+    got = separate.Separator(engine, **options).separate(mix, 44100)["vocals"]
+    assert 1e-3 < np.abs(got - plain).max() < np.abs(plain).max(), options
+  # The same seed gives the same bytes; another seed other delays and other samples.
+  a, b, c = (separate.Separator(engine, shifts=2, flip=True, seed=seed).separate(mix, 44100)
+             for seed in (0, 0, 1))
+  assert all(a[s].tobytes() == b[s].tobytes() for s in a)
+  assert np.abs(a["vocals"] - c["vocals"]).max() > 1e-3
+
+
+def test_averaged_stems_add_up_to_the_song():
+  mix = tones(0.3, 44100, peak=0.3) + noise(round(0.3 * 44100), peak=0.2)
+  options = dict(shifts=2, flip=True, seed=3)
+  sep = separate.Separator(nonlinear(), **options)
+  assert sep.residual_source == "accompaniment"
+  np.testing.assert_allclose(sum(sep.separate(mix, 44100).values()), mix, rtol=0, atol=1e-6)
+  # Band-limited, each pass's difference output adds up to what the model heard.
+  plain = separate.Separator(sep.engine, residual_source=None, **options)
+  np.testing.assert_allclose(sum(plain.separate(mix, 44100).values()), round_trip(mix, 44100),
+                             rtol=0, atol=1e-5)
+  # Direct output: the residual source gets the band the model missed, nothing else.
+  full = separate.Separator(nonlinear("direct"), **options)
+  a = full.separate(mix, 44100)
+  b = separate.Separator(full.engine, residual_source=None, **options).separate(mix, 44100)
+  np.testing.assert_array_equal(a["vocals"], b["vocals"])
+  np.testing.assert_allclose(a["accompaniment"] - b["accompaniment"],
+                             mix - round_trip(mix, 44100), rtol=0, atol=1e-5)
+
+
+def test_averaged_passes_stream_side_by_side():
+  sep = separate.Separator(nonlinear(), shifts=2, flip=True)
+  rate = 44100
+  mix = tones(0.2, rate) + noise(round(0.2 * rate), peak=0.1)
+  whole = sep.separate(mix, rate)
+  sizes = [1, 2, 1000, 7, 4096, 3]
+  cuts = np.cumsum(sizes * (len(mix) // sum(sizes) + 1))
+  blocks = np.split(mix, cuts[cuts < len(mix)])
+  streamed = np.concatenate(list(sep.separate_blocks(iter(blocks), rate, 2)))
+  for i, name in enumerate(sep.sources):
+    np.testing.assert_allclose(streamed[:, i], whole[name], rtol=0, atol=1e-6)
+  # The passes read the song together: the first stems come out after a few windows
+  # of it (no more than plain separation reads), not after the whole song.
+  engine = FilterEngine()
+  song = noise(200 * engine.tiling.hop)
+
+  def read_before_the_first_stems(**options):
+    read = []
+
+    def blocks():
+      for start in range(0, len(song), 10):
+        read.append(start + 10)
+        yield song[start:start + 10]
+
+    sep = separate.Separator(engine, **options)
+    assert len(next(sep.separate_blocks(blocks(), RATE, 2)))
+    return read[-1]
+
+  plain = read_before_the_first_stems()
+  assert read_before_the_first_stems(shifts=4, flip=True) <= plain < 10 * engine.tiling.hop
+
+
+def test_averaging_settings_are_checked_and_recorded():
+  engine = FilterEngine()
+  for options, flag in ((dict(shifts=-1), "--shifts=-1"), (dict(shifts=21), "--shifts=21"),
+                        (dict(shifts=1.5), "--shifts=1.5"), (dict(seed=-2), "--seed=-2")):
+    with pytest.raises(separate.SeparationError, match=f"^{flag}: use "):
+      separate.Separator(engine, **options)
+  assert separate.Separator(engine).passes == [separator_lib.Pass()]
+  plain = separate.Separator(engine).identity()
+  assert not {"shifts", "flip", "seed"} & set(plain)  # earlier scores stay this model's
+  averaged = separate.Separator(engine, shifts=2, flip=True, seed=7).identity()
+  assert averaged == {**plain, "shifts": 2, "seed": 7, "flip": True}
