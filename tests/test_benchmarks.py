@@ -78,7 +78,7 @@ def test_every_script_and_the_gpu_check(tmp_path):
       ["precision.py", "--smoke", f"--json={gpu_out / 'precision.json'}"],
       ["conv_profile.py", "--smoke", "--config=deep M4"],
       ["input_pipeline.py", "--smoke"],
-      ["separate_folder.py", "--smoke"],
+      ["separate_folder.py", "--smoke", "--shifts", "1", "--flip"],
       ["export.py", "--smoke"])
 
   # run.py: train, the accelerator figures (bfloat16, largest batch), separation model
@@ -105,7 +105,9 @@ def test_every_script_and_the_gpu_check(tmp_path):
   rows = [line.rsplit(None, 3)[1:] for line in training.splitlines()
           if line.startswith(("deep M4", "small"))]
   assert len(rows) == 2 and all(float(value) > 0 for row in rows for value in row), training
-  assert "folder (read ahead)" in out["separate_folder.py"]
+  folder = out["separate_folder.py"]
+  assert "folder (read ahead)" in folder and "--shifts=1 --flip" in folder
+  assert "(3 passes, " in folder  # test-time averaging: plain, swapped and negated
   table = [line for line in out["export.py"].splitlines() if line.startswith("| ")]
   assert len(table) == 1 + 7  # header, JAX and six exports
 
