@@ -203,3 +203,11 @@ def test_a_report_that_cannot_be_written_keeps_the_scores(musdb_corpus, evaluate
   assert json.loads((out / "summary.json").read_text()) == evaluated[1]
   assert (out / "summary.md").exists() and not (out / evaluate.REPORT).exists()
   assert evaluate.evaluate(Scored(), musdb_corpus, out, wav=True, report=False) == evaluated[1]
+
+
+def test_the_separator_table_says_how_the_estimates_were_averaged():
+  plain = {"engine": "jax", "residual_source": "accompaniment"}
+  assert "test-time averaging" not in report._identity(plain)
+  page = report._identity({**plain, "shifts": 4, "seed": 0, "flip": True})
+  assert "<th>test-time averaging</th><td>4 shifts (seed 0), flip</td>" in page
+  assert report.averaging({**plain, "flip": True}) == "flip"

@@ -283,8 +283,7 @@ def _describe(model: Mapping[str, Any] | None) -> str:
            f"step {model['step']}" if model.get("step") is not None else "",
            f"parameters {model.get('params_sha256', '?')[:12]}",
            f"residual source {model.get('residual_source')}",
-           f"shifts {model['shifts']} (seed {model.get('seed')})" if model.get("shifts") else "",
-           "flip" if model.get("flip") else ""]
+           report_lib.averaging(model) or ""]
   return ", ".join(p for p in parts if p)
 
 

@@ -219,6 +219,14 @@ def _e(text: Any) -> str:
   return html.escape(str(text), quote=True)
 
 
+def averaging(model: Mapping[str, Any]) -> str | None:
+  """The test-time averaging a separator's identity records ("4 shifts (seed 0), flip"),
+  or None for plain separation."""
+  parts = [f"{model['shifts']} shifts (seed {model.get('seed')})" if model.get("shifts") else "",
+           "flip" if model.get("flip") else ""]
+  return ", ".join(p for p in parts if p) or None
+
+
 def _identity(model: Mapping[str, Any] | None) -> str:
   if not model:
     return "<p>Separator: not recorded.</p>"
@@ -226,6 +234,7 @@ def _identity(model: Mapping[str, Any] | None) -> str:
           ("step", model.get("step")), ("parameters (sha256)", (model.get("params_sha256")
                                                                 or "")[:12] or None),
           ("engine", model.get("engine")), ("residual source", model.get("residual_source")),
+          ("test-time averaging", averaging(model)),
           ("sources scored", ", ".join(model.get("stems") or []) or None)]
   cells = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in rows
                   if v is not None)
