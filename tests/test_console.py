@@ -152,10 +152,12 @@ PROGRAMS = {
     "summary": (("config",), ()),
     "synthetic": ((), ()),
     "separate": (("workdir", "checkpoint", "output_dir", "stems", "residual_source",
-                  "overwrite", "overlap", "window_seconds", "batch_size"),
+                  "overwrite", "overlap", "window_seconds", "batch_size", "shifts", "flip",
+                  "seed"),
                  ("workdir", "output_dir", "overwrite")),
     "evaluate": (("workdir", "checkpoint", "musdb_root", "wav", "valid_tracks", "output_dir",
-                  "residual_source", "stems"), ("musdb_root", "valid_tracks", "output_dir")),
+                  "residual_source", "stems", "shifts", "flip", "seed"),
+                 ("musdb_root", "valid_tracks", "output_dir")),
     "export": (("workdir", "checkpoint", "window_seconds", "overlap", "batch_size",
                 "overwrite"), ("batch_size", "overwrite")),
 }
@@ -184,6 +186,8 @@ def test_every_program_s_help_comes_from_its_console_entry_with_its_shared_flags
     if name == "synthetic":  # its --stems is a switch of its own (MUSDB18 stem files)
       assert flag_help(out, "stems").startswith("writeMUSDB18.stem.mp4"), out
       listed.discard("stems")
+      assert flag_help(out, "seed").startswith("corpusseed"), out  # and --seed its corpus's
+      listed.discard("seed")
     assert listed == set(takes), (name, out)
     for flag in set(takes) - set(own_help):
       text = (shared_flags.CONFIG_HELP if flag == "config" else
