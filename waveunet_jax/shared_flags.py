@@ -17,6 +17,8 @@ from typing import Any
 
 from absl import flags
 
+from waveunet_jax.separator import MAX_SHIFTS
+
 CONFIG_HELP = "Config file with an optional argument, e.g. experiments/deep.py:M5."
 
 # name: (absl's DEFINE_* function, default, help; None where each program says it).
@@ -45,7 +47,7 @@ DEFINITIONS: dict[str, tuple[Callable[..., Any], Any, str | None]] = {
         "Test-time averaging (Demucs's shift trick): average the estimates of N passes, "
         "each of the song delayed by a random amount (up to half a window, drawn from "
         "--seed); 0: one plain pass. N shifts cost about N times the separation time (3N "
-        "with --flip), and each pass holds a few windows in memory. At most 20."),
+        f"with --flip), and each pass holds a few windows in memory. At most {MAX_SHIFTS}."),
     "flip": (
         flags.DEFINE_bool, False,
         "Test-time averaging: also separate the song with left and right swapped and with "
