@@ -572,8 +572,9 @@ def main(argv: list[str]) -> None:
   valid = tracks_lib.track_names(args.valid_tracks)
   output_dir = pathlib.Path(args.output_dir)
   try:
-    separator_lib.check_averaging(args.shifts, args.seed)  # before loading the model
-    chosen = split_tracks(args.musdb_root, args.split, args.wav, valid)  # and before the model
+    # Both before the model loads: a bad flag or folder costs no checkpoint read.
+    separator_lib.check_averaging(args.shifts, args.seed)
+    chosen = split_tracks(args.musdb_root, args.split, args.wav, valid)
     model = jax_engine.separator_from_workdir(
         args.workdir, args.checkpoint,
         residual_source=None if args.residual_source == "none" else args.residual_source,
