@@ -10,7 +10,9 @@ trains on a synthetic corpus of 32 songs of 30 s that it writes under the workdi
 Like every run it stops on Ctrl-C with a checkpoint and resumes when run again.
 
 Measured on this project's 2-core CPU machine (jax 0.10.2), the command above with a
-fresh workdir: 32 min 07 s wall from start to its last line (corpus written and
+fresh workdir, when its batches came from tf.data (before config.data.pipeline='auto'
+chose the device sampler; README, *The input pipeline*, compares the two over 1000
+steps): 32 min 07 s wall from start to its last line (corpus written and
 prepared in 36 s, 3000 steps, 1.3-1.76 steps/s between log lines, 0.63 s a step with a
 validation and a checkpoint every 250 steps); peak memory 3.9 GB. The validation SDR
 of the vocals (the trainer's, on the validation song) rose 7.6, 8.6, 9.4, 10.0 dB at
