@@ -376,6 +376,9 @@ class Trainer:
                              model.num_channels)}
     compiled = self.train_step.lower(state, batch).compile()
     capacity = min(device_data.device_capacity(d) for d in self.local_devices)
+    if jax.process_count() > 1:  # every process decides alike: by the smallest device
+      mib = multihost_utils.process_allgather(np.float32(capacity / 2**20))  # JAX: 32 bits
+      capacity = int(np.min(mib) * 2**20)
     return device_data.Fit(device_data.share_bytes(self.config, self.layout.size),
                            device_data.step_bytes(compiled), capacity)
 
