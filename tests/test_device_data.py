@@ -126,6 +126,12 @@ def test_half_the_sources_flip_polarity_each_on_its_own():
                                 batch["sources"].sum(axis=1))
 
 
+def test_both_samplers_know_the_same_augmentations():
+  from waveunet_jax import input_pipeline
+
+  assert list(input_pipeline.AUGMENTATIONS) == list(device_data.AUGMENTATIONS)
+
+
 def test_unknown_augmentation_is_refused():
   with pytest.raises(ValueError, match="unknown augmentation 'pitch'"):
     sample(constant_share(0.1, 0.1), data_config("pitch"), batches=1)

@@ -100,12 +100,11 @@ AUGMENTATIONS: dict[str, Augmentation] = {
 
 
 def augment(sources: jax.Array, key: jax.Array, data: ml_collections.ConfigDict) -> jax.Array:
-  """Applies `data.augmentations`, in order, each with its own key."""
-  names = tuple(data.augmentations)
-  for name in names:
-    if name not in AUGMENTATIONS:
-      raise ValueError(f"config.data.augmentations: unknown augmentation {name!r}; "
-                       f"choose from {', '.join(AUGMENTATIONS)}")
+  """Applies `data.augmentations` (checked by `input_pipeline.augmentation_names`: both
+  samplers know the same names), in order, each with its own key."""
+  from waveunet_jax import input_pipeline
+
+  names = input_pipeline.augmentation_names(data)
   for name, k in zip(names, jax.random.split(key, max(len(names), 1))):
     sources = AUGMENTATIONS[name](sources, k, data)
   return sources

@@ -104,13 +104,20 @@ AUGMENTATIONS: dict[str, Augmentation] = {
 }
 
 
-def augment(sources: tf.Tensor, seed: tf.Tensor, data: ml_collections.ConfigDict) -> tf.Tensor:
-  """Applies `data.augmentations`, in order, each with its own seed."""
+def augmentation_names(data: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """config.data.augmentations, checked, for both samplers: `device_data.AUGMENTATIONS`
+  has the same names as these (tested), so either sampler trains any config."""
   names = tuple(data.augmentations)
   for name in names:
     if name not in AUGMENTATIONS:
       raise ValueError(f"config.data.augmentations: unknown augmentation {name!r}; "
                        f"choose from {', '.join(AUGMENTATIONS)}")
+  return names
+
+
+def augment(sources: tf.Tensor, seed: tf.Tensor, data: ml_collections.ConfigDict) -> tf.Tensor:
+  """Applies `data.augmentations`, in order, each with its own seed."""
+  names = augmentation_names(data)
   seeds = tf.random.experimental.stateless_split(seed, max(len(names), 1))
   for i, name in enumerate(names):
     sources = AUGMENTATIONS[name](sources, seeds[i], data)
