@@ -3,6 +3,7 @@
   python benchmarks/gpu_check.py compile --config=shallow --batches=2,4,8,16
   python benchmarks/gpu_check.py train --config=shallow --batches=8,16
   python benchmarks/gpu_check.py train --config="deep M4" --dtype=bfloat16 --batches=16,32,64 --largest=1024
+  python benchmarks/gpu_check.py sampler --config="deep M4" --dtype=bfloat16 --batches=16,32,64
   python benchmarks/gpu_check.py profile --config="deep M4" --dtype=bfloat16 --batch=16
   python benchmarks/gpu_check.py cache --config="deep M4" --batch=16 --dir=/tmp/xla_cache
 
@@ -22,6 +23,10 @@ part cut short by its time limit keeps what it printed):
   --largest=N then doubles the batch from the largest given while the compiled
   step's memory analysis fits the device (compile only) up to N, and times the
   largest that fits.
+* sampler: steps/s of the step fed by the device sampler (training's default where the
+  windows fit: a sampler call, then the step) against the step on one fixed batch, the
+  sampler alone, and the host CPU seconds per step, on --windows random windows made
+  in memory (no TensorFlow needed).
 * profile: a `jax.profiler` trace of --steps steps after a warm-up, summarised from
   the trace file: busy time per class of op (convolution forward, its input and its
   kernel gradient, matmuls, elementwise fusions, copies, other), the idle share of
@@ -161,6 +166,68 @@ def part_train(args) -> None:
 
 
 # --------------------------------------------------------------------------- #
+# The device sampler.
+# --------------------------------------------------------------------------- #
+
+
+def part_sampler(args) -> None:
+  """Steps/s of the train step fed by the device sampler (`device_data.DeviceSampler`,
+  as training feeds it: one sampler call, then the step) against the same step on one
+  fixed batch, per batch; the sampler alone; and the host CPU seconds per step. The
+  windows are random int16 of the config's layout (--windows of them), made here: no
+  TensorFlow or prepared data is needed on the GPU host."""
+  import numpy as np
+
+  from waveunet_jax import device_data, prepare
+
+  config = config_for(args)
+  layout = parallel.data_parallel(jax.local_devices()[:1])
+  data_layout = prepare.layout_for(config)
+  rng = np.random.default_rng(0)
+  windows = rng.integers(-3000, 3000, (args.windows, len(data_layout.sources),
+                                       data_layout.window_length, data_layout.num_channels),
+                         dtype=np.int16)
+  share = device_data.Share.of([windows], [np.full(args.windows, data_layout.hop, np.int32)],
+                               [1.0])
+  model = models.from_config(config)
+  for batch in args.batches:
+    try:
+      sampler = device_data.DeviceSampler(config.data, layout, data_layout, [share], [0],
+                                          batch_size=batch, seed=0)
+      init = train.create_state(config, model, optax.identity())
+      tx = optim.make_optimizer(config, config.optim.learning_rate, init.params)
+      step, _ = train.jit_steps(config, model, tx, layout)
+      fixed = sampler.batch(0)
+      figures = {}
+      def fresh():  # copies: the step donates its state, and `init` serves every mode
+        state = jax.tree_util.tree_map(jnp.copy, init.replace(opt_state=tx.init(init.params)))
+        return jax.device_put(state, layout.replicated)
+
+      for mode in ("fixed", "device", "sampler"):
+        out = step(fresh(), fixed)[1] if mode != "sampler" else sampler.batch(1)
+        jax.block_until_ready(out)  # warm-up: compiles
+        state = fresh()
+        start, cpu = time.perf_counter(), time.process_time()
+        for i in range(args.steps):
+          if mode == "sampler":
+            out = sampler.batch(i)
+          else:
+            state, out = step(state, fixed if mode == "fixed" else sampler.batch(i))
+        jax.block_until_ready(out)
+        seconds = time.perf_counter() - start
+        figures[mode] = (args.steps / seconds, (time.process_time() - cpu) / args.steps)
+      result(part="sampler", dtype=args.dtype, batch=batch, windows=args.windows,
+             window_mib=round(share.windows.nbytes / 2 ** 20, 1),
+             fixed_steps_per_s=round(figures["fixed"][0], 3),
+             device_sampler_steps_per_s=round(figures["device"][0], 3),
+             sampler_alone_examples_per_s=round(figures["sampler"][0] * batch, 1),
+             host_cpu_s_per_step_fixed=round(figures["fixed"][1], 4),
+             host_cpu_s_per_step_device_sampler=round(figures["device"][1], 4))
+    except Exception as e:  # XlaRuntimeError: RESOURCE_EXHAUSTED
+      result(part="sampler", batch=batch, error=f"{type(e).__name__}: {str(e)[:400]}")
+
+
+# --------------------------------------------------------------------------- #
 # Profile.
 # --------------------------------------------------------------------------- #
 
@@ -275,7 +342,8 @@ def part_cache_child(args) -> None:
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("part", choices=("compile", "train", "profile", "cache", "cache_child"))
+  parser.add_argument("part", choices=("compile", "train", "sampler", "profile", "cache",
+                                       "cache_child"))
   parser.add_argument("--config", default="shallow", choices=list(run.CONFIGS))
   parser.add_argument("--dtype", default="float32", choices=tuple(models.DTYPES))
   parser.add_argument("--batches", default="8,16", help="comma-separated batch sizes")
@@ -283,6 +351,8 @@ def main() -> None:
   parser.add_argument("--steps", type=int, default=10, help="timed or traced steps")
   parser.add_argument("--largest", type=int, default=0,
                       help="train: search batches above --batches up to this (0: no search)")
+  parser.add_argument("--windows", type=int, default=64,
+                      help="sampler: random windows the device holds")
   parser.add_argument("--trace_dir", help="profile: keep the trace here")
   parser.add_argument("--dir", help="cache: the cache folder (default: a new one)")
   parser.add_argument("--smoke", action="store_true", help="run.py's tiny networks (CI)")
@@ -291,8 +361,8 @@ def main() -> None:
   from waveunet_jax import console
 
   console.setup()  # this project's log lines only
-  {"compile": part_compile, "train": part_train, "profile": part_profile,
-   "cache": part_cache, "cache_child": part_cache_child}[args.part](args)
+  {"compile": part_compile, "train": part_train, "sampler": part_sampler,
+   "profile": part_profile, "cache": part_cache, "cache_child": part_cache_child}[args.part](args)
 
 
 if __name__ == "__main__":

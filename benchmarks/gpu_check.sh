@@ -17,9 +17,13 @@
 #      matmul, elementwise fusions, copies), the device's idle share and top ops;
 #   6. a persistent compilation cache: the M4 bfloat16 step compiled in a first and
 #      a second fresh process sharing the cache;
-#   7. optional (RUN_PRECISION=1, RUN_RUNPY=1; measured on an H200 before):
+#   7. M4 in bfloat16 at batch 16, 32, 64 fed by the device sampler (training's
+#      default) against one fixed batch, the sampler alone, host CPU s per step, on
+#      random windows made in memory (gpu_check.py sampler; last: the budget cuts it
+#      first);
+#   8. optional (RUN_PRECISION=1, RUN_RUNPY=1; measured on an H200 before):
 #      benchmarks/precision.py and benchmarks/run.py --accelerator_figures;
-#   8. a summary: the tables of 7 and the examples/s the input pipeline must deliver.
+#   9. a summary: the tables of 8 and the examples/s the input pipeline must deliver.
 # Run from the repository root that holds .whl (the checkout that travels):
 #   bash benchmarks/gpu_check.sh             # this tree is that checkout
 #   bash benchmarks/gpu_check.sh --smoke     # every part on tiny networks, on any
@@ -28,7 +32,7 @@
 # elsewhere /tmp/gpu_check_out). A part cut short keeps what it printed (its RESULT
 # lines). Knobs (environment, defaults):
 #   BUDGET_S=500 SHALLOW_AUTOTUNE=0 MAX_BATCH=1024 STEPS=10 PROFILE_STEPS=5
-#   COMPILE_MAX_S=90 TRAIN_MAX_S=110 PROFILE_MAX_S=50 CACHE_MAX_S=80
+#   COMPILE_MAX_S=90 TRAIN_MAX_S=110 PROFILE_MAX_S=50 CACHE_MAX_S=80 SAMPLER_MAX_S=90
 #   RUN_PRECISION= PRECISION_CONFIGS=shallow:smoke PRECISION_STEPS=200 PRECISION_MAX_S=150
 #   RUN_RUNPY= RUN_MODELS="deep M4,shallow" TRAIN_STEPS=20 RUN_FLAGS= RUN_MAX_S=200
 #   WHEELS=.whl SITE=/tmp/site PYTHON=python3
@@ -128,6 +132,8 @@ EOF
     --dtype=bfloat16 --batch=$profile_batch --steps=${PROFILE_STEPS:-5} --trace_dir="$OUT/trace"
   step "cache M4 bfloat16" "${CACHE_MAX_S:-80}" "${check[@]}" cache --config="deep M4" \
     --dtype=bfloat16 --batch=$profile_batch --dir="$OUT/xla_cache"
+  step "sampler M4 bfloat16" "${SAMPLER_MAX_S:-90}" "${check[@]}" sampler --config="deep M4" \
+    --dtype=bfloat16 --batches=$m4 --steps=$steps --windows=$([[ -n $SMOKE ]] && echo 4 || echo 64)
 
   if [[ -n ${RUN_PRECISION:-} ]]; then
     step precision "${PRECISION_MAX_S:-150}" "$PY" "$HERE/benchmarks/precision.py" \

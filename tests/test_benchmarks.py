@@ -116,24 +116,27 @@ def test_every_script_and_the_gpu_check(tmp_path):
 
 def check_gpu(tmp_path, out_dir):
   """gpu_check.sh --smoke on the CPU: every part of the GPU call (compile with both
-  autotune settings, train and the largest-batch search, the profile's trace summary,
+  autotune settings, train and the largest-batch search, the step fed by the device
+  sampler, the profile's trace summary,
   the compilation cache's two starts), and the summary of the JSON in `out_dir`."""
   assert shutil.which("bash") and shutil.which("timeout"), "gpu_check.sh needs bash, timeout"
   done = subprocess.run(
       ["bash", str(BENCHMARKS / "gpu_check.sh"), "--smoke"], cwd=tmp_path, capture_output=True,
       text=True, timeout=600, env={**env(), "OUT": str(out_dir), "MIN_PART_S": "1", "BUDGET_S": "1500",
                "COMPILE_MAX_S": "300", "TRAIN_MAX_S": "300", "PROFILE_MAX_S": "300",
-               "CACHE_MAX_S": "300"})
+               "CACHE_MAX_S": "300", "SAMPLER_MAX_S": "300"})
   log = done.stdout
   assert done.returncode == 0, log[-3000:]
   parts = [line for line in log.splitlines() if line.startswith("== ") and ": exit " in line]
-  assert len(parts) == 6 and all(": exit 0 " in p for p in parts), "\n".join(parts)
+  assert len(parts) == 7 and all(": exit 0 " in p for p in parts), "\n".join(parts)
   results = [json.loads(line.removeprefix("RESULT ")) for line in log.splitlines()
              if line.startswith("RESULT ")]
   kinds = [r["part"] for r in results]
   assert kinds.count("compile") == 2 and all("compile_s" in r for r in results
                                               if r["part"] == "compile")
   assert {"matmul", "train", "largest", "profile", "cache"} <= set(kinds)
+  sampler = next(r for r in results if r["part"] == "sampler")
+  assert "error" not in sampler and sampler["device_sampler_steps_per_s"] > 0, sampler
   profile = next(r for r in results if r["part"] == "profile")
   assert profile["events"] > 0 and "conv forward" in profile["share_by_class"]
   starts = [r for r in results if r["part"] == "cache"]
