@@ -129,15 +129,20 @@ def test_same_padding_keeps_the_centre_of_each_window():
 # --------------------------------------------------------------------------- #
 
 
+def streamed_in_odd_blocks(sep, mix: np.ndarray, rate: int) -> np.ndarray:
+  """`mix` separated as a stream of blocks of 1, 2, 1000, 7, 4096, 3, ... samples."""
+  sizes = [1, 2, 1000, 7, 4096, 3]
+  cuts = np.cumsum(sizes * (len(mix) // sum(sizes) + 1))
+  blocks = np.split(mix, cuts[cuts < len(mix)])
+  return np.concatenate(list(sep.separate_blocks(iter(blocks), rate, 2)))
+
+
 def test_streaming_in_any_blocks_equals_the_whole_array():
   sep = separator(window_seconds=SHORT, batch_size=2)
   rate = 44100
   mix = tones(0.4, rate) + noise(round(0.4 * rate), peak=0.1)
   whole = sep.separate(mix, rate)
-  sizes = [1, 2, 1000, 7, 4096, 3]
-  cuts = np.cumsum(sizes * (len(mix) // sum(sizes) + 1))
-  blocks = np.split(mix, cuts[cuts < len(mix)])
-  streamed = np.concatenate(list(sep.separate_blocks(iter(blocks), rate, 2)))
+  streamed = streamed_in_odd_blocks(sep, mix, rate)
   assert streamed.shape == (len(mix), 2, 2)
   for i, name in enumerate(sep.sources):
     np.testing.assert_allclose(streamed[:, i], whole[name], rtol=0, atol=1e-6)
@@ -382,10 +387,7 @@ def test_averaged_passes_stream_side_by_side():
   rate = 44100
   mix = tones(0.2, rate) + noise(round(0.2 * rate), peak=0.1)
   whole = sep.separate(mix, rate)
-  sizes = [1, 2, 1000, 7, 4096, 3]
-  cuts = np.cumsum(sizes * (len(mix) // sum(sizes) + 1))
-  blocks = np.split(mix, cuts[cuts < len(mix)])
-  streamed = np.concatenate(list(sep.separate_blocks(iter(blocks), rate, 2)))
+  streamed = streamed_in_odd_blocks(sep, mix, rate)
   for i, name in enumerate(sep.sources):
     np.testing.assert_allclose(streamed[:, i], whole[name], rtol=0, atol=1e-6)
   # The passes read the song together: the first stems come out after a few windows

@@ -310,6 +310,21 @@ def data_dir(tiny_data_dir):
   return tiny_data_dir
 
 
+class Killed(Exception):
+  pass
+
+
+def train_stopped_at(config, workdir, step: int) -> None:
+  """Trains in `workdir` until `step` has been logged, then stops it with an exception, as
+  a crash would (no checkpoint of its own)."""
+  def kill(logged, _):
+    if logged == step:
+      raise Killed
+
+  with pytest.raises(Killed):
+    train.train_and_evaluate(config, workdir, callback=kill)
+
+
 def params_of(state):
   return jax.device_get(state.params)
 
@@ -321,16 +336,7 @@ def test_interrupted_run_resumes_to_the_same_parameters(data_dir, tmp_path, pipe
   config.data.pipeline = pipeline
   config.patience = 100
   reference = params_of(train.train_and_evaluate(config, tmp_path / "straight"))
-
-  class Killed(Exception):
-    pass
-
-  def kill_at_15(step, _):
-    if step == 15:
-      raise Killed  # between the checkpoints of steps 10 and 20
-
-  with pytest.raises(Killed):
-    train.train_and_evaluate(config, tmp_path / "resumed", callback=kill_at_15)
+  train_stopped_at(config, tmp_path / "resumed", 15)  # between the checkpoints of 10 and 20
   assert sorted(os.listdir(tmp_path / "resumed" / "checkpoints")) == ["10"]
   resumed = params_of(train.train_and_evaluate(config, tmp_path / "resumed"))
   for a, b in zip(jax.tree_util.tree_leaves(reference), jax.tree_util.tree_leaves(resumed)):
@@ -346,16 +352,7 @@ def test_the_average_resumes_exactly_and_is_what_inference_loads(data_dir, tmp_p
                          log_every=1, eval_every=6, patience=100)
   config.data.pipeline, config.optim.learning_rate, config.optim.ema_decay = "device", 1e-3, 0.9
   straight = train.train_and_evaluate(config, tmp_path / "straight")
-
-  class Killed(Exception):
-    pass
-
-  def kill_at_4(step, _):
-    if step == 4:
-      raise Killed  # between the checkpoints of steps 3 and 6
-
-  with pytest.raises(Killed):
-    train.train_and_evaluate(config, tmp_path / "resumed", callback=kill_at_4)
+  train_stopped_at(config, tmp_path / "resumed", 4)  # between the checkpoints of 3 and 6
   assert sorted(os.listdir(tmp_path / "resumed" / "checkpoints")) == ["3"]
   resumed = train.train_and_evaluate(config, tmp_path / "resumed")
   for a, b in zip(jax.tree_util.tree_leaves(jax.device_get((straight.params, straight.ema_params))),

@@ -240,12 +240,12 @@ class Fit:
     return self.share + (self.step or 0) <= MEMORY_MARGIN * self.capacity
 
   def describe(self) -> str:
-    step = "" if self.step is None else f" + {_gib(self.step)} for the train step"
-    return (f"{_gib(self.share)} of training windows per device{step}, against "
-            f"{MEMORY_MARGIN:.0%} of the {_gib(self.capacity)} a device holds")
+    step = "" if self.step is None else f" + {_size(self.step)} for the train step"
+    return (f"{_size(self.share)} of training windows per device{step}, against "
+            f"{MEMORY_MARGIN:.0%} of the {_size(self.capacity)} a device holds")
 
 
-def _gib(size: int) -> str:
+def _size(size: int) -> str:
   if size >= 2**30:
     return f"{size / 2**30:.2f} GiB"
   return f"{size / 2**20:.1f} MiB" if size >= 2**20 else f"{size / 2**10:.1f} KiB"
@@ -325,18 +325,18 @@ class DeviceSampler:
     num_shards = layout.size
     if batch_size % num_shards:
       raise ValueError(f"batch {batch_size} is not a multiple of {num_shards} devices")
-    self.seed, self.shards, self.num_shards = int(seed), list(shards), num_shards
+    self.seed, shards = int(seed), list(shards)
     size = max(len(s.num_starts) for s in shares)
     if jax.process_count() > 1:  # every process pads to the longest share of all
       from jax.experimental import multihost_utils
 
       size = int(np.max(multihost_utils.process_allgather(np.int32(size))))
     shares = [s.padded(size) for s in shares]
-    local = {d: i for i, d in enumerate(self.shards)}
+    local = {d: i for i, d in enumerate(shards)}
     devices = list(layout.mesh.devices.flat)
 
     def global_array(part: Callable[[Share], np.ndarray]) -> jax.Array:
-      pieces = [jax.device_put(part(shares[local[d]]), devices[d]) for d in self.shards]
+      pieces = [jax.device_put(part(shares[local[d]]), devices[d]) for d in shards]
       shape = (size * num_shards,) + pieces[0].shape[1:]
       return jax.make_array_from_single_device_arrays(shape, layout.sharded, pieces)
 
@@ -359,11 +359,6 @@ class DeviceSampler:
                             out_specs=spec, check_vma=False)
     self._sample = jax.jit(sampled, out_shardings=layout.sharded)
     self._seed = jax.device_put(np.array([self.seed % 2**32], np.uint32), layout.replicated)
-
-  @property
-  def bytes_per_device(self) -> int:
-    return sum(a.addressable_shards[0].data.nbytes
-               for a in (self.windows, self.num_starts, self.cumulative))
 
   def batch(self, step: int) -> dict[str, jax.Array]:
     """The global batch that trains step `step + 1` (made from `step`, the state's)."""

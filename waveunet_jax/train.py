@@ -19,7 +19,8 @@
 * Loss (`Loss`, config.loss): MSE (the paper's) or L1 on the loss's crop, optionally
   plus a multi-resolution STFT term; validation is always MSE.
 * Fine-tuning: `config.init_from` starts a new run from another run's parameters (its
-  average, where it kept one) and BatchNorm statistics (`checkpoints.Start`), with a fresh optimiser at step 0.
+  average, where it kept one) and BatchNorm statistics (`checkpoints.Start`), with a
+  fresh optimiser at step 0.
 * Data: one prepared dataset, or several mixed by weight (`config.data.data_dir`,
   see `input_pipeline`), each validated and logged on its own as well. Training batches
   are drawn on the devices (`device_data`) or read by tf.data (`input_pipeline`), as
@@ -348,20 +349,28 @@ class Trainer:
     devices (`device_data.DeviceSampler`) or this process's devices' tf.data streams
     (`input_pipeline.ShardedData`), as config.data.pipeline and the memory decide
     (`device_data.choose`; `state`: the stage's, to size the compiled step)."""
-    from waveunet_jax import input_pipeline, prepare
+    from waveunet_jax import prepare
+
+    batch_size, _ = stage_settings(self.config, progress.stage)
+    if device_data.choose(self.config, lambda: self.data_fit(state, batch_size)) == "tfdata":
+      return self.tfdata_streams(progress)
+    num_shards = self.layout.size
+    shares = [device_data.read_share(self.config, shard, num_shards) for shard in self.shards]
+    return device_data.DeviceSampler(self.config.data, self.layout, prepare.layout_for(self.config),
+                                     shares, self.shards, batch_size=batch_size,
+                                     seed=self.data_seed(progress))
+
+  def tfdata_streams(self, progress: checkpoints.Progress):
+    """This process's devices' tf.data streams (`input_pipeline.ShardedData`) for the
+    stage and data order of `progress`."""
+    from waveunet_jax import input_pipeline
 
     batch_size, _ = stage_settings(self.config, progress.stage)
     num_shards = self.layout.size
-    seed = self.data_seed(progress)
-    self.pipeline = device_data.choose(self.config, lambda: self.data_fit(state, batch_size))
-    if self.pipeline == "device":
-      shares = [device_data.read_share(self.config, shard, num_shards) for shard in self.shards]
-      return device_data.DeviceSampler(self.config.data, self.layout,
-                                       prepare.layout_for(self.config), shares, self.shards,
-                                       batch_size=batch_size, seed=seed)
     return input_pipeline.ShardedData([
-        input_pipeline.train_dataset(self.config, batch_size // num_shards, seed=seed,
-                                     shard=shard, num_shards=num_shards)
+        input_pipeline.train_dataset(self.config, batch_size // num_shards,
+                                     seed=self.data_seed(progress), shard=shard,
+                                     num_shards=num_shards)
         for shard in self.shards], self.shards, num_shards)
 
   def data_fit(self, state: TrainState, batch_size: int):
@@ -513,7 +522,7 @@ class Trainer:
       return state
     self.compile_steps(tx)
     data = self.train_data(progress, state)
-    if latest is not None and self.pipeline == "device":
+    if latest is not None and isinstance(data, device_data.DeviceSampler):
       if not device_data.sampled_by_device(self.workdir.data_state_dir(latest)):
         logging.info("step %d was trained on tf.data's batches; from here the devices draw "
                      "them (the batch of each step from the seed and the step alone)", latest)
@@ -533,7 +542,7 @@ class Trainer:
                         "exactly, the training data start a new random order here", latest,
                         reason)
         progress.data_start_step = latest
-        data = self.train_data(progress, state)
+        data = self.tfdata_streams(progress)  # tf.data still: chosen above
 
     batch_size, learning_rate = stage_settings(config, progress.stage)
     audio_per_step = batch_size * self.lengths.output_length / config.data.sample_rate
