@@ -94,23 +94,44 @@ def sampler_rates(config, batch_size: int, batches: int) -> tuple[float, float]:
   return tfdata, batches * batch_size / (time.perf_counter() - start)
 
 
-def training_rate(config, pipeline: str, steps: int, workdir: pathlib.Path) -> float:
-  """Steps/s of the trainer's loop body (batch, step) with `pipeline`."""
-  config.data.pipeline = pipeline
-  trainer = train.Trainer(config, checkpoints.Workdir(workdir))
-  try:
-    state, tx = trainer.new_state(0)
-    trainer.compile_steps(tx)
-    data = trainer.train_data(checkpoints.Progress(), state)
-    state, metrics = trainer.train_step(state, trainer.batch(data, 0))  # warm-up: compiles
-    jax.block_until_ready(metrics)
+class TimedTrainer:
+  """The real trainer (`train.Trainer`: the same step, batches and loop calls as
+  `main`) with `pipeline`, compiled and warmed up, ready to time its loop body."""
+
+  def __init__(self, config, pipeline: str, workdir: pathlib.Path):
+    config.data.pipeline = pipeline
+    self.trainer = train.Trainer(config, checkpoints.Workdir(workdir))
+    try:
+      self.state, tx = self.trainer.new_state(0)
+      self.trainer.compile_steps(tx)
+      self.data = self.trainer.train_data(checkpoints.Progress(), self.state)
+      self.step = 0
+      self.steps_per_s(1)  # warm-up: compiles
+    except BaseException:
+      self.trainer.close()
+      raise
+
+  def steps_per_s(self, steps: int) -> float:
+    """Steps/s of the next `steps` steps of the loop body (batch, step)."""
     start = time.perf_counter()
-    for step in range(1, steps + 1):
-      state, metrics = trainer.train_step(state, trainer.batch(data, step))
+    for _ in range(steps):
+      self.state, metrics = self.trainer.train_step(self.state,
+                                                    self.trainer.batch(self.data, self.step))
+      self.step += 1
     jax.block_until_ready(metrics)
     return steps / (time.perf_counter() - start)
+
+  def close(self) -> None:
+    self.trainer.close()
+
+
+def training_rate(config, pipeline: str, steps: int, workdir: pathlib.Path) -> float:
+  """Steps/s of the trainer's loop body (batch, step) with `pipeline`."""
+  timed = TimedTrainer(config, pipeline, workdir)
+  try:
+    return timed.steps_per_s(steps)
   finally:
-    trainer.close()
+    timed.close()
 
 
 def main() -> None:

@@ -8,6 +8,8 @@ M4's design (12 levels, valid convolutions with context, difference output,
 trains on a synthetic corpus of 32 songs of 30 s that it writes under the workdir
 (the first validates); with one, on your prepared data (prepare it with this config).
 Like every run it stops on Ctrl-C with a checkpoint and resumes when run again.
+`experiments/small.py:smoke` is the same design at 4 levels for 4 steps on 3 songs of
+4 s (benchmarks/ablation.py --smoke).
 
 Measured on this project's 2-core CPU machine (jax 0.10.2), the command above with a
 fresh workdir, when its batches came from tf.data (before config.data.pipeline='auto'
@@ -58,7 +60,10 @@ from experiments import deep
 LEVELS = 12
 
 
-def get_config() -> ml_collections.ConfigDict:
+def get_config(variant: str = "") -> ml_collections.ConfigDict:
+  if variant not in ("", "smoke"):
+    raise ValueError(f"experiments/small.py has no variant {variant!r}: "
+                     "use no argument or :smoke")
   config = deep.get_config("M4")
   config.model.features = tuple(8 * (i + 1) for i in range(LEVELS))
   config.model.bottleneck_features = 8 * (LEVELS + 1)
@@ -75,4 +80,15 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval_every_steps = 250
   config.checkpoint_every_steps = 250
   config.log_every_steps = 50
+  if variant == "smoke":  # 4 levels, 4096 output samples, 3 songs of 4 s: that it runs
+    levels = 4
+    config.model.features = config.model.features[:levels]
+    config.model.bottleneck_features = 8 * (levels + 1)
+    for field in ("down_kernel_sizes", "up_kernel_sizes", "downsampling_factors"):
+      config.model[field] = tuple(config.model[field][:levels])
+    config.data.output_length = 4096
+    config.data.synthetic_tracks = 3
+    config.data.synthetic_seconds = 4.0
+    config.num_train_steps = config.patience = 4
+    config.eval_every_steps = config.checkpoint_every_steps = config.log_every_steps = 2
   return config

@@ -142,3 +142,45 @@ def check_gpu(tmp_path, out_dir):
   starts = [r for r in results if r["part"] == "cache"]
   assert [r["start"] for r in starts] == ["first", "second"] and starts[1]["cache_files"] > 0
   assert "bfloat16 vs float32" in log and "train: GFLOP/step (flops.py)" in log  # summary
+
+
+def test_ablation(tmp_path):
+  """benchmarks/ablation.py at smoke size with one option: the held-out songs, the
+  baseline and the option trained and scored through the project's commands, the
+  timing for equal training time, the --shifts=2 evaluation, the table."""
+  root = tmp_path / "ablation"
+  out = run_scripts(["ablation.py", "--smoke", f"--root={root}", "--options=l1",
+                     "--timed_steps=1"])["ablation.py"]
+  result = json.loads((root / "ablation.json").read_text())
+  assert list(result["runs"]) == ["baseline", "l1"]
+  relative = result["relative_steps_per_s"]
+  assert set(relative) == {"baseline", "l1"} and relative["baseline"] == 1 and relative["l1"] > 0
+  assert result["runs"]["l1"]["fields"] == {"loss.kind": "l1"}
+  assert all(r["steps"] >= 1 for r in result["runs"].values())
+  assert (root / "l1" / "heldout" / "summary.json").exists()
+  shifts = result["shifts"]
+  assert shifts["plain_s_per_audio_s"] > 0 and shifts["shifts_s_per_audio_s"] > 0
+  table = (root / "ablation.md").read_text()
+  assert "| baseline | small.py as it is |" in table and "| l1 | loss.kind=l1 |" in table
+  assert table in out.replace("\r", "")
+
+
+def test_ablation_combines_the_options_that_won():
+  sys.path.insert(0, str(BENCHMARKS))
+  import ablation
+
+  def result(vocals, accompaniment):
+    return {"sdr": {"vocals": {"sisec_median": vocals},
+                    "accompaniment": {"sisec_median": accompaniment}}}
+
+  results = {"baseline": result(5.0, 7.0), "l1": result(5.5, 7.0), "stft": result(4.0, 7.5),
+             "ema": result(5.2, 6.9), "polarity": result(None, 9.0)}
+  # Mean over the sources: 6.0 baseline; l1 6.25 and ema 6.05 win, stft 5.75 does not,
+  # and a source without a score (None) wins nothing.
+  assert ablation.winners(results, ["l1", "stft", "ema", "polarity"]) == ["l1", "ema"]
+  base = ablation.base_config(smoke=True)
+  fields = ablation.fields_of(["l1", "stft", "polarity"], base)
+  assert fields == {"loss.kind": "l1", "loss.stft_weight": 1.0,
+                    "data.augmentations": tuple(base.data.augmentations) + ("polarity",)}
+  assert ablation.flag("data.augmentations", ("gain", "polarity")) == \
+      "--config.data.augmentations=('gain','polarity',)"

@@ -1,0 +1,284 @@
+"""The options beyond the paper's recipe, each measured alone and together, at equal
+training time, on songs no run trained or validated on (issue 25).
+
+  python benchmarks/ablation.py [--root runs/ablation] [--steps 1000]
+  python benchmarks/ablation.py --smoke --root /tmp/ablation   # tiny: that it runs
+
+Everything runs through the project's own commands, as a user would type them:
+
+1. `python -m waveunet_jax.synthetic ROOT/heldout --tracks=1 --test_tracks=5 --seed=0`:
+   the built-in corpus's test split (5 songs of 30 s), which no run below trains or
+   validates on (each run trains on the 32 songs of 30 s that `experiments/small.py`
+   writes under its workdir, and validates on the first).
+2. For each run: `python -m waveunet_jax.main --config=experiments/small.py
+   --workdir=ROOT/NAME --config.num_train_steps=N [options]`, then `python -m
+   waveunet_jax.evaluate --workdir=ROOT/NAME --musdb_root=ROOT/heldout --wav
+   --output_dir=ROOT/NAME/heldout` (museval, the best checkpoint). All runs have the
+   same seed, so the same corpus, initial parameters and batches up to what the option
+   changes.
+3. The runs: `baseline` (small.py as it is, `--steps` steps), then each option alone
+   (OPTIONS), then `best`: every option whose held-out SDR, averaged over the sources
+   (SiSEC median), beat the baseline's, together (not run when fewer than two did).
+4. Equal training time: before the options run, the real train step of each run's
+   config is timed on this machine (`input_pipeline.TimedTrainer`: the trainer's loop
+   body, batch and step), every run's trainer compiled first, then 5 rounds of
+   `--timed_steps` steps with the runs in turn; a run's speed is the median over the
+   rounds of its steps/s over the baseline's in the same round. Each run gets `--steps`
+   x that ratio steps (its schedule shortened alike); ratios within `--equal_within`
+   of 1 (timing noise on a shared CPU) count as equal.
+5. The separation-time cost of test-time averaging: the winner (or the baseline when
+   no option won) evaluated again with `--shifts=2`, and the separation seconds per
+   second of audio with and without (evaluate's log, all but the first song, whose time
+   includes compiling).
+
+Written to ROOT: `ablation.json` (every figure) and `ablation.md` (the table the README
+shows). Run again, it continues: `main` resumes a run from its checkpoint, `evaluate`
+keeps the songs it scored, and the timings are kept in ROOT/timing.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+CONFIG = "experiments/small.py"
+# Each option: the config fields it sets, from the base config (a callable gets it).
+OPTIONS = {
+    "l1": {"loss.kind": "l1"},
+    "stft": {"loss.stft_weight": 1.0},
+    "ema": {"optim.ema_decay": 0.999},
+    "polarity": {"data.augmentations": lambda c: tuple(c.data.augmentations) + ("polarity",)},
+}
+SOURCES = ("vocals", "accompaniment")
+
+
+def fields_of(names, base) -> dict:
+  """{config path: value} of the options `names` together, on the base config."""
+  fields = {}
+  for name in names:
+    for path, value in OPTIONS[name].items():
+      fields[path] = value(base) if callable(value) else value
+  return fields
+
+
+def flag(path: str, value) -> str:
+  """`--config.PATH=VALUE` as ml_collections' config flags parse it."""
+  if isinstance(value, tuple):
+    value = "(" + "".join(f"{v!r}," for v in value) + ")"
+  return f"--config.{path}={value}"
+
+
+def run(command: list[str], log: pathlib.Path) -> str:
+  """Runs a project command (Python's -m) with its output appended to `log`; its stderr
+  (absl's log lines)."""
+  print("$ " + " ".join(command[1:]), flush=True)
+  start = time.perf_counter()
+  done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True,
+                        env={**os.environ, "PYTHONPATH": str(ROOT)})
+  with log.open("a") as f:
+    f.write(f"$ {' '.join(command)}\n{done.stdout}{done.stderr}\n")
+  if done.returncode:
+    sys.exit(f"error: {' '.join(command[1:])} exited {done.returncode}; its output is in {log}:"
+             f"\n{done.stderr[-2000:]}")
+  print(f"  {time.perf_counter() - start:.0f} s", flush=True)
+  return done.stderr
+
+
+def config_args(smoke: bool) -> list[str]:
+  return [f"--config={CONFIG}:smoke" if smoke else f"--config={CONFIG}"]
+
+
+def base_config(smoke: bool):
+  from experiments import small
+
+  return small.get_config("smoke" if smoke else "")
+
+
+def timings(root: pathlib.Path, runs: dict[str, list[str]], smoke: bool, timed_steps: int,
+            rounds: int = 5) -> dict[str, float]:
+  """Each run's steps/s relative to the baseline's, on the baseline's prepared data (kept
+  in ROOT/timing.json): every run's trainer built and compiled first, then `rounds`
+  rounds of `timed_steps` steps each, the runs in turn; a run's figure is the median over
+  the rounds of its steps/s over the baseline's in the same round, so that load from
+  other work, which moves between rounds, falls on both sides of each ratio."""
+  path = root / "timing.json"
+  kept = json.loads(path.read_text()) if path.exists() else {"relative": {}, "steps_per_s": {}}
+  missing = [name for name in runs if name not in kept["relative"]]
+  if not missing:
+    return kept["relative"]
+  runs = {name: runs[name] for name in ["baseline"] + [m for m in missing if m != "baseline"]}
+  import input_pipeline
+  from waveunet_jax import checkpoints, files
+
+  data_dir = checkpoints.Workdir(root / "baseline").synthetic_data_dir
+  trainers, scratch = {}, pathlib.Path(tempfile.mkdtemp(prefix="timing-", dir=root))
+  try:
+    for name, names in runs.items():
+      config = base_config(smoke)
+      config.data.data_dir = str(data_dir)
+      for field, value in fields_of(names, base_config(smoke)).items():
+        group, key = field.split(".")
+        config[group][key] = value
+      trainers[name] = input_pipeline.TimedTrainer(config, "device", scratch / name)
+    measured = {name: [] for name in runs}
+    for _ in range(rounds):
+      for name, trainer in trainers.items():
+        measured[name].append(trainer.steps_per_s(timed_steps))
+  finally:
+    for trainer in trainers.values():
+      trainer.close()
+    shutil.rmtree(scratch)  # the trainers' workdirs: nothing kept
+  relative = {name: statistics.median(r / b for r, b in zip(rates, measured["baseline"]))
+              for name, rates in measured.items()}
+  for name, rates in measured.items():
+    print(f"  {name}: {relative[name]:.3f} of the baseline's steps/s (rounds: "
+          + ", ".join(f"{r:.3f}" for r in rates) + " steps/s)", flush=True)
+  kept["relative"].update({n: v for n, v in relative.items() if n in missing})
+  kept["steps_per_s"].update({n: v for n, v in measured.items() if n in missing})
+  files.write_text_atomic(path, json.dumps(kept, indent=1) + "\n")
+  return kept["relative"]
+
+
+def train_and_score(root: pathlib.Path, name: str, names: list[str], steps: int,
+                    smoke: bool, heldout: pathlib.Path) -> dict:
+  workdir, log = root / name, root / f"{name}.log"
+  fields = fields_of(names, base_config(smoke))
+  start = time.perf_counter()
+  run([sys.executable, "-m", "waveunet_jax.main", *config_args(smoke), f"--workdir={workdir}",
+       f"--config.num_train_steps={steps}", *(flag(p, v) for p, v in fields.items())], log)
+  train_s = time.perf_counter() - start
+  summary = score(workdir, heldout, workdir / "heldout", log)
+  return {"options": names, "fields": {p: list(v) if isinstance(v, tuple) else v
+                                       for p, v in fields.items()},
+          "steps": steps, "train_wall_s": train_s, **summary}
+
+
+def score(workdir: pathlib.Path, heldout: pathlib.Path, out: pathlib.Path,
+          log: pathlib.Path, extra: tuple[str, ...] = ()) -> dict:
+  """Held-out SDR (SiSEC and pooled medians per source) and separation seconds per
+  second of audio (all songs but the first, which compiles)."""
+  stderr = run([sys.executable, "-m", "waveunet_jax.evaluate", f"--workdir={workdir}",
+                f"--musdb_root={heldout}", "--wav", f"--output_dir={out}", *extra], log)
+  summary = json.loads((out / "summary.json").read_text())
+  sdr = {s: {k: summary["model"][s]["SDR"][k] for k in ("sisec_median", "pooled_median")}
+         for s in SOURCES}
+  timed = [(float(a), float(s)) for a, s in re.findall(
+      r"([\d.]+) s of audio in [\d.]+ s \(separation ([\d.]+) s", stderr)][1:]
+  return {"sdr": sdr, "separation_s_per_audio_s":
+          sum(s for _, s in timed) / sum(a for a, _ in timed) if timed else None}
+
+
+def mean_sdr(result: dict) -> float:
+  """The SiSEC median SDR averaged over the sources; NaN where a source has none (a
+  song of silence or too short for museval's windows)."""
+  values = [result["sdr"][s]["sisec_median"] for s in SOURCES]
+  return float("nan") if None in values else sum(values) / len(values)
+
+
+def winners(results: dict, options: list[str]) -> list[str]:
+  """The options that beat the baseline alone (NaN beats nothing)."""
+  return [o for o in options if mean_sdr(results[o]) > mean_sdr(results["baseline"])]
+
+
+def _db(value: float | None, form: str = ".2f") -> str:
+  return "n/a" if value is None or value != value else format(value, form)
+
+
+def table(results: dict, shifts: dict | None) -> str:
+  base = results["baseline"]
+  lines = ["| run | options | steps | " + " | ".join(
+      f"{s} SDR SiSEC / pooled" for s in SOURCES) + " | mean SiSEC vs baseline |",
+      "|---|---|--:|" + "---|" * len(SOURCES) + "--:|"]
+  for name, r in results.items():
+    options = ", ".join(f"{p}={v}" for p, v in r["fields"].items()) or "small.py as it is"
+    lines.append(f"| {name} | {options} | {r['steps']} | " + " | ".join(
+        f"{_db(r['sdr'][s]['sisec_median'])} / {_db(r['sdr'][s]['pooled_median'])}"
+        for s in SOURCES) + f" | {_db(mean_sdr(r) - mean_sdr(base), '+.2f')} |")
+  if shifts:
+    lines += ["", f"Test-time averaging on `{shifts['run']}`: separation "
+              f"{_db(shifts['plain_s_per_audio_s'], '.3f')} s per second of audio without, "
+              f"{_db(shifts['shifts_s_per_audio_s'], '.3f')} s with --shifts=2; SDR SiSEC / pooled "
+              "with --shifts=2: " + ", ".join(
+                  f"{s} {_db(shifts['sdr'][s]['sisec_median'])} / "
+                  f"{_db(shifts['sdr'][s]['pooled_median'])}" for s in SOURCES) + "."]
+  return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--root", default="runs/ablation", help="where the runs go")
+  parser.add_argument("--steps", type=int, help="the baseline's training steps (1000; "
+                      "--smoke: 4)")
+  parser.add_argument("--options", default=",".join(OPTIONS),
+                      help=f"options to run alone (of {', '.join(OPTIONS)})")
+  parser.add_argument("--timed_steps", type=int, default=10,
+                      help="steps timed per run for equal training time")
+  parser.add_argument("--equal_within", type=float, default=0.10,
+                      help="speed ratios this close to 1 count as equal (on a shared 2-core "
+                      "CPU one run's rounds of 10 steps spread by +-20 %%)")
+  parser.add_argument("--smoke", action="store_true",
+                      help="experiments/small.py:smoke, 2 held-out songs of 3 s: that it runs")
+  args = parser.parse_args()
+  if args.steps is None:
+    args.steps = 4 if args.smoke else 1000
+  options = [o for o in args.options.split(",") if o]
+  unknown = sorted(set(options) - set(OPTIONS))
+  if unknown:
+    parser.error(f"--options: unknown {', '.join(unknown)}; choose from {', '.join(OPTIONS)}")
+  if args.steps < 1 or args.timed_steps < 1:
+    parser.error("--steps and --timed_steps must be positive")
+  from waveunet_jax import files
+
+  root = pathlib.Path(args.root).resolve()
+  root.mkdir(parents=True, exist_ok=True)
+  heldout = root / "heldout"
+  if not (heldout / "test").exists():
+    run([sys.executable, "-m", "waveunet_jax.synthetic", str(heldout), "--tracks=1",
+         f"--test_tracks={2 if args.smoke else 5}", "--seed=0",
+         *(["--seconds=3"] if args.smoke else [])], root / "heldout.log")
+
+  results = {"baseline": train_and_score(root, "baseline", [], args.steps, args.smoke,
+                                         heldout)}
+  runs = {"baseline": [], **{o: [o] for o in options}}
+  rates = timings(root, runs, args.smoke, args.timed_steps)
+
+  def steps_for(name: str) -> int:
+    ratio = rates[name]
+    return args.steps if abs(ratio - 1) <= args.equal_within else max(1, round(args.steps * ratio))
+
+  for name in options:
+    results[name] = train_and_score(root, name, [name], steps_for(name), args.smoke, heldout)
+  won = winners(results, options)
+  if len(won) >= 2:
+    runs["best"] = won
+    rates = timings(root, runs, args.smoke, args.timed_steps)
+    results["best"] = train_and_score(root, "best", won, steps_for("best"), args.smoke, heldout)
+  winner = max(results, key=lambda n: (mean_sdr(results[n]) == mean_sdr(results[n]),
+                                         mean_sdr(results[n])))  # NaN loses
+  shifts = score(root / winner, heldout, root / winner / "heldout-shifts2",
+                 root / f"{winner}.log", ("--shifts=2",))
+  shifts = {"run": winner, "plain_s_per_audio_s": results[winner]["separation_s_per_audio_s"],
+            "shifts_s_per_audio_s": shifts.pop("separation_s_per_audio_s"), **shifts}
+  out = {"steps": args.steps, "relative_steps_per_s": rates, "equal_within": args.equal_within,
+         "runs": results, "winner": winner, "shifts": shifts}
+  files.write_text_atomic(root / "ablation.json", json.dumps(out, indent=1) + "\n")
+  files.write_text_atomic(root / "ablation.md", table(results, shifts))
+  print(table(results, shifts), flush=True)
+  print(f"winner: {winner}", flush=True)
+
+
+if __name__ == "__main__":
+  main()
