@@ -33,6 +33,10 @@ Everything runs through the project's own commands, as a user would type them:
    second of audio with and without (evaluate's log, all but the first song, whose time
    includes compiling).
 
+On your data: `--data_dir` (prepared for small.py) trains every run on it, and
+`--test_root` scores on that folder's test split (wav stems, as `evaluate --wav` reads
+them: MUSDB18-HQ or your own multitracks).
+
 Written to ROOT: `ablation.json` (every figure) and `ablation.md` (the table the README
 shows). Run again, it continues: `main` resumes a run from its checkpoint, `evaluate`
 keeps the songs it scored, and the timings are kept in ROOT/timing.json.
@@ -110,7 +114,7 @@ def base_config(smoke: bool):
 
 
 def timings(root: pathlib.Path, runs: dict[str, list[str]], smoke: bool, timed_steps: int,
-            rounds: int = 5) -> dict[str, float]:
+            data_dir: pathlib.Path | None, rounds: int = 5) -> dict[str, float]:
   """Each run's steps/s relative to the baseline's, on the baseline's prepared data (kept
   in ROOT/timing.json): every run's trainer built and compiled first, then `rounds`
   rounds of `timed_steps` steps each, the runs in turn; a run's figure is the median over
@@ -125,7 +129,7 @@ def timings(root: pathlib.Path, runs: dict[str, list[str]], smoke: bool, timed_s
   import input_pipeline
   from waveunet_jax import checkpoints, files
 
-  data_dir = checkpoints.Workdir(root / "baseline").synthetic_data_dir
+  data_dir = data_dir or checkpoints.Workdir(root / "baseline").synthetic_data_dir
   trainers, scratch = {}, pathlib.Path(tempfile.mkdtemp(prefix="timing-", dir=root))
   try:
     for name, names in runs.items():
@@ -155,12 +159,13 @@ def timings(root: pathlib.Path, runs: dict[str, list[str]], smoke: bool, timed_s
 
 
 def train_and_score(root: pathlib.Path, name: str, names: list[str], steps: int,
-                    smoke: bool, heldout: pathlib.Path) -> dict:
+                    smoke: bool, heldout: pathlib.Path, data_dir: pathlib.Path | None) -> dict:
   workdir, log = root / name, root / f"{name}.log"
   fields = fields_of(names)
   start = time.perf_counter()
   run([sys.executable, "-m", "waveunet_jax.main", *config_args(smoke), f"--workdir={workdir}",
        f"--config.num_train_steps={steps}",
+       *([f"--config.data.data_dir={data_dir}"] if data_dir else []),
        *(flag(p, v) for p, v in {**PAPER, **fields}.items())], log)
   train_s = time.perf_counter() - start
   summary = score(workdir, heldout, workdir / "heldout", log)
@@ -172,7 +177,8 @@ def train_and_score(root: pathlib.Path, name: str, names: list[str], steps: int,
 def score(workdir: pathlib.Path, heldout: pathlib.Path, out: pathlib.Path,
           log: pathlib.Path, extra: tuple[str, ...] = ()) -> dict:
   """Held-out SDR (SiSEC and pooled medians per source) and separation seconds per
-  second of audio (all songs but the first, which compiles)."""
+  second of audio (all songs but the first, which compiles; kept in
+  OUT/separation_timing.json, for an evaluate that resumes has nothing to time)."""
   stderr = run([sys.executable, "-m", "waveunet_jax.evaluate", f"--workdir={workdir}",
                 f"--musdb_root={heldout}", "--wav", f"--output_dir={out}", *extra], log)
   summary = json.loads((out / "summary.json").read_text())
@@ -180,8 +186,14 @@ def score(workdir: pathlib.Path, heldout: pathlib.Path, out: pathlib.Path,
          for s in SOURCES}
   timed = [(float(a), float(s)) for a, s in re.findall(
       r"([\d.]+) s of audio in [\d.]+ s \(separation ([\d.]+) s", stderr)][1:]
+  kept = out / "separation_timing.json"  # evaluate resumed scores nothing: the first's
+  if timed:
+    from waveunet_jax import files
+
+    files.write_text_atomic(kept, json.dumps(
+        sum(s for _, s in timed) / sum(a for a, _ in timed)) + "\n")
   return {"sdr": sdr, "separation_s_per_audio_s":
-          sum(s for _, s in timed) / sum(a for a, _ in timed) if timed else None}
+          json.loads(kept.read_text()) if kept.exists() else None}
 
 
 def mean_sdr(result: dict) -> float:
@@ -232,6 +244,12 @@ def main() -> None:
   parser.add_argument("--equal_within", type=float, default=0.10,
                       help="speed ratios this close to 1 count as equal (on a shared 2-core "
                       "CPU one run's rounds of 10 steps spread by +-20 %%)")
+  parser.add_argument("--data_dir", help="train on this prepared data (python -m "
+                      "waveunet_jax.prepare --config=experiments/small.py ...) instead of "
+                      "small.py's synthetic corpus")
+  parser.add_argument("--test_root", help="score on this folder's test split (MUSDB18-HQ "
+                      "layout: test/<track>/<stem>.wav, or your own stems) instead of 5 "
+                      "generated songs")
   parser.add_argument("--smoke", action="store_true",
                       help="experiments/small.py:smoke, 2 held-out songs of 3 s: that it runs")
   args = parser.parse_args()
@@ -247,28 +265,31 @@ def main() -> None:
 
   root = pathlib.Path(args.root).resolve()
   root.mkdir(parents=True, exist_ok=True)
-  heldout = root / "heldout"
-  if not (heldout / "test").exists():
+  data_dir = pathlib.Path(args.data_dir).resolve() if args.data_dir else None
+  heldout = pathlib.Path(args.test_root).resolve() if args.test_root else root / "heldout"
+  if not args.test_root and not (heldout / "test").exists():
     run([sys.executable, "-m", "waveunet_jax.synthetic", str(heldout), "--tracks=1",
          f"--test_tracks={2 if args.smoke else 5}", "--seed=0",
          *(["--seconds=3"] if args.smoke else [])], root / "heldout.log")
 
   results = {"baseline": train_and_score(root, "baseline", [], args.steps, args.smoke,
-                                         heldout)}
+                                         heldout, data_dir)}
   runs = {"baseline": [], **{o: [o] for o in options}}
-  rates = timings(root, runs, args.smoke, args.timed_steps)
+  rates = timings(root, runs, args.smoke, args.timed_steps, data_dir)
 
   def steps_for(name: str) -> int:
     ratio = rates[name]
     return args.steps if abs(ratio - 1) <= args.equal_within else max(1, round(args.steps * ratio))
 
   for name in options:
-    results[name] = train_and_score(root, name, [name], steps_for(name), args.smoke, heldout)
+    results[name] = train_and_score(root, name, [name], steps_for(name), args.smoke, heldout,
+                                    data_dir)
   won = winners(results, options)
   if len(won) >= 2:
     runs["best"] = won
-    rates = timings(root, runs, args.smoke, args.timed_steps)
-    results["best"] = train_and_score(root, "best", won, steps_for("best"), args.smoke, heldout)
+    rates = timings(root, runs, args.smoke, args.timed_steps, data_dir)
+    results["best"] = train_and_score(root, "best", won, steps_for("best"), args.smoke,
+                                      heldout, data_dir)
   winner = max(results, key=lambda n: (mean_sdr(results[n]) == mean_sdr(results[n]),
                                          mean_sdr(results[n])))  # NaN loses
   shifts = score(root / winner, heldout, root / winner / "heldout-shifts2",
