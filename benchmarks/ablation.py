@@ -60,6 +60,8 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from waveunet_jax import files  # noqa: E402
+
 CONFIG = "experiments/small.py"
 # The paper's recipe in the fields the options change: every run sets them, so that the
 # baseline stays the paper's whatever small.py's defaults become.
@@ -127,7 +129,7 @@ def timings(root: pathlib.Path, runs: dict[str, list[str]], smoke: bool, timed_s
     return kept["relative"]
   runs = {name: runs[name] for name in ["baseline"] + [m for m in missing if m != "baseline"]}
   import input_pipeline
-  from waveunet_jax import checkpoints, files
+  from waveunet_jax import checkpoints
 
   data_dir = data_dir or checkpoints.Workdir(root / "baseline").synthetic_data_dir
   trainers, scratch = {}, pathlib.Path(tempfile.mkdtemp(prefix="timing-", dir=root))
@@ -188,8 +190,6 @@ def score(workdir: pathlib.Path, heldout: pathlib.Path, out: pathlib.Path,
       r"([\d.]+) s of audio in [\d.]+ s \(separation ([\d.]+) s", stderr)][1:]
   kept = out / "separation_timing.json"  # evaluate resumed scores nothing: the first's
   if timed:
-    from waveunet_jax import files
-
     files.write_text_atomic(kept, json.dumps(
         sum(s for _, s in timed) / sum(a for a, _ in timed)) + "\n")
   return {"sdr": sdr, "separation_s_per_audio_s":
@@ -261,8 +261,6 @@ def main() -> None:
     parser.error(f"--options: unknown {', '.join(unknown)}; choose from {', '.join(OPTIONS)}")
   if args.steps < 1 or args.timed_steps < 1:
     parser.error("--steps and --timed_steps must be positive")
-  from waveunet_jax import files
-
   root = pathlib.Path(args.root).resolve()
   root.mkdir(parents=True, exist_ok=True)
   data_dir = pathlib.Path(args.data_dir).resolve() if args.data_dir else None
