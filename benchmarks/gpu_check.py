@@ -59,9 +59,7 @@ import run  # noqa: E402  (benchmarks/run.py: the configs, the timed step, the m
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-import optax  # noqa: E402
-
-from waveunet_jax import flops, models, optim, parallel, train  # noqa: E402
+from waveunet_jax import flops, models, parallel, train  # noqa: E402
 
 
 def result(**figures) -> dict:
@@ -80,14 +78,8 @@ def compile_only(config, batch: int):
   what compiling needs), and the seconds it took."""
   layout = parallel.data_parallel(jax.local_devices()[:1])
   model = models.from_config(config)
-  size = models.lengths(model, config.data.output_length)
-  state = jax.eval_shape(lambda: train.create_state(config, model, optax.identity()))
-  tx = optim.make_optimizer(config, config.optim.learning_rate, state.params)
-  state = state.replace(opt_state=jax.eval_shape(tx.init, state.params))
-  c, s = model.num_channels, model.num_sources
-  batch_shapes = {
-      "mix": jax.ShapeDtypeStruct((batch, size.input_length, c), jnp.float32),
-      "sources": jax.ShapeDtypeStruct((batch, s, size.output_length, c), jnp.float32)}
+  state, tx = train.abstract_state(config, model, layout)
+  batch_shapes = train.abstract_batch(model, config.data.output_length, layout, batch)
   step, _ = train.jit_steps(config, model, tx, layout)
   start = time.perf_counter()
   compiled = step.lower(state, batch_shapes).compile()
@@ -194,14 +186,12 @@ def part_sampler(args) -> None:
     try:
       sampler = device_data.DeviceSampler(config.data, layout, data_layout, [share], [0],
                                           batch_size=batch, seed=0)
-      init = train.create_state(config, model, optax.identity())
-      tx = optim.make_optimizer(config, config.optim.learning_rate, init.params)
+      init, tx = train.initial_state(config, model)
       step, _ = train.jit_steps(config, model, tx, layout)
       fixed = sampler.batch(0)
       figures = {}
       def fresh():  # copies: the step donates its state, and `init` serves every mode
-        state = jax.tree_util.tree_map(jnp.copy, init.replace(opt_state=tx.init(init.params)))
-        return jax.device_put(state, layout.replicated)
+        return jax.device_put(jax.tree_util.tree_map(jnp.copy, init), layout.replicated)
 
       for mode in ("fixed", "device", "sampler"):
         out = step(fresh(), fixed)[1] if mode != "sampler" else sampler.batch(1)

@@ -8,7 +8,7 @@ For each config (`MODULE[:VARIANT]` of experiments/, e.g. `shallow:smoke`, `deep
 trains twice, `config.model.dtype` float32 then bfloat16, from the same initial
 parameters (`train.create_state`, the config's seed; parameters stay float32 in
 both) on the same batches, with the project's own optimiser and step
-(`optim.make_optimizer`, `train.train_step`, the main stage's batch size and learning
+(`train.stage_optimizer`, `train.train_step`, the main stage's batch size and learning
 rate). Nothing here needs TensorFlow, so it runs on a GPU machine that has none:
 batches are not the tf.data pipeline's but the same recipe in numpy, seeded by the
 step: tracks from `synthetic.make_track` at the model's rate, summed into the
@@ -44,7 +44,7 @@ import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
-from waveunet_jax import models, optim, stems, synthetic, train  # noqa: E402
+from waveunet_jax import models, stems, synthetic, train  # noqa: E402
 
 DTYPES = ("float32", "bfloat16")
 
@@ -118,10 +118,9 @@ def train_losses(config: ml_collections.ConfigDict, dtype: str, init: train.Trai
   config = ml_collections.ConfigDict(config.to_dict())
   config.model.dtype = dtype
   model = models.from_config(config)
-  _, learning_rate = train.stage_settings(config, 0)
-  tx = optim.make_optimizer(config, learning_rate, init.params)
+  tx = train.stage_optimizer(config, 0, init.params)
   # Copies: the step donates its state, and `init` serves both dtypes.
-  state = jax.tree_util.tree_map(jnp.copy, init.replace(opt_state=tx.init(init.params)))
+  state = jax.tree_util.tree_map(jnp.copy, train.fresh_state(config, tx, init))
   step = jax.jit(functools.partial(
       train.train_step, model=model, tx=tx,
       loss=train.Loss.from_config(config, batches.size.output_length)), donate_argnums=0)

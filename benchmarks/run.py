@@ -79,9 +79,8 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from experiments import deep, shallow  # noqa: E402
-import optax  # noqa: E402
 
-from waveunet_jax import (flops, jax_engine, models, optim, parallel, separate,  # noqa: E402
+from waveunet_jax import (flops, jax_engine, models, parallel, separate,  # noqa: E402
                           synthetic, train)
 
 CONFIGS = {"shallow": shallow.get_config, "deep M4": lambda: deep.get_config("M4")}
@@ -175,9 +174,7 @@ def compiled_train_step(config, batch_size: int):
   compiled for `batch_size`, with a state and a random batch for it."""
   model = models.from_config(config)
   size = models.lengths(model, config.data.output_length)
-  state = train.create_state(config, model, optax.identity())
-  tx = optim.make_optimizer(config, config.optim.learning_rate, state.params)
-  state = state.replace(opt_state=tx.init(state.params))
+  state, tx = train.initial_state(config, model)
   step, _ = train.jit_steps(config, model, tx, parallel.data_parallel(jax.local_devices()[:1]))
   rng = np.random.default_rng(0)
   c, s = model.num_channels, model.num_sources

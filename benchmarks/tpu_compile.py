@@ -11,9 +11,9 @@ compiles for it on this CPU. Nothing runs; every figure is the compiler's.
 
 What is compiled is what training runs: `train.jit_steps` (the jitted train step,
 its donated state replicated and its batch sharded) on `parallel.data_parallel` of the
-topology's devices, the state built as `train.Trainer.new_state` builds it for the
-main stage (`train.create_state`'s parameters and BatchNorm statistics,
-`optim.make_optimizer`'s state), all as `jax.ShapeDtypeStruct`s with their shardings.
+topology's devices, on the main stage's state (`train.abstract_state`: the state
+`train.Trainer.new_state` builds) and a batch (`train.abstract_batch`), all as
+`jax.ShapeDtypeStruct`s with their shardings.
 
 Batch: the config's `batch_size` is the global batch, split evenly over the chips
 (one JAX device per chip: v4 in its megacore mode, as Cloud TPU runs it; v5p is
@@ -155,46 +155,6 @@ class Compiled:
     return self.refused is None and self.total <= hbm
 
 
-def abstract_state(config, model, layout):
-  """The main stage's TrainState and optimiser, as Trainer.new_state makes them, in
-  shapes only, replicated on `layout`."""
-  import jax
-  import jax.numpy as jnp
-  import optax
-
-  from waveunet_jax import optim, train
-
-  init = jax.eval_shape(lambda: train.create_state(config, model, optax.identity()))
-  _, learning_rate = train.stage_settings(config, 0)
-  tx = optim.make_optimizer(config, learning_rate, init.params)
-  state = train.TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=init.params,
-                           batch_stats=init.batch_stats,
-                           opt_state=jax.eval_shape(tx.init, init.params), rng=init.rng,
-                           ema_params=init.ema_params)
-  state = jax.tree_util.tree_map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=layout.replicated), state)
-  return state, tx
-
-
-def abstract_batch(config, model, layout, global_batch: int) -> dict[str, Any]:
-  """A training batch as input_pipeline.train_dataset yields it, in shapes only,
-  sharded on `layout`: mix [B, T_in, C], sources [B, S, T_out, C], float32."""
-  import jax
-  import jax.numpy as jnp
-
-  from waveunet_jax import models
-
-  size = models.lengths(model, config.data.output_length)
-  channels = model.num_channels
-  return {
-      "mix": jax.ShapeDtypeStruct((global_batch, size.input_length, channels), jnp.float32,
-                                  sharding=layout.sharded),
-      "sources": jax.ShapeDtypeStruct(
-          (global_batch, len(model.sources), size.output_length, channels), jnp.float32,
-          sharding=layout.sharded),
-  }
-
-
 class Target:
   """One config on one topology: compiles its train step at any per-chip batch."""
 
@@ -205,13 +165,16 @@ class Target:
     self.chips = len(devices)
     self.model = models.from_config(config)
     self.layout = parallel.data_parallel(devices)
-    self.state, tx = abstract_state(config, self.model, self.layout)
+    self.state, tx = train.abstract_state(config, self.model, self.layout)
     self.step, _ = train.jit_steps(config, self.model, tx, self.layout)
 
   def compile(self, per_chip_batch: int) -> Compiled:
     import jax
 
-    batch = abstract_batch(self.config, self.model, self.layout, per_chip_batch * self.chips)
+    from waveunet_jax import train
+
+    batch = train.abstract_batch(self.model, self.config.data.output_length, self.layout,
+                                 per_chip_batch * self.chips)
     start = time.perf_counter()
     try:
       compiled = self.step.lower(self.state, batch).compile()

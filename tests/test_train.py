@@ -17,7 +17,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from conftest import TINY_OUTPUT, TINY_RATE, tiny_data_config, tiny_schedule
 from experiments import deep
-from waveunet_jax import checkpoints, models, optim, train
+from waveunet_jax import checkpoints, models, optim, parallel, train
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -277,6 +277,38 @@ def test_bfloat16_compute_keeps_float32_parameters():
   assert np.isfinite(float(metrics["loss"]))
   assert all(p.dtype == jnp.float32 for p in jax.tree_util.tree_leaves(state.params))
 
+
+
+def test_the_train_step_compiled_on_shapes_alone_runs_the_state_training_starts_from():
+  """train.abstract_state/abstract_batch (what the TPU, GPU and FLOP compiles use) are
+  the state and batch training feeds its step: the step compiled on them alone takes
+  the real ones (BatchNorm statistics and the parameters' average included), at the
+  fine-tune stage's learning rate."""
+  config = tiny_config(normalization="batchnorm")
+  config.optim.ema_decay = 0.9
+  config.fine_tune.learning_rate = 3e-3
+  model = models.WaveUNet(**config.model)
+  layout = parallel.data_parallel(jax.devices()[:1])
+  shapes, abstract_tx = train.abstract_state(config, model, layout, stage=1)
+  state, _ = train.initial_state(config, model, stage=1)
+  assert shapes.ema_params is not None and shapes.batch_stats
+  assert jax.tree_util.tree_structure(shapes) == jax.tree_util.tree_structure(state)
+  for shape, value in zip(jax.tree_util.tree_leaves(shapes), jax.tree_util.tree_leaves(state)):
+    assert (shape.shape, shape.dtype) == (value.shape, value.dtype)
+  batch = fixed_batch(model, batch_size=4)
+  batch_shapes = train.abstract_batch(model, 1000, layout, 4)
+  assert {k: (v.shape, v.dtype) for k, v in batch_shapes.items()} == {
+      k: (v.shape, v.dtype) for k, v in batch.items()}
+
+  step, _ = train.jit_steps(config, model, abstract_tx, layout)
+  before = jax.tree_util.tree_map(np.asarray, state.params)
+  after, metrics = step.lower(shapes, batch_shapes).compile()(state, batch)
+  assert np.isfinite(float(metrics["loss"])) and int(after.step) == 1
+  # Adam's first step moves a parameter with a gradient by about the learning rate:
+  # the fine-tune stage's (3e-3), not the main stage's (1e-3).
+  moved = max(float(np.max(np.abs(np.asarray(a) - b))) for a, b in zip(
+      jax.tree_util.tree_leaves(after.params), jax.tree_util.tree_leaves(before)))
+  assert 2e-3 < moved < 4e-3
 
 
 def test_seed_config_trains_at_a_tiny_size():

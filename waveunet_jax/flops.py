@@ -159,35 +159,22 @@ def cpu_cost_analysis(config: Any, batch_size: int, *, train: bool = True) -> fl
   """XLA's FLOP count of the jitted train step (`train.jit_steps`) or of the forward
   pass at the config's training lengths, compiled for the CPU backend whatever the
   default backend is (compile only: nothing runs)."""
-  import optax
-
-  from waveunet_jax import optim, parallel
+  from waveunet_jax import parallel
   from waveunet_jax import train as training
 
   cpu = jax.devices("cpu")[:1]
   layout = parallel.data_parallel(cpu)
   model = models.from_config(config)
-  size = models.lengths(model, config.data.output_length)
-  c, s = model.num_channels, model.num_sources
-  mix = jax.ShapeDtypeStruct((batch_size, size.input_length, c), jnp.float32,
-                             sharding=layout.sharded)
   with jax.default_device(cpu[0]):
-    state = jax.eval_shape(lambda: training.create_state(config, model, optax.identity()))
+    state, tx = training.abstract_state(config, model, layout)
+  batch = training.abstract_batch(model, config.data.output_length, layout, batch_size)
   if train:
-    tx = optim.make_optimizer(config, config.optim.learning_rate, state.params)
-    state = state.replace(opt_state=jax.eval_shape(tx.init, state.params))
-    state = jax.tree_util.tree_map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=layout.replicated), state)
-    sources = jax.ShapeDtypeStruct((batch_size, s, size.output_length, c), jnp.float32,
-                                   sharding=layout.sharded)
     step, _ = training.jit_steps(config, model, tx, layout)
-    compiled = step.lower(state, {"mix": mix, "sources": sources}).compile()
+    compiled = step.lower(state, batch).compile()
   else:
     variables = {"params": state.params, "batch_stats": state.batch_stats}
-    variables = jax.tree_util.tree_map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=layout.replicated), variables)
     fn = jax.jit(lambda v, x: model.apply(v, x, train=False))
-    compiled = fn.lower(variables, mix).compile()
+    compiled = fn.lower(variables, batch["mix"]).compile()
   cost = compiled.cost_analysis()
   if isinstance(cost, (list, tuple)):  # older jax: one dict per device
     cost = cost[0]

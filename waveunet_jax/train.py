@@ -205,6 +205,66 @@ def create_state(config: ml_collections.ConfigDict, model: models.WaveUNet,
                     opt_state=tx.init(params), rng=rng, ema_params=ema)
 
 
+def stage_optimizer(config: ml_collections.ConfigDict, stage: int,
+                    params: Any) -> optax.GradientTransformation:
+  """The optimiser of `stage` (0: main, 1: fine-tune): its learning rate, the config's
+  decay, clipping and trainable parts (`optim.make_optimizer`)."""
+  _, learning_rate = stage_settings(config, stage)
+  return optim.make_optimizer(config, learning_rate, params)
+
+
+def fresh_state(config: ml_collections.ConfigDict, tx: optax.GradientTransformation,
+                init: TrainState, params: Any = None, batch_stats: Any = None,
+                step: int = 0) -> TrainState:
+  """A state at `step` with `tx`'s fresh optimiser state: `init`'s parameters and
+  BatchNorm statistics (`create_state`'s), or the given ones; the average of the
+  parameters, where the config keeps one, starts from them. Traceable: under
+  `jax.eval_shape` it gives the state's shapes without allocating it."""
+  if params is None:
+    params, batch_stats = init.params, init.batch_stats
+  return TrainState(step=jnp.asarray(step, jnp.int32), params=params, batch_stats=batch_stats,
+                    opt_state=tx.init(params), rng=init.rng,
+                    ema_params=params if optim.ema_decay(config) else None)
+
+
+def initial_state(config: ml_collections.ConfigDict, model: models.WaveUNet,
+                  stage: int = 0) -> tuple[TrainState, optax.GradientTransformation]:
+  """(state, optimiser) a fresh run of `stage` starts from, on the default device: what
+  a benchmark that runs the train step without a workdir needs (`Trainer.new_state` is
+  the same state, laid out on the run's mesh)."""
+  init = create_state(config, model, optax.identity())
+  tx = stage_optimizer(config, stage, init.params)
+  # Copies: the parameters' average starts as the parameters, and the train step
+  # donates its state (one buffer may not be donated twice).
+  return jax.tree_util.tree_map(jnp.copy, fresh_state(config, tx, init)), tx
+
+
+def abstract_state(config: ml_collections.ConfigDict, model: models.WaveUNet,
+                   layout: parallel.DataParallel,
+                   stage: int = 0) -> tuple[TrainState, optax.GradientTransformation]:
+  """`initial_state` in shapes only (`jax.ShapeDtypeStruct`s replicated on `layout`,
+  nothing allocated), and the optimiser: what compiling the train step for a device
+  one does not have (a TPU topology, a GPU's memory analysis) or for its FLOP count
+  needs."""
+  init = jax.eval_shape(lambda: create_state(config, model, optax.identity()))
+  tx = stage_optimizer(config, stage, init.params)
+  state = jax.eval_shape(functools.partial(fresh_state, config, tx), init)
+  return jax.tree_util.tree_map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=layout.replicated), state), tx
+
+
+def abstract_batch(model: models.WaveUNet, output_length: int, layout: parallel.DataParallel,
+                   batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
+  """A global training batch as the train step takes it, in shapes only, sharded on
+  `layout`: mix [B, T_in, C], sources [B, S, T_out, C], float32."""
+  size = models.lengths(model, output_length)
+  c, s = model.num_channels, model.num_sources
+  return {"mix": jax.ShapeDtypeStruct((batch_size, size.input_length, c), jnp.float32,
+                                      sharding=layout.sharded),
+          "sources": jax.ShapeDtypeStruct((batch_size, s, size.output_length, c), jnp.float32,
+                                          sharding=layout.sharded)}
+
+
 def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: models.WaveUNet,
                tx: optax.GradientTransformation, loss: Loss,
                ema_decay: float = 0.0) -> tuple[TrainState, dict[str, jax.Array]]:
@@ -314,13 +374,8 @@ class Trainer:
   def new_state(self, stage: int, params=None, batch_stats=None, step=0) -> tuple[TrainState, Any]:
     """A state for `stage`: fresh, or from given parameters with a fresh optimiser; the
     average of the parameters, if kept, starts from them."""
-    _, learning_rate = stage_settings(self.config, stage)
-    tx = optim.make_optimizer(self.config, learning_rate, self.init.params)
-    if params is None:
-      params, batch_stats = self.init.params, self.init.batch_stats
-    state = TrainState(step=jnp.asarray(step, jnp.int32), params=params, batch_stats=batch_stats,
-                       opt_state=tx.init(params), rng=self.init.rng,
-                       ema_params=params if optim.ema_decay(self.config) else None)
+    tx = stage_optimizer(self.config, stage, self.init.params)
+    state = fresh_state(self.config, tx, self.init, params, batch_stats, step)
     # Copies: the train step donates its state, and self.init must outlive it.
     state = jax.tree_util.tree_map(jnp.copy, state)
     return jax.device_put(state, self.layout.replicated), tx
