@@ -59,6 +59,7 @@ import run  # noqa: E402  (benchmarks/run.py: the configs, the timed step, the m
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+
 from waveunet_jax import flops, models, parallel, train  # noqa: E402
 
 

@@ -175,12 +175,12 @@ def compiled_train_step(config, batch_size: int):
   model = models.from_config(config)
   size = models.lengths(model, config.data.output_length)
   state, tx = train.initial_state(config, model)
-  step, _ = train.jit_steps(config, model, tx, parallel.data_parallel(jax.local_devices()[:1]))
+  layout = parallel.data_parallel(jax.local_devices()[:1])
+  step, _ = train.jit_steps(config, model, tx, layout)
   rng = np.random.default_rng(0)
-  c, s = model.num_channels, model.num_sources
-  batch = {"mix": jnp.asarray(rng.uniform(-.5, .5, (batch_size, size.input_length, c)), jnp.float32),
-           "sources": jnp.asarray(rng.uniform(-.5, .5, (batch_size, s, size.output_length, c)),
-                                  jnp.float32)}
+  shapes = train.abstract_batch(model, config.data.output_length, layout, batch_size)
+  batch = {name: jnp.asarray(rng.uniform(-.5, .5, shape.shape), jnp.float32)
+           for name, shape in shapes.items()}  # mix, then sources
   return step.lower(state, batch).compile(), state, batch, size
 
 

@@ -278,7 +278,6 @@ def test_bfloat16_compute_keeps_float32_parameters():
   assert all(p.dtype == jnp.float32 for p in jax.tree_util.tree_leaves(state.params))
 
 
-
 def test_the_train_step_compiled_on_shapes_alone_runs_the_state_training_starts_from():
   """train.abstract_state/abstract_batch (what the TPU, GPU and FLOP compiles use) are
   the state and batch training feeds its step: the step compiled on them alone takes

@@ -218,13 +218,15 @@ def fresh_state(config: ml_collections.ConfigDict, tx: optax.GradientTransformat
                 step: int = 0) -> TrainState:
   """A state at `step` with `tx`'s fresh optimiser state: `init`'s parameters and
   BatchNorm statistics (`create_state`'s), or the given ones; the average of the
-  parameters, where the config keeps one, starts from them. Traceable: under
-  `jax.eval_shape` it gives the state's shapes without allocating it."""
+  parameters, where the config keeps one, starts from them: a copy of them, as in
+  `create_state`, since the train step donates its state and one buffer may not be
+  donated twice. Traceable: under `jax.eval_shape` it gives the state's shapes without
+  allocating it."""
   if params is None:
     params, batch_stats = init.params, init.batch_stats
+  ema = jax.tree_util.tree_map(jnp.copy, params) if optim.ema_decay(config) else None
   return TrainState(step=jnp.asarray(step, jnp.int32), params=params, batch_stats=batch_stats,
-                    opt_state=tx.init(params), rng=init.rng,
-                    ema_params=params if optim.ema_decay(config) else None)
+                    opt_state=tx.init(params), rng=init.rng, ema_params=ema)
 
 
 def initial_state(config: ml_collections.ConfigDict, model: models.WaveUNet,
@@ -234,9 +236,7 @@ def initial_state(config: ml_collections.ConfigDict, model: models.WaveUNet,
   the same state, laid out on the run's mesh)."""
   init = create_state(config, model, optax.identity())
   tx = stage_optimizer(config, stage, init.params)
-  # Copies: the parameters' average starts as the parameters, and the train step
-  # donates its state (one buffer may not be donated twice).
-  return jax.tree_util.tree_map(jnp.copy, fresh_state(config, tx, init)), tx
+  return fresh_state(config, tx, init), tx
 
 
 def abstract_state(config: ml_collections.ConfigDict, model: models.WaveUNet,
