@@ -82,6 +82,12 @@ def fields_of(names) -> dict:
   return {path: value for name in names for path, value in OPTIONS[name].items()}
 
 
+def recipe(names) -> dict:
+  """{config path: value} of every field a run with the options `names` sets: the
+  paper's recipe, then the options'."""
+  return {**PAPER, **fields_of(names)}
+
+
 def flag(path: str, value) -> str:
   """`--config.PATH=VALUE` as ml_collections' config flags parse it."""
   if isinstance(value, tuple):
@@ -137,7 +143,7 @@ def timings(root: pathlib.Path, runs: dict[str, list[str]], smoke: bool, timed_s
     for name, names in runs.items():
       config = base_config(smoke)
       config.data.data_dir = str(data_dir)
-      for field, value in {**PAPER, **fields_of(names)}.items():
+      for field, value in recipe(names).items():
         group, key = field.split(".")
         config[group][key] = value
       trainers[name] = input_pipeline.TimedTrainer(config, "device", scratch / name)
@@ -163,16 +169,15 @@ def timings(root: pathlib.Path, runs: dict[str, list[str]], smoke: bool, timed_s
 def train_and_score(root: pathlib.Path, name: str, names: list[str], steps: int,
                     smoke: bool, heldout: pathlib.Path, data_dir: pathlib.Path | None) -> dict:
   workdir, log = root / name, root / f"{name}.log"
-  fields = fields_of(names)
   start = time.perf_counter()
   run([sys.executable, "-m", "waveunet_jax.main", *config_args(smoke), f"--workdir={workdir}",
        f"--config.num_train_steps={steps}",
        *([f"--config.data.data_dir={data_dir}"] if data_dir else []),
-       *(flag(p, v) for p, v in {**PAPER, **fields}.items())], log)
+       *(flag(p, v) for p, v in recipe(names).items())], log)
   train_s = time.perf_counter() - start
   summary = score(workdir, heldout, workdir / "heldout", log)
   return {"options": names, "fields": {p: list(v) if isinstance(v, tuple) else v
-                                       for p, v in fields.items()},
+                                       for p, v in fields_of(names).items()},
           "steps": steps, "train_wall_s": train_s, **summary}
 
 
@@ -261,6 +266,14 @@ def main() -> None:
     parser.error(f"--options: unknown {', '.join(unknown)}; choose from {', '.join(OPTIONS)}")
   if args.steps < 1 or args.timed_steps < 1:
     parser.error("--steps and --timed_steps must be positive")
+  # Checked before anything trains: a wrong folder would otherwise stop the run at
+  # its first `main` or, for --test_root, only after the baseline had trained.
+  if args.data_dir and not pathlib.Path(args.data_dir).is_dir():
+    parser.error(f"--data_dir: {args.data_dir} is not a folder; prepare one with python -m "
+                 "waveunet_jax.prepare --config=experiments/small.py ...")
+  if args.test_root and not (pathlib.Path(args.test_root) / "test").is_dir():
+    parser.error(f"--test_root: {args.test_root} has no test/ folder (the MUSDB18-HQ layout: "
+                 "test/<track>/<stem>.wav)")
   root = pathlib.Path(args.root).resolve()
   root.mkdir(parents=True, exist_ok=True)
   data_dir = pathlib.Path(args.data_dir).resolve() if args.data_dir else None

@@ -181,5 +181,23 @@ def test_ablation_combines_the_options_that_won():
   assert ablation.fields_of(["l1", "stft", "polarity"]) == {
       "loss.kind": "l1", "loss.stft_weight": 1.0, "data.augmentations": ("gain", "polarity")}
   assert set(ablation.PAPER) == {f for option in ablation.OPTIONS.values() for f in option}
+  # A run sets the paper's recipe, then its options over it.
+  assert ablation.recipe([]) == ablation.PAPER
+  assert ablation.recipe(["l1"]) == {**ablation.PAPER, "loss.kind": "l1"}
   assert ablation.flag("data.augmentations", ("gain", "polarity")) == \
       "--config.data.augmentations=('gain','polarity',)"
+
+
+@pytest.mark.parametrize("flag,words", [
+    ("--data_dir", "--data_dir: {missing} is not a folder; prepare one"),
+    ("--test_root", "--test_root: {missing} has no test/ folder"),
+])
+def test_ablation_refuses_a_wrong_folder_before_training(tmp_path, flag, words):
+  missing = tmp_path / "nowhere"
+  root = tmp_path / "ablation"
+  done = subprocess.run([sys.executable, str(BENCHMARKS / "ablation.py"), f"--root={root}",
+                         "--smoke", f"{flag}={missing}"],
+                        capture_output=True, text=True, timeout=300)
+  assert done.returncode == 2
+  assert words.format(missing=missing) in done.stderr.strip().splitlines()[-1]
+  assert not root.exists()  # nothing generated, nothing trained
