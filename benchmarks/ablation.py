@@ -135,9 +135,9 @@ def timings(root: pathlib.Path, runs: dict[str, list[str]], smoke: bool, timed_s
     return kept["relative"]
   runs = {name: runs[name] for name in ["baseline"] + [m for m in missing if m != "baseline"]}
   import input_pipeline
-  from waveunet_jax import checkpoints
+  from waveunet_jax import workdir as workdir_lib
 
-  data_dir = data_dir or checkpoints.Workdir(root / "baseline").synthetic_data_dir
+  data_dir = data_dir or workdir_lib.Workdir(root / "baseline").synthetic_data_dir
   trainers, scratch = {}, pathlib.Path(tempfile.mkdtemp(prefix="timing-", dir=root))
   try:
     for name, names in runs.items():

@@ -29,7 +29,8 @@ import run  # noqa: E402  (benchmarks/run.py)
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from waveunet_jax import flops, jax_engine, models  # noqa: E402
+from waveunet_jax import flops, models  # noqa: E402
+from waveunet_jax.separation import jax_engine  # noqa: E402
 
 
 def conv_timings(conv: flops.Conv, train: bool, reps: int) -> list[tuple[float, float]]:
@@ -61,7 +62,7 @@ def whole(config, mode: str, batch: int, reps: int) -> tuple[float, float, tuple
     step, state, data, _ = run.compiled_train_step(config, batch)
     one_step = run.step_runner(step, state, data)
     jax.block_until_ready(one_step())
-    return run.best_time(one_step, reps), flops.train_step(config, batch), tuple(data["mix"].shape)
+    return run.best_time(one_step, reps), flops.train_step_flops(config, batch), tuple(data["mix"].shape)
   sep = jax_engine.separator_from_model(model, run.init_variables(model), config.data.sample_rate)
   window = jnp.zeros((1, sep.tiling.input_length, model.num_channels))
   forward = sep.engine._forward.lower(sep.engine.variables, window).compile()

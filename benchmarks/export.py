@@ -32,8 +32,11 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import numpy as np  # noqa: E402
 
 import run  # noqa: E402
-from waveunet_jax import evaluate, export, formats, jax_engine, separator  # noqa: E402
-from waveunet_jax import tracks as tracks_lib  # noqa: E402
+from waveunet_jax import evaluate, export  # noqa: E402
+from waveunet_jax.separation import model_formats  # noqa: E402
+from waveunet_jax.separation import jax_engine  # noqa: E402
+from waveunet_jax.separation import separator  # noqa: E402
+from waveunet_jax.data import tracks as tracks_lib  # noqa: E402
 
 VARIANTS = {  # name: (format, options)
     "ONNX Runtime": ("onnx", {}),
@@ -67,15 +70,15 @@ def main() -> None:
   if args.smoke:
     args.seconds, args.reps = 2.0, 1
   if args.workdir:
-    from waveunet_jax import checkpoints
+    from waveunet_jax import workdir as workdir_lib
 
     engine_jax = jax_engine.JaxEngine.from_workdir(args.workdir)
-    config = checkpoints.load_config(args.workdir)
+    config = workdir_lib.load_config(args.workdir)
   else:
     config = run.get_config("deep M4", args.smoke)
     engine_jax = run.make_separator(config, args.smoke).engine
   if args.musdb_root:
-    track = evaluate.split_tracks(args.musdb_root, "test", True)[0]
+    track = evaluate.tracks_of_split(args.musdb_root, "test", True)[0]
     stems, rate = tracks_lib.read_stems(track)
     song = sum(stems.values())[:round(args.seconds * rate)]
     assert rate == 44100
@@ -93,7 +96,7 @@ def main() -> None:
       size = sum(p.stat().st_size for p in [path, *path.rglob("*")] if p.is_file())
       print(f"exported {name}: {time.perf_counter() - start:.1f} s, {size / 2**20:.1f} MiB",
             flush=True)
-      engines[name] = formats.load(path)
+      engines[name] = model_formats.load(path)
     results, reference = {}, None
     for name, e in engines.items():
       np.asarray(e.forward(window))  # warm-up (and compilation)

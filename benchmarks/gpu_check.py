@@ -10,7 +10,7 @@
 Parts (each prints one JSON object per figure on a line starting `RESULT `, so a
 part cut short by its time limit keeps what it printed):
 
-* compile: the train step training runs (`train.jit_steps` on this device) lowered
+* compile: the train step training runs (`train_steps.jit_steps` on this device) lowered
   on abstract shapes and compiled, never run, per batch: compile seconds and XLA's
   memory analysis (arguments, outputs, temporaries, generated code) against the
   device's memory. The shell runs it once per `--xla_gpu_autotune_level` (XLA_FLAGS
@@ -60,7 +60,8 @@ import run  # noqa: E402  (benchmarks/run.py: the configs, the timed step, the m
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from waveunet_jax import flops, models, parallel, train  # noqa: E402
+from waveunet_jax import flops, models, parallel  # noqa: E402
+from waveunet_jax import steps as train_steps  # noqa: E402
 
 
 def result(**figures) -> dict:
@@ -79,9 +80,9 @@ def compile_only(config, batch: int):
   what compiling needs), and the seconds it took."""
   layout = parallel.data_parallel(jax.local_devices()[:1])
   model = models.from_config(config)
-  state, tx = train.abstract_state(config, model, layout)
-  batch_shapes = train.abstract_batch(model, config.data.output_length, layout, batch)
-  step, _ = train.jit_steps(config, model, tx, layout)
+  state, tx = train_steps.abstract_state(config, model, layout)
+  batch_shapes = train_steps.abstract_batch(model, config.data.output_length, layout, batch)
+  step, _ = train_steps.jit_steps(config, model, tx, layout)
   start = time.perf_counter()
   compiled = step.lower(state, batch_shapes).compile()
   return compiled, time.perf_counter() - start
@@ -120,7 +121,7 @@ def timed(config, batch: int, steps: int, matmul: float) -> dict:
                 steps_per_s=round(figures["steps_per_s"], 3),
                 examples_per_s=round(figures["steps_per_s"] * batch, 1),
                 compile_s=round(figures["compile_s"], 1),
-                tflop_per_example=flops.train_step(config, 1) / 1e12,
+                tflop_per_example=flops.train_step_flops(config, 1) / 1e12,
                 tflop_per_s=round(figures["flops_per_s"] / 1e12, 3),
                 of_dense_peak=figures["peak_share"],
                 of_measured_matmul=figures["flops_per_s"] / matmul,
@@ -171,11 +172,12 @@ def part_sampler(args) -> None:
   TensorFlow or prepared data is needed on the GPU host."""
   import numpy as np
 
-  from waveunet_jax import device_data, prepare
+  from waveunet_jax.data import device as device_data
+  from waveunet_jax.data import records
 
   config = config_for(args)
   layout = parallel.data_parallel(jax.local_devices()[:1])
-  data_layout = prepare.layout_for(config)
+  data_layout = records.layout_for(config)
   rng = np.random.default_rng(0)
   windows = rng.integers(-3000, 3000, (args.windows, len(data_layout.sources),
                                        data_layout.window_length, data_layout.num_channels),
@@ -187,8 +189,8 @@ def part_sampler(args) -> None:
     try:
       sampler = device_data.DeviceSampler(config.data, layout, data_layout, [share], [0],
                                           batch_size=batch, seed=0)
-      init, tx = train.initial_state(config, model)
-      step, _ = train.jit_steps(config, model, tx, layout)
+      init, tx = train_steps.initial_state(config, model)
+      step, _ = train_steps.jit_steps(config, model, tx, layout)
       fixed = sampler.batch(0)
       figures = {}
       def fresh():  # copies: the step donates its state, and `init` serves every mode

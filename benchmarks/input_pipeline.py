@@ -8,7 +8,7 @@ Makes a synthetic corpus (MUSDB18-HQ layout, 44.1 kHz) and prepares it for each 
 at its training lengths. Then:
 
 * samplers alone, for the shallow and the deep (M4) configs: training batches of
-  `input_pipeline.train_dataset` (tf.data, as numpy on the host) and of
+  `tfdata.train_dataset` (tf.data, as numpy on the host) and of
   `device_data.DeviceSampler` (on the JAX devices, waited for), timed after a warm-up
   batch. "audio s/s" counts the target (output) audio per second of wall time at the
   model's rate: the unit the training step consumes. --batch sets one batch size for
@@ -36,8 +36,13 @@ import tensorflow as tf  # noqa: E402
 
 import run  # noqa: E402  (benchmarks/run.py: the configs and their tiny versions)
 from experiments import deep, shallow, small  # noqa: E402
-from waveunet_jax import (checkpoints, device_data, input_pipeline, parallel,  # noqa: E402
-                          prepare, synthetic, train)
+from waveunet_jax import parallel, train  # noqa: E402
+from waveunet_jax import workdir as workdir_lib  # noqa: E402
+from waveunet_jax.data import device as device_data  # noqa: E402
+from waveunet_jax.data import tfdata  # noqa: E402
+from waveunet_jax.data import builder as builder_lib  # noqa: E402
+from waveunet_jax.data import records  # noqa: E402
+from waveunet_jax.data import generator  # noqa: E402
 
 CONFIGS = {"shallow": shallow.get_config, "deep M4": lambda: deep.get_config("M4"),
            "small": small.get_config}
@@ -63,7 +68,7 @@ def prepared(config, root: pathlib.Path, data_dir: pathlib.Path, valid: list[str
   """Prepares `root` for `config` into `data_dir` (once per layout); seconds taken."""
   config.data.data_dir = str(data_dir)
   start = time.perf_counter()
-  prepare.prepare(config, root, data_dir, wav=True, valid_tracks=valid)
+  builder_lib.prepare(config, root, data_dir, wav=True, valid_tracks=valid)
   return time.perf_counter() - start
 
 
@@ -72,26 +77,26 @@ def device_sampler(config, batch_size: int) -> device_data.DeviceSampler:
   layout = parallel.data_parallel()
   shards = list(range(layout.size))
   shares = [device_data.read_share(config, d, layout.size) for d in shards]
-  return device_data.DeviceSampler(config.data, layout, prepare.layout_for(config), shares,
+  return device_data.DeviceSampler(config.data, layout, records.layout_for(config), shares,
                                    shards, batch_size=batch_size, seed=0)
 
 
 def sampler_rates(config, batch_size: int, batches: int) -> tuple[float, float]:
   """Examples/s of tf.data and of the device sampler."""
-  iterator = iter(input_pipeline.as_numpy(input_pipeline.train_dataset(config, batch_size,
+  iterator = iter(tfdata.as_numpy(tfdata.train_dataset(config, batch_size,
                                                                        seed=0)))
   next(iterator)  # warm-up: opens files, fills shuffle buffers
   start = time.perf_counter()
   for _ in range(batches):
     next(iterator)
-  tfdata = batches * batch_size / (time.perf_counter() - start)
+  tfdata_rate = batches * batch_size / (time.perf_counter() - start)
   sampler = device_sampler(config, batch_size)
   jax.block_until_ready(sampler.batch(0))  # warm-up: compiles
   start = time.perf_counter()
   for step in range(1, batches + 1):
     batch = sampler.batch(step)
   jax.block_until_ready(batch)
-  return tfdata, batches * batch_size / (time.perf_counter() - start)
+  return tfdata_rate, batches * batch_size / (time.perf_counter() - start)
 
 
 class TimedTrainer:
@@ -100,11 +105,11 @@ class TimedTrainer:
 
   def __init__(self, config, pipeline: str, workdir: pathlib.Path):
     config.data.pipeline = pipeline
-    self.trainer = train.Trainer(config, checkpoints.Workdir(workdir))
+    self.trainer = train.Trainer(config, workdir_lib.Workdir(workdir))
     try:
       self.state, tx = self.trainer.new_state(0)
       self.trainer.compile_steps(tx)
-      self.data = self.trainer.train_data(checkpoints.Progress(), self.state)
+      self.data = self.trainer.sampler(workdir_lib.Progress(), self.state)
       self.step = 0
       self.steps_per_s(1)  # warm-up: compiles
     except BaseException:
@@ -115,8 +120,7 @@ class TimedTrainer:
     """Steps/s of the next `steps` steps of the loop body (batch, step)."""
     start = time.perf_counter()
     for _ in range(steps):
-      self.state, metrics = self.trainer.train_step(self.state,
-                                                    self.trainer.batch(self.data, self.step))
+      self.state, metrics = self.trainer.train_step(self.state, self.data.batch(self.step))
       self.step += 1
     jax.block_until_ready(metrics)
     return steps / (time.perf_counter() - start)
@@ -154,7 +158,7 @@ def main() -> None:
     tmp = pathlib.Path(tmp)
     root = tmp / "musdb"
     start = time.perf_counter()
-    synthetic.write_corpus(root, num_train=args.tracks + 1, num_test=0,
+    generator.write_corpus(root, num_train=args.tracks + 1, num_test=0,
                            seconds=args.seconds, seed=0)
     print(f"corpus: {args.tracks + 1} tracks of {args.seconds:.0f} s in "
           f"{time.perf_counter() - start:.1f} s; JAX devices: {jax.device_count()} x "
@@ -167,10 +171,10 @@ def main() -> None:
       batch_size = args.batch or batch_size
       config = config_of(name, args.smoke)
       prepare_seconds = prepared(config, root, tmp / "data", valid)
-      tfdata, device = sampler_rates(config, batch_size, args.batches)
-      seconds = prepare.layout_for(config).output_length / config.data.sample_rate
-      print(f"{name:<10} {batch_size:>5} {prepare_seconds:>9.1f} {tfdata:>9.1f} {device:>9.1f} "
-            f"{tfdata * seconds:>10.1f} {device * seconds:>10.1f}", flush=True)
+      tfdata_rate, device = sampler_rates(config, batch_size, args.batches)
+      seconds = records.layout_for(config).output_length / config.data.sample_rate
+      print(f"{name:<10} {batch_size:>5} {prepare_seconds:>9.1f} {tfdata_rate:>9.1f} {device:>9.1f} "
+            f"{tfdata_rate * seconds:>10.1f} {device * seconds:>10.1f}", flush=True)
     print(f"\ntraining (steps/s at batch {args.train_batch})")
     print(f"{'config':<10} {'batch':>5} {'tf.data':>9} {'device':>9}")
     for name in TRAINED:

@@ -6,12 +6,12 @@
 
 For each config (`MODULE[:VARIANT]` of experiments/, e.g. `shallow:smoke`, `deep:M4`)
 trains twice, `config.model.dtype` float32 then bfloat16, from the same initial
-parameters (`train.create_state`, the config's seed; parameters stay float32 in
+parameters (`train_steps.create_state`, the config's seed; parameters stay float32 in
 both) on the same batches, with the project's own optimiser and step
-(`train.stage_optimizer`, `train.train_step`, the main stage's batch size and learning
+(`train_steps.stage_optimizer`, `train_steps.train_step`, the main stage's batch size and learning
 rate). Nothing here needs TensorFlow, so it runs on a GPU machine that has none:
 batches are not the tf.data pipeline's but the same recipe in numpy, seeded by the
-step: tracks from `synthetic.make_track` at the model's rate, summed into the
+step: tracks from `generator.make_track` at the model's rate, summed into the
 config's sources (`stems.combine`) and zero-padded by the context at the edges as
 `prepare` does; random crops of the input length; the augmentations of
 `config.data.augmentations` (gain, channel_swap, remix, polarity); the mix is the sum of the
@@ -44,7 +44,10 @@ import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
-from waveunet_jax import models, stems, synthetic, train  # noqa: E402
+from waveunet_jax import models, stems  # noqa: E402
+from waveunet_jax.data import generator  # noqa: E402
+from waveunet_jax import stems as stems_lib  # noqa: E402
+from waveunet_jax import steps as train_steps  # noqa: E402
 
 DTYPES = ("float32", "bfloat16")
 
@@ -69,8 +72,8 @@ class Batches:
     seconds = max(seconds, 2 * self.size.input_length / config.data.sample_rate)
     self.tracks = []
     for i in range(tracks):
-      track = synthetic.make_track(seed * 1000 + i, seconds, config.data.sample_rate)
-      sources = stems.combine({s: track[s] for s in synthetic.SOURCES}, config.model.sources)
+      track = generator.make_track(seed * 1000 + i, seconds, config.data.sample_rate)
+      sources = stems.combine({s: track[s] for s in stems_lib.STEMS}, config.model.sources)
       block = np.stack(list(sources.values()))  # [S, T, 2]
       if model.num_channels == 1:
         block = block.mean(axis=2, keepdims=True)
@@ -112,18 +115,18 @@ class Batches:
     return sources.astype(np.float32)
 
 
-def train_losses(config: ml_collections.ConfigDict, dtype: str, init: train.TrainState,
+def train_losses(config: ml_collections.ConfigDict, dtype: str, init: train_steps.TrainState,
                  batches: Batches, steps: int) -> dict:
   """Trains `steps` steps in `dtype` from `init`: every step's loss and the timings."""
   config = ml_collections.ConfigDict(config.to_dict())
   config.model.dtype = dtype
   model = models.from_config(config)
-  tx = train.stage_optimizer(config, 0, init.params)
+  tx = train_steps.stage_optimizer(config, 0, init.params)
   # Copies: the step donates its state, and `init` serves both dtypes.
-  state = jax.tree_util.tree_map(jnp.copy, train.fresh_state(config, tx, init))
+  state = jax.tree_util.tree_map(jnp.copy, train_steps.fresh_state(config, tx, init))
   step = jax.jit(functools.partial(
-      train.train_step, model=model, tx=tx,
-      loss=train.Loss.from_config(config, batches.size.output_length)), donate_argnums=0)
+      train_steps.train_step, model=model, tx=tx,
+      loss=train_steps.Loss.from_config(config, batches.size.output_length)), donate_argnums=0)
   start = time.perf_counter()
   state, metrics = step(state, batches.batch(0))
   losses = [jax.block_until_ready(metrics["loss"])]
@@ -147,20 +150,20 @@ def train_losses(config: ml_collections.ConfigDict, dtype: str, init: train.Trai
 def compare(spec: str, steps: int, batch_size: int | None, tracks: int | None,
             seconds: float | None, seed: int, tolerance: float) -> dict:
   config = load_config(spec)
-  batch_size = batch_size or train.stage_settings(config, 0)[0]
+  batch_size = batch_size or train_steps.stage_settings(config, 0)[0]
   batches = Batches(config, batch_size, tracks or config.data.synthetic_tracks,
                     seconds or config.data.synthetic_seconds, seed)
   # One start for both: the float32 model's initial state (parameters are float32
   # whatever the compute dtype).
   config.model.dtype = "float32"
-  init = train.create_state(config, models.from_config(config), optax.identity())
+  init = train_steps.create_state(config, models.from_config(config), optax.identity())
   runs = {dtype: train_losses(config, dtype, init, batches, steps) for dtype in DTYPES}
   f32, bf16 = runs["float32"]["last_loss"], runs["bfloat16"]["last_loss"]
   gap = (bf16 - f32) / f32 if f32 else float("inf")
   within = (runs["float32"]["finite"] and runs["bfloat16"]["finite"]
             and bool(np.isfinite(gap)) and abs(gap) <= tolerance)
   return {"config": spec, "steps": steps, "batch": batch_size,
-          "learning_rate": train.stage_settings(config, 0)[1],
+          "learning_rate": train_steps.stage_settings(config, 0)[1],
           "input_length": batches.size.input_length, "output_length": batches.size.output_length,
           "sample_rate": config.data.sample_rate, "runs": runs, "bfloat16_gap": gap,
           "tolerance": tolerance, "within_tolerance": within}

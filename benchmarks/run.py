@@ -6,17 +6,17 @@
   python benchmarks/run.py --smoke    # every part on tiny networks: that it runs (CI)
 
 Models are randomly initialised (speed does not depend on training); audio is
-synthetic (`synthetic.make_track`, one 60 s track repeated to the length needed).
+synthetic (`generator.make_track`, one 60 s track repeated to the length needed).
 Every time is taken after compilation and a warm-up call. The figures:
 
 * matmul FLOP/s: best time of a jitted 4096x4096 @ 4096x4096 float32 matmul, at the
   start and the end of the run; every "% of matmul" below divides by it. It is a
   practical reference, not a bound: XLA:CPU's convolutions can beat its matmul.
-* train: steps/s of the jitted train step training runs (`train.jit_steps` on a
+* train: steps/s of the jitted train step training runs (`train_steps.jit_steps` on a
   one-device mesh: the config's optimiser, donated state) on random batches of the
   stated size at the config's training lengths (`models.lengths`); audio s/s =
   steps/s x batch x output samples / rate (the whole output, not only the loss's
-  central crop); FLOP/s = the step's FLOPs (`flops.train_step`, the same count on
+  central crop); FLOP/s = the step's FLOPs (`flops.train_step_flops`, the same count on
   every backend: never a GPU cost analysis, which counts convolutions as -1) / step
   time, also as a share of the device's dense peak (`accelerators.py`; none on a CPU).
 * separate, model only: the Separator's jitted forward (batch 1, default window) on
@@ -28,7 +28,7 @@ Every time is taken after compilation and a warm-up call. The figures:
   (3 min; 25 s, one window, with --quick): decode, resample to the model's rate,
   model, resample back, write every source; compile excluded (the compiled forward
   is reused). "end-to-end / model-only": its time over windows x time per window.
-* input pipeline: examples/s of `input_pipeline.train_dataset` (prepared synthetic
+* input pipeline: examples/s of `tfdata.train_dataset` (prepared synthetic
   corpus, after a warm-up batch) at the training batch size, and its ratio to what
   the train step consumes (steps/s x batch); > 1 means the pipeline keeps up (it is
   measured alone: in training it shares the cores with the step).
@@ -80,8 +80,10 @@ import numpy as np  # noqa: E402
 
 from experiments import deep, shallow  # noqa: E402
 
-from waveunet_jax import (flops, jax_engine, models, parallel, separate,  # noqa: E402
-                          synthetic, train)
+from waveunet_jax import flops, models, parallel, separate  # noqa: E402
+from waveunet_jax.separation import jax_engine  # noqa: E402
+from waveunet_jax.data import generator  # noqa: E402
+from waveunet_jax import steps as train_steps  # noqa: E402
 
 CONFIGS = {"shallow": shallow.get_config, "deep M4": lambda: deep.get_config("M4")}
 
@@ -170,15 +172,15 @@ def init_variables(model: models.WaveUNet, seed: int = 0):
 
 
 def compiled_train_step(config, batch_size: int):
-  """The train step training runs (`train.jit_steps`, on this process's first device),
+  """The train step training runs (`train_steps.jit_steps`, on this process's first device),
   compiled for `batch_size`, with a state and a random batch for it."""
   model = models.from_config(config)
   size = models.lengths(model, config.data.output_length)
-  state, tx = train.initial_state(config, model)
+  state, tx = train_steps.initial_state(config, model)
   layout = parallel.data_parallel(jax.local_devices()[:1])
-  step, _ = train.jit_steps(config, model, tx, layout)
+  step, _ = train_steps.jit_steps(config, model, tx, layout)
   rng = np.random.default_rng(0)
-  shapes = train.abstract_batch(model, config.data.output_length, layout, batch_size)
+  shapes = train_steps.abstract_batch(model, config.data.output_length, layout, batch_size)
   batch = {name: jnp.asarray(rng.uniform(-.5, .5, shape.shape), jnp.float32)
            for name, shape in shapes.items()}  # mix, then sources
   return step.lower(state, batch).compile(), state, batch, size
@@ -207,7 +209,7 @@ def train_figures(config, batch_size: int, steps: int) -> dict:
     metrics = one_step()
   jax.block_until_ready(metrics)
   step_s = (time.perf_counter() - start) / steps
-  step_flops = flops.train_step(config, batch_size)
+  step_flops = flops.train_step_flops(config, batch_size)
   return {"batch": batch_size, "steps": steps, "dtype": config.model.dtype,
           "compile_s": compile_s, "step_s": step_s, "steps_per_s": 1 / step_s,
           "audio_s_per_s": batch_size * size.output_length / config.data.sample_rate / step_s,
@@ -286,7 +288,7 @@ def largest_batch(config, limit: int, known: dict | None = None) -> dict:
 
 def song(seconds: float) -> np.ndarray:
   """[T, 2] float32 at 44.1 kHz: one synthetic 60 s mix repeated."""
-  mix = synthetic.make_track(0, min(seconds, 60.0), FILE_RATE)["mixture"]
+  mix = generator.make_track(0, min(seconds, 60.0), FILE_RATE)["mixture"]
   n = round(seconds * FILE_RATE)
   return np.tile(mix, (-(-n // len(mix)), 1))[:n]
 
@@ -384,15 +386,16 @@ def pipeline_examples_per_s(config, batch_size: int, batches: int, corpus: pathl
   import tensorflow as tf
   import tensorflow_datasets as tfds
 
-  from waveunet_jax import input_pipeline, prepare
+  from waveunet_jax.data import tfdata
+  from waveunet_jax.data import builder as builder_lib
 
   tf.config.set_visible_devices([], "GPU")
   tfds.disable_progress_bar()
   logging.getLogger("absl").setLevel(logging.ERROR)
   config.data.data_dir = str(data_dir)
   valid = [p.name for p in sorted((corpus / "train").iterdir())][:1]
-  prepare.prepare(config, corpus, data_dir, wav=True, valid_tracks=valid)
-  iterator = iter(input_pipeline.as_numpy(input_pipeline.train_dataset(config, batch_size, seed=0)))
+  builder_lib.prepare(config, corpus, data_dir, wav=True, valid_tracks=valid)
+  iterator = iter(tfdata.as_numpy(tfdata.train_dataset(config, batch_size, seed=0)))
   next(iterator)  # warm-up: opens files, fills shuffle buffers
   start = time.perf_counter()
   for _ in range(batches):
@@ -531,7 +534,7 @@ def main() -> None:
     tmp = pathlib.Path(tmp)
     corpus = tmp / "corpus"
     if not args.skip_pipeline:
-      synthetic.write_corpus(corpus, num_train=3, num_test=0, seconds=3.0 if smoke else 30.0 if quick else 60.0,
+      generator.write_corpus(corpus, num_train=3, num_test=0, seconds=3.0 if smoke else 30.0 if quick else 60.0,
                              seed=0)
     for name in model_names:
       config_of = functools.partial(get_config, name, smoke)

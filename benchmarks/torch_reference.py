@@ -54,7 +54,8 @@ import run  # noqa: E402  (benchmarks/run.py: the JAX side, the configs and the 
 
 import jax  # noqa: E402
 
-from waveunet_jax import flops, jax_engine, models  # noqa: E402
+from waveunet_jax import flops, models  # noqa: E402
+from waveunet_jax.separation import jax_engine  # noqa: E402
 
 
 class TorchWaveUNet(torch.nn.Module):
@@ -242,7 +243,7 @@ def figures(name: str, quick: bool, reps: int, smoke: bool = False) -> dict:
 
   batch = 1 if quick else 2
   jax_step, state, data, size = run.compiled_train_step(config, batch)
-  train_flops = flops.train_step(config, batch)
+  train_flops = flops.train_step_flops(config, batch)
   torch_step = torch_train_step(config, net, batch, run.train.loss_crop(config, size.output_length))
   jax_train = run.step_runner(jax_step, state, data)
   jax.block_until_ready(jax_train())  # warm-ups

@@ -9,10 +9,10 @@ Needs libtpu of the installed jax's version (`pip install 'waveunet_jax[tpu]'`);
 TPU: JAX describes the topology (`jax.experimental.topologies`) and libtpu's compiler
 compiles for it on this CPU. Nothing runs; every figure is the compiler's.
 
-What is compiled is what training runs: `train.jit_steps` (the jitted train step,
+What is compiled is what training runs: `train_steps.jit_steps` (the jitted train step,
 its donated state replicated and its batch sharded) on `parallel.data_parallel` of the
-topology's devices, on the main stage's state (`train.abstract_state`: the state
-`train.Trainer.new_state` builds) and a batch (`train.abstract_batch`), all as
+topology's devices, on the main stage's state (`train_steps.abstract_state`: the state
+`train.Trainer.new_state` builds) and a batch (`train_steps.abstract_batch`), all as
 `jax.ShapeDtypeStruct`s with their shardings.
 
 Batch: the config's `batch_size` is the global batch, split evenly over the chips
@@ -159,21 +159,22 @@ class Target:
   """One config on one topology: compiles its train step at any per-chip batch."""
 
   def __init__(self, config, devices):
-    from waveunet_jax import models, parallel, train
+    from waveunet_jax import models, parallel
+    from waveunet_jax import steps as train_steps
 
     self.config = config
     self.chips = len(devices)
     self.model = models.from_config(config)
     self.layout = parallel.data_parallel(devices)
-    self.state, tx = train.abstract_state(config, self.model, self.layout)
-    self.step, _ = train.jit_steps(config, self.model, tx, self.layout)
+    self.state, tx = train_steps.abstract_state(config, self.model, self.layout)
+    self.step, _ = train_steps.jit_steps(config, self.model, tx, self.layout)
 
   def compile(self, per_chip_batch: int) -> Compiled:
     import jax
 
-    from waveunet_jax import train
+    from waveunet_jax import steps as train_steps
 
-    batch = train.abstract_batch(self.model, self.config.data.output_length, self.layout,
+    batch = train_steps.abstract_batch(self.model, self.config.data.output_length, self.layout,
                                  per_chip_batch * self.chips)
     start = time.perf_counter()
     try:
@@ -286,7 +287,7 @@ def run(configs: list, described: list, batch: int | None, max_compiles: int, ma
           "refused": first.refused, "compile_seconds": round(first.seconds, 1),
           "tpu_cost_analysis_flops_per_chip": first.flops,
           # The project's count (the same on every backend), for the same per-chip batch.
-          "flops_per_chip": flops.train_step(config, per_chip),
+          "flops_per_chip": flops.train_step_flops(config, per_chip),
           "largest_fitting_per_chip_batch": fit, "smallest_failing_per_chip_batch": over,
           "outer_conv_layouts": first.outer_layouts,
           "search": [{"per_chip_batch": c.per_chip_batch, "total_bytes": c.total,

@@ -105,12 +105,13 @@ TINY_RATE, TINY_OUTPUT = 8000, 1000  # tiny_data_dir's layout
 def tiny_data_dir(tmp_path_factory) -> str:
   """A synthetic corpus prepared once for tiny_data_config(TINY_RATE, TINY_OUTPUT), for
   every test that trains (the dataset depends only on rate, lengths and sources)."""
-  from waveunet_jax import prepare, synthetic
+  from waveunet_jax.data import builder as builder_lib
+  from waveunet_jax.data import generator
 
   root = tmp_path_factory.mktemp("corpus")
   data_dir = tmp_path_factory.mktemp("tfds")
-  tracks = synthetic.write_corpus(root, num_train=3, num_test=0, seconds=4, seed=1)
-  prepare.prepare(tiny_data_config(TINY_RATE, TINY_OUTPUT), root, data_dir, wav=True,
+  tracks = generator.write_corpus(root, num_train=3, num_test=0, seconds=4, seed=1)
+  builder_lib.prepare(tiny_data_config(TINY_RATE, TINY_OUTPUT), root, data_dir, wav=True,
                   valid_tracks=[tracks[0].name])
   return str(data_dir)
 
@@ -135,10 +136,10 @@ def tiny_workdir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def musdb_corpus(tmp_path_factory):
   """A MUSDB18-HQ-layout corpus: one training and two 6 s test tracks."""
-  from waveunet_jax import synthetic
+  from waveunet_jax.data import generator
 
   root = tmp_path_factory.mktemp("musdb")
-  synthetic.write_corpus(root, num_train=1, num_test=2, seconds=6, seed=0)
+  generator.write_corpus(root, num_train=1, num_test=2, seconds=6, seed=0)
   return root
 
 
@@ -150,7 +151,8 @@ def evaluated(musdb_corpus, tmp_path_factory):
   import jax
   import numpy as np
 
-  from waveunet_jax import evaluate, jax_engine, models
+  from waveunet_jax import evaluate, models
+  from waveunet_jax.separation import jax_engine
 
   model = models.WaveUNet(**tiny_model_config())
   assert tuple(model.sources) == ("accompaniment", "vocals")

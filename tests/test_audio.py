@@ -39,7 +39,7 @@ def correlations(x: np.ndarray, y: np.ndarray) -> list[float]:
 def test_lossy_round_trip_keeps_rate_channels_length_and_waveform(tmp_path, fmt, padding):
   x = music(1.0)
   x[100, 0] = 1.5  # clipped, never wrapped round
-  with audio.AudioWriter(tmp_path / f"x{audio.FORMATS[fmt].extension}", RATE, 2, fmt,
+  with audio.AudioWriter(tmp_path / f"x{audio.AUDIO_FORMATS[fmt].extension}", RATE, 2, fmt,
                          "128k") as writer:
     for start in range(0, len(x), 10000):  # blocks, as separation writes them
       writer.write(x[start:start + 10000])
@@ -56,7 +56,7 @@ def test_lossy_round_trip_keeps_rate_channels_length_and_waveform(tmp_path, fmt,
 @pytest.mark.parametrize("fmt", ["mp3", "ogg", "m4a"])
 def test_bitrate_sets_the_size(tmp_path, fmt):
   x = music(2.0, seed=1)
-  sizes = [audio.write_audio(tmp_path / f"{kbps}{audio.FORMATS[fmt].extension}", x, RATE, fmt,
+  sizes = [audio.write_audio(tmp_path / f"{kbps}{audio.AUDIO_FORMATS[fmt].extension}", x, RATE, fmt,
                              f"{kbps}k").stat().st_size for kbps in (64, 256)]
   assert sizes[1] > 2 * sizes[0]
 
@@ -145,7 +145,7 @@ folder = sys.argv[1]
 x = np.random.default_rng(0).uniform(-0.5, 0.5, (3 * 44100, 2)).astype(np.float32)
 for fmt in ("mp3", "m4a", "ogg", "wav16"):
   try:
-    audio.write_audio(f"{folder}/x{audio.FORMATS[fmt].extension}", x, 44100, fmt)
+    audio.write_audio(f"{folder}/x{audio.AUDIO_FORMATS[fmt].extension}", x, 44100, fmt)
   except audio.AudioError as e:
     print(e)
 try:

@@ -88,7 +88,7 @@ def test_every_script_and_the_gpu_check(tmp_path):
   for name, m in r["models"].items():
     # Utilisation comes from flops.py, the same count on every backend.
     assert m["train"]["step_gflop"] == pytest.approx(
-        flops.train_step(run.smoke_config(name), r["batch"]) / 1e9)
+        flops.train_step_flops(run.smoke_config(name), r["batch"]) / 1e9)
     assert m["train"]["peak_share"] is None  # a CPU has no dense peak in the table
     assert m["gpu"]["bfloat16"]["dtype"] == "bfloat16" and m["gpu"]["largest_batch"] >= 1
     assert m["separate"]["e2e_audio_s_per_s"] > 0 and m["pipeline"]["examples_per_s"] > 0

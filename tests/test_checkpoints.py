@@ -1,4 +1,4 @@
-"""The training workdir (`checkpoints.Workdir`): its names, saving and restoring a run,
+"""The training workdir (`workdir_lib.Workdir`): its names, saving and restoring a run,
 the resume check and where a run starts (config.init_from)."""
 
 import dataclasses
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from conftest import TINY_OUTPUT, TINY_RATE, tiny_data_config, tiny_schedule
-from waveunet_jax import checkpoints
+from waveunet_jax import workdir as workdir_lib
 
 
 def tiny_config():
@@ -59,8 +59,8 @@ class Positions:
 
 def test_a_relative_workdir_and_its_names(tmp_path, monkeypatch):
   monkeypatch.chdir(tmp_path)
-  workdir = checkpoints.Workdir("runs/m4")
-  assert workdir.path == tmp_path / "runs" / "m4" == checkpoints.workdir_path("runs/m4")
+  workdir = workdir_lib.Workdir("runs/m4")
+  assert workdir.path == tmp_path / "runs" / "m4" == workdir_lib.workdir_path("runs/m4")
   names = (workdir.config_file, workdir.checkpoints_dir, workdir.best_dir,
            workdir.data_state_dir(20), workdir.tensorboard_dir, workdir.synthetic_corpus,
            workdir.synthetic_data_dir)
@@ -72,10 +72,10 @@ def test_a_relative_workdir_and_its_names(tmp_path, monkeypatch):
 
 def test_save_and_restore_round_trip(tmp_path):
   config = tiny_config()
-  workdir = checkpoints.Workdir(tmp_path / "run")
+  workdir = workdir_lib.Workdir(tmp_path / "run")
   workdir.open(keep_checkpoints=2)
   try:
-    progress = checkpoints.Progress(best_loss=0.5, best_step=10, bad_validations=1)
+    progress = workdir_lib.Progress(best_loss=0.5, best_step=10, bad_validations=1)
     for step in (10, 20, 30):
       workdir.save(state_at(step, scale=step),
                    dataclasses.replace(progress, stage_start_step=step), Positions(step))
@@ -97,25 +97,25 @@ def test_save_and_restore_round_trip(tmp_path):
     workdir.close()
   # The readers read what the workdir wrote.
   workdir.save_config(config)
-  assert checkpoints.read_progress(workdir.path) == saved
-  trained = checkpoints.load_for_inference(workdir.path, "latest")
+  assert workdir_lib.read_progress(workdir.path) == saved
+  trained = workdir_lib.load_for_inference(workdir.path, "latest")
   assert trained.step == 30 and trained.config.to_dict() == config.to_dict()
   np.testing.assert_array_equal(trained.variables["params"]["output"]["kernel"],
                                 30 * np.arange(6.0).reshape(1, 3, 2))
-  assert checkpoints.load_for_inference(workdir.path).step == 10  # best
+  assert workdir_lib.load_for_inference(workdir.path).step == 10  # best
 
 
 def test_a_field_that_is_off_keeps_the_checkpoints_of_runs_from_before_it(tmp_path):
-  workdir = checkpoints.Workdir(tmp_path)
+  workdir = workdir_lib.Workdir(tmp_path)
   workdir.open(keep_checkpoints=3)
   older = lambda step: state_at(step, scale=step)
   newer = lambda step, ema=None: AveragedState(**dataclasses.asdict(older(step)), ema_params=ema)
   try:
-    workdir.save(older(10), checkpoints.Progress(), Positions(10))  # from before the field
-    workdir.save(newer(20), checkpoints.Progress(), Positions(20))  # its option off
+    workdir.save(older(10), workdir_lib.Progress(), Positions(10))  # from before the field
+    workdir.save(newer(20), workdir_lib.Progress(), Positions(20))  # its option off
     average = {"output": {"kernel": jnp.full((1, 3, 2), 7.0)},
                "down_0": {"conv": {"kernel": jnp.full((5, 2, 4), 7.0)}}}
-    workdir.save(newer(30, average), checkpoints.Progress(), Positions(30))
+    workdir.save(newer(30, average), workdir_lib.Progress(), Positions(30))
     workdir.wait_until_finished()
     # Off: either reads either.
     for step, target in ((10, newer(0)), (20, newer(0)), (20, older(0))):
@@ -130,40 +130,40 @@ def test_a_field_that_is_off_keeps_the_checkpoints_of_runs_from_before_it(tmp_pa
     workdir.close()
   # Inference reads the average where there is one, the parameters elsewhere.
   workdir.save_config(tiny_config())
-  loaded = checkpoints.load_for_inference(tmp_path, "30").variables["params"]
+  loaded = workdir_lib.load_for_inference(tmp_path, "30").variables["params"]
   jax.tree_util.tree_map(np.testing.assert_array_equal, loaded, jax.device_get(average))
-  loaded = checkpoints.load_for_inference(tmp_path, "20").variables["params"]
+  loaded = workdir_lib.load_for_inference(tmp_path, "20").variables["params"]
   jax.tree_util.tree_map(np.testing.assert_array_equal, loaded, jax.device_get(older(20).params))
 
 
 def test_config_json_keeps_where_the_run_started(tmp_path):
-  workdir = checkpoints.Workdir(tmp_path)
+  workdir = workdir_lib.Workdir(tmp_path)
   origin = {"workdir": "/runs/a", "checkpoint": "best", "step": 7}
   workdir.save_config(tiny_config(), origin)
   workdir.save_config(tiny_config())  # a resumed run
-  assert json.loads(workdir.config_file.read_text())[checkpoints.STARTED_FROM] == origin
-  assert checkpoints.STARTED_FROM not in checkpoints.load_config(tmp_path)
+  assert json.loads(workdir.config_file.read_text())[workdir_lib.STARTED_FROM] == origin
+  assert workdir_lib.STARTED_FROM not in workdir_lib.load_config(tmp_path)
 
 
 def test_an_older_config_json_reads_and_resumes_with_the_fields_added_since(tmp_path):
   from experiments import default
 
-  workdir, config = checkpoints.Workdir(tmp_path), tiny_config()
+  workdir, config = workdir_lib.Workdir(tmp_path), tiny_config()
   workdir.save_config(config)
   older = json.loads(workdir.config_file.read_text())
-  for name in checkpoints.ADDED_FIELDS:
+  for name in workdir_lib.ADDED_FIELDS:
     group, field = name.split(".")
     del older[group][field]
   workdir.config_file.write_text(json.dumps(older))
-  assert checkpoints.load_config(tmp_path).to_dict() == config.to_dict()
-  assert workdir.start(config) == checkpoints.Start()  # the run resumes
+  assert workdir_lib.load_config(tmp_path).to_dict() == config.to_dict()
+  assert workdir.start(config) == workdir_lib.Start()  # the run resumes
   # Each added field's value there is its default: a run that leaves it resumes.
   defaults = default.get_config()
-  for name, value in checkpoints.ADDED_FIELDS.items():
+  for name, value in workdir_lib.ADDED_FIELDS.items():
     group, field = name.split(".")
     assert defaults[group][field] == value, name
   config.loss.kind = "l1"  # another run
-  with pytest.raises(checkpoints.WorkdirError,
+  with pytest.raises(workdir_lib.WorkdirError,
                      match=r'config.loss.kind \("mse" in config.json, "l1" now\)'):
     workdir.start(config)
 
@@ -171,23 +171,23 @@ def test_an_older_config_json_reads_and_resumes_with_the_fields_added_since(tmp_
 def test_differences_name_every_field_but_the_resumable_ones():
   saved, config = tiny_config(), tiny_config()
   config.num_train_steps, config.data.data_dir = 99, "/elsewhere"
-  assert checkpoints.config_differences(saved, config) == []
+  assert workdir_lib.config_differences(saved, config) == []
   config.data.sample_rate, config.optim.learning_rate = 16000, 3e-4
-  assert checkpoints.config_differences(saved, config) == [
+  assert workdir_lib.config_differences(saved, config) == [
       ("data.sample_rate", 8000, 16000), ("optim.learning_rate", 1e-4, 3e-4)]
 
 
 def test_the_resume_check(tmp_path):
-  workdir = checkpoints.Workdir(tmp_path)
+  workdir = workdir_lib.Workdir(tmp_path)
   other = tiny_config()
   other.model.negative_slope = 0.1
   workdir.check_resumable(other)  # no config.json: any config
-  assert workdir.start(other) == checkpoints.Start()
+  assert workdir.start(other) == workdir_lib.Start()
   workdir.save_config(tiny_config())
   longer = tiny_config()
   longer.num_train_steps = 1000
-  assert workdir.start(longer) == checkpoints.Start()
-  with pytest.raises(checkpoints.WorkdirError) as error:
+  assert workdir.start(longer) == workdir_lib.Start()
+  with pytest.raises(workdir_lib.WorkdirError) as error:
     workdir.start(other)
   assert str(error.value).startswith(
       f"--workdir={tmp_path} holds a run of another config: config.model.negative_slope (0.2 "
@@ -205,11 +205,11 @@ def test_the_resume_check(tmp_path):
 ])
 def test_init_from_refusals(tmp_path, init_from, message):
   names = {"here": tmp_path / "run", "nothing": tmp_path / "nothing", "bare": tmp_path / "bare"}
-  checkpoints.Workdir(names["bare"]).save_config(tiny_config())
+  workdir_lib.Workdir(names["bare"]).save_config(tiny_config())
   config = tiny_config()
   config.init_from = init_from.format(**names)
-  with pytest.raises(checkpoints.TrainingError) as error:
-    checkpoints.Workdir(names["here"]).start(config)
+  with pytest.raises(workdir_lib.WorkdirError) as error:
+    workdir_lib.Workdir(names["here"]).start(config)
   assert str(error.value).startswith(f"config.init_from={config.init_from}: "
                                      f"{message.format(**names)}")
   assert not names["here"].exists() and os.listdir(names["bare"]) == ["config.json"]
@@ -218,8 +218,8 @@ def test_init_from_refusals(tmp_path, init_from, message):
 def trained_start(params, sources=("accompaniment", "vocals"), rate=TINY_RATE):
   config = tiny_config()
   config.model.sources, config.data.sample_rate = sources, rate
-  trained = checkpoints.Trained(config, {"params": params}, 5)
-  return checkpoints.Start(trained, {"workdir": "/runs/a", "checkpoint": "best", "step": 5})
+  trained = workdir_lib.Trained(config, {"params": params}, 5)
+  return workdir_lib.Start(trained, {"workdir": "/runs/a", "checkpoint": "best", "step": 5})
 
 
 def test_init_from_loads_every_parameter_but_a_new_output_layer(caplog):
@@ -239,7 +239,7 @@ def test_init_from_loads_every_parameter_but_a_new_output_layer(caplog):
   assert np.all(params["output"]["kernel"] == 0) and np.all(params["down_0"]["kernel"] == 1)
   assert "the output layer anew" in caplog.text
   # Nothing to start from: the fresh ones.
-  params, batch_stats = checkpoints.Start().variables(config, fresh, {})
+  params, batch_stats = workdir_lib.Start().variables(config, fresh, {})
   assert params is fresh and batch_stats == {}
 
 
@@ -254,7 +254,7 @@ def test_init_from_another_network_is_refused_naming_the_parameter():
        "that run's network has no params/down_0/kernel (shape (5, 2) here)"),
       ({**fresh, "up_0": {"kernel": np.ones((2,))}},
        "that run's params/up_0/kernel (shape (2,)) is not in this network")):
-    with pytest.raises(checkpoints.TrainingError) as error:
+    with pytest.raises(workdir_lib.WorkdirError) as error:
       trained_start(theirs).variables(config, fresh, {})
     assert str(error.value) == (f"config.init_from=/runs/a: {message}; only the output layer "
                                 "may differ (other config.model.sources): start from a run of "

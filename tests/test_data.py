@@ -12,8 +12,13 @@ import pytest
 import soundfile
 
 from conftest import tiny_data_config
-from waveunet_jax import input_pipeline, models, prepare, synthetic
-from waveunet_jax import tracks as tracks_lib
+from waveunet_jax import models
+from waveunet_jax.data import builder as builder_lib
+from waveunet_jax.data import tfdata
+from waveunet_jax.data import records
+from waveunet_jax.data import generator
+from waveunet_jax import stems as stems_lib
+from waveunet_jax.data import tracks as tracks_lib
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 RATE = 16000  # the tiny configs' model rate: every track is resampled from 44.1 kHz
@@ -30,36 +35,36 @@ def write_track(folder: pathlib.Path, stems: dict, rate: int = 44100, subtype="P
 
 
 def silent_stems(seconds: float, rate: int = 44100):
-  return {s: np.zeros((int(seconds * rate), 2), np.float32) for s in synthetic.SOURCES}
+  return {s: np.zeros((int(seconds * rate), 2), np.float32) for s in stems_lib.STEMS}
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
   root = tmp_path_factory.mktemp("corpus")
-  synthetic.write_corpus(root, num_train=3, num_test=1, seconds=6, seed=0)
+  generator.write_corpus(root, num_train=3, num_test=1, seconds=6, seed=0)
   return root
 
 
 def first(ds):
-  return next(iter(input_pipeline.as_numpy(ds)))
+  return next(iter(tfdata.as_numpy(ds)))
 
 
 def test_layout_comes_from_the_length_arithmetic():
   config = tiny_config()
-  layout = prepare.layout_for(config)
+  layout = records.layout_for(config)
   size = models.lengths(config.model, 3000)
   assert (layout.input_length, layout.output_length) == (size.input_length, size.output_length)
   assert layout.hop % layout.output_length == 0
-  assert layout.hop >= prepare.WINDOW_INPUT_LENGTHS * layout.input_length
+  assert layout.hop >= records.WINDOW_INPUT_LENGTHS * layout.input_length
 
 
 def test_windows_hold_every_crop_and_tile():
-  layout = prepare.Layout(("vocals",), RATE, 1, input_length=101, output_length=31)
+  layout = records.Layout(("vocals",), RATE, 1, input_length=101, output_length=31)
   n = 1000
   track = np.arange(1, n + 1, dtype=np.int16).reshape(1, n, 1)
   padded = np.pad(track, ((0, 0), (layout.offset, 10_000), (0, 0)))
   starts, tiles = [], []
-  for w in prepare.track_windows(track, layout):
+  for w in builder_lib.track_windows(track, layout):
     assert w["sources"].shape == (1, layout.window_length, 1)
     for s in range(w["num_starts"]):
       starts.append(w["start"] + s)
@@ -76,7 +81,7 @@ def prepare_tracks(tmp_path, tracks: dict, valid: str, **kwargs):
   for name, stems in tracks.items():
     write_track(root / "train" / name, stems)
   config = tiny_config(tmp_path / "data", **kwargs)
-  prepare.prepare(config, root, tmp_path / "data", wav=True, valid_tracks=[valid])
+  builder_lib.prepare(config, root, tmp_path / "data", wav=True, valid_tracks=[valid])
   return config
 
 
@@ -87,8 +92,8 @@ def test_impulse_lands_at_the_same_place_in_mix_and_target(tmp_path):
   stems["vocals"][4410] = 0.9
   config = prepare_tracks(tmp_path, {"A - impulse": stems, "B - silence": silent_stems(2.0)},
                           valid="A - impulse")
-  layout = prepare.layout_for(config)
-  batch = first(input_pipeline.eval_dataset(config, 1))
+  layout = records.layout_for(config)
+  batch = first(tfdata.eval_dataset(config, 1))
   vocals = batch["sources"][0, config.model.sources.index("vocals"), :, 0]
   assert np.argmax(np.abs(vocals)) == round(0.1 * RATE)
   assert np.argmax(np.abs(batch["mix"][0, :, 0])) == layout.offset + round(0.1 * RATE)
@@ -101,7 +106,7 @@ def test_resampled_sine_keeps_its_frequency(tmp_path):
   stems["bass"][:] = 0.5 * np.sin(2 * np.pi * 441.0 * t)[:, None]
   config = prepare_tracks(tmp_path, {"A - sine": stems, "B - silence": silent_stems(2.0)},
                           valid="A - sine", padding="same")
-  batch = first(input_pipeline.eval_dataset(config, 1))
+  batch = first(tfdata.eval_dataset(config, 1))
   accompaniment = batch["sources"][0, config.model.sources.index("accompaniment"), :, 0]
   spectrum = np.abs(np.fft.rfft(accompaniment * np.hanning(len(accompaniment))))
   peak = np.argmax(spectrum) * RATE / len(accompaniment)
@@ -112,16 +117,16 @@ def test_resampled_sine_keeps_its_frequency(tmp_path):
 
 def test_stem_files_round_trip(tmp_path):
   root = tmp_path / "stems"
-  synthetic.write_corpus(root, num_train=2, num_test=0, seconds=3, seed=5, stems=True)
+  generator.write_corpus(root, num_train=2, num_test=0, seconds=3, seed=5, stems=True)
   hq = tmp_path / "hq"
-  synthetic.write_corpus(hq, num_train=2, num_test=0, seconds=3, seed=5)
+  generator.write_corpus(hq, num_train=2, num_test=0, seconds=3, seed=5)
   names = sorted(p.name[:-len(".stem.mp4")] for p in (root / "train").glob("*.stem.mp4"))
   tiles = {}
   for folder, wav in ((root, False), (hq, True)):
     config = tiny_config(tmp_path / f"data-{wav}")
-    prepare.prepare(config, folder, tmp_path / f"data-{wav}", wav=wav, valid_tracks=names[:1])
-    tiles[wav] = np.concatenate([b["mix"][b["weight"] > 0] for b in input_pipeline.as_numpy(
-        input_pipeline.eval_dataset(config, 4))])
+    builder_lib.prepare(config, folder, tmp_path / f"data-{wav}", wav=wav, valid_tracks=names[:1])
+    tiles[wav] = np.concatenate([b["mix"][b["weight"] > 0] for b in tfdata.as_numpy(
+        tfdata.eval_dataset(config, 4))])
   # The decoder returns whole AAC frames: up to 1023 samples (at 44.1 kHz) more.
   extra = len(tiles[False]) - len(tiles[True])
   assert 0 <= extra <= 1
@@ -144,8 +149,8 @@ def read_wavs(folder: pathlib.Path) -> dict:
 def stored_sources(config, split: str, track: str) -> np.ndarray:
   """A track's stored sources, int16 [S, N, C], put back together from its windows
   (N runs on into the zero padding past the track's end)."""
-  builder, _ = input_pipeline.load_builder(config)
-  layout = prepare.layout_for(config)
+  builder, _ = builder_lib.load_builder(config)
+  layout = records.layout_for(config)
   windows = sorted((int(x["index"]), x["sources"])
                    for x in builder.as_dataset(split=split).as_numpy_iterator()
                    if x["track"].decode() == track)
@@ -160,17 +165,17 @@ def test_an_extra_stem_is_accompaniment_and_other(tmp_path, caplog, sources):
   root = tmp_path / "own"
   # A mixture.wav is never a stem: were it summed, accompaniment would not match below.
   write_track(root / "train" / "A - piano",
-              noise_stems(synthetic.SOURCES + ("piano", "mixture"), 1, 0))
+              noise_stems(stems_lib.STEMS + ("piano", "mixture"), 1, 0))
   write_track(root / "train" / "B - plain", silent_stems(1.0))
   # At 44.1 kHz nothing is resampled: the stored sources are the sums of the files.
   config = tiny_data_config(44100, 3000, tmp_path / "data", sources=sources)
-  prepare.prepare(config, root, tmp_path / "data", wav=True, valid_tracks=["B - plain"])
+  builder_lib.prepare(config, root, tmp_path / "data", wav=True, valid_tracks=["B - plain"])
   wavs = read_wavs(root / "train" / "A - piano")
   expected = {**wavs, "other": wavs["other"] + wavs["piano"],
               "accompaniment": wavs["drums"] + wavs["bass"] + wavs["other"] + wavs["piano"]}
   stored = stored_sources(config, "train", "A - piano")
   for i, source in enumerate(sources):
-    np.testing.assert_array_equal(stored[i, :44100], prepare.to_int16(expected[source]))
+    np.testing.assert_array_equal(stored[i, :44100], records.to_int16(expected[source]))
   assert re.search(r"A - piano: 1.0 s, \d+ windows \(piano counted as other\)", caplog.text)
 
 
@@ -180,16 +185,16 @@ def test_a_stem_no_source_needs_may_be_missing(tmp_path):
   write_track(folder, noise_stems(("vocals", "bass"), 1, 0))
   write_track(root / "train" / "B - plain", silent_stems(1.0))
   config = tiny_data_config(44100, 3000, tmp_path / "data")  # accompaniment, vocals
-  prepare.prepare(config, root, tmp_path / "data", wav=True, valid_tracks=["B - plain"])
+  builder_lib.prepare(config, root, tmp_path / "data", wav=True, valid_tracks=["B - plain"])
   stored = stored_sources(config, "train", "A - no drums")
   bass = read_wavs(folder)["bass"]
   np.testing.assert_array_equal(stored[config.model.sources.index("accompaniment"), :44100],
-                                prepare.to_int16(bass))
+                                records.to_int16(bass))
   # The four stems need drums.wav.
   config = tiny_data_config(44100, 3000, tmp_path / "data4",
                             sources=("vocals", "drums", "bass", "other"))
-  with pytest.raises(prepare.DataError) as error:
-    prepare.prepare(config, root, tmp_path / "data4", wav=True, valid_tracks=["B - plain"])
+  with pytest.raises(records.DataError) as error:
+    builder_lib.prepare(config, root, tmp_path / "data4", wav=True, valid_tracks=["B - plain"])
   assert str(error.value) == (f"track 'A - no drums': no drums.wav in {folder} (needed for the "
                               "source 'drums' of config.model.sources); it has vocals.wav, "
                               "bass.wav")
@@ -244,22 +249,22 @@ def test_bad_tracks_are_named_and_leave_nothing(tmp_path, problem, message):
   else:
     (folder / "vocals.wav").write_bytes(b"")
   data_dir = tmp_path / "data"
-  with pytest.raises(prepare.DataError, match="B - bad") as error:
-    prepare.prepare(tiny_config(data_dir), root, data_dir, wav=True, valid_tracks=["A - good"])
+  with pytest.raises(records.DataError, match="B - bad") as error:
+    builder_lib.prepare(tiny_config(data_dir), root, data_dir, wav=True, valid_tracks=["A - good"])
   assert any(m in str(error.value) for m in message.split("|")), error.value
   assert no_dataset_left(data_dir)
 
 
 def test_empty_folder_and_unknown_validation_track(tmp_path):
   (tmp_path / "musdb" / "train").mkdir(parents=True)
-  with pytest.raises(prepare.DataError, match="no tracks found"):
-    prepare.prepare(tiny_config(), tmp_path / "musdb", tmp_path / "data", wav=True)
+  with pytest.raises(records.DataError, match="no tracks found"):
+    builder_lib.prepare(tiny_config(), tmp_path / "musdb", tmp_path / "data", wav=True)
   write_track(tmp_path / "musdb" / "train" / "A - a", silent_stems(1.0))
-  with pytest.raises(prepare.DataError, match="only one training track .* validation needs at "
+  with pytest.raises(records.DataError, match="only one training track .* validation needs at "
                      "least 2 tracks there .* or tracks of its own in .*valid/"):
-    prepare.prepare(tiny_config(), tmp_path / "musdb", tmp_path / "data", wav=True)
-  with pytest.raises(prepare.DataError, match="--valid_tracks: not in"):
-    prepare.prepare(tiny_config(), tmp_path / "musdb", tmp_path / "data", wav=True,
+    builder_lib.prepare(tiny_config(), tmp_path / "musdb", tmp_path / "data", wav=True)
+  with pytest.raises(records.DataError, match="--valid_tracks: not in"):
+    builder_lib.prepare(tiny_config(), tmp_path / "musdb", tmp_path / "data", wav=True,
                     valid_tracks=["Nobody - Nothing"])
 
 
@@ -268,7 +273,7 @@ def names(tracks) -> list:
 
 
 def stored_tracks(config) -> dict:
-  builder, _ = input_pipeline.load_builder(config)
+  builder, _ = builder_lib.load_builder(config)
   return {split: {x["track"].decode() for x in builder.as_dataset(split=split).as_numpy_iterator()}
           for split in builder.info.splits}
 
@@ -276,7 +281,7 @@ def stored_tracks(config) -> dict:
 def test_prepare_a_folder_of_ones_own_chooses_validation(corpus, tmp_path, caplog):
   caplog.set_level(logging.INFO, logger="absl")
   config = tiny_config(tmp_path)
-  prepare.prepare(config, corpus, tmp_path, wav=True)  # no --valid_tracks, no valid/
+  builder_lib.prepare(config, corpus, tmp_path, wav=True)  # no --valid_tracks, no valid/
   train = tracks_lib.find_tracks(corpus, "train", True)
   chosen = tracks_lib.hashed_validation(train)
   assert stored_tracks(config) == {"train": {t.name for t in train} - chosen, "valid": chosen,
@@ -290,7 +295,7 @@ def test_a_valid_folder_is_the_validation_split(tmp_path, caplog):
   for split, name in (("train", "A - a"), ("train", "B - b"), ("valid", "C - c")):
     write_track(root / split / name, silent_stems(1.0))
   config = tiny_config(tmp_path / "data")
-  prepare.prepare(config, root, tmp_path / "data", wav=True)
+  builder_lib.prepare(config, root, tmp_path / "data", wav=True)
   assert stored_tracks(config) == {"train": {"A - a", "B - b"}, "valid": {"C - c"}}  # no test/
   assert f"validation: the 1 track(s) of {root / 'valid'}/" in caplog.text
   # --valid_tracks still decides.
@@ -298,7 +303,7 @@ def test_a_valid_folder_is_the_validation_split(tmp_path, caplog):
   assert (names(splits["train"]), names(splits["valid"])) == (["B - b"], ["A - a"])
   assert f"the 1 track(s) of {root / 'valid'}/ are not used" in caplog.text
   write_track(root / "valid" / "A - a", silent_stems(1.0))
-  with pytest.raises(prepare.DataError, match="'A - a' is in both train/ and valid/"):
+  with pytest.raises(records.DataError, match="'A - a' is in both train/ and valid/"):
     tracks_lib.split_tracks(root, True, None)
 
 
@@ -313,7 +318,7 @@ def test_tracks_file_names_folders_and_their_splits(tmp_path, caplog):
                      "../songs/B - b\ttrain\n  ../songs/C - c   valid\n"
                      f"{songs / 'D - d'} test\n")
   config = tiny_config(tmp_path / "data")
-  prepare.prepare(config, None, tmp_path / "data", tracks_file=listing)
+  builder_lib.prepare(config, None, tmp_path / "data", tracks_file=listing)
   assert stored_tracks(config) == {"train": {"A - a", "B - b"}, "valid": {"C - c"},
                                    "test": {"D - d"}}
   # No line says valid: the same choice as for a folder.
@@ -328,8 +333,8 @@ def test_tracks_file_names_folders_and_their_splits(tmp_path, caplog):
 
 def test_musdb_root_or_tracks_file(tmp_path):
   for root, listing, problem in ((None, None, ""), (tmp_path, tmp_path / "t.txt", ", not both")):
-    with pytest.raises(prepare.DataError) as error:
-      prepare.prepare(tiny_config(), root, tmp_path / "data", tracks_file=listing)
+    with pytest.raises(records.DataError) as error:
+      builder_lib.prepare(tiny_config(), root, tmp_path / "data", tracks_file=listing)
     assert str(error.value) == (
         "give --musdb_root=DIR (a folder with train/, and optionally valid/ and test/) or "
         f"--tracks_file=FILE (one track folder per line){problem}")
@@ -339,7 +344,7 @@ def test_too_short_track_is_skipped_with_a_log(tmp_path, caplog):
   config = prepare_tracks(tmp_path, {"A - long": silent_stems(1.0),
                                      "B - long": silent_stems(1.0),
                                      "C - short": silent_stems(0.05)}, valid="A - long")
-  builder, _ = input_pipeline.load_builder(config)
+  builder, _ = builder_lib.load_builder(config)
   tracks = {bytes(x["track"]) for x in builder.as_dataset(split="train").as_numpy_iterator()}
   assert tracks == {b"B - long"}
   assert "C - short: skipped" in caplog.text
@@ -348,19 +353,19 @@ def test_too_short_track_is_skipped_with_a_log(tmp_path, caplog):
 def test_rerun_is_a_no_op_and_a_killed_run_is_redone(tmp_path):
   tracks = {"A - a": silent_stems(1.0), "B - b": silent_stems(1.0)}
   config = prepare_tracks(tmp_path, tracks, valid="A - a")
-  builder, _ = input_pipeline.load_builder(config)
+  builder, _ = builder_lib.load_builder(config)
   version_dir = pathlib.Path(builder.data_dir)
   stamp = {p: p.stat().st_mtime_ns for p in version_dir.iterdir()}
-  prepare.prepare(config, tmp_path / "musdb", tmp_path / "data", wav=True, valid_tracks=["A - a"])
+  builder_lib.prepare(config, tmp_path / "musdb", tmp_path / "data", wav=True, valid_tracks=["A - a"])
   assert {p: p.stat().st_mtime_ns for p in version_dir.iterdir()} == stamp
   # A run killed while writing leaves only an incomplete.* folder: not a dataset.
   killed = version_dir.parent / f"incomplete.KILLED_{version_dir.name}"
   version_dir.rename(killed)
-  with pytest.raises(prepare.DataError, match="run python -m waveunet_jax.prepare"):
-    input_pipeline.load_builder(config)
-  prepare.prepare(config, tmp_path / "musdb", tmp_path / "data", wav=True, valid_tracks=["A - a"])
+  with pytest.raises(records.DataError, match="run python -m waveunet_jax.prepare"):
+    builder_lib.load_builder(config)
+  builder_lib.prepare(config, tmp_path / "musdb", tmp_path / "data", wav=True, valid_tracks=["A - a"])
   assert not killed.exists()
-  builder, _ = input_pipeline.load_builder(config)
+  builder, _ = builder_lib.load_builder(config)
   assert builder.info.splits["train"].num_examples == 2  # B's windows
 
 

@@ -10,10 +10,13 @@ import ml_collections
 import numpy as np
 import pytest
 
-from waveunet_jax import device_data, parallel, prepare
+from waveunet_jax import parallel
+from waveunet_jax.data import device as device_data
+from waveunet_jax.data import builder as builder_lib
+from waveunet_jax.data import records
 
 # Two sources, stereo; crops of 40 samples whose central 20 are the targets.
-LAYOUT = prepare.Layout(("accompaniment", "vocals"), 8000, 2, 40, 20)
+LAYOUT = records.Layout(("accompaniment", "vocals"), 8000, 2, 40, 20)
 
 
 def data_config(*augmentations, gain_range=(0.7, 1.0), remix_probability=0.5):
@@ -24,13 +27,13 @@ def data_config(*augmentations, gain_range=(0.7, 1.0), remix_probability=0.5):
 def position_track(length: int, marker: int = 0) -> np.ndarray:
   """A track [S, N, C] float whose sample t is (t + 1) / 32768 in every source, and
   `marker` / 32768 in channel 1: a crop's first target sample says where it starts."""
-  t = (np.arange(length) + 1) / prepare.AUDIO_SCALE
-  track = np.stack([np.stack([t, np.full(length, marker / prepare.AUDIO_SCALE)], -1)] * 2)
+  t = (np.arange(length) + 1) / records.AUDIO_SCALE
+  track = np.stack([np.stack([t, np.full(length, marker / records.AUDIO_SCALE)], -1)] * 2)
   return track.astype(np.float32)
 
 
 def windows_of(track: np.ndarray):
-  cut = list(prepare.track_windows(prepare.to_int16(track), LAYOUT))
+  cut = list(builder_lib.track_windows(records.to_int16(track), LAYOUT))
   return (np.stack([w["sources"] for w in cut]), np.array([w["num_starts"] for w in cut]))
 
 
@@ -45,7 +48,7 @@ def sample(share: device_data.Share, data, *, batches: int, batch_size: int = 64
 
 def starts_of(batch) -> np.ndarray:
   """Each example's crop start in its track, from its first target sample (source 0)."""
-  return np.rint(batch["sources"][:, 0, 0, 0] * prepare.AUDIO_SCALE).astype(int) - 1
+  return np.rint(batch["sources"][:, 0, 0, 0] * records.AUDIO_SCALE).astype(int) - 1
 
 
 def test_crops_start_uniformly_over_every_allowed_start_of_every_track():
@@ -127,9 +130,9 @@ def test_half_the_sources_flip_polarity_each_on_its_own():
 
 
 def test_both_samplers_know_the_same_augmentations():
-  from waveunet_jax import input_pipeline
+  from waveunet_jax.data import tfdata
 
-  assert list(input_pipeline.AUGMENTATIONS) == list(device_data.AUGMENTATIONS)
+  assert list(tfdata.AUGMENTATIONS) == list(device_data.AUGMENTATIONS)
 
 
 def test_unknown_augmentation_is_refused():
@@ -178,7 +181,7 @@ def test_the_choice_between_the_device_and_tf_data(caplog):
   assert "tf.data (config.data.pipeline='auto'; it does not fit on the devices: 3.00 GiB" \
          in caplog.text
   config.data.pipeline = "device"
-  with pytest.raises(prepare.DataError, match=r"^config.data.pipeline='device': the training "
+  with pytest.raises(records.DataError, match=r"^config.data.pipeline='device': the training "
                      r"data do not fit on the devices \(3.00 GiB of training windows per "
                      r"device \+ 512.0 MiB for the train step, against 80% of the 4.00 GiB a "
                      r"device holds\); use config.data.pipeline='tfdata'"):
@@ -186,7 +189,7 @@ def test_the_choice_between_the_device_and_tf_data(caplog):
   config.data.pipeline = "tfdata"
   assert device_data.choose(config, lambda: pytest.fail("tf.data needs no fit")) == "tfdata"
   config.data.pipeline = "gpu"
-  with pytest.raises(prepare.DataError, match="config.data.pipeline='gpu': choose from auto, "
+  with pytest.raises(records.DataError, match="config.data.pipeline='gpu': choose from auto, "
                      "device, tfdata"):
     device_data.choose(config, small)
 

@@ -17,8 +17,10 @@ import numpy as np
 import pytest
 
 from conftest import tiny_model_config
-from waveunet_jax import evaluate, jax_engine, models
-from waveunet_jax import tracks as tracks_lib
+from waveunet_jax import evaluate, models
+from waveunet_jax.separation import jax_engine
+from waveunet_jax import stems as stems_lib
+from waveunet_jax.data import tracks as tracks_lib
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 SOURCES = ("accompaniment", "vocals")  # the default (paper M4) config's
@@ -33,7 +35,7 @@ class Stub:
     self.sources, self.calls, self.known = sources, 0, []
     for track in tracks:
       stems, _ = tracks_lib.read_stems(track)
-      self.known.append((sum(stems[s] for s in tracks_lib.STEMS),
+      self.known.append((sum(stems[s] for s in stems_lib.STEMS),
                          evaluate.references(stems, sources)))
     self.rng, self.noise = np.random.default_rng(0), noise
 
@@ -263,20 +265,20 @@ def test_splits(musdb_corpus, tmp_path):
   # The valid split is what prepare holds out (test_evaluate_own): never every training
   # track.
   with pytest.raises(evaluate.EvaluationError, match="every track of .* is a validation track"):
-    evaluate.split_tracks(musdb_corpus, "valid", True, [train])
+    evaluate.tracks_of_split(musdb_corpus, "valid", True, [train])
   # One training track, no valid/: nothing to hold out (as prepare says).
   with pytest.raises(evaluate.EvaluationError, match="only one training track .* validation "
                      "needs at least 2 tracks there"):
-    evaluate.split_tracks(musdb_corpus, "valid", True)
+    evaluate.tracks_of_split(musdb_corpus, "valid", True)
   with pytest.raises(evaluate.EvaluationError, match="--valid_tracks: not in .*: Nope"):
-    evaluate.split_tracks(musdb_corpus, "valid", True, ["Nope"])
+    evaluate.tracks_of_split(musdb_corpus, "valid", True, ["Nope"])
   with pytest.raises(evaluate.EvaluationError, match="add --wav"):
-    evaluate.split_tracks(musdb_corpus, "test", False)
+    evaluate.tracks_of_split(musdb_corpus, "test", False)
   (tmp_path / "test").mkdir()
   (tmp_path / "test" / "A - B.stem.mp4").touch()  # the stem-file layout (read by prepare)
-  assert [t.name for t in evaluate.split_tracks(tmp_path, "test", False)] == ["A - B"]
+  assert [t.name for t in evaluate.tracks_of_split(tmp_path, "test", False)] == ["A - B"]
   with pytest.raises(evaluate.EvaluationError, match="no tracks of the test split"):
-    evaluate.split_tracks(tmp_path, "test", True)
+    evaluate.tracks_of_split(tmp_path, "test", True)
 
 
 # The command line, with a stub for the trained model (training one takes too long).

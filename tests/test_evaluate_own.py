@@ -15,8 +15,9 @@ import pytest
 import soundfile
 
 from conftest import tiny_model_config
-from waveunet_jax import evaluate, jax_engine, models
-from waveunet_jax import tracks as tracks_lib
+from waveunet_jax import evaluate, models
+from waveunet_jax.separation import jax_engine
+from waveunet_jax.data import tracks as tracks_lib
 
 RATE, SECONDS = 8000, 2
 SOURCES = ("accompaniment", "vocals")
@@ -184,7 +185,7 @@ def test_the_valid_split_is_what_prepare_holds_out(tmp_path):
   held_out = chosen(tracks_lib.split_tracks(root, True, None)["valid"])
   assert held_out == sorted(tracks_lib.hashed_validation(
       tracks_lib.find_tracks(root, "train", True))) and len(held_out) == 1
-  assert chosen(evaluate.split_tracks(root, "valid", True)) == held_out
+  assert chosen(evaluate.tracks_of_split(root, "valid", True)) == held_out
   # And scored: exactly that track.
   true = {name: {"vocals": noise(2 * i, 2), "accompaniment": noise(2 * i + 1, 2)}
           for i, name in enumerate(names)}
@@ -193,8 +194,8 @@ def test_the_valid_split_is_what_prepare_holds_out(tmp_path):
   assert summary["split"] == "valid" and summary["tracks"] == held_out
   assert min(track_sdr(tmp_path / "eval", "valid", held_out[0]).values()) > 40
   # --valid_tracks names them; else a valid/ folder holds them.
-  assert chosen(evaluate.split_tracks(root, "valid", True, names[3:5])) == names[3:5]
+  assert chosen(evaluate.tracks_of_split(root, "valid", True, names[3:5])) == names[3:5]
   for name in ("Z - one", "Y - two"):
     (root / "valid" / name).mkdir(parents=True)
-  assert chosen(evaluate.split_tracks(root, "valid", True)) == ["Y - two", "Z - one"] == \
+  assert chosen(evaluate.tracks_of_split(root, "valid", True)) == ["Y - two", "Z - one"] == \
       chosen(tracks_lib.split_tracks(root, True, None)["valid"])

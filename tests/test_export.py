@@ -18,7 +18,10 @@ import numpy as np
 import pytest
 
 from conftest import tiny_model_config
-from waveunet_jax import export, formats, jax_engine, models, separator
+from waveunet_jax import export, models
+from waveunet_jax.separation import model_formats
+from waveunet_jax.separation import jax_engine
+from waveunet_jax.separation import separator
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 RATE = 8000
@@ -45,23 +48,23 @@ def tiny_engine(design: str) -> jax_engine.JaxEngine:
 
 
 def export_to(tmp_path, design, fmt, **kwargs) -> pathlib.Path:
-  path = tmp_path / f"{design}{formats.FORMATS[fmt].extension or ''}"  # '': a folder
+  path = tmp_path / f"{design}{model_formats.MODEL_FORMATS[fmt].extension or ''}"  # '': a folder
   return export.export(tiny_engine(design), fmt, path, **kwargs)
 
 
 @pytest.mark.parametrize("design", list(DESIGNS))
-@pytest.mark.parametrize("fmt", formats.FORMATS)
+@pytest.mark.parametrize("fmt", model_formats.MODEL_FORMATS)
 def test_exported_forward_and_separation_equal_jax(tmp_path, design, fmt):
   absl_level = std_logging.getLogger("absl").level
   path = export_to(tmp_path, design, fmt)
   assert std_logging.getLogger("absl").level == absl_level  # TF's save changes it
-  meta = json.loads(formats.metadata_path(path, fmt).read_text())
+  meta = json.loads(model_formats.metadata_path(path, fmt).read_text())
   jax_side = tiny_engine(design)
   assert meta["sources"] == list(jax_side.sources) and meta["sample_rate"] == RATE
   assert meta["input_length"] == jax_side.tiling.input_length
   assert meta["output_offset"] == (meta["input_length"] - meta["output_length"]) // 2
   batch = meta["batch_size"] or 3  # LiteRT's batch is fixed at export
-  loaded = formats.load(path, batch_size=batch)
+  loaded = model_formats.load(path, batch_size=batch)
   windows = np.random.default_rng(1).uniform(
       -1, 1, (batch, meta["input_length"], 2)).astype(np.float32)
   want = np.asarray(jax_side.forward(windows))
@@ -82,9 +85,9 @@ def test_bad_exports_are_one_line(tmp_path):
     export.export(tiny_engine("deep"), "stablehlo", tmp_path / "m.stablehlo", float16=True)
   (tmp_path / "m.onnx").write_bytes(b"not a model")
   with pytest.raises(separator.SeparationError, match="no metadata .*m.onnx.json"):
-    formats.load(tmp_path / "m.onnx")
+    model_formats.load(tmp_path / "m.onnx")
   with pytest.raises(separator.SeparationError, match="not an export"):
-    formats.format_of(tmp_path / "m.bin")
+    model_formats.format_of(tmp_path / "m.bin")
 
 
 def test_an_export_replaces_only_an_earlier_export_and_only_with_overwrite(tmp_path,
@@ -113,13 +116,13 @@ def test_an_export_replaces_only_an_earlier_export_and_only_with_overwrite(tmp_p
     export.export(engine_, "stablehlo", path)
   assert path.read_bytes() == b"an earlier export"
   export.export(engine_, "stablehlo", path, overwrite=True)
-  assert formats.load(path).forward is not None and path.read_bytes() != b"an earlier export"
+  assert model_formats.load(path).forward is not None and path.read_bytes() != b"an earlier export"
   folder = export.export(engine_, "saved_model", tmp_path / "sm")
   (folder / "stale.txt").write_text("from an earlier export")
   with pytest.raises(export.ExportError, match=r"sm exists; add --overwrite"):
     export.export(engine_, "saved_model", folder)
   export.export(engine_, "saved_model", folder, overwrite=True)
-  assert not (folder / "stale.txt").exists() and formats.is_export_folder(folder)
+  assert not (folder / "stale.txt").exists() and model_formats.is_export_folder(folder)
   assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
@@ -193,13 +196,13 @@ def test_separate_on_onnx_imports_neither_jax_nor_tensorflow(tmp_path):
                                                  ("tflite", "float16", "float16")])
 def test_reduced_precision_exports_run_close_to_float(tmp_path, fmt, option, weights):
   path = export_to(tmp_path, "deep", fmt, **{option: True})
-  meta = json.loads(formats.metadata_path(path).read_text())
+  meta = json.loads(model_formats.metadata_path(path).read_text())
   assert meta["weights"] == weights
   batch = meta["batch_size"] or 2
   windows = np.random.default_rng(5).uniform(-1, 1, (batch, meta["input_length"], 2)
                                               ).astype(np.float32)
   want = np.asarray(tiny_engine("deep").forward(windows))
-  got = formats.load(path, batch_size=batch).forward(windows)
+  got = model_formats.load(path, batch_size=batch).forward(windows)
   error = np.sqrt(np.mean((got - want) ** 2) / np.mean(want ** 2))
   assert 0 < error < 0.1  # close, not equal
 
@@ -219,7 +222,7 @@ def test_export_command_from_a_trained_workdir(tmp_path, tiny_workdir):
   meta = json.loads((tmp_path / "m.onnx.json").read_text())
   assert meta["source_model"]["step"] == 3 and meta["config"]["data"]["sample_rate"] == RATE
   song = np.random.default_rng(6).uniform(-0.5, 0.5, (5000, 2)).astype(np.float32)
-  a = separator.Separator(formats.load(tmp_path / "m.onnx")).separate(song, 44100)
+  a = separator.Separator(model_formats.load(tmp_path / "m.onnx")).separate(song, 44100)
   b = separator.Separator(jax_engine.JaxEngine.from_workdir(tiny_workdir,
                                                         window_seconds=0.1)).separate(song, 44100)
   for name in a:
@@ -295,14 +298,14 @@ TAMPERED = [
 def test_a_tampered_or_foreign_export_is_one_line_naming_the_file(
     tmp_path, onnx_export, name, model, edit_metadata, edit_model, message):
   path = tmp_path / model
-  meta = json.loads(formats.metadata_path(onnx_export, "onnx").read_text())
+  meta = json.loads(model_formats.metadata_path(onnx_export, "onnx").read_text())
   if model == "sm":
     path.mkdir()
   else:
     data = onnx_export.read_bytes()
     path.write_bytes(edit_model(data) if edit_model else data)
   meta = edit_metadata(meta) if edit_metadata else meta
-  formats.metadata_path(path).write_text(json.dumps(meta))
+  model_formats.metadata_path(path).write_text(json.dumps(meta))
   result = subprocess.run(
       [sys.executable, "-m", "waveunet_jax.separate", f"--model={path}",
        str(onnx_export.parent / "song.wav"), f"--output_dir={tmp_path / 'out'}"],
@@ -314,13 +317,13 @@ def test_a_tampered_or_foreign_export_is_one_line_naming_the_file(
 
 
 def test_each_format_is_one_registry_entry_that_names_and_paths_follow(tmp_path):
-  for name, fmt in formats.FORMATS.items():
+  for name, fmt in model_formats.MODEL_FORMATS.items():
     path = tmp_path / f"m{fmt.extension or ''}"
     assert export.check_output(name, path) == path
     if fmt.extension is None:  # a folder, its metadata inside
       path.mkdir()
-      assert formats.metadata_path(path) == path / formats.METADATA_NAME
+      assert model_formats.metadata_path(path) == path / model_formats.METADATA_NAME
     else:
-      assert formats.metadata_path(path) == tmp_path / f"{path.name}.json"
-    assert formats.format_of(path) == name
-  assert [f.reduced for f in formats.FORMATS.values() if f.reduced] == ["float16", "int8"]
+      assert model_formats.metadata_path(path) == tmp_path / f"{path.name}.json"
+    assert model_formats.format_of(path) == name
+  assert [f.reduced for f in model_formats.MODEL_FORMATS.values() if f.reduced] == ["float16", "int8"]

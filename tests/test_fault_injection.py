@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from waveunet_jax import synthetic
+from waveunet_jax.data import generator
 
 pytestmark = pytest.mark.faults
 
@@ -133,7 +133,7 @@ def test_separate_survives_kill_9(tmp_path):
 
 
 def test_evaluate_survives_kill_9(tmp_path):
-  synthetic.write_corpus(tmp_path / "musdb", num_train=1, num_test=2, seconds=6, seed=1)
+  generator.write_corpus(tmp_path / "musdb", num_train=1, num_test=2, seconds=6, seed=1)
   command = lambda out: [sys.executable, "-c", CLI_MODEL, "evaluate", "--workdir=RUN",
                          f"--musdb_root={tmp_path / 'musdb'}", "--wav", f"--output_dir={out}"]
   _, work = run(command(tmp_path / "reference"), tmp_path / "reference")
@@ -159,7 +159,7 @@ def test_evaluate_survives_kill_9(tmp_path):
 
 
 def test_prepare_survives_kill_9(tmp_path):
-  synthetic.write_corpus(tmp_path / "musdb", num_train=4, num_test=1, seconds=20, seed=2)
+  generator.write_corpus(tmp_path / "musdb", num_train=4, num_test=1, seconds=20, seed=2)
   valid = sorted(p.name for p in (tmp_path / "musdb" / "train").iterdir())[0]
   command = lambda out: [sys.executable, "-m", "waveunet_jax.prepare",
                          f"--musdb_root={tmp_path / 'musdb'}", f"--data_dir={out}", "--wav",
@@ -192,7 +192,7 @@ def test_training_survives_kill_9(tmp_path, tiny_data_dir):
 
   from conftest import (TINY_OUTPUT, TINY_RATE, tiny_data_config, tiny_schedule,
                         write_config_file)
-  from waveunet_jax import checkpoints
+  from waveunet_jax import workdir as workdir_lib
 
   config = tiny_schedule(tiny_data_config(TINY_RATE, TINY_OUTPUT, tiny_data_dir), 40, 5,
                          eval_every=10, patience=100)
@@ -208,8 +208,8 @@ def test_training_survives_kill_9(tmp_path, tiny_data_dir):
                   kill_after=rng.uniform(0.05, 0.6) * work)
     assert code == -9 or kill > 0, "training ended before the kill; give it more steps"
   assert run(command(workdir), workdir / "checkpoints")[0] == 0
-  reference = checkpoints.load_for_inference(tmp_path / "reference", "latest")
-  resumed = checkpoints.load_for_inference(workdir, "latest")
+  reference = workdir_lib.load_for_inference(tmp_path / "reference", "latest")
+  resumed = workdir_lib.load_for_inference(workdir, "latest")
   assert resumed.step == reference.step == 40
   chex.assert_trees_all_equal(resumed.variables, reference.variables)
   assert not temporaries(workdir), temporaries(workdir)

@@ -16,7 +16,11 @@ import pytest
 
 from conftest import (TINY_OUTPUT, TINY_RATE, tiny_data_config, tiny_schedule,
                       write_config_file)
-from waveunet_jax import checkpoints, prepare, signals, synthetic, train
+from waveunet_jax import signals, train
+from waveunet_jax import workdir as workdir_lib
+from waveunet_jax.data import builder as builder_lib
+from waveunet_jax.data import records
+from waveunet_jax.data import generator
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -93,12 +97,13 @@ def test_init_from_a_relative_workdir(trained_run, tiny_data_dir, monkeypatch):
   config.init_from = "run:latest"
   train.train_and_evaluate(config, "fine")
   saved = json.loads((trained_run / "fine" / "config.json").read_text())
-  assert saved[checkpoints.STARTED_FROM] == {
+  assert saved[workdir_lib.STARTED_FROM] == {
       "workdir": str(trained_run / "run"), "checkpoint": "latest", "step": 2}
 
 
 def test_reading_a_workdir_without_checkpoints_writes_nothing(trained_run, tmp_path):
-  from waveunet_jax import jax_engine, separator
+  from waveunet_jax.separation import jax_engine
+  from waveunet_jax.separation import separator
 
   (tmp_path / "bare").mkdir()
   shutil.copy(trained_run / "run" / "config.json", tmp_path / "bare")
@@ -128,7 +133,7 @@ def test_rerun_with_another_config_is_refused_before_touching_the_workdir(
   other = tiny_config(data_dir)
   group, name = field.split(".")
   other[group][name] = value
-  with pytest.raises(checkpoints.WorkdirError, match="holds a run of another config") as e:
+  with pytest.raises(workdir_lib.WorkdirError, match="holds a run of another config") as e:
     train.train_and_evaluate(other, tmp_path)
   assert shown in str(e.value) and "\n" not in str(e.value)
   assert (tmp_path / "config.json").read_bytes() == saved
@@ -145,7 +150,7 @@ def test_rerun_may_change_the_step_counts_and_resumes(data_dir, tmp_path):
   assert int(resumed.step) == 20
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["10", "20"]
   assert json.loads((tmp_path / "config.json").read_text())["num_train_steps"] == 20
-  restored = checkpoints.load_for_inference(tmp_path, "10")[1]["params"]
+  restored = workdir_lib.load_for_inference(tmp_path, "10")[1]["params"]
   chex.assert_trees_all_equal(restored, first)
 
 
@@ -153,7 +158,7 @@ def test_cli_rerun_with_another_network_is_one_line_and_keeps_config_json(tmp_pa
   """The issue's case: experiments/deep.py:M1 on a shallow workdir."""
   from experiments import shallow
 
-  checkpoints.Workdir(tmp_path).save_config(shallow.get_config("smoke"))
+  workdir_lib.Workdir(tmp_path).save_config(shallow.get_config("smoke"))
   saved = (tmp_path / "config.json").read_bytes()
   result = run_main("--config", "experiments/deep.py:M1", "--workdir", str(tmp_path))
   assert result.returncode == 1, result.stderr[-2000:]
@@ -216,12 +221,12 @@ def test_workdir_flag_without_a_value_is_one_line(tmp_path):
 
 def test_a_failed_start_in_python_removes_only_a_workdir_it_made(tmp_path):
   config = tiny_config("/nonexistent")
-  with pytest.raises(prepare.DataError):
+  with pytest.raises(records.DataError):
     train.train_and_evaluate(config, tmp_path / "new")
   assert not (tmp_path / "new").exists()
   (tmp_path / "old").mkdir()
   (tmp_path / "old" / "notes.txt").write_text("mine")
-  with pytest.raises(prepare.DataError):
+  with pytest.raises(records.DataError):
     train.train_and_evaluate(config, tmp_path / "old")
   assert os.listdir(tmp_path / "old") == ["notes.txt"]
 
@@ -279,7 +284,7 @@ def test_a_signal_stops_training_with_a_checkpoint_and_the_run_resumes_exactly(
   step = int(stopped.split()[3])
   assert step >= 3
   assert str(step) in os.listdir(workdir / "checkpoints")
-  assert checkpoints.read_progress(workdir).done is False
+  assert workdir_lib.read_progress(workdir).done is False
   # The printed command resumes; here for 5 more steps (step counts may change).
   resume = shlex.split(stopped.split("; resume with: ", 1)[1])
   assert resume[-4:] == command[-4:]
@@ -292,7 +297,7 @@ def test_a_signal_stops_training_with_a_checkpoint_and_the_run_resumes_exactly(
   # ... and ends where a run that was never stopped ends.
   config.num_train_steps = step + 5
   straight = train.train_and_evaluate(config, tmp_path / "straight")
-  _, resumed, _ = checkpoints.load_for_inference(workdir, "latest")
+  _, resumed, _ = workdir_lib.load_for_inference(workdir, "latest")
   chex.assert_trees_all_equal(resumed["params"], jax.device_get(straight.params))
 
 
@@ -303,10 +308,10 @@ def test_a_signal_stops_training_with_a_checkpoint_and_the_run_resumes_exactly(
 
 def test_prepare_with_every_track_too_short_says_how_long_they_must_be(tmp_path):
   root = tmp_path / "corpus"
-  tracks = synthetic.write_corpus(root, num_train=2, num_test=0, seconds=1, seed=3)
+  tracks = generator.write_corpus(root, num_train=2, num_test=0, seconds=1, seed=3)
   config = tiny_data_config(8000, 16000)  # 2 s examples
-  with pytest.raises(prepare.DataError) as e:
-    prepare.prepare(config, root, tmp_path / "tfds", wav=True, valid_tracks=[tracks[0].name])
+  with pytest.raises(records.DataError) as e:
+    builder_lib.prepare(config, root, tmp_path / "tfds", wav=True, valid_tracks=[tracks[0].name])
   message = str(e.value)
   output_length = 16003  # the network's, for the 16000 asked for
   assert f"examples have {output_length} output samples at 8000 Hz, so tracks must last at " \

@@ -35,7 +35,7 @@ def valid_config():
 @pytest.mark.parametrize("name,get_config", [("shallow", shallow_config), ("valid", valid_config)])
 def test_analytic_count_matches_cpu_cost_analysis_of_the_train_step(name, get_config):
   config = get_config()
-  analytic = flops.train_step(config, 2)
+  analytic = flops.train_step_flops(config, 2)
   counted = flops.cpu_cost_analysis(config, 2)
   assert analytic <= counted <= (1 + TOLERANCE) * analytic, (name, analytic, counted)
 
@@ -57,9 +57,9 @@ def test_training_is_three_forwards_less_the_first_convs_input_gradient():
   # The first conv reads the mix, which does not depend on the parameters; all others do.
   assert [c.input_grad for c in convs] == [False] + [True] * (len(convs) - 1)
   assert convs[0].input_shape == (3, size.input_length, 2)
-  assert flops.train_step(config, 3) == 3 * flops.forward(model, 3, size.input_length) - convs[0].flops
+  assert flops.train_step_flops(config, 3) == 3 * flops.forward(model, 3, size.input_length) - convs[0].flops
   # Linear in the batch.
-  assert flops.train_step(config, 3) == 3 * flops.train_step(config, 1)
+  assert flops.train_step_flops(config, 3) == 3 * flops.train_step_flops(config, 1)
 
 
 def test_conv_flops_are_the_multiply_adds_on_the_signal():

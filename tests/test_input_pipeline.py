@@ -7,7 +7,10 @@ import pytest
 import tensorflow as tf
 
 from conftest import TINY_OUTPUT, TINY_RATE, tiny_data_config
-from waveunet_jax import input_pipeline, prepare, synthetic
+from waveunet_jax.data import builder as builder_lib
+from waveunet_jax.data import tfdata
+from waveunet_jax.data import records
+from waveunet_jax.data import generator
 
 RATE = 16000  # the tiny configs' model rate: every track is resampled from 44.1 kHz
 
@@ -19,23 +22,23 @@ def tiny_config(data_dir=None, **model):
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
   corpus = tmp_path_factory.mktemp("corpus")
-  synthetic.write_corpus(corpus, num_train=3, num_test=1, seconds=6, seed=0)
+  generator.write_corpus(corpus, num_train=3, num_test=1, seconds=6, seed=0)
   data_dir = tmp_path_factory.mktemp("data")
   valid = sorted(p.name for p in (corpus / "train").iterdir())[:1]
   config = tiny_config(data_dir)
-  prepare.prepare(config, corpus, data_dir, wav=True, valid_tracks=valid)
+  builder_lib.prepare(config, corpus, data_dir, wav=True, valid_tracks=valid)
   return config
 
 
 def first(ds):
-  return next(iter(input_pipeline.as_numpy(ds)))
+  return next(iter(tfdata.as_numpy(ds)))
 
 
 def test_pipeline_shapes_dtypes_and_mix_is_sum_of_targets(prepared):
   config = prepared
   config.data.augmentations = ("gain", "channel_swap", "remix")
-  layout = prepare.layout_for(config)
-  batch = first(input_pipeline.train_dataset(config, 3, seed=0))
+  layout = records.layout_for(config)
+  batch = first(tfdata.train_dataset(config, 3, seed=0))
   assert batch["mix"].shape == (3, layout.input_length, 2)
   assert batch["sources"].shape == (3, 2, layout.output_length, 2)
   assert batch["mix"].dtype == batch["sources"].dtype == np.float32
@@ -43,7 +46,7 @@ def test_pipeline_shapes_dtypes_and_mix_is_sum_of_targets(prepared):
   np.testing.assert_allclose(central, batch["sources"].sum(axis=1), atol=1e-6)
   assert np.abs(batch["sources"]).max() > 0.01  # real audio, not padding
 
-  batches = list(input_pipeline.as_numpy(input_pipeline.eval_dataset(config, 4)))
+  batches = list(tfdata.as_numpy(tfdata.eval_dataset(config, 4)))
   for b in batches:
     assert b["mix"].shape == (4, layout.input_length, 2)
     assert b["weight"].shape == (4,)
@@ -56,8 +59,8 @@ def test_pipeline_shapes_dtypes_and_mix_is_sum_of_targets(prepared):
 def test_same_seed_same_batches(prepared):
   config = prepared
   config.data.augmentations = ("gain", "channel_swap", "remix")
-  take = lambda seed: [b["mix"] for _, b in zip(range(3), input_pipeline.as_numpy(
-      input_pipeline.train_dataset(config, 2, seed=seed)))]
+  take = lambda seed: [b["mix"] for _, b in zip(range(3), tfdata.as_numpy(
+      tfdata.train_dataset(config, 2, seed=seed)))]
   a, b, c = take(1), take(1), take(2)
   for x, y in zip(a, b):
     np.testing.assert_array_equal(x, y)
@@ -65,26 +68,26 @@ def test_same_seed_same_batches(prepared):
 
 
 def test_processes_read_disjoint_shares(prepared):
-  builder, _ = input_pipeline.load_builder(prepared)
+  builder, _ = builder_lib.load_builder(prepared)
 
   def windows(split):
     return {(bytes(x["track"]), int(x["index"]))
             for x in builder.as_dataset(split=split).as_numpy_iterator()}
 
-  shares = [windows(input_pipeline.tfds.split_for_jax_process(
+  shares = [windows(tfdata.tfds.split_for_jax_process(
       "train", process_index=i, process_count=2)) for i in range(2)]
   assert shares[0] and shares[1] and not shares[0] & shares[1]
   assert shares[0] | shares[1] == windows("train")
 
 
-@pytest.mark.parametrize("name", sorted(input_pipeline.AUGMENTATIONS))
+@pytest.mark.parametrize("name", sorted(tfdata.AUGMENTATIONS))
 def test_each_augmentation_eagerly_and_in_dataset_map(name):
   config = tiny_config()
   config.data.remix_probability = 1.0
   rng = np.random.default_rng(0)
   sources = tf.constant(rng.uniform(-0.5, 0.5, (8, 2, 64, 2)).astype(np.float32))
   seed = tf.constant([3, 4])
-  augmentation = input_pipeline.AUGMENTATIONS[name]
+  augmentation = tfdata.AUGMENTATIONS[name]
   eager = augmentation(sources, seed, config.data).numpy()
   mapped = next(iter(tf.data.Dataset.from_tensors(sources).map(
       lambda s: augmentation(s, seed, config.data)))).numpy()
@@ -113,7 +116,7 @@ def test_each_augmentation_eagerly_and_in_dataset_map(name):
 
 def test_polarity_flips_each_source_of_each_example_with_probability_one_half():
   sources = tf.ones((2000, 2, 4, 2))
-  flipped = input_pipeline.AUGMENTATIONS["polarity"](sources, tf.constant([5, 6]),
+  flipped = tfdata.AUGMENTATIONS["polarity"](sources, tf.constant([5, 6]),
                                                      tiny_config().data).numpy() < 0
   assert np.all(flipped == flipped[:, :, :1, :1])  # a whole source flips
   flipped = flipped[:, :, 0, 0]
@@ -125,14 +128,14 @@ def test_unknown_augmentation_names_the_field():
   config = tiny_config()
   config.data.augmentations = ("reverse",)
   with pytest.raises(ValueError, match="config.data.augmentations"):
-    input_pipeline.augment(tf.zeros((1, 2, 8, 2)), tf.constant([0, 0]), config.data)
+    tfdata.augment(tf.zeros((1, 2, 8, 2)), tf.constant([0, 0]), config.data)
 
 
 def test_missing_data_dir_says_what_to_run(tmp_path):
-  with pytest.raises(prepare.DataError, match="config.data.data_dir is not set"):
-    input_pipeline.train_dataset(tiny_config(), 2, seed=0)
-  with pytest.raises(prepare.DataError, match="run python -m waveunet_jax.prepare"):
-    input_pipeline.train_dataset(tiny_config(tmp_path), 2, seed=0)
+  with pytest.raises(records.DataError, match="config.data.data_dir is not set"):
+    tfdata.train_dataset(tiny_config(), 2, seed=0)
+  with pytest.raises(records.DataError, match="run python -m waveunet_jax.prepare"):
+    tfdata.train_dataset(tiny_config(tmp_path), 2, seed=0)
 
 
 # --------------------------------------------------------------------------- #
@@ -141,8 +144,8 @@ def test_missing_data_dir_says_what_to_run(tmp_path):
 
 
 def streams(config, shards, num_shards):
-  return input_pipeline.ShardedData(
-      [input_pipeline.train_dataset(config, 2, seed=5, shard=s, num_shards=num_shards)
+  return tfdata.ShardedData(
+      [tfdata.train_dataset(config, 2, seed=5, shard=s, num_shards=num_shards)
        for s in shards], shards, num_shards)
 
 

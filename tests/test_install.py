@@ -120,7 +120,10 @@ def assert_same_stems(got: dict[str, np.ndarray], want: dict[str, np.ndarray]) -
 
 def test_onnx_install_separates_an_export_without_jax_or_tensorflow(
     environments, tiny_workdir, song, tmp_path):
-  from waveunet_jax import export, formats, jax_engine, separator
+  from waveunet_jax import export
+  from waveunet_jax.separation import model_formats
+  from waveunet_jax.separation import jax_engine
+  from waveunet_jax.separation import separator
 
   model = export.export(jax_engine.JaxEngine.from_workdir(tiny_workdir, window_seconds=0.1),
                         "onnx", tmp_path / "m.onnx")
@@ -134,7 +137,7 @@ def test_onnx_install_separates_an_export_without_jax_or_tensorflow(
                     "--format=float", cwd=tmp_path)
   assert result.returncode == 0, result.stderr[-3000:]
   audio, rate = soundfile.read(song, dtype="float32")
-  want = separator.Separator(formats.load(model)).separate(audio, rate)
+  want = separator.Separator(model_formats.load(model)).separate(audio, rate)
   assert_same_stems(read_stems(tmp_path / "out" / "song"), want)
 
   # What this install cannot do is one line saying what to install.
@@ -154,7 +157,7 @@ def test_onnx_install_separates_an_export_without_jax_or_tensorflow(
 
 def test_jax_install_separates_a_workdir_without_tensorflow(
     environments, tiny_workdir, song, tmp_path):
-  from waveunet_jax import jax_engine
+  from waveunet_jax.separation import jax_engine
 
   python = environments.python("jax")
   distributions, modules = installed(python)

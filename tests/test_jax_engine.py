@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from test_separator import RATE, SHORT, model_and_variables, noise
-from waveunet_jax import jax_engine, models, separate
+from waveunet_jax import models, separate
+from waveunet_jax.separation import jax_engine
 
 
 def test_default_window_for_the_paper_m4():

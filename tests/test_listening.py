@@ -48,7 +48,7 @@ def test_validation_logs_audio_and_spectrograms_of_one_excerpt(tmp_path, tiny_da
 
   clip, rate = sf.read(io.BytesIO(media["listen/mix"][0][1][0][0]))
   assert rate == TINY_RATE and clip.shape[1] == 2
-  assert 0 < len(clip) <= listening.EXCERPT_SECONDS * TINY_RATE + TINY_OUTPUT
+  assert 0 < len(clip) <= listening.LISTENING_SECONDS * TINY_RATE + TINY_OUTPUT
   assert np.abs(clip).max() > 0.01
   image = tf.io.decode_png(media["spectrogram/mix"][0][1][2]).numpy()
   assert image.shape[0] == listening.FFT_SIZE // 2 + 1 and image.shape[2] == 3

@@ -25,7 +25,9 @@ import pytest
 
 from conftest import (TINY_OUTPUT, TINY_RATE, tiny_data_config, tiny_schedule,
                       write_config_file)
-from waveunet_jax import checkpoints, distributed, input_pipeline
+from waveunet_jax import distributed
+from waveunet_jax import workdir as workdir_lib
+from waveunet_jax.data import tfdata
 from waveunet_jax import train as train_lib
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -145,7 +147,7 @@ def scalars(workdir: pathlib.Path) -> dict[tuple[str, int], float]:
 
 
 def parameters(workdir: pathlib.Path, step: int):
-  restored = checkpoints.load_for_inference(workdir, str(step))
+  restored = workdir_lib.load_for_inference(workdir, str(step))
   return restored.variables
 
 
@@ -158,7 +160,7 @@ def test_two_processes_train_as_one_process_of_two_devices_and_resume_each_other
   config_file = write_config_file(config, tmp_path / "tiny.py")
   # The validation tiles split unevenly over the 2 devices, so one process runs out of
   # validation batches first and joins in with empty ones until the other is done.
-  tiles = [sum(b["weight"].sum() for b in input_pipeline.as_numpy(input_pipeline.eval_dataset(
+  tiles = [sum(b["weight"].sum() for b in tfdata.as_numpy(tfdata.eval_dataset(
       config, 2, shard=d, num_shards=2))) for d in range(2)]
   assert tiles[0] != tiles[1], tiles
 
@@ -183,18 +185,18 @@ def test_two_processes_train_as_one_process_of_two_devices_and_resume_each_other
   # order starts afresh, saying so, the device sampler draws for 4 devices from here.
   four = tmp_path / "four"
   shutil.copytree(one_then_two, four)
-  config = checkpoints.load_config(four)
+  config = workdir_lib.load_config(four)
   config.num_train_steps = 6
   with caplog.at_level(logging.WARNING):
     train_lib.train_and_evaluate(config, four)
   if pipeline == "tfdata":
     assert "saved for 2 device(s), and this run has 4" in caplog.text
-    assert checkpoints.read_progress(four).data_start_step == 3
+    assert workdir_lib.read_progress(four).data_start_step == 3
     assert sorted(p.name for p in (four / "data_state" / "6").iterdir()) == [
         f"shard_{d}_of_4" for d in range(4)]
   else:
     assert "data positions" not in caplog.text
-    assert checkpoints.read_progress(four).data_start_step == 0
+    assert workdir_lib.read_progress(four).data_start_step == 0
 
   # Each resumes on the other topology, with every device's data position.
   train(config_file, one_then_two, 2)
@@ -255,8 +257,8 @@ def test_sigterm_on_one_process_stops_all_at_one_step_with_a_checkpoint(tmp_path
     assert last.startswith("stopped at step ") and "resume with:" in last, last
     steps.add(int(last.split()[3]))
   [step] = steps
-  assert step % 3 == 0 and checkpoints.read_progress(workdir) is not None
-  restored = checkpoints.load_for_inference(workdir, "latest")
+  assert step % 3 == 0 and workdir_lib.read_progress(workdir) is not None
+  restored = workdir_lib.load_for_inference(workdir, "latest")
   assert restored.step == step
 
 
@@ -278,7 +280,7 @@ def test_distributed_flags_that_cannot_work_are_one_line(tmp_path, config_file):
                                      "localhost:0", "localhost:65536", "localhost:-1",
                                      "localhost:８４７６", "host.invalid:8476"])
 def test_a_coordinator_address_that_cannot_work_names_the_flag(address):
-  with pytest.raises(train_lib.TrainingError, match=r"^--coordinator_address=.*: (not HOST:PORT"
+  with pytest.raises(distributed.DistributedError, match=r"^--coordinator_address=.*: (not HOST:PORT"
                      r" with a port from 1 to 65535|cannot resolve the host 'host.invalid')"):
     distributed._coordinator(address)
   assert distributed._coordinator("[::1]:8476") == ("::1", 8476)

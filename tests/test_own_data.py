@@ -12,7 +12,14 @@ import soundfile
 import tensorflow as tf
 
 from conftest import TINY_OUTPUT, TINY_RATE, tiny_data_config, tiny_schedule
-from waveunet_jax import checkpoints, input_pipeline, optim, prepare, tracks, train
+from waveunet_jax import models, optim, train
+from waveunet_jax import workdir as workdir_lib
+from waveunet_jax.data import builder as builder_lib
+from waveunet_jax.data import records
+from waveunet_jax.data import tfdata
+from waveunet_jax import stems as stems_lib
+import optax
+from waveunet_jax import steps as train_steps
 
 
 def tiny_config(data_dir, **model):
@@ -29,16 +36,16 @@ def silent_data_dir(tmp_path_factory) -> str:
   for name in ("Silent - One", "Silent - Two"):
     folder = root / "train" / name
     folder.mkdir(parents=True)
-    for stem in tracks.STEMS:
+    for stem in stems_lib.STEMS:
       soundfile.write(folder / f"{stem}.wav", np.zeros((2 * TINY_RATE, 2), np.float32), TINY_RATE)
   data_dir = tmp_path_factory.mktemp("silent_tfds")
-  prepare.prepare(tiny_config(data_dir), root, data_dir, wav=True, valid_tracks=["Silent - One"])
+  builder_lib.prepare(tiny_config(data_dir), root, data_dir, wav=True, valid_tracks=["Silent - One"])
   return str(data_dir)
 
 
 def silent_share(config, batches: int, shard: int = 1, num_shards: int = 2) -> float:
-  ds = input_pipeline.train_dataset(config, 8, seed=3, shard=shard, num_shards=num_shards)
-  silent = [np.all(b["mix"] == 0, axis=(1, 2)) for b in input_pipeline.as_numpy(ds.take(batches))]
+  ds = tfdata.train_dataset(config, 8, seed=3, shard=shard, num_shards=num_shards)
+  silent = [np.all(b["mix"] == 0, axis=(1, 2)) for b in tfdata.as_numpy(ds.take(batches))]
   return float(np.mean(np.concatenate(silent)))
 
 
@@ -49,7 +56,7 @@ def silent_share(config, batches: int, shard: int = 1, num_shards: int = 2) -> f
 
 def test_two_datasets_are_drawn_by_their_weights(tiny_data_dir, silent_data_dir, tmp_path):
   config = tiny_config(f"{tiny_data_dir}:0.7,{silent_data_dir}:0.3")
-  datasets = input_pipeline.data_dirs(config)
+  datasets = records.data_dirs(config)
   assert [(d.path, d.weight) for d in datasets] == [(tiny_data_dir, 0.7),
                                                     (silent_data_dir, 0.3)]
   assert len({d.name for d in datasets}) == 2
@@ -62,7 +69,7 @@ def test_two_datasets_are_drawn_by_their_weights(tiny_data_dir, silent_data_dir,
   # A saved position of the mixed stream resumes it exactly; another mixture cannot
   # take it (training then starts the data anew, as on another number of devices).
   def streams(config):
-    return input_pipeline.ShardedData([input_pipeline.train_dataset(config, 4, seed=0)], [0], 1)
+    return tfdata.ShardedData([tfdata.train_dataset(config, 4, seed=0)], [0], 1)
 
   mixed = streams(config)
   next(mixed)
@@ -98,28 +105,28 @@ def test_two_datasets_are_drawn_by_their_weights(tiny_data_dir, silent_data_dir,
      "twice (gs://b/x is the same folder); name each dataset once, with its weight"),
 ])
 def test_data_dir_errors_name_the_field(value, message):
-  with pytest.raises(prepare.DataError) as error:
-    input_pipeline.data_dirs(tiny_config(value))
+  with pytest.raises(records.DataError) as error:
+    records.data_dirs(tiny_config(value))
   assert str(error.value) == message
 
 
 def test_data_dir_names_and_weights():
   config = tiny_config("gs://bucket/musdb/tfds:2, /data/mine/tfds ,/x/musdb")
-  assert input_pipeline.data_dirs(config) == [
-      input_pipeline.DataDir("gs://bucket/musdb/tfds", 0.5, "musdb_tfds"),
-      input_pipeline.DataDir("/data/mine/tfds", 0.25, "mine_tfds"),
-      input_pipeline.DataDir("/x/musdb", 0.25, "x_musdb")]
+  assert records.data_dirs(config) == [
+      records.DataDir("gs://bucket/musdb/tfds", 0.5, "musdb_tfds"),
+      records.DataDir("/data/mine/tfds", 0.25, "mine_tfds"),
+      records.DataDir("/x/musdb", 0.25, "x_musdb")]
   # Weights whose sum overflows still have usable ratios.
-  assert [d.weight for d in input_pipeline.data_dirs(tiny_config("/a:1e308,/b:1e308,/c:5e307"))
+  assert [d.weight for d in records.data_dirs(tiny_config("/a:1e308,/b:1e308,/c:5e307"))
           ] == [0.4, 0.4, 0.2]
 
 
 def test_a_dataset_of_another_layout_is_refused_by_name(tiny_data_dir, silent_data_dir):
   config = tiny_config(f"{tiny_data_dir}:0.7,{silent_data_dir}:0.3")
   config.data.output_length = 2 * TINY_OUTPUT
-  wanted, held = prepare.layout_for(config).name, prepare.layout_for(tiny_config(None)).name
-  with pytest.raises(prepare.DataError) as error:
-    input_pipeline.load_builders(config)
+  wanted, held = records.layout_for(config).name, records.layout_for(tiny_config(None)).name
+  with pytest.raises(records.DataError) as error:
+    builder_lib.load_builders(config)
   assert str(error.value) == (
       f"config.data.data_dir: the dataset {tiny_data_dir} holds no dataset {wanted} (the "
       f"sources, rate, channels and lengths of this config; it holds {held}): run python -m "
@@ -128,7 +135,7 @@ def test_a_dataset_of_another_layout_is_refused_by_name(tiny_data_dir, silent_da
 
 def test_a_run_over_two_datasets_validates_each(tiny_data_dir, silent_data_dir, tmp_path):
   config = tiny_config(f"{tiny_data_dir}:0.7,{silent_data_dir}:0.3")
-  first, second = (d.name for d in input_pipeline.data_dirs(config))
+  first, second = (d.name for d in records.data_dirs(config))
   logged = {}
   train.train_and_evaluate(config, tmp_path, callback=lambda step, s: logged.update(s))
   sources = config.model.sources
@@ -167,7 +174,7 @@ def test_fine_tuning_starts_from_the_source_parameters(source_run, tiny_data_dir
   source, source_loss = source_run
   config = tiny_config(tiny_data_dir)
   config.init_from = str(source)  # its best checkpoint
-  trainer = train.Trainer(config, checkpoints.Workdir(tmp_path))
+  trainer = train.Trainer(config, workdir_lib.Workdir(tmp_path))
   try:
     state, tx = trainer.new_state(0)
     trainer.compile_steps(tx)
@@ -185,7 +192,7 @@ def test_freezing_and_the_record_of_the_start(source_run, tiny_data_dir, tmp_pat
   config.optim.trainable = r"(up_\d+|output)/.*"
   config.optim.weight_decay = 0.01  # on every conv kernel, frozen ones too if it leaked
   tuned = flat(train.train_and_evaluate(config, tmp_path).params)
-  start = flat(checkpoints.load_for_inference(source, "latest").variables["params"])
+  start = flat(workdir_lib.load_for_inference(source, "latest").variables["params"])
   for path, value in tuned.items():
     if path.startswith(("up_", "output")):
       assert not np.array_equal(value, start[path]), path
@@ -193,26 +200,26 @@ def test_freezing_and_the_record_of_the_start(source_run, tiny_data_dir, tmp_pat
       np.testing.assert_array_equal(value, start[path], err_msg=path)
   saved = json.loads((tmp_path / "config.json").read_text())
   assert saved["init_from"] == f"{source}:latest"
-  assert saved[checkpoints.STARTED_FROM] == {"workdir": str(source), "checkpoint": "latest",
+  assert saved[workdir_lib.STARTED_FROM] == {"workdir": str(source), "checkpoint": "latest",
                                              "step": 2}
   assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["2"]
   # A resumed run keeps the record, and cannot change init_from.
-  checkpoints.Workdir(tmp_path).save_config(config)
-  assert json.loads((tmp_path / "config.json").read_text())[checkpoints.STARTED_FROM]["step"] == 2
+  workdir_lib.Workdir(tmp_path).save_config(config)
+  assert json.loads((tmp_path / "config.json").read_text())[workdir_lib.STARTED_FROM]["step"] == 2
   config.init_from = str(source)
-  with pytest.raises(checkpoints.WorkdirError, match="config.init_from"):
-    checkpoints.Workdir(tmp_path).check_resumable(config)
+  with pytest.raises(workdir_lib.WorkdirError, match="config.init_from"):
+    workdir_lib.Workdir(tmp_path).check_resumable(config)
 
 
 def test_two_sources_to_four_loads_all_but_the_output_layer(source_run, tiny_data_dir, tmp_path):
   source, _ = source_run
   config = tiny_config(tiny_data_dir, sources=("bass", "drums", "other", "vocals"))
   config.init_from = f"{source}:2"
-  trainer = train.Trainer(config, checkpoints.Workdir(tmp_path))
+  trainer = train.Trainer(config, workdir_lib.Workdir(tmp_path))
   trainer.close()
   loaded = flat(trainer.init.params)
-  start = flat(checkpoints.load_for_inference(source, "2").variables["params"])
-  fresh = flat(train.create_state(config, trainer.model, train.optax.identity()).params)
+  start = flat(workdir_lib.load_for_inference(source, "2").variables["params"])
+  fresh = flat(train_steps.create_state(config, trainer.model, optax.identity()).params)
   assert set(loaded) == set(start)
   for path, value in loaded.items():
     np.testing.assert_array_equal(value, (fresh if path.startswith("output/") else start)[path],
@@ -232,7 +239,7 @@ def test_another_network_is_refused_naming_the_parameter(source_run, tiny_data_d
   source, _ = source_run
   config = tiny_config(tiny_data_dir, **change)
   config.init_from = str(source)
-  with pytest.raises(train.TrainingError) as error:
+  with pytest.raises(workdir_lib.WorkdirError) as error:
     train.train_and_evaluate(config, tmp_path / "new")
   assert str(error.value).startswith(f"config.init_from={source}: {message}")
   assert "\n" not in str(error.value)
@@ -247,16 +254,16 @@ def test_init_from_and_trainable_errors(source_run, tiny_data_dir, tmp_path):
        "config.json); name a workdir, optionally with :best, :latest or :STEP"),
       (f"{source}:7", f"no such checkpoint in {source / 'checkpoints'} (steps: [2])")):
     config.init_from = init_from
-    with pytest.raises(train.TrainingError) as error:
+    with pytest.raises(workdir_lib.WorkdirError) as error:
       train.train_and_evaluate(config, tmp_path / "new")
     assert str(error.value) == f"config.init_from={init_from}: {message}"
   config.init_from = None
-  params = train.create_state(config, train.models.WaveUNet(**config.model),
-                              train.optax.identity()).params
+  params = train_steps.create_state(config, models.WaveUNet(**config.model),
+                              optax.identity()).params
   for pattern, message in (("up_(", "not a regular expression"),
                            ("decoder/.*", "matches no parameter")):
     config.optim.trainable = pattern
-    with pytest.raises(train.models.ConfigError,
+    with pytest.raises(models.ConfigError,
                        match=re.escape(f"config.optim.trainable={pattern}: {message}")):
       optim.make_optimizer(config, 1e-3, params)
   assert not (tmp_path / "new").exists()

@@ -165,7 +165,7 @@ def test_excerpts_are_mp3_and_older_wav_ones_still_load(tmp_path):
 def test_undefined_frames_are_gaps_and_names_are_escaped(evaluated):
   nan = float("nan")
   frames = np.array([1, 2, nan, 3, nan, nan, 4, 5, 6])
-  track = report.Track("A & B <i>", {key: {s: frames for s in SOURCES} for key in report.SYSTEMS},
+  track = report.TrackReport("A & B <i>", {key: {s: frames for s in SOURCES} for key in report.SYSTEMS},
                        {key: {s: 3.0 for s in SOURCES} for key in report.SYSTEMS}, None,
                        missing_excerpts="none kept")
   page = report.render(evaluated[1], [track], evaluate.STATISTICS)

@@ -311,7 +311,7 @@ def test_a_full_disk_fails_the_song_in_one_line_and_leaves_nothing(tmp_path, cap
   song = tmp_path / "song.wav"
   sf.write(song, noise(RATE), RATE)
   full_disk()
-  for fmt in audio.FORMATS:
+  for fmt in audio.AUDIO_FORMATS:
     out = tmp_path / fmt
     caplog.clear()
     with caplog.at_level(logging.ERROR), pytest.raises(separate.SeparationError,
@@ -331,7 +331,7 @@ sys.path.insert(0, "tests")
 import test_separate
 from waveunet_jax import audio, separate
 mount, song = sys.argv[1:]
-for fmt in audio.FORMATS:
+for fmt in audio.AUDIO_FORMATS:
   for clip in ("clamp", "rescale"):
     try:
       separate.separate_files(test_separate.pass_through(window_seconds=0.05), [song],
@@ -362,11 +362,11 @@ def test_a_real_full_disk_fails_every_format_and_clip_mode(tmp_path):
   if result.returncode == 77 or "unshare:" in result.stderr:
     pytest.skip(f"cannot mount a small tmpfs here: {result.stderr.strip()}")
   lines = result.stdout.splitlines()
-  assert len(lines) == 2 * len(audio.FORMATS) + 1, result.stdout + result.stderr
+  assert len(lines) == 2 * len(audio.AUDIO_FORMATS) + 1, result.stdout + result.stderr
   for line in lines[:-1]:
     assert line.endswith("1 input(s) failed: " + str(song)), line
   assert "Traceback" not in result.stderr
-  assert result.stderr.count("(No space left on device)") == 2 * len(audio.FORMATS) + 1
+  assert result.stderr.count("(No space left on device)") == 2 * len(audio.AUDIO_FORMATS) + 1
   assert result.stderr.strip().splitlines()[-1] == f"error: 1 input(s) failed: {song}"
   assert lines[-1] == "exit 1"  # and `ls -A` of the tmpfs printed nothing
 
@@ -642,7 +642,9 @@ def test_cli_refuses_absurd_sample_rates_in_bounded_memory(tmp_path):
 
 
 def test_the_averaging_flags_reach_either_engine(tmp_path, monkeypatch):
-  from waveunet_jax import export, formats, jax_engine
+  from waveunet_jax import export
+  from waveunet_jax.separation import model_formats
+  from waveunet_jax.separation import jax_engine
 
   # A workdir's model: the flags go to its Separator.
   seen = {}
@@ -663,8 +665,8 @@ def test_the_averaging_flags_reach_either_engine(tmp_path, monkeypatch):
       cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr
   mix = sf.read(tmp_path / "a.wav", dtype="float32")[0]
-  want = separate.Separator(formats.load(path), shifts=2, flip=True, seed=5).separate(mix, 44100)
-  plain = separate.Separator(formats.load(path)).separate(mix, 44100)
+  want = separate.Separator(model_formats.load(path), shifts=2, flip=True, seed=5).separate(mix, 44100)
+  plain = separate.Separator(model_formats.load(path)).separate(mix, 44100)
   for name, stem in want.items():
     got = sf.read(tmp_path / "out" / "a" / f"{name}.wav", dtype="float32")[0]
     np.testing.assert_allclose(got, stem, rtol=0, atol=1e-6)

@@ -15,8 +15,9 @@ import soundfile as sf
 import soxr
 
 from conftest import tiny_model_config
-from waveunet_jax import jax_engine, models, separate
-from waveunet_jax import separator as separator_lib
+from waveunet_jax import models, separate
+from waveunet_jax.separation import jax_engine
+from waveunet_jax.separation import separator as separator_lib
 
 RATE = 8000  # the tiny models' sample rate
 SHORT = 50 / RATE  # window_seconds of a few dozen samples: many windows per song

@@ -18,11 +18,13 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from waveunet_jax import audio as audio_io, evaluate, synthetic
-from waveunet_jax import tracks as tracks_lib
+from waveunet_jax import audio as audio_io, evaluate
+from waveunet_jax.data import generator
+from waveunet_jax import stems as stems_lib
+from waveunet_jax.data import tracks as tracks_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-SR = synthetic.SAMPLE_RATE
+SR = generator.SAMPLE_RATE
 SECONDS = 12.0
 FILES = ("mixture", "vocals", "drums", "bass", "other")
 
@@ -30,14 +32,14 @@ FILES = ("mixture", "vocals", "drums", "bass", "other")
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
   root = tmp_path_factory.mktemp("corpus")
-  paths = synthetic.write_corpus(root, num_train=2, num_test=1, seconds=SECONDS, seed=0)
+  paths = generator.write_corpus(root, num_train=2, num_test=1, seconds=SECONDS, seed=0)
   return root, paths
 
 
 @pytest.fixture(scope="module")
 def tracks():
   """A few tracks long enough to contain an instrumental intro and sung sections."""
-  return {seed: synthetic.make_track(seed, 20.0) for seed in (11, 12, 13)}
+  return {seed: generator.make_track(seed, 20.0) for seed in (11, 12, 13)}
 
 
 def _read(folder: pathlib.Path, name: str) -> np.ndarray:
@@ -74,7 +76,7 @@ def test_mixture_is_sum_of_stems_and_does_not_clip(corpus):
   lsb = 1 / 32768
   for p in paths:
     mix = _read(p, "mixture")
-    stems = sum(_read(p, k) for k in synthetic.SOURCES)
+    stems = sum(_read(p, k) for k in stems_lib.STEMS)
     # each of the five files is rounded to 16 bits independently: at most 2.5 LSB apart
     assert np.max(np.abs(mix - stems)) <= 3 * lsb
     assert np.max(np.abs(mix)) < 0.9
@@ -84,26 +86,26 @@ def test_mixture_is_sum_of_stems_and_does_not_clip(corpus):
 
 
 def test_make_track_api():
-  out = synthetic.make_track(5, 3.0)
-  assert synthetic.SOURCES == ("vocals", "drums", "bass", "other")
-  assert set(out) == set(synthetic.SOURCES) | {"mixture"}
+  out = generator.make_track(5, 3.0)
+  assert stems_lib.STEMS == ("vocals", "drums", "bass", "other")
+  assert set(out) == set(stems_lib.STEMS) | {"mixture"}
   for x in out.values():
     assert x.dtype == np.float32 and x.shape == (3 * SR, 2)
-  np.testing.assert_allclose(out["mixture"], sum(out[k] for k in synthetic.SOURCES), atol=1e-6)
+  np.testing.assert_allclose(out["mixture"], sum(out[k] for k in stems_lib.STEMS), atol=1e-6)
   # stereo: the channels are not identical copies
   assert not np.allclose(out["mixture"][:, 0], out["mixture"][:, 1])
-  short = synthetic.make_track(5, 1.0, sample_rate=22050)
+  short = generator.make_track(5, 1.0, sample_rate=22050)
   assert short["vocals"].shape == (22050, 2)
 
 
 # ------------------------------------------------------------------------ determinism
 def test_same_seed_gives_identical_bytes_and_other_seed_differs(corpus, tmp_path):
   root, paths = corpus
-  again = synthetic.write_corpus(tmp_path / "again", 1, 0, SECONDS, seed=0)
+  again = generator.write_corpus(tmp_path / "again", 1, 0, SECONDS, seed=0)
   assert again[0].name == paths[0].name
   for k in FILES:
     assert filecmp.cmp(again[0] / f"{k}.wav", paths[0] / f"{k}.wav", shallow=False)
-  other = synthetic.write_corpus(tmp_path / "other", 1, 0, SECONDS, seed=1)
+  other = generator.write_corpus(tmp_path / "other", 1, 0, SECONDS, seed=1)
   assert not filecmp.cmp(other[0] / "mixture.wav", paths[0] / "mixture.wav", shallow=False)
 
 
@@ -111,18 +113,18 @@ def test_different_tracks_are_different_music(corpus):
   _, paths = corpus
   a, b = _read(paths[0], "mixture"), _read(paths[1], "mixture")
   assert abs(np.corrcoef(a[:, 0], b[:, 0])[0, 1]) < 0.3
-  plans = [synthetic.plan_song(seed, 30) for seed in range(8)]
+  plans = [generator.plan_song(seed, 30) for seed in range(8)]
   assert len({(p.bpm, p.tonic, p.minor) for p in plans}) == 8
 
 
 def test_rerun_skips_complete_tracks_and_repairs_broken_ones(tmp_path):
-  paths = synthetic.write_corpus(tmp_path, 2, 0, 2.0, seed=3)
+  paths = generator.write_corpus(tmp_path, 2, 0, 2.0, seed=3)
   stamps = {p: (p / "vocals.wav").stat().st_mtime_ns for p in paths}
   reference = (paths[1] / "bass.wav").read_bytes()
   (paths[1] / "bass.wav").unlink()  # as if damaged
   stale = tmp_path / "train" / f".{paths[0].name}.part-999999"
   stale.mkdir()  # as if left behind by a killed run
-  assert synthetic.write_corpus(tmp_path, 2, 0, 2.0, seed=3) == paths
+  assert generator.write_corpus(tmp_path, 2, 0, 2.0, seed=3) == paths
   assert (paths[0] / "vocals.wav").stat().st_mtime_ns == stamps[paths[0]]  # skipped
   assert (paths[1] / "bass.wav").read_bytes() == reference  # rewritten, identically
   assert sorted(os.listdir(tmp_path / "train")) == sorted(p.name for p in paths)  # no temp left
@@ -132,7 +134,7 @@ def test_rerun_skips_complete_tracks_and_repairs_broken_ones(tmp_path):
 def test_vocals_rest_in_instrumental_sections_and_sing_in_others(tracks):
   for seed, audio in tracks.items():
     voc = audio["vocals"]
-    plan = synthetic.plan_song(seed, 20.0)
+    plan = generator.plan_song(seed, 20.0)
     sections = [s for s in plan.section_times() if s[1] < 20.0]
     assert not sections[0][3], "songs start with an instrumental intro"
     intro_end = sections[0][2]
@@ -181,7 +183,7 @@ def _onset_strength(x: np.ndarray, hop: int) -> np.ndarray:
 def test_drum_onsets_follow_a_regular_tempo(tracks):
   hop = 441  # 10 ms
   for seed, audio in tracks.items():
-    plan = synthetic.plan_song(seed, 20.0)
+    plan = generator.plan_song(seed, 20.0)
     flux = _onset_strength(audio["drums"].mean(axis=1), hop)
     peaks = np.nonzero((flux[1:-1] > flux[:-2]) & (flux[1:-1] >= flux[2:])
                        & (flux[1:-1] > flux.mean() + flux.std()))[0] + 1
@@ -234,25 +236,25 @@ def test_wav_layout_reads_with_musdb(corpus):
 
 def test_stem_files_round_trip(tmp_path):
   seconds = 4.0
-  paths = synthetic.write_corpus(tmp_path, 1, 1, seconds, seed=7, stems=True)
+  paths = generator.write_corpus(tmp_path, 1, 1, seconds, seed=7, stems=True)
   assert [p.relative_to(tmp_path).parts[0] for p in paths] == ["train", "test"]
   assert all(p.name.endswith(".stem.mp4") and p.is_file() for p in paths)
   assert sorted(os.listdir(tmp_path / "train")) == [paths[0].name]  # no temporary files left
-  expected = synthetic.make_track(synthetic._track_seed(7, "train", 0), seconds)
+  expected = generator.make_track(generator._track_seed(7, "train", 0), seconds)
   n = int(seconds * SR)
   track = tracks_lib.find_tracks(tmp_path, "train", wav=False)[0]
   assert track.name == paths[0].name[: -len(".stem.mp4")]
-  stems, rate = audio_io.read_stem_file(paths[0], len(synthetic.STEM_ORDER))
+  stems, rate = audio_io.read_stem_file(paths[0], len(stems_lib.STEM_FILE_STREAMS))
   assert rate == SR and stems.shape[0] == 5 and stems.shape[2] == 2
   # AAC decodes in whole 1024-sample frames: the track comes back padded to a frame multiple
   assert 0 <= stems.shape[1] - n < 1024
-  for i, k in enumerate(synthetic.STEM_ORDER):  # lossy codec: compare waveforms by correlation
+  for i, k in enumerate(stems_lib.STEM_FILE_STREAMS):  # lossy codec: compare waveforms by correlation
     assert np.corrcoef(stems[i, :n].ravel(), expected[k].ravel())[0, 1] > 0.99, k
   read, _ = tracks_lib.read_stems(track)  # MUSDB18's stream order
   assert np.corrcoef(read["vocals"][:n].ravel(), expected["vocals"].ravel())[0, 1] > 0.99
   # a re-run keeps the existing files
   mtime = paths[0].stat().st_mtime_ns
-  assert synthetic.write_corpus(tmp_path, 1, 1, seconds, seed=7, stems=True) == paths
+  assert generator.write_corpus(tmp_path, 1, 1, seconds, seed=7, stems=True) == paths
   assert paths[0].stat().st_mtime_ns == mtime
 
 
@@ -266,9 +268,9 @@ def test_stem_files_round_trip(tmp_path):
 def test_bad_arguments_raise(tmp_path, kwargs, message):
   args = dict(num_train=1, num_test=0, seconds=1.0, seed=0) | kwargs
   with pytest.raises(ValueError, match=message):
-    synthetic.write_corpus(tmp_path, **args)
+    generator.write_corpus(tmp_path, **args)
   with pytest.raises(ValueError):
-    synthetic.make_track(0, 0.0)
+    generator.make_track(0, 0.0)
 
 
 def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -283,7 +285,7 @@ def test_cli_writes_what_it_reports(tmp_path):
              "--seed", "4")
   assert res.returncode == 0, res.stderr
   printed = [pathlib.Path(line) for line in res.stdout.splitlines()]
-  assert printed == synthetic.write_corpus(tmp_path, 2, 1, 1.5, seed=4)
+  assert printed == generator.write_corpus(tmp_path, 2, 1, 1.5, seed=4)
   for p in printed:
     assert sf.info(str(p / "mixture.wav")).frames == int(1.5 * SR)
 

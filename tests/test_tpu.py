@@ -96,7 +96,7 @@ def test_compiles_the_train_step_for_a_tpu_topology(libtpu_path, tmp_path):
   # (and a little elementwise work besides).
   from waveunet_jax import flops
 
-  assert row["flops_per_chip"] == flops.train_step(config, 1)
+  assert row["flops_per_chip"] == flops.train_step_flops(config, 1)
   assert 0.9 < row["tpu_cost_analysis_flops_per_chip"] / row["flops_per_chip"] < 1.5
   # The search: the tiny network fits 16 GiB at any batch up to --max_batch, which one
   # more compile shows.

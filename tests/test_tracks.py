@@ -6,7 +6,7 @@ import pathlib
 
 import pytest
 
-from waveunet_jax import tracks
+from waveunet_jax.data import tracks
 
 
 def names(found) -> list:

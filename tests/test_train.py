@@ -17,7 +17,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from conftest import TINY_OUTPUT, TINY_RATE, tiny_data_config, tiny_schedule
 from experiments import deep
-from waveunet_jax import checkpoints, models, optim, parallel, train
+from waveunet_jax import models, optim, parallel, train
+from waveunet_jax import workdir as workdir_lib
+from waveunet_jax import steps as train_steps
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -46,16 +48,16 @@ def fixed_batch(model, batch_size=4, seed=0):
 
 def step_fn(config, model, tx):
   output_length = models.lengths(model, config.data.output_length).output_length
-  return functools.partial(train.train_step, model=model, tx=tx,
-                           loss=train.Loss.from_config(config, output_length),
+  return functools.partial(train_steps.train_step, model=model, tx=tx,
+                           loss=train_steps.Loss.from_config(config, output_length),
                            ema_decay=optim.ema_decay(config))
 
 
 def test_a_few_dozen_steps_halve_the_loss_on_one_batch():
   config = tiny_config()
   model = models.WaveUNet(**config.model)
-  tx = optim.make_optimizer(config, 3e-3, train.create_state(config, model, optax.identity()).params)
-  state = train.create_state(config, model, tx)
+  tx = optim.make_optimizer(config, 3e-3, train_steps.create_state(config, model, optax.identity()).params)
+  state = train_steps.create_state(config, model, tx)
   batch = fixed_batch(model)
   step = jax.jit(step_fn(config, model, tx))
   losses = []
@@ -67,7 +69,7 @@ def test_a_few_dozen_steps_halve_the_loss_on_one_batch():
 
 
 # --------------------------------------------------------------------------- #
-# The loss options (train.Loss): values on known inputs, refusals, a few steps each.
+# The loss options (train_steps.Loss): values on known inputs, refusals, a few steps each.
 # --------------------------------------------------------------------------- #
 
 
@@ -80,10 +82,10 @@ def test_mse_and_l1_of_a_sine_against_silence_count_the_crop_alone():
   targets = np.full((1, 1, 300, 1), 5.0, np.float32)
   targets[0, 0, 20:20 + 4 * n, 0] = sine(4 * n, n, 0.5)
   zeros = np.zeros_like(targets)
-  assert float(train.Loss((20, 4 * n), scale=3.0)(zeros, targets)) == pytest.approx(
+  assert float(train_steps.Loss((20, 4 * n), scale=3.0)(zeros, targets)) == pytest.approx(
       3 * 0.5 ** 2 / 2, rel=1e-6)
   # The mean of |sin| over whole periods of n samples: 2 cot(pi / n) / n (-> 2 / pi).
-  l1 = train.Loss((20, 4 * n), scale=3.0, kind="l1")
+  l1 = train_steps.Loss((20, 4 * n), scale=3.0, kind="l1")
   assert float(l1(zeros, targets)) == pytest.approx(3 * 0.5 * 2 / np.tan(np.pi / n) / n,
                                                     rel=1e-6)
 
@@ -94,18 +96,18 @@ def test_stft_loss_of_a_sine_against_silence_by_hand():
   # The periodic Hann window is 1/2 - (e^{+} + e^{-}) / 4 of the bin frequency: bin k
   # holds amplitude n / 4, bins k +- 1 amplitude n / 8, every other bin nothing, which
   # the floor raises to e; silence is e in every bin.
-  e, bins = np.sqrt(train.POWER_FLOOR), n // 2 + 1
+  e, bins = np.sqrt(train_steps.POWER_FLOOR), n // 2 + 1
   peak, side = amplitude * n / 4, amplitude * n / 8
   convergence = (np.sqrt((peak - e) ** 2 + 2 * (side - e) ** 2)
                  / np.sqrt(peak ** 2 + 2 * side ** 2 + (bins - 3) * e ** 2))
   log_magnitude = (np.log(peak / e) + 2 * np.log(side / e)) / bins
-  loss = train.stft_loss(np.zeros_like(targets), targets, (n,))
+  loss = train_steps.stft_loss(np.zeros_like(targets), targets, (n,))
   assert float(loss) == pytest.approx(convergence + log_magnitude, rel=1e-5)
-  assert float(train.stft_loss(targets, targets, (n,))) < 1e-10
+  assert float(train_steps.stft_loss(targets, targets, (n,))) < 1e-10
 
 
 def numpy_stft_loss(estimates, targets, fft_sizes):
-  """train.stft_loss again, in float64 numpy: frames by sliding windows, numpy's FFT."""
+  """train_steps.stft_loss again, in float64 numpy: frames by sliding windows, numpy's FFT."""
   def magnitudes(x, n):
     frames = np.lib.stride_tricks.sliding_window_view(
         np.moveaxis(x, 2, -1).astype(np.float64), n, axis=-1)[..., ::n // 4, :]
@@ -123,7 +125,7 @@ def test_l1_plus_stft_on_the_crop_equals_numpy_s():
   rng = np.random.default_rng(0)
   estimates, targets = (rng.uniform(-0.5, 0.5, (3, 2, 260, 2)).astype(np.float32)
                         for _ in range(2))
-  loss = train.Loss((30, 200), scale=2.0, kind="l1", stft_weight=0.5, fft_sizes=(32, 64, 200))
+  loss = train_steps.Loss((30, 200), scale=2.0, kind="l1", stft_weight=0.5, fft_sizes=(32, 64, 200))
   crop = slice(30, 230)
   expected = 2.0 * (np.mean(np.abs(estimates - targets)[:, :, crop])
                     + 0.5 * numpy_stft_loss(estimates[:, :, crop], targets[:, :, crop],
@@ -133,19 +135,19 @@ def test_l1_plus_stft_on_the_crop_equals_numpy_s():
 
 def test_loss_options_that_cannot_work_are_refused_naming_the_field():
   config = tiny_config()
-  assert train.Loss.from_config(config, 1000) == train.Loss((0, 1000))  # the paper's
+  assert train_steps.Loss.from_config(config, 1000) == train_steps.Loss((0, 1000))  # the paper's
   config.loss.central_length = 500
   config.loss.stft_weight = 0.1
   with pytest.raises(models.ConfigError, match=r"^config.loss.stft_fft_sizes: 512 does not fit "
                      r"the 500 output samples the loss sees \(config.data.output_length, "
                      r"config.loss.central_length\); use FFT sizes from 4 to 500$"):
-    train.Loss.from_config(config, 1000)
+    train_steps.Loss.from_config(config, 1000)
   config.loss.stft_fft_sizes = (128, 256)
-  assert train.Loss.from_config(config, 1000).fft_sizes == (128, 256)
+  assert train_steps.Loss.from_config(config, 1000).fft_sizes == (128, 256)
   config.loss.kind = "l2"
   with pytest.raises(models.ConfigError, match="config.loss.kind: unknown value 'l2'; choose "
                      "'mse' or 'l1'"):
-    train.Loss.from_config(config, 1000)
+    train_steps.Loss.from_config(config, 1000)
 
 
 TRAINING_OPTIONS = {
@@ -163,7 +165,7 @@ def test_each_training_option_trains_a_few_steps(option):
     group, field = name.split(".")
     config[group][field] = value
   model = models.WaveUNet(**config.model)
-  init = train.create_state(config, model, optax.identity())
+  init = train_steps.create_state(config, model, optax.identity())
   tx = optim.make_optimizer(config, 3e-3, init.params)
   state = init.replace(opt_state=tx.init(init.params))
   step = jax.jit(step_fn(config, model, tx))
@@ -184,7 +186,7 @@ def test_the_parameters_average_after_k_steps_is_its_closed_form():
   config = tiny_config(normalization="batchnorm")
   config.optim.ema_decay = decay = 0.8
   model = models.WaveUNet(**config.model)
-  init = train.create_state(config, model, optax.identity())
+  init = train_steps.create_state(config, model, optax.identity())
   tx = optim.make_optimizer(config, 3e-3, init.params)
   state = init.replace(opt_state=tx.init(init.params))
   step, batch = jax.jit(step_fn(config, model, tx)), fixed_batch(model)
@@ -207,8 +209,8 @@ def test_the_parameters_average_after_k_steps_is_its_closed_form():
                        jax.tree_util.tree_leaves(expected)):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
   # Validation sees the average (with the running BatchNorm statistics), not params.
-  loss = train.Loss.from_config(config, models.lengths(model, 1000).output_length)
-  evaluate = jax.jit(functools.partial(train.eval_step, model=model, loss=loss))
+  loss = train_steps.Loss.from_config(config, models.lengths(model, 1000).output_length)
+  evaluate = jax.jit(functools.partial(train_steps.eval_step, model=model, loss=loss))
   batch["weight"] = np.ones(4, np.float32)
   averaged = state.replace(params=state.ema_params, ema_params=None)
   assert evaluate(state, batch)["loss_sum"] == evaluate(averaged, batch)["loss_sum"]
@@ -216,7 +218,7 @@ def test_the_parameters_average_after_k_steps_is_its_closed_form():
                                                         batch)["loss_sum"]
   # Off: no average in the state, nothing in its checkpoints.
   config.optim.ema_decay = 0.0
-  assert train.create_state(config, model, optax.identity()).ema_params is None
+  assert train_steps.create_state(config, model, optax.identity()).ema_params is None
   config.optim.ema_decay = 1.0
   with pytest.raises(models.ConfigError, match=r"^config.optim.ema_decay=1.0: use 0 \(off\) or "
                      r"a decay in \(0, 1\), e.g. 0.999$"):
@@ -229,7 +231,7 @@ def test_step_on_four_devices_equals_one_device(normalization):
   config = tiny_config(normalization=normalization, padding="same")
   config.optim.weight_decay = 0.01
   model = models.WaveUNet(**config.model)
-  init = train.create_state(config, model, optax.identity())
+  init = train_steps.create_state(config, model, optax.identity())
   tx = optim.make_optimizer(config, 1e-3, init.params)
   state = init.replace(opt_state=tx.init(init.params))
   batch = fixed_batch(model, batch_size=8)
@@ -252,7 +254,7 @@ def test_l2_changes_only_the_masked_kernels():
   config = tiny_config(normalization="batchnorm", upsampling="learned")
   config.optim.weight_decay = 0.01
   model = models.WaveUNet(**config.model)
-  params = train.create_state(config, model, optax.identity()).params
+  params = train_steps.create_state(config, model, optax.identity()).params
   mask = optim.path_mask(params, config.optim.l2_mask)
   flat = {"/".join(k.key for k in path): m
           for path, m in jax.tree_util.tree_leaves_with_path(mask)}
@@ -271,15 +273,15 @@ def test_l2_changes_only_the_masked_kernels():
 def test_bfloat16_compute_keeps_float32_parameters():
   config = tiny_config(dtype="bfloat16")
   model = models.WaveUNet(**config.model)
-  tx = optim.make_optimizer(config, 1e-3, train.create_state(config, model, optax.identity()).params)
-  state = train.create_state(config, model, tx)
+  tx = optim.make_optimizer(config, 1e-3, train_steps.create_state(config, model, optax.identity()).params)
+  state = train_steps.create_state(config, model, tx)
   state, metrics = jax.jit(step_fn(config, model, tx))(state, fixed_batch(model))
   assert np.isfinite(float(metrics["loss"]))
   assert all(p.dtype == jnp.float32 for p in jax.tree_util.tree_leaves(state.params))
 
 
 def test_the_train_step_compiled_on_shapes_alone_runs_the_state_training_starts_from():
-  """train.abstract_state/abstract_batch (what the TPU, GPU and FLOP compiles use) are
+  """train_steps.abstract_state/abstract_batch (what the TPU, GPU and FLOP compiles use) are
   the state and batch training feeds its step: the step compiled on them alone takes
   the real ones (BatchNorm statistics and the parameters' average included), at the
   fine-tune stage's learning rate."""
@@ -288,18 +290,18 @@ def test_the_train_step_compiled_on_shapes_alone_runs_the_state_training_starts_
   config.fine_tune.learning_rate = 3e-3
   model = models.WaveUNet(**config.model)
   layout = parallel.data_parallel(jax.devices()[:1])
-  shapes, abstract_tx = train.abstract_state(config, model, layout, stage=1)
-  state, _ = train.initial_state(config, model, stage=1)
+  shapes, abstract_tx = train_steps.abstract_state(config, model, layout, stage=1)
+  state, _ = train_steps.initial_state(config, model, stage=1)
   assert shapes.ema_params is not None and shapes.batch_stats
   assert jax.tree_util.tree_structure(shapes) == jax.tree_util.tree_structure(state)
   for shape, value in zip(jax.tree_util.tree_leaves(shapes), jax.tree_util.tree_leaves(state)):
     assert (shape.shape, shape.dtype) == (value.shape, value.dtype)
   batch = fixed_batch(model, batch_size=4)
-  batch_shapes = train.abstract_batch(model, 1000, layout, 4)
+  batch_shapes = train_steps.abstract_batch(model, 1000, layout, 4)
   assert {k: (v.shape, v.dtype) for k, v in batch_shapes.items()} == {
       k: (v.shape, v.dtype) for k, v in batch.items()}
 
-  step, _ = train.jit_steps(config, model, abstract_tx, layout)
+  step, _ = train_steps.jit_steps(config, model, abstract_tx, layout)
   before = jax.tree_util.tree_map(np.asarray, state.params)
   after, metrics = step.lower(shapes, batch_shapes).compile()(state, batch)
   assert np.isfinite(float(metrics["loss"])) and int(after.step) == 1
@@ -315,7 +317,7 @@ def test_seed_config_trains_at_a_tiny_size():
   L2 0.01 on the U-Net kernels, 100 x MSE on a central crop) on a 4-level, narrow
   version of its network: a few dozen steps on one batch bring the loss down."""
   config = deep.get_config("seed")
-  assert train.loss_crop(config, 16384 * 14) == (80000, 69376)
+  assert train_steps.loss_crop(config, 16384 * 14) == (80000, 69376)
   levels = 4
   config.model.update(features=tuple(4 * (i + 1) for i in range(levels)),
                       bottleneck_features=4 * (levels + 1), down_kernel_sizes=(15,) * levels,
@@ -324,7 +326,7 @@ def test_seed_config_trains_at_a_tiny_size():
   batch = fixed_batch(model)  # same padding: 1008 samples in and out
   config.data.output_length = batch["mix"].shape[1]
   config.loss.central_length = config.data.output_length // 3
-  init = train.create_state(config, model, optax.identity())
+  init = train_steps.create_state(config, model, optax.identity())
   tx = optim.make_optimizer(config, config.optim.learning_rate, init.params)
   state = init.replace(opt_state=tx.init(init.params))
   step = jax.jit(step_fn(config, model, tx))
@@ -390,7 +392,7 @@ def test_the_average_resumes_exactly_and_is_what_inference_loads(data_dir, tmp_p
                   jax.tree_util.tree_leaves(jax.device_get((resumed.params, resumed.ema_params)))):
     np.testing.assert_array_equal(a, b)
   # Separation, evaluation, export and init_from load the average.
-  trained = checkpoints.load_for_inference(tmp_path / "resumed", "latest")
+  trained = workdir_lib.load_for_inference(tmp_path / "resumed", "latest")
   assert trained.step == 6
   pairs = list(zip(jax.tree_util.tree_leaves(trained.variables["params"]),
                    jax.tree_util.tree_leaves(jax.device_get(resumed.ema_params)),
@@ -418,18 +420,19 @@ def test_a_resumed_run_may_change_its_sampler_saying_what_happens(data_dir, tmp_
       assert ("step 1's data positions were not saved: the devices drew the batches "
               "(config.data.pipeline='device'), and tf.data cannot continue their order") \
           in caplog.text
-      assert checkpoints.read_progress(workdir).data_start_step == 1
+      assert workdir_lib.read_progress(workdir).data_start_step == 1
 
 
 def test_device_data_that_do_not_fit_are_refused_or_left_to_tf_data(data_dir, tmp_path,
                                                                      monkeypatch, caplog):
-  from waveunet_jax import device_data, prepare
+  from waveunet_jax.data import device as device_data
+  from waveunet_jax.data import records
 
   caplog.set_level(logging.INFO, logger="absl")
   monkeypatch.setattr(device_data, "device_capacity", lambda device: 2**10)
   config = tiny_schedule(tiny_data_config(TINY_RATE, TINY_OUTPUT, data_dir), 1)
   config.data.pipeline = "device"
-  with pytest.raises(prepare.DataError, match=r"config.data.pipeline='device': the training "
+  with pytest.raises(records.DataError, match=r"config.data.pipeline='device': the training "
                      r"data do not fit on the devices \(.* of training windows per device "
                      r"\+ .* for the train step, against 80% of the 1.0 KiB a device holds\)"):
     train.train_and_evaluate(config, tmp_path / "device")
@@ -489,7 +492,7 @@ def test_early_stopping_then_fine_tune_stage(data_dir, tmp_path, monkeypatch, em
   assert rates[5] == pytest.approx(float(schedule(config.optim.learning_rate)(4)))
   assert rates[15] == pytest.approx(float(schedule(config.optim.learning_rate)(14)))
   assert rates[20] == pytest.approx(float(schedule(config.fine_tune.learning_rate)(4)))
-  progress = checkpoints.read_progress(tmp_path)
+  progress = workdir_lib.read_progress(tmp_path)
   assert progress.done and progress.stage == 1 and progress.stage_start_step == 15
   assert (progress.best_step, progress.best_loss) == (20, 0.85)
   assert sorted(os.listdir(tmp_path / "best")) == ["20"]
@@ -501,7 +504,7 @@ def test_early_stopping_then_fine_tune_stage(data_dir, tmp_path, monkeypatch, em
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(data_dir, tmp_path, monkeypatch):
   config = tiny_config()
   config.data.data_dir = data_dir
-  original = train.train_step
+  original = train_steps.train_step
 
   def poisoned(state, batch, **kwargs):
     state, metrics = original(state, batch, **kwargs)
@@ -548,13 +551,14 @@ def test_smoke_command_end_to_end_with_an_override(tmp_path):
   assert sorted(os.listdir(workdir / "checkpoints")) == ["10", "5"]
   assert os.listdir(workdir / "best")
   assert any(p.name.startswith("events.out.tfevents") for p in (workdir / "tensorboard").iterdir())
-  config, variables, _ = checkpoints.load_for_inference(workdir, "latest")
+  config, variables, _ = workdir_lib.load_for_inference(workdir, "latest")
   assert config.model.bottleneck_features == 40
   assert variables["params"]["bottleneck"]["conv"]["kernel"].shape[-1] == 40
   assert "batch_stats" in variables
 
   # What users do next: separate a song with the trained model, in Python and the CLI.
-  from waveunet_jax import jax_engine, separate
+  from waveunet_jax import separate
+  from waveunet_jax.separation import jax_engine
 
   song = 0.3 * np.random.default_rng(0).standard_normal((44100 + 17, 2)).astype(np.float32)
   separator = jax_engine.separator_from_workdir(workdir, "best", window_seconds=2.0)

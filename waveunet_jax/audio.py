@@ -4,7 +4,7 @@
   ogg and aiff through soundfile, anything else (mp3, m4a, ...) decoded by PyAV;
   `read_audio` reads a whole file; `read_stem_file` decodes a MUSDB18 `.stem.mp4`
   (PyAV too).
-* Writing: `AudioWriter` streams blocks into any `FORMATS` entry (soundfile for wav,
+* Writing: `AudioWriter` streams blocks into any `AUDIO_FORMATS` entry (soundfile for wav,
   flac and ogg, a PyAV encoder for mp3 and m4a); `write_audio` writes a whole array,
   `write_stem_file` a `.stem.mp4`. Each is written complete or not at all, under a
   temporary name that `files.atomic_path` renames into place.
@@ -41,7 +41,7 @@ AUDIO_EXTENSIONS = SOUNDFILE_EXTENSIONS + AV_EXTENSIONS
 
 
 @dataclasses.dataclass(frozen=True)
-class Format:
+class AudioFormat:
   """An output format: through soundfile (`subtype`), or a PyAV `codec` in a `container`;
   lossy ones at a bitrate."""
 
@@ -57,16 +57,16 @@ class Format:
     return self.subtype != "FLOAT"
 
 
-FORMATS = {
-    "wav16": Format(".wav", "WAV", subtype="PCM_16"),
-    "wav24": Format(".wav", "WAV", subtype="PCM_24"),
-    "float": Format(".wav", "WAV", subtype="FLOAT"),
-    "flac": Format(".flac", "FLAC", subtype="PCM_24"),
-    "mp3": Format(".mp3", "mp3", codec="libmp3lame", lossy=True),
+AUDIO_FORMATS = {
+    "wav16": AudioFormat(".wav", "WAV", subtype="PCM_16"),
+    "wav24": AudioFormat(".wav", "WAV", subtype="PCM_24"),
+    "float": AudioFormat(".wav", "WAV", subtype="FLOAT"),
+    "flac": AudioFormat(".flac", "FLAC", subtype="PCM_24"),
+    "mp3": AudioFormat(".mp3", "mp3", codec="libmp3lame", lossy=True),
     # libvorbis inside soundfile: PyAV's FFmpeg has only FFmpeg's own Vorbis encoder,
     # experimental and poor (it garbles a pure tone in the second channel).
-    "ogg": Format(".ogg", "OGG", subtype="VORBIS", lossy=True),
-    "m4a": Format(".m4a", "ipod", codec="aac", lossy=True),
+    "ogg": AudioFormat(".ogg", "OGG", subtype="VORBIS", lossy=True),
+    "m4a": AudioFormat(".m4a", "ipod", codec="aac", lossy=True),
 }
 DEFAULT_BITRATE = "320k"
 # Nominal bitrates (kb/s, 44.1 kHz stereo) of libvorbis's qualities -1, 0, ..., 10;
@@ -363,7 +363,7 @@ def _decode(av, container, streams: list, path: pathlib.Path) -> Iterator[tuple[
 
 
 class AudioWriter:
-  """Streams float32 blocks [n, channels] into `path` in format `fmt` (a `FORMATS`
+  """Streams float32 blocks [n, channels] into `path` in format `fmt` (a `AUDIO_FORMATS`
   key), under a temporary name until `commit()`; `discard()` (or an exception in a
   `with` block) removes it. Formats that cannot hold samples beyond [-1, 1] get them
   clipped, never wrapped round. Any failure, a full disk included, is an AudioError
@@ -372,9 +372,9 @@ class AudioWriter:
 
   def __init__(self, path: str | os.PathLike, rate: int, channels: int, fmt: str = "wav16",
                bitrate: str = DEFAULT_BITRATE):
-    if fmt not in FORMATS:
-      raise AudioError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    self.path, self.format, self.channels = pathlib.Path(path), FORMATS[fmt], channels
+    if fmt not in AUDIO_FORMATS:
+      raise AudioError(f"unknown format {fmt!r}; choose one of {', '.join(AUDIO_FORMATS)}")
+    self.path, self.format, self.channels = pathlib.Path(path), AUDIO_FORMATS[fmt], channels
     self.clipped, self.peak = 0, 0.0  # samples clipped so far, and the largest of them
     bits = bits_per_second(bitrate) if self.format.lossy else 0
     self._atomic = files.atomic_path(self.path, suffix=self.format.extension)
@@ -472,11 +472,11 @@ def _vorbis_level(bits: int) -> float:
 
 
 class _Muxer:
-  """PyAV encoders of one `Format`, a stream per entry of `channels`, into one file
+  """PyAV encoders of one `AudioFormat`, a stream per entry of `channels`, into one file
   (`temp`, for errors named `path`). Raises AudioError naming `path` for any failure,
   which FFmpeg may report only at `close()` (a full disk: buffered writes)."""
 
-  def __init__(self, path: pathlib.Path, temp: pathlib.Path, fmt: Format, rate: int,
+  def __init__(self, path: pathlib.Path, temp: pathlib.Path, fmt: AudioFormat, rate: int,
                channels: list[int], bits: int, titles: list[str] | None = None):
     av = _import_av(f"{path}: writing {fmt.extension} files")
     self.path, self._av = path, av
@@ -582,7 +582,7 @@ def write_audio(path: str | os.PathLike, audio: np.ndarray, rate: int,
   return writer.path
 
 
-STEM_FORMAT = Format(".stem.mp4", "mp4", codec="aac", lossy=True)
+STEM_FORMAT = AudioFormat(".stem.mp4", "mp4", codec="aac", lossy=True)
 
 
 def write_stem_file(path: str | os.PathLike, stems: np.ndarray, rate: int,

@@ -24,7 +24,12 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
-from waveunet_jax.checkpoints import TrainingError, config_differences
+from waveunet_jax.workdir import config_differences
+
+
+class DistributedError(RuntimeError):
+  """The run's processes cannot be joined or do not run the same run; the message names
+  the flag or the process and what to do."""
 
 
 def connect(coordinator_address: str | None = None, num_processes: int | None = None,
@@ -43,10 +48,10 @@ def connect(coordinator_address: str | None = None, num_processes: int | None = 
   coordinator's port to answer before JAX connects to it."""
   named = (coordinator_address, num_processes, process_id)
   if any(v is not None for v in named) and not all(v is not None for v in named):
-    raise TrainingError("--coordinator_address, --num_processes and --process_id go together: "
+    raise DistributedError("--coordinator_address, --num_processes and --process_id go together: "
                         "give all three (or none, on a cluster JAX detects)")
   if num_processes is not None and not 0 <= process_id < num_processes:
-    raise TrainingError(f"--process_id={process_id} is not in [0, --num_processes="
+    raise DistributedError(f"--process_id={process_id} is not in [0, --num_processes="
                         f"{num_processes})")
   if coordinator_address is not None:
     host, port = _coordinator(coordinator_address)
@@ -63,34 +68,34 @@ def connect(coordinator_address: str | None = None, num_processes: int | None = 
                                heartbeat_timeout_seconds=heartbeat_timeout)
   except ValueError as e:  # nothing detected, or given values JAX refuses
     if coordinator_address is None:
-      raise TrainingError("--distributed: JAX detected no cluster to join (Cloud TPU, SLURM, "
+      raise DistributedError("--distributed: JAX detected no cluster to join (Cloud TPU, SLURM, "
                           "Open MPI); elsewhere give --coordinator_address, --num_processes "
                           "and --process_id") from None
-    raise TrainingError(f"cannot join the run's processes: {e}") from None
+    raise DistributedError(f"cannot join the run's processes: {e}") from None
   except RuntimeError as e:  # e.g. no coordinator at the address within the timeout
     message = str(e).splitlines()[0] if str(e) else type(e).__name__
-    raise TrainingError(f"cannot join the run's processes ({message}): process 0 must run "
+    raise DistributedError(f"cannot join the run's processes ({message}): process 0 must run "
                         "at --coordinator_address, reachable from every process") from None
 
 
 def _coordinator(address: str) -> tuple[str, int]:
   """(host, port) of --coordinator_address=HOST:PORT (HOST may be `[IPv6]`), or a
-  TrainingError naming the flag; the host must resolve, as every process dials it."""
+  DistributedError naming the flag; the host must resolve, as every process dials it."""
   host, _, port = address.rpartition(":")
   host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
   if not host or not (port.isascii() and port.isdigit()) or not 1 <= int(port) <= 65535:
-    raise TrainingError(f"--coordinator_address={address}: not HOST:PORT with a port from 1 "
+    raise DistributedError(f"--coordinator_address={address}: not HOST:PORT with a port from 1 "
                         "to 65535 (e.g. node0:8476); name process 0's host and a free port")
   try:
     socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
   except (socket.gaierror, UnicodeError) as e:
-    raise TrainingError(f"--coordinator_address={address}: cannot resolve the host {host!r} "
+    raise DistributedError(f"--coordinator_address={address}: cannot resolve the host {host!r} "
                         f"({getattr(e, 'strerror', None) or e}); name process 0's host") from None
   return host, int(port)
 
 
 def _check_port_free(address: str, port: int) -> None:
-  """Raises TrainingError unless process 0 can bind `port` as JAX's coordinator will:
+  """Raises DistributedError unless process 0 can bind `port` as JAX's coordinator will:
   on every address (`[::]`, IPv4 too; `0.0.0.0` where this host has no IPv6), with
   SO_REUSEADDR as gRPC sets it. Skipped when JAX_COORDINATOR_BIND_ADDRESS tells JAX to
   bind elsewhere."""
@@ -113,13 +118,13 @@ def _check_port_free(address: str, port: int) -> None:
           continue
         hint = {errno.EADDRINUSE: "; another program or run uses it?",
                 errno.EACCES: "; a port below 1024 needs root"}.get(e.errno, "")
-        raise TrainingError(f"--coordinator_address={address}: process 0 cannot listen on "
+        raise DistributedError(f"--coordinator_address={address}: process 0 cannot listen on "
                             f"port {port} ({e.strerror}{hint}); choose a free port, the "
                             "same for every process") from None
 
 
 def _wait_for_coordinator(address: str, host: str, port: int, timeout: int) -> None:
-  """Returns once the coordinator's port accepts a connection, or raises TrainingError
+  """Returns once the coordinator's port accepts a connection, or raises DistributedError
   after `timeout` seconds (JAX would abort the interpreter instead)."""
   logging.info("waiting up to %d s (--coordinator_timeout) for the coordinator, process 0, "
                "at %s", timeout, address)
@@ -133,13 +138,13 @@ def _wait_for_coordinator(address: str, host: str, port: int, timeout: int) -> N
       if left <= 0:
         break
       time.sleep(min(0.5, max(left, 0)))
-  raise TrainingError(f"--coordinator_address={address}: no coordinator answered within "
+  raise DistributedError(f"--coordinator_address={address}: no coordinator answered within "
                       f"{timeout} s (--coordinator_timeout); start process 0 (it listens "
                       "there), or check the address and that this host can reach the port")
 
 
 def check_same_run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> None:
-  """Raises TrainingError, on every process, unless all processes were started with
+  """Raises DistributedError, on every process, unless all processes were started with
   the same config and workdir (a run whose hosts disagree would hang or diverge)."""
   if jax.process_count() == 1:
     return
@@ -157,15 +162,15 @@ def check_same_run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> 
   first = json.loads(bytes(np.asarray(multihost_utils.broadcast_one_to_all(padded))).rstrip(b"\0"))
   what = "start every process with the same --config, --config.* overrides and --workdir"
   if jax.process_index() == 0:
-    raise TrainingError(f"process(es) {', '.join(map(str, others))} of {jax.process_count()} "
+    raise DistributedError(f"process(es) {', '.join(map(str, others))} of {jax.process_count()} "
                         f"were started with another config or --workdir than this one; {what}")
   if jax.process_index() not in others:
-    raise TrainingError(f"process(es) {', '.join(map(str, others))} of {jax.process_count()} "
+    raise DistributedError(f"process(es) {', '.join(map(str, others))} of {jax.process_count()} "
                         f"were started with another config or --workdir than process 0; {what}")
   fields = [f"config.{name} ({json.dumps(old)} on process 0, {json.dumps(new)} here)"
             for name, old, new in config_differences(
                 ml_collections.ConfigDict(first["config"]), config, may_change=())]
   if first["workdir"] != str(workdir):
     fields.append(f"--workdir ({first['workdir']} on process 0, {workdir} here)")
-  raise TrainingError(f"process {jax.process_index()} was started with another run than "
+  raise DistributedError(f"process {jax.process_index()} was started with another run than "
                       f"process 0: {', '.join(fields[:4])} differ; {what}")

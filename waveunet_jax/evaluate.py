@@ -78,13 +78,12 @@ from absl import flags, logging
 
 from waveunet_jax import console, files, shared_flags
 from waveunet_jax import report as report_lib
-from waveunet_jax import separator as separator_lib
 from waveunet_jax import stems as stems_lib
-from waveunet_jax import tracks as tracks_lib
+from waveunet_jax.data import tracks as tracks_lib
+from waveunet_jax.separation import separator as separator_lib
 
-SPLITS = ("test", "valid")
+SCORED_SPLITS = ("test", "valid")
 METRICS = ("SDR", "SIR", "SAR", "ISR")
-SOURCES = stems_lib.STEMS + tuple(stems_lib.derivable(stems_lib.STEMS))
 BASELINE = "mixture-baseline"  # folder of the baseline's per-track JSON
 EXCERPTS = "excerpts"  # folder of the audio excerpts the report plays
 REPORT = "report.html"
@@ -118,16 +117,16 @@ class SeparatorLike(Protocol):
 # --------------------------------------------------------------------------- #
 
 
-def split_tracks(musdb_root: str | os.PathLike, split: str, wav: bool,
-                 valid_tracks: Sequence[str] | None = None) -> list[tracks_lib.Track]:
+def tracks_of_split(musdb_root: str | os.PathLike, split: str, wav: bool,
+                    valid_tracks: Sequence[str] | None = None) -> list[tracks_lib.Track]:
   """The tracks of `split`, sorted by name: `test` (DIR/test), or `valid`: those that
   `prepare` holds out for validation (`tracks.split_tracks` chooses them, from
   `valid_tracks`, DIR/valid/ or DIR/train). Raises EvaluationError if there are none."""
   root = pathlib.Path(musdb_root)
   if not root.is_dir():
     raise EvaluationError(f"--musdb_root={root}: no such directory")
-  if split not in SPLITS:
-    raise EvaluationError(f"--split={split}: use {' or '.join(SPLITS)}")
+  if split not in SCORED_SPLITS:
+    raise EvaluationError(f"--split={split}: use {' or '.join(SCORED_SPLITS)}")
   if split == "valid":
     try:
       return sorted(tracks_lib.split_tracks(root, wav, valid_tracks)["valid"],
@@ -145,10 +144,10 @@ def split_tracks(musdb_root: str | os.PathLike, split: str, wav: bool,
 
 def check_sources(sources: Sequence[str]) -> None:
   """Raises EvaluationError unless every source has a MUSDB18 reference."""
-  unknown = [s for s in sources if s not in SOURCES]
+  unknown = [s for s in sources if s not in stems_lib.SOURCES]
   if unknown or not sources:
     raise EvaluationError(f"the model's sources ({', '.join(sources)}) are not MUSDB18 "
-                          f"sources; evaluation knows {', '.join(SOURCES)}")
+                          f"sources; evaluation knows {', '.join(stems_lib.SOURCES)}")
 
 
 def references(stems: Mapping[str, np.ndarray], sources: Sequence[str]) -> dict[str, np.ndarray]:
@@ -386,7 +385,7 @@ def evaluate(separator: SeparatorLike, musdb_root: str | os.PathLike,
              stems: Sequence[str] | None = None, report: bool = True,
              split_read: Sequence[Any] | None = None) -> dict[str, Any]:
   """Scores `separator` and the mixture baseline on a split (see the module docstring).
-  `split_read`: the split's tracks as `split_tracks` gave them, if the caller has
+  `split_read`: the split's tracks as `tracks_of_split` gave them, if the caller has
   them already (it logs the validation choice once).
 
   Args:
@@ -418,7 +417,7 @@ def evaluate(separator: SeparatorLike, musdb_root: str | os.PathLike,
   if max_tracks is not None and max_tracks < 1:
     raise EvaluationError(f"--tracks={max_tracks}: must be positive")
   if split_read is None:
-    split_read = split_tracks(musdb_root, split, wav, valid_tracks)
+    split_read = tracks_of_split(musdb_root, split, wav, valid_tracks)
   tracks = list(split_read)[:max_tracks]
   output_dir = pathlib.Path(output_dir)
   for name in ("summary.json", "summary.md") + ((REPORT,) if report else ()):
@@ -527,7 +526,7 @@ def _write_report(output_dir: pathlib.Path, summary: Mapping[str, Any],
     sdr = {key: {s: by_track[name][s]["SDR"] for s in sources}
            for key, by_track in scores.items()}
     folder = output_dir / EXCERPTS / split / name
-    tracks.append(report_lib.Track(
+    tracks.append(report_lib.TrackReport(
         name, sdr, {key: {s: track_median(x) for s, x in by_source.items()}
                     for key, by_source in sdr.items()},
         report_lib.load_excerpts(folder, summary["separator"]),
@@ -551,7 +550,7 @@ def _define_flags() -> None:
                    "prepare holds out: the valid/ folder; else musdb's 14-track split for "
                    "MUSDB18; else about 10 % of the training tracks).",
       output_dir="Where the per-track JSON and the summary go.")
-  flags.DEFINE_enum("split", "test", list(SPLITS), "test, or valid (the tracks prepare "
+  flags.DEFINE_enum("split", "test", list(SCORED_SPLITS), "test, or valid (the tracks prepare "
                     "validates on: valid/, or those held out of train/).")
   flags.DEFINE_integer("tracks", None, "Evaluate only the split's first N tracks.")
   flags.DEFINE_bool("report", True, f"Write OUTPUT_DIR/{REPORT} (plots, the aggregates and "
@@ -561,7 +560,8 @@ def _define_flags() -> None:
 
 def main(argv: list[str]) -> None:
   # Flax: imported here so that cli() can name the install.
-  from waveunet_jax import jax_engine, models
+  from waveunet_jax import models
+  from waveunet_jax.separation import jax_engine
 
   console.no_arguments(argv)
   args = flags.FLAGS
@@ -574,7 +574,7 @@ def main(argv: list[str]) -> None:
   try:
     # Both before the model loads: a bad flag or folder costs no checkpoint read.
     separator_lib.check_averaging(args.shifts, args.seed)
-    chosen = split_tracks(args.musdb_root, args.split, args.wav, valid)
+    chosen = tracks_of_split(args.musdb_root, args.split, args.wav, valid)
     model = jax_engine.separator_from_workdir(
         args.workdir, args.checkpoint,
         residual_source=None if args.residual_source == "none" else args.residual_source,

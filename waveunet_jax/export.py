@@ -5,13 +5,13 @@
       --float16 --output=m4.tflite
   waveunet-separate --model=m4.onnx song.wav --output_dir=separated
 
-Formats (`formats.FORMATS`, which also says how each is written and loaded):
+Formats (`model_formats.MODEL_FORMATS`, which also says how each is written and loaded):
 
 * `stablehlo`: `jax.export`'s serialised module (runs with `jax.export.deserialize`);
 * `saved_model`: a TensorFlow SavedModel folder (`jax2tf`), serving signature
   `mix [batch, input_length, channels] -> sources [batch, sources, output_length, channels]`;
 * `tflite`: LiteRT's flatbuffer of that SavedModel (float32, or float16 weights);
-* `onnx`: an ONNX model (`jax2onnx`), `formats.OPSET` (optionally with int8 weights,
+* `onnx`: an ONNX model (`jax2onnx`), `model_formats.OPSET` (optionally with int8 weights,
   ONNX Runtime's dynamic quantisation).
 
 Each exports the network's forward pass on the separator's window: the time length is
@@ -33,7 +33,8 @@ from typing import Any
 from absl import flags
 
 import waveunet_jax
-from waveunet_jax import console, files, formats, shared_flags
+from waveunet_jax import console, files, shared_flags
+from waveunet_jax.separation import model_formats
 
 
 class ExportError(ValueError):
@@ -54,7 +55,7 @@ def metadata(engine, fmt: str, config=None, batch_size: int | None = None,
   size = models.Lengths(engine.tiling.input_length,
                         models.output_length_for(model, engine.tiling.input_length))
   return {
-      "schema": formats.SCHEMA,
+      "schema": model_formats.SCHEMA,
       "format": fmt,
       "project": "waveunet_jax",
       "version": waveunet_jax.__version__,
@@ -86,16 +87,16 @@ def check_output(fmt: str, output: str | os.PathLike, overwrite: bool = False) -
   name must fit the format, and what is there already (the model or its metadata) is
   replaced only with `overwrite`, and only if it is what an export writes there (a
   file, or a SavedModel folder holding this project's metadata)."""
-  if fmt not in formats.FORMATS:
-    raise ExportError(f"--format={fmt}: use one of {', '.join(formats.FORMATS)}")
+  if fmt not in model_formats.MODEL_FORMATS:
+    raise ExportError(f"--format={fmt}: use one of {', '.join(model_formats.MODEL_FORMATS)}")
   if not str(output).strip():  # "" would be the current folder
     raise ExportError("--output is empty: name the file or SavedModel folder to write")
   output = pathlib.Path(output)
-  expected = formats.FORMATS[fmt].extension
+  expected = model_formats.MODEL_FORMATS[fmt].extension
   if expected and output.suffix.lower() != expected:
     raise ExportError(f"--output={output}: a {fmt} export's name ends in {expected}")
-  targets = ([(output, formats.is_export_folder)] if expected is None else  # a folder
-             [(output, None), (formats.metadata_path(output, fmt), None)])
+  targets = ([(output, model_formats.is_export_folder)] if expected is None else  # a folder
+             [(output, None), (model_formats.metadata_path(output, fmt), None)])
   for path, ours in targets:
     try:
       files.check_target(path, ours)
@@ -117,26 +118,26 @@ def export(engine, fmt: str, output: str | os.PathLike, *, config=None,
   output = check_output(fmt, output, overwrite)
   options = {"float16": float16, "int8": int8}  # the `reduced` options of the formats
   for option, wanted in options.items():
-    owner = next(name for name, f in formats.FORMATS.items() if f.reduced == option)
+    owner = next(name for name, f in model_formats.MODEL_FORMATS.items() if f.reduced == option)
     if wanted and fmt != owner:
       raise ExportError(f"--{option} is for --format={owner}")
-  kind = formats.FORMATS[fmt]
+  kind = model_formats.MODEL_FORMATS[fmt]
   if kind.fixed_batch:  # its converter refuses a symbolic batch
     batch_size = batch_size or 1
   reduced = bool(kind.reduced and options[kind.reduced])
   extra = {**kind.metadata,
            **({"weights": kind.reduced if reduced else "float32"} if kind.reduced else {})}
   meta = metadata(engine, fmt, config, batch_size, **extra)
-  formats.check_metadata(meta, fmt)  # what separation will accept; a failure is a bug here
+  model_formats.check_metadata(meta, fmt)  # what separation will accept; a failure is a bug here
   text = json.dumps(meta, indent=2) + "\n"
   if kind.extension is None:  # a folder, the metadata inside it
-    with files.atomic_path(output, ours=formats.is_export_folder) as temp:
+    with files.atomic_path(output, ours=model_formats.is_export_folder) as temp:
       kind.write(engine, temp, batch_size, reduced)
-      (temp / formats.METADATA_NAME).write_text(text)
+      (temp / model_formats.METADATA_NAME).write_text(text)
     return output
   with files.atomic_path(output, suffix=kind.extension) as temp:  # converters go by it
     kind.write(engine, temp, batch_size, reduced)
-  files.write_text_atomic(formats.metadata_path(output, fmt), text)
+  files.write_text_atomic(model_formats.metadata_path(output, fmt), text)
   return output
 
 
@@ -151,7 +152,7 @@ def _define_flags() -> None:
       "workdir", "checkpoint", "window_seconds", "overlap", "batch_size", "overwrite",
       batch_size="Windows per call (default: any, where the format allows it).",
       overwrite="Replace an earlier export at --output.")
-  flags.DEFINE_enum("format", None, list(formats.FORMATS), "The export format.")
+  flags.DEFINE_enum("format", None, list(model_formats.MODEL_FORMATS), "The export format.")
   flags.DEFINE_string("output", None, "The model file (.onnx, .tflite, .stablehlo) or "
                       "SavedModel folder to write.")
   flags.DEFINE_bool("float16", False, "tflite: float16 weights.")
@@ -162,7 +163,7 @@ def _define_flags() -> None:
 def check_flags(args) -> None:
   """ExportError naming the flag that cannot work: the output (`check_output`), the
   batch or the window."""
-  from waveunet_jax import jax_engine as engine_lib
+  from waveunet_jax.separation import jax_engine as engine_lib
 
   check_output(args.format, args.output, args.overwrite)
   if args.batch_size is not None and args.batch_size < 1:
@@ -175,7 +176,8 @@ def check_flags(args) -> None:
 
 
 def main(argv: list[str]) -> None:
-  from waveunet_jax import checkpoints, jax_engine as engine_lib
+  from waveunet_jax import workdir as workdir_lib
+  from waveunet_jax.separation import jax_engine as engine_lib
 
   console.no_arguments(argv)
   args = flags.FLAGS
@@ -184,13 +186,13 @@ def main(argv: list[str]) -> None:
     engine = engine_lib.JaxEngine.from_workdir(
         args.workdir, args.checkpoint, window_seconds=args.window_seconds,
         overlap=args.overlap, batch_size=args.batch_size or 1)
-    config = checkpoints.load_config(args.workdir)
+    config = workdir_lib.load_config(args.workdir)
     path = export(engine, args.format, args.output, config=config,
                   batch_size=args.batch_size, float16=args.float16, int8=args.int8,
                   overwrite=args.overwrite)
   except ValueError as e:  # ExportError, SeparationError, ConfigError, a too short window
     sys.exit(f"error: {e}")
-  console.done(f"done: wrote {path} and {formats.metadata_path(path, args.format)}; separate "
+  console.done(f"done: wrote {path} and {model_formats.metadata_path(path, args.format)}; separate "
                f"with: {console.python()} -m waveunet_jax.separate --model={path} "
                "--output_dir=OUT SONG.wav")
 

@@ -22,7 +22,7 @@ the work. This module owns the count instead, two ways that a test holds togethe
   step is 0.3 % (shallow.py) and 0.7 % (deep.py:M4) above this count, up to 4 % for
   the narrow test configs (tests/test_flops.py).
 * `cpu_cost_analysis`: XLA's cost analysis of the real jitted train step
-  (`train.jit_steps`, the function and shardings training runs) or forward pass,
+  (`steps.jit_steps`, the function and shardings training runs) or forward pass,
   compiled (never run) for the CPU backend explicitly, on a one-device CPU mesh, so it
   is the true count on a machine whose default backend is a GPU too. It counts the
   elementwise work as well; slow for the full configs (minutes of compiling), hence
@@ -137,7 +137,7 @@ def forward(model: models.WaveUNet, batch: int, input_length: int) -> float:
   return sum(c.flops for c in convs(model, batch, input_length))
 
 
-def train_step(config: Any, batch_size: int) -> float:
+def train_step_flops(config: Any, batch_size: int) -> float:
   """FLOPs of one training step of `batch_size` examples at the config's training
   lengths: each conv's forward, kernel gradient and (where its input depends on the
   parameters) input gradient, each the same multiply-adds."""
@@ -152,24 +152,24 @@ def per_example(config: Any) -> dict[str, float]:
   the config's training lengths (both scale linearly with the batch)."""
   model = models.from_config(config)
   size = models.lengths(model, config.data.output_length)
-  return {"train": train_step(config, 1), "forward": forward(model, 1, size.input_length)}
+  return {"train": train_step_flops(config, 1), "forward": forward(model, 1, size.input_length)}
 
 
 def cpu_cost_analysis(config: Any, batch_size: int, *, train: bool = True) -> float:
-  """XLA's FLOP count of the jitted train step (`train.jit_steps`) or of the forward
+  """XLA's FLOP count of the jitted train step (`steps.jit_steps`) or of the forward
   pass at the config's training lengths, compiled for the CPU backend whatever the
   default backend is (compile only: nothing runs)."""
   from waveunet_jax import parallel
-  from waveunet_jax import train as training
+  from waveunet_jax import steps
 
   cpu = jax.devices("cpu")[:1]
   layout = parallel.data_parallel(cpu)
   model = models.from_config(config)
   with jax.default_device(cpu[0]):
-    state, tx = training.abstract_state(config, model, layout)
-  batch = training.abstract_batch(model, config.data.output_length, layout, batch_size)
+    state, tx = steps.abstract_state(config, model, layout)
+  batch = steps.abstract_batch(model, config.data.output_length, layout, batch_size)
   if train:
-    step, _ = training.jit_steps(config, model, tx, layout)
+    step, _ = steps.jit_steps(config, model, tx, layout)
     compiled = step.lower(state, batch).compile()
   else:
     variables = {"params": state.params, "batch_stats": state.batch_stats}

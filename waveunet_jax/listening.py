@@ -1,7 +1,7 @@
 """What training shows in TensorBoard to listen to and look at, besides numbers.
 
 At each validation `Listening.write` logs a fixed excerpt of a validation song
-(about `EXCERPT_SECONDS`): the network's estimate of each source as audio and as a
+(about `LISTENING_SECONDS`): the network's estimate of each source as audio and as a
 spectrogram image, under `listen/estimate/<source>` and `spectrogram/estimate/<source>`.
 The mix and the true sources (`listen/mix`, `listen/target/<source>` and their
 spectrograms) never change, so they are logged once per run, at its first validation.
@@ -9,8 +9,9 @@ One excerpt per validation bounds the size: for the paper's M4 (22.05 kHz stereo
 estimate is about 0.9 MB of 16-bit audio.
 
 The excerpt is the first validation tiles of the (first) prepared dataset
-(`eval_dataset`, in its fixed order): consecutive tiles of one track are consecutive
-stretches of it (hop = output length), so the network's outputs on them are the song's.
+(`batches.TrainingData.validation_excerpt`): consecutive tiles of one track are
+consecutive stretches of it (hop = output length), so the network's outputs on them
+are the song's.
 
 Spectrograms are computed here (numpy): the log magnitude of a short-time Fourier
 transform of the channels' mean, in dB below the loudest bin, coloured low to high.
@@ -23,10 +24,9 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
-import ml_collections
 import numpy as np
 
-EXCERPT_SECONDS = 10.0
+LISTENING_SECONDS = 10.0
 FFT_SIZE = 1024
 HOP = 256
 DYNAMIC_RANGE_DB = 80.0
@@ -57,20 +57,18 @@ def spectrogram_image(audio: np.ndarray) -> np.ndarray:
   return np.round(RAMP[low] * (1 - share) + RAMP[low + 1] * share).astype(np.uint8)
 
 
+def excerpt_tiles(rate: int, output_length: int) -> int:
+  """How many validation tiles of `output_length` samples make the excerpt."""
+  return max(1, math.ceil(LISTENING_SECONDS * rate / output_length))
+
+
 class Listening:
-  """The excerpt of one run and its logging; `predict(variables, mix_tiles)` is the
-  network's jitted forward pass on [tiles, input_length, C]."""
+  """The excerpt of one run and its logging. `batch`: the excerpt's first validation
+  tiles ('mix', 'sources', 'weight', `excerpt_tiles` of them); `predict(variables,
+  mix_tiles)`: the network's jitted forward pass on [tiles, input_length, C]."""
 
-  def __init__(self, config: ml_collections.ConfigDict, sources: tuple[str, ...],
-               offset: int, output_length: int,
-               predict: Callable[[Any, np.ndarray], Any]):
-    from waveunet_jax import input_pipeline
-
-    rate = config.data.sample_rate
-    tiles = max(1, math.ceil(EXCERPT_SECONDS * rate / output_length))
-    first = input_pipeline.data_dirs(config)[0].path
-    batch = next(iter(input_pipeline.as_numpy(
-        input_pipeline.eval_dataset(config, tiles, data_dir=first))))
+  def __init__(self, batch: dict[str, np.ndarray], sources: tuple[str, ...], rate: int,
+               offset: int, output_length: int, predict: Callable[[Any, np.ndarray], Any]):
     real = int(batch["weight"].sum())  # a validation set shorter than the excerpt
     self.mix_tiles = batch["mix"][:real]
     self.mix = self._join(batch["mix"][:real, offset:offset + output_length])

@@ -55,22 +55,23 @@ def main(argv: list[str]) -> None:
   console.import_tensorflow()  # for tf.data, off the accelerators (their memory is JAX's)
   import jax
 
-  from waveunet_jax import checkpoints, distributed, files, models, prepare, signals, train
+  from waveunet_jax import distributed, files, models, signals, train, workdir
+  from waveunet_jax.data import records
 
   named = (FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   if FLAGS.distributed or any(v is not None for v in named):
     try:
       distributed.connect(*named, heartbeat_timeout=FLAGS.heartbeat_timeout,
                           coordinator_timeout=FLAGS.coordinator_timeout)
-    except train.TrainingError as e:
+    except distributed.DistributedError as e:
       sys.exit(f"error: {e}")
 
   logging.info("JAX process %d of %d, devices: %s", jax.process_index(), jax.process_count(),
                jax.devices())
   try:
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  except (models.ConfigError, prepare.DataError, train.TrainingError,
-          checkpoints.WorkdirError, files.WriteError) as e:
+  except (models.ConfigError, records.DataError, train.TrainingError, workdir.WorkdirError,
+          distributed.DistributedError, files.WriteError) as e:
     sys.exit(f"error: {e}")
   except signals.Interrupted as e:
     # 128 + the signal, as a shell reports a program its signal ended.

@@ -5,7 +5,7 @@ global-norm clipping, the learning-rate schedule, and only on the parameters
 `config.optim.trainable` selects, if set (the others frozen, with no optimiser state).
 
 And the exponential moving average of the parameters that `config.optim.ema_decay`
-asks for (`ema_decay`, `update_ema`); the train state holds it (`train.TrainState`).
+asks for (`ema_decay`, `update_ema`); the train state holds it (`steps.TrainState`).
 """
 
 from __future__ import annotations

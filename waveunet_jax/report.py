@@ -49,7 +49,7 @@ BASELINE_COLOUR = "#8c8c8c"
 
 @dataclasses.dataclass(frozen=True)
 class Encoding:
-  """How excerpts are stored: an `audio.FORMATS` entry at a bitrate."""
+  """How excerpts are stored: an `audio.AUDIO_FORMATS` entry at a bitrate."""
 
   format: str
   mime: str
@@ -97,7 +97,7 @@ def save_excerpts(folder: str | os.PathLike, mix: np.ndarray,
     temp.mkdir()
     for name, x in {MIX: mix, **estimates}.items():
       x = np.asarray(x[start:stop], np.float32)
-      path = audio.write_audio(temp / f"{name}{audio.FORMATS[how.format].extension}", x,
+      path = audio.write_audio(temp / f"{name}{audio.AUDIO_FORMATS[how.format].extension}", x,
                                rate, how.format, how.bitrate)
       names[name] = path.name
     info = {"start_seconds": start / rate, "seconds": (stop - start) / rate,
@@ -144,7 +144,7 @@ def load_excerpts(folder: str | os.PathLike,
 
 
 @dataclasses.dataclass(frozen=True)
-class Track:
+class TrackReport:
   """What the report shows of one track: for each of `SYSTEMS`, each source's SDR per
   1 s frame and the track's median (evaluation's `track_median`); and its excerpts."""
 
@@ -155,7 +155,7 @@ class Track:
   missing_excerpts: str = "no excerpt kept"     # says why, if `excerpts` is None
 
 
-def write(path: str | os.PathLike, summary: Mapping[str, Any], tracks: Sequence[Track],
+def write(path: str | os.PathLike, summary: Mapping[str, Any], tracks: Sequence[TrackReport],
           statistics: Mapping[str, str], created: datetime.datetime | None = None
           ) -> pathlib.Path:
   """Writes the report to `path` (complete or not at all). `summary`: evaluation's
@@ -165,7 +165,7 @@ def write(path: str | os.PathLike, summary: Mapping[str, Any], tracks: Sequence[
   return path
 
 
-def render(summary: Mapping[str, Any], tracks: Sequence[Track],
+def render(summary: Mapping[str, Any], tracks: Sequence[TrackReport],
            statistics: Mapping[str, str], created: datetime.datetime | None = None) -> str:
   """The report as one HTML page (see the module docstring)."""
   created = created or datetime.datetime.now().astimezone()
@@ -262,7 +262,7 @@ def _aggregates(summary: Mapping[str, Any], statistics: Mapping[str, str]) -> st
   return "\n".join(out)
 
 
-def _track(i: int, track: Track, colours: Mapping[str, str]) -> str:
+def _track(i: int, track: TrackReport, colours: Mapping[str, str]) -> str:
   medians = "; ".join(
       f"{_e(s)} {_number(m)} dB (mixture {_number(track.medians['mixture_baseline'][s])})"
       for s, m in track.medians["model"].items())
@@ -328,7 +328,7 @@ def _y_axis(y, ticks: Sequence[float], left: float, right: float, label: str) ->
   return out
 
 
-def _box_plot(source: str, tracks: Sequence[Track], colour: str) -> str:
+def _box_plot(source: str, tracks: Sequence[TrackReport], colour: str) -> str:
   """A source's per-track median SDR, model and baseline, as boxes with points."""
   width, height, left, top, bottom = 250, 260, 48, 24, 36
   values = {key: np.array([t.medians[key][source] for t in tracks], np.float64)
@@ -375,7 +375,7 @@ def _box_plot(source: str, tracks: Sequence[Track], colour: str) -> str:
   return "\n".join(out + ["</svg>"])
 
 
-def _time_plot(track: Track, colours: Mapping[str, str]) -> str:
+def _time_plot(track: TrackReport, colours: Mapping[str, str]) -> str:
   """The track's SDR per 1 s frame of each source and system; undefined frames are gaps."""
   width, height, left, right, top, bottom = 960, 230, 48, 20, 30, 30
   series = [(key, source, np.asarray(frames, np.float64))

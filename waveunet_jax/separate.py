@@ -40,7 +40,7 @@ import numpy as np
 from absl import app, flags, logging
 
 from waveunet_jax import audio, console, files, shared_flags
-from waveunet_jax.separator import (  # noqa: F401 (the API)
+from waveunet_jax.separation.separator import (  # noqa: F401 (the API)
     SeparationError, Separator, check_averaging)
 
 DEFAULT_FILENAME = "{track}/{stem}.{ext}"
@@ -61,7 +61,7 @@ class Job:
   folder: pathlib.Path
 
 
-class Interrupted(KeyboardInterrupt):
+class SeparationInterrupted(KeyboardInterrupt):
   """Separation stopped by SIGINT (Ctrl-C) or SIGTERM: the song in progress left
   nothing behind, the songs finished before it are kept. The message says which."""
 
@@ -106,10 +106,10 @@ def clip_mode(clip: str | None, fmt: str) -> str:
   """The --clip mode for `fmt`: as given, or by default 'none' for float output and
   'clamp' else. ValueError for 'none' with a format that clips."""
   if clip is None:
-    return "clamp" if audio.FORMATS[fmt].clips else "none"
+    return "clamp" if audio.AUDIO_FORMATS[fmt].clips else "none"
   if clip not in CLIP_MODES:
     raise ValueError(f"--clip={clip}: use {', '.join(CLIP_MODES)}")
-  if clip == "none" and audio.FORMATS[fmt].clips:
+  if clip == "none" and audio.AUDIO_FORMATS[fmt].clips:
     raise ValueError(f"--clip=none: --format={fmt} cannot hold samples beyond [-1, 1]; "
                      "use --format=float to keep them, or --clip=rescale")
   return clip
@@ -119,7 +119,7 @@ def output_paths(job: Job, output_dir: str | os.PathLike, names: Sequence[str], 
                  template: str = DEFAULT_FILENAME) -> dict[str, pathlib.Path]:
   """{stem: output file} of one input; ValueError naming the input if a name it gives
   (an input named `...wav`: {track} is '..') would leave `output_dir`."""
-  ext = audio.FORMATS[fmt].extension[1:]
+  ext = audio.AUDIO_FORMATS[fmt].extension[1:]
   track, trackext = job.path.stem, job.path.suffix[1:]
   output_dir = pathlib.Path(output_dir)
   paths = {}
@@ -314,7 +314,7 @@ def separate_files(separator: Separator, inputs: Sequence[str | os.PathLike],
   end a SeparationError lists the failed inputs.
 
   Args:
-    fmt: an `audio.FORMATS` key; `bitrate` for the lossy ones.
+    fmt: an `audio.AUDIO_FORMATS` key; `bitrate` for the lossy ones.
     stems: the stem layout (`stems` module); None: the model's sources.
     filename: where each stem goes below `output_dir`, from the fields {track} (the
       input's name without extension), {trackext}, {stem} and {ext}.
@@ -325,9 +325,9 @@ def separate_files(separator: Separator, inputs: Sequence[str | os.PathLike],
   Returns:
     The outputs of the inputs that worked.
   """
-  if fmt not in audio.FORMATS:
-    raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(audio.FORMATS)}")
-  if audio.FORMATS[fmt].lossy:
+  if fmt not in audio.AUDIO_FORMATS:
+    raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(audio.AUDIO_FORMATS)}")
+  if audio.AUDIO_FORMATS[fmt].lossy:
     try:
       audio.bits_per_second(bitrate)
     except audio.AudioError as e:  # else every output would fail alike
@@ -376,7 +376,7 @@ def separate_files(separator: Separator, inputs: Sequence[str | os.PathLike],
         except KeyboardInterrupt as e:
           # Python's own SIGINT handler names no signal; _sigterm_interrupts does.
           name = str(e) if str(e) in signal.Signals.__members__ else "SIGINT"
-          raise Interrupted(
+          raise SeparationInterrupted(
               f"interrupted ({name}): nothing written for {job.path}; the songs finished "
               f"before it are kept in {output_dir}; re-running the same command separates "
               "the rest", signal.Signals[name]) from None
@@ -525,7 +525,7 @@ def _define_flags() -> None:
   flags.DEFINE_string("filename", DEFAULT_FILENAME,
                       "Output path below --output_dir, from {track} (input name without "
                       "extension), {trackext}, {stem} and {ext}.")
-  flags.DEFINE_enum("format", "wav16", list(audio.FORMATS),
+  flags.DEFINE_enum("format", "wav16", list(audio.AUDIO_FORMATS),
                     "wav16, wav24, float (32-bit wav), flac (24-bit), or lossy at "
                     "--bitrate: mp3, ogg (Vorbis), m4a (AAC).")
   flags.DEFINE_string("bitrate", audio.DEFAULT_BITRATE, "Bitrate of mp3, ogg and m4a.")
@@ -546,14 +546,14 @@ def load_separator(args) -> Separator:
     raise SeparationError("give the model: --workdir=RUN (a training workdir) or "
                           "--model=FILE (an export), not both")
   if args.model is not None:
-    from waveunet_jax import formats
+    from waveunet_jax.separation import model_formats
 
     if args.window_seconds is not None or args.overlap:
       raise SeparationError("--window_seconds and --overlap are fixed when a model is "
                             "exported (python -m waveunet_jax.export)")
-    return Separator(formats.load(args.model, args.batch_size), **options)
+    return Separator(model_formats.load(args.model, args.batch_size), **options)
   try:
-    from waveunet_jax import jax_engine
+    from waveunet_jax.separation import jax_engine
 
     jax_engine.check_window_seconds(args.window_seconds)  # before the checkpoint loads
     return jax_engine.separator_from_workdir(args.workdir, args.checkpoint,
@@ -574,9 +574,9 @@ def main(argv: list[str]) -> None:
   try:
     with _sigterm_interrupts():
       written = _run(inputs, args)
-  except KeyboardInterrupt as e:  # Interrupted names the song; elsewhere none was begun
+  except KeyboardInterrupt as e:  # SeparationInterrupted names the song; elsewhere none was begun
     name = str(e) if str(e) in signal.Signals.__members__ else "SIGINT"
-    line = (str(e) if isinstance(e, Interrupted) else
+    line = (str(e) if isinstance(e, SeparationInterrupted) else
             f"interrupted ({name}): finished songs are kept in {args.output_dir}, nothing "
             "else is written; re-running the same command separates the rest")
     print(f"error: {line}", file=sys.stderr, flush=True)

@@ -17,7 +17,7 @@ from typing import Any
 
 from absl import flags
 
-from waveunet_jax.separator import MAX_SHIFTS
+from waveunet_jax.separation.separator import MAX_SHIFTS
 
 CONFIG_HELP = "Config file with an optional argument, e.g. experiments/deep.py:M5."
 

@@ -37,8 +37,10 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-# MUSDB18's stems, in the order of its stem files' streams (after the mixture).
+# MUSDB18's four stems (the order of config.model.sources' default).
 STEMS = ("vocals", "drums", "bass", "other")
+# The streams of a MUSDB18 `.stem.mp4`, in file order: the mix, then the stems.
+STEM_FILE_STREAMS = ("mixture", "drums", "bass", "other", "vocals")
 # The stem of STEMS that every other stem of a multitrack counts as.
 EXTRA = "other"
 ACCOMPANIMENT = "accompaniment"
@@ -195,3 +197,7 @@ def default_residual_source(sources: Sequence[str]) -> str:
     if name in sources:
       return name
   return sources[-1]
+
+
+# Every source a dataset or a reference can hold: the stems and what derives from them.
+SOURCES = STEMS + tuple(derivable(STEMS))

@@ -22,7 +22,7 @@ import jax
 import numpy as np
 
 from waveunet_jax import models, parallel
-from waveunet_jax.separator import SeparationError, Separator, Tiling
+from waveunet_jax.separation.separator import SeparationError, Separator, Tiling
 
 # Output samples per window (at the model's rate) when `window_seconds` is not given.
 DEFAULT_WINDOW_SECONDS = 30.0
@@ -161,11 +161,11 @@ class JaxEngine:
   def from_workdir(cls, workdir: str | os.PathLike, checkpoint: str = "best",
                    **kwargs) -> JaxEngine:
     """The model of a training workdir at `checkpoint` ('best', 'latest' or a step)."""
-    from waveunet_jax import checkpoints  # Orbax loads only for this
+    from waveunet_jax import workdir as workdir_lib  # Orbax loads only for this
 
     try:
-      config, variables, step = checkpoints.load_for_inference(workdir, checkpoint)
-    except checkpoints.WorkdirError as e:  # no such workdir or checkpoint
+      config, variables, step = workdir_lib.load_for_inference(workdir, checkpoint)
+    except workdir_lib.WorkdirError as e:  # no such workdir or checkpoint
       raise SeparationError(str(e)) from None
     residual = config.get("separation", {}).get("residual_source")
     engine = cls(models.from_config(config), variables, config.data.sample_rate,

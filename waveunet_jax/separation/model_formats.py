@@ -3,10 +3,10 @@ the `separator.Separator` on ONNX Runtime, LiteRT, TensorFlow or a serialised
 `jax.export` module, with the same tiling, streaming, resampling and file handling as on
 the JAX engine.
 
-  from waveunet_jax import formats, separator
-  sep = separator.Separator(formats.load("model.onnx"))   # imports neither JAX nor TF
+  from waveunet_jax.separation import model_formats, separator
+  sep = separator.Separator(model_formats.load("model.onnx"))   # imports neither JAX nor TF
 
-`FORMATS` is the one registry of formats: a new one is an entry there (its file
+`MODEL_FORMATS` is the one registry of formats: a new one is an entry there (its file
 extension, writer, loader and runtime), which `export`, `load` and the command lines
 all follow.
 
@@ -38,7 +38,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from waveunet_jax.separator import SeparationError, Tiling
+from waveunet_jax.separation.separator import SeparationError, Tiling
 
 # The ONNX opset of onnx exports.
 OPSET = 17
@@ -49,18 +49,18 @@ SCHEMA = "waveunet_jax.export/1"
 def format_of(path: str | os.PathLike) -> str:
   """The export format of `path`, from its extension (a folder: a SavedModel)."""
   path = pathlib.Path(path)
-  for name, fmt in FORMATS.items():
+  for name, fmt in MODEL_FORMATS.items():
     if (fmt.extension is None if path.is_dir()
         else fmt.extension is not None and path.suffix.lower() == fmt.extension):
       return name
-  extensions = [f.extension for f in FORMATS.values() if f.extension is not None]
+  extensions = [f.extension for f in MODEL_FORMATS.values() if f.extension is not None]
   raise SeparationError(f"--model={path}: not an export ({', '.join(extensions)} or a "
                         "SavedModel folder)")
 
 
 def metadata_path(path: str | os.PathLike, fmt: str | None = None) -> pathlib.Path:
   path = pathlib.Path(path)
-  if FORMATS[fmt or format_of(path)].extension is None:  # a folder
+  if MODEL_FORMATS[fmt or format_of(path)].extension is None:  # a folder
     return path / METADATA_NAME
   return path.with_name(path.name + ".json")
 
@@ -375,10 +375,10 @@ def load(path: str | os.PathLike, batch_size: int | None = None) -> ExportedEngi
                           f"{fixed}")
   batch_size = batch_size or fixed or 1
   try:
-    forward, inputs, outputs = FORMATS[fmt].load(path, batch_size)
+    forward, inputs, outputs = MODEL_FORMATS[fmt].load(path, batch_size)
   except ImportError as e:
     raise SeparationError(f"--model={path}: running a {fmt} export needs "
-                          f"{FORMATS[fmt].runtime} ({e})") from None
+                          f"{MODEL_FORMATS[fmt].runtime} ({e})") from None
   except _Invalid as e:
     raise SeparationError(f"--model={path}: {e}") from None
   except Exception as e:  # each runtime raises its own errors for a file it cannot read
@@ -491,7 +491,7 @@ def _looks_like_flatbuffer(data: bytes) -> bool:
 
 
 @dataclasses.dataclass(frozen=True)
-class Format:
+class ModelFormat:
   """An export format: its file, how it is written and loaded, and what runs it."""
 
   extension: str | None  # the model file's name ends in it; None: a folder
@@ -505,15 +505,15 @@ class Format:
   metadata: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # extra fields
 
 
-FORMATS = {
-    "stablehlo": Format(".stablehlo", _write_stablehlo, _stablehlo,
+MODEL_FORMATS = {
+    "stablehlo": ModelFormat(".stablehlo", _write_stablehlo, _stablehlo,
                         "jax (pip install 'waveunet_jax[jax]')"),
-    "saved_model": Format(None, _write_saved_model, _saved_model,
+    "saved_model": ModelFormat(None, _write_saved_model, _saved_model,
                           "tensorflow (pip install 'waveunet_jax[export]')"),
-    "tflite": Format(".tflite", _write_tflite, _tflite,
+    "tflite": ModelFormat(".tflite", _write_tflite, _tflite,
                      "ai-edge-litert (pip install 'waveunet_jax[tflite]')", fixed_batch=True,
                      reduced="float16"),
-    "onnx": Format(".onnx", _write_onnx, _onnx,
+    "onnx": ModelFormat(".onnx", _write_onnx, _onnx,
                    "onnxruntime (pip install 'waveunet_jax[onnx]')", reduced="int8",
                    metadata={"opset": OPSET}),
 }

@@ -30,24 +30,19 @@ from absl import logging
 
 from waveunet_jax import audio
 from waveunet_jax import stems as stems_lib
+from waveunet_jax.data.records import DataError
 
 MUSDB_SAMPLE_RATE = 44100
-# The four stems of MUSDB18 (`stems` owns them and the sources derived from them), and
-# their stream index in a `.stem.mp4` (0 is the mix).
-STEMS = stems_lib.STEMS
-STEM_STREAMS = {"drums": 1, "bass": 2, "other": 3, "vocals": 4}
 # MUSDB18-HQ's mix, beside the stems: never read (training sums the stems).
 MIXTURE = "mixture"
+# Each stem's stream index in a `.stem.mp4` (`stems` owns the order; 0 is the mix).
+STEM_STREAMS = {stem: i for i, stem in enumerate(stems_lib.STEM_FILE_STREAMS) if stem != MIXTURE}
 # Why a track's stem is needed, in errors of `prepare` (`evaluate` says its own).
 NEEDED_FOR = " of config.model.sources"
 SPLITS = ("train", "valid", "test")
 # Without validation tracks named or found, about this share of the training tracks
 # becomes the validation split.
 VALID_SHARE = 0.1
-
-
-class DataError(ValueError):
-  """Input data that cannot be used; the message names the track or file."""
 
 
 # --------------------------------------------------------------------------- #
@@ -76,12 +71,13 @@ def find_tracks(root: pathlib.Path, subset: str, wav: bool) -> list[Track]:
 
 def stem_files(track: Track) -> dict[str, pathlib.Path]:
   """{stem: path} of a track folder's wavs: every `<stem>.wav` but `mixture.wav`,
-  MUSDB18's four stems first (in STEMS order, which fixes the order of sums), then
+  MUSDB18's four stems first (in stems.STEMS order, which fixes the order of sums), then
   any others (`piano.wav`, ...) by name."""
   found = {p.stem: p for p in track.path.iterdir()
            if p.suffix.lower() == ".wav" and not p.name.startswith(".") and p.stem != MIXTURE
            and p.is_file()}
-  order = [s for s in STEMS if s in found] + sorted(s for s in found if s not in STEMS)
+  order = ([s for s in stems_lib.STEMS if s in found]
+           + sorted(s for s in found if s not in stems_lib.STEMS))
   return {stem: found[stem] for stem in order}
 
 
@@ -141,11 +137,11 @@ def read_multitrack(track: Track, sources: Sequence[str], needed_for: str = NEED
 def read_stems(track: Track) -> tuple[dict[str, np.ndarray], int]:
   """MUSDB18's four stems of a track, float32 [time, 2] each (any extra stem summed into
   `other`, as `stems` says), and their sample rate."""
-  stems, rate = read_multitrack(track, STEMS, needed_for=" of MUSDB18's four stems")
-  return stems_lib.combine_multitrack(stems, STEMS), rate
+  stems, rate = read_multitrack(track, stems_lib.STEMS, needed_for=" of MUSDB18's four stems")
+  return stems_lib.combine_multitrack(stems, stems_lib.STEMS), rate
 
 
-def check_track(track: Track, sources: Sequence[str] = STEMS) -> None:
+def check_track(track: Track, sources: Sequence[str] = stems_lib.STEMS) -> None:
   """Cheap header checks of one track, so that a bad track fails before hours of
   decoding rather than in the middle: the stems `sources` need present, readable,
   stereo, and (wav) of one rate and length."""

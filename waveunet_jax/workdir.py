@@ -92,12 +92,6 @@ class WorkdirError(RuntimeError):
   """A workdir that cannot be used as asked; the message says why and what to do."""
 
 
-class TrainingError(RuntimeError):
-  """The run cannot go on; the message says why and what to do. (Defined here, the
-  lowest of training's modules, so that the workdir and multi-host start-up can raise
-  it too; `train.TrainingError` is this class.)"""
-
-
 @dataclasses.dataclass
 class Progress:
   """Where the training schedule stands; saved as JSON with every checkpoint."""
@@ -198,7 +192,7 @@ def _handlers() -> dict[str, ocp.CheckpointHandler]:
 
 def _items(state: Any) -> Any:
   """A state as its checkpoint holds it: a dataclass as a dict of its fields, less those
-  that are None (an option that is off, such as train.TrainState.ema_params), so that
+  that are None (an option that is off, such as steps.TrainState.ema_params), so that
   a run with the option off writes the checkpoints of runs from before the field
   existed, and reads theirs."""
   if not dataclasses.is_dataclass(state):
@@ -302,7 +296,7 @@ OUTPUT_LAYER = "output"
 
 
 class DataPositions(Protocol):
-  """The training data's position (`input_pipeline.ShardedData`), saved beside each
+  """The training data's position (`data.batches.Sampler`), saved beside each
   checkpoint in a folder of its own."""
 
   def save(self, directory: pathlib.Path) -> None: ...
@@ -321,7 +315,7 @@ class Start:
     """The parameters and BatchNorm statistics to start from, in place of the fresh ones
     (`params`, `batch_stats`: this run's initialisation). Same network: all are loaded.
     Other sources (`config.model.sources` or `.output`): the output layer keeps its
-    fresh values. Anything else that differs is refused (TrainingError) naming the
+    fresh values. Anything else that differs is refused (WorkdirError) naming the
     first parameter that does not fit."""
     trained, origin = self.init_from, self.started_from
     if trained is None:
@@ -341,13 +335,13 @@ class Start:
           merged[path] = here
         continue
       if theirs is None:
-        raise TrainingError(f"config.init_from={config.init_from}: that run's network has no "
+        raise WorkdirError(f"config.init_from={config.init_from}: that run's network has no "
                             f"{path} (shape {tuple(here.shape)} here){fit}")
       if here is None:
-        raise TrainingError(f"config.init_from={config.init_from}: that run's {path} (shape "
+        raise WorkdirError(f"config.init_from={config.init_from}: that run's {path} (shape "
                             f"{tuple(theirs.shape)}) is not in this network{fit}")
       if here.shape != theirs.shape:
-        raise TrainingError(f"config.init_from={config.init_from}: {path} has shape "
+        raise WorkdirError(f"config.init_from={config.init_from}: {path} has shape "
                             f"{tuple(theirs.shape)} there and {tuple(here.shape)} here{fit}")
       merged[path] = jnp.asarray(theirs, here.dtype)
     if trained.config.data.sample_rate != config.data.sample_rate:
@@ -453,7 +447,7 @@ class Workdir:
     """Where a run of `config` starts here, checked before anything in the workdir
     changes: refuses another config's workdir (WorkdirError, `check_resumable`); with
     config.init_from and no checkpoint of its own, loads that run's model (or raises
-    TrainingError saying why it cannot)."""
+    WorkdirError saying why it cannot)."""
     self.check_resumable(config)
     if not config.init_from:
       return Start()
@@ -461,10 +455,7 @@ class Workdir:
       logging.info("the workdir has checkpoints: resuming from them (config.init_from=%s "
                    "served the run's start)", config.init_from)
       return Start()
-    try:
-      return self._init_from(config.init_from)
-    except WorkdirError as e:
-      raise TrainingError(str(e)) from None
+    return self._init_from(config.init_from)
 
   def _saved_step(self) -> int | None:
     """The latest checkpoint's step, read without creating anything."""

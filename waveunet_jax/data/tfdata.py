@@ -2,7 +2,7 @@
 
 Validation always reads through here; training does where config.data.pipeline is
 'tfdata' (or 'auto' and the windows do not fit on the devices): otherwise the devices
-sample the training batches themselves (`device_data`, the same statistics).
+sample the training batches themselves (`device`, the same statistics).
 
 Training batches are random crops of the network's input length: the targets are the
 central `output_length` samples (`models.lengths` decides both), tracks are
@@ -33,17 +33,13 @@ Validation tiles one dataset at a time (`eval_dataset(..., data_dir=...)`).
 Training saves where each device's stream stands beside every checkpoint
 (`ShardedData`: one `tf.train.Checkpoint` of the iterator per device, under
 `shard_<d>_of_<D>`), so that a resumed run reads on exactly where it stopped; the
-training workdir (`checkpoints.Workdir`) says in which folder.
+training workdir (`workdir.Workdir`) says in which folder.
 """
 
 from __future__ import annotations
 
-import math
-import os
 import pathlib
-import re
 from collections.abc import Callable
-from typing import NamedTuple
 
 import ml_collections
 import numpy as np
@@ -51,7 +47,10 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from absl import logging
 
-from waveunet_jax import files, prepare
+from waveunet_jax import files
+from waveunet_jax.data import records
+from waveunet_jax.data.builder import load_builder, shard_split
+from waveunet_jax.data.records import DataError, Layout, data_dirs, derived_seed
 
 Augmentation = Callable[[tf.Tensor, tf.Tensor, ml_collections.ConfigDict], tf.Tensor]
 
@@ -104,20 +103,9 @@ AUGMENTATIONS: dict[str, Augmentation] = {
 }
 
 
-def augmentation_names(data: ml_collections.ConfigDict) -> tuple[str, ...]:
-  """config.data.augmentations, checked, for both samplers: `device_data.AUGMENTATIONS`
-  has the same names as these (tested), so either sampler trains any config."""
-  names = tuple(data.augmentations)
-  for name in names:
-    if name not in AUGMENTATIONS:
-      raise ValueError(f"config.data.augmentations: unknown augmentation {name!r}; "
-                       f"choose from {', '.join(AUGMENTATIONS)}")
-  return names
-
-
 def augment(sources: tf.Tensor, seed: tf.Tensor, data: ml_collections.ConfigDict) -> tf.Tensor:
   """Applies `data.augmentations`, in order, each with its own seed."""
-  names = augmentation_names(data)
+  names = records.augmentation_names(data)
   seeds = tf.random.experimental.stateless_split(seed, max(len(names), 1))
   for i, name in enumerate(names):
     sources = AUGMENTATIONS[name](sources, seeds[i], data)
@@ -129,117 +117,7 @@ def augment(sources: tf.Tensor, seed: tf.Tensor, data: ml_collections.ConfigDict
 # --------------------------------------------------------------------------- #
 
 
-class DataDir(NamedTuple):
-  """One prepared dataset of `config.data.data_dir`."""
-
-  path: str
-  weight: float  # its share of the training crops (the weights sum to 1)
-  name: str      # short and unique among the run's datasets: metric names use it
-
-
-DATA_DIR_SYNTAX = ("write DIR, or DIR:WEIGHT,DIR:WEIGHT,... (e.g. /data/musdb:0.7,/data/mine:0.3; "
-                   "a weight left out is 1)")
-
-
-def data_dirs(config: ml_collections.ConfigDict) -> list[DataDir]:
-  """The prepared datasets `config` trains on, from `config.data.data_dir`: one folder,
-  or several with sampling weights, 'DIR:WEIGHT,DIR:WEIGHT,...' (a weight left out is
-  1; weights are normalised to sum to 1). A ':' followed by something that is not a
-  number belongs to the path (gs://...). Raises DataError naming the field."""
-  value = config.data.data_dir
-  if not value:
-    raise prepare.DataError(
-        "config.data.data_dir is not set: prepare MUSDB18 with python -m waveunet_jax.prepare "
-        "--musdb_root=DIR --data_dir=OUT --config=<this config> and pass "
-        "--config.data.data_dir=OUT")
-  entries = []
-  for item in str(value).split(","):
-    item = item.strip()
-    path, weight = item, 1.0
-    if ":" in item:
-      head, tail = item.rsplit(":", 1)
-      try:
-        path, weight = head.strip(), float(tail)
-      except ValueError:
-        pass  # not a weight: part of the path
-    if not path:
-      raise prepare.DataError(f"config.data.data_dir={value}: an empty entry; {DATA_DIR_SYNTAX}")
-    if not (math.isfinite(weight) and weight > 0):
-      raise prepare.DataError(f"config.data.data_dir={value}: the weight of {path} is {weight}; "
-                              "weights must be finite positive numbers")
-    entries.append((path, weight))
-  paths = [path for path, _ in entries]
-  seen = {}  # the folder, resolved -> the entry that named it first
-  for path in paths:
-    if _same_folder_key(path) in seen:
-      first = seen[_same_folder_key(path)]
-      raise prepare.DataError(
-          f"config.data.data_dir={value}: {path} is named twice"
-          + (f" ({first} is the same folder)" if first != path else "")
-          + "; name each dataset once, with its weight")
-    seen[_same_folder_key(path)] = path
-  weights = [weight for _, weight in entries]
-  if not math.isfinite(sum(weights)):  # huge weights: their sum overflows, not their ratios
-    weights = [weight / max(weights) for weight in weights]
-  shares = [weight / sum(weights) for weight in weights]
-  for path, share in zip(paths, shares):
-    if not np.float32(share) > 0:  # tf.data samples by float32 weights: never drawn
-      raise prepare.DataError(f"config.data.data_dir={value}: the weight of {path} is too small "
-                              "beside the others' to be drawn at all; give weights of "
-                              "comparable sizes")
-  return [DataDir(path, share, name)
-          for path, share, name in zip(paths, shares, _short_names(paths))]
-
-
-def _same_folder_key(path: str) -> str:
-  """What two names of one folder share: the resolved path (`DIR` and `DIR/`, a link
-  and its target), or for a URL (gs://...) its text without trailing slashes."""
-  if "://" in path:
-    return path.rstrip("/")
-  return os.path.realpath(path)
-
-
-def _short_names(paths: list[str]) -> list[str]:
-  """The shortest unique path tails, '_'-joined, in characters metric names allow."""
-  parts = [[re.sub(r"[^A-Za-z0-9_.-]", "_", p) for p in path.split("/") if p] or ["root"]
-           for path in paths]
-  for length in range(1, max(len(p) for p in parts) + 1):
-    names = ["_".join(p[-length:]) for p in parts]
-    if len(set(names)) == len(names):
-      return names
-  return [f"{name}_{i}" for i, name in enumerate(names)]
-
-
-def load_builder(config: ml_collections.ConfigDict, data_dir: str | None = None):
-  """The prepared dataset `config` trains on (the one of `data_dir`, by default the
-  only one of config.data.data_dir); a clear error if it is not there or was
-  prepared for another layout."""
-  layout = prepare.layout_for(config)
-  datasets = data_dirs(config)
-  if data_dir is None:
-    if len(datasets) > 1:
-      raise ValueError("config.data.data_dir names several datasets: say which")
-    data_dir = datasets[0].path
-  builder = prepare.builder(layout, data_dir)
-  if not builder.is_prepared():
-    held = sorted({pathlib.PurePath(p).parent.parent.name for p in tf.io.gfile.glob(
-        f"{data_dir}/{builder.name}/*/*/dataset_info.json")})
-    field = "config.data.data_dir=" if len(datasets) == 1 else "config.data.data_dir: the dataset "
-    raise prepare.DataError(
-        f"{field}{data_dir} holds no dataset {layout.name} (the sources, rate, channels and "
-        f"lengths of this config{'; it holds ' + ', '.join(held) if held else ''}): run "
-        f"python -m waveunet_jax.prepare --musdb_root=DIR --data_dir={data_dir} "
-        "--config=<this config>")
-  return builder, layout
-
-
-def load_builders(config: ml_collections.ConfigDict) -> list[tuple[DataDir, object]]:
-  """Every dataset of config.data.data_dir with its builder: each must be prepared for
-  the config's layout."""
-  return [(d, load_builder(config, d.path)[0]) for d in data_dirs(config)]
-
-
-def _to_batch(sources: tf.Tensor, layout: prepare.Layout) -> dict[str, tf.Tensor]:
+def _to_batch(sources: tf.Tensor, layout: Layout) -> dict[str, tf.Tensor]:
   """Sources [B, S, T_in, C] float32 -> the mix and the central targets."""
   return {
       "mix": tf.reduce_sum(sources, axis=1),
@@ -248,20 +126,7 @@ def _to_batch(sources: tf.Tensor, layout: prepare.Layout) -> dict[str, tf.Tensor
 
 
 def _scaled(sources: tf.Tensor) -> tf.Tensor:
-  return tf.cast(sources, tf.float32) / prepare.AUDIO_SCALE
-
-
-def derived_seed(*entropy: int) -> int:
-  """A non-negative int64 seed from several numbers, decorrelated from the seeds of
-  other numbers (numpy's SeedSequence)."""
-  return int(np.random.SeedSequence(list(entropy)).generate_state(1)[0] >> 1)
-
-
-def shard_split(split: str, shard: int, num_shards: int):
-  """Share `shard` of `num_shards` of a split's examples (disjoint, together all)."""
-  if not 0 <= shard < num_shards:
-    raise ValueError(f"shard {shard} is not in [0, {num_shards})")
-  return tfds.split_for_jax_process(split, process_index=shard, process_count=num_shards)
+  return tf.cast(sources, tf.float32) / records.AUDIO_SCALE
 
 
 def train_dataset(config: ml_collections.ConfigDict, batch_size: int, *, seed: int,
@@ -292,7 +157,7 @@ def train_dataset(config: ml_collections.ConfigDict, batch_size: int, *, seed: i
 
 
 def _train_crops(config: ml_collections.ConfigDict, data_dir: str, seed: int, shard: int,
-                 num_shards: int) -> tuple[tf.data.Dataset, prepare.Layout]:
+                 num_shards: int) -> tuple[tf.data.Dataset, Layout]:
   """Endless shuffled int16 crops [S, T_in, C] of one dataset's share of windows."""
   builder, layout = load_builder(config, data_dir)
   data = config.data
@@ -326,7 +191,7 @@ def eval_dataset(config: ml_collections.ConfigDict, batch_size: int, *, split: s
   is padded with weight-0 examples. Shares may hold different numbers of tiles."""
   builder, layout = load_builder(config, data_dir)
   if split not in builder.info.splits:
-    raise prepare.DataError(f"the prepared dataset in {data_dir or config.data.data_dir} has "
+    raise DataError(f"the prepared dataset in {data_dir or config.data.data_dir} has "
                             f"no {split!r} split (it has {', '.join(builder.info.splits)})")
   if builder.info.splits[split].num_examples > shard:
     ds = builder.as_dataset(split=shard_split(split, shard, num_shards), shuffle_files=False)

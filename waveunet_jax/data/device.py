@@ -1,13 +1,13 @@
 """Training data that live on the accelerators: the prepared windows, held by the
 devices as int16, sampled and augmented by a jitted function (`DeviceSampler`).
 
-The tf.data path (`input_pipeline.train_dataset`) decodes records, crops, augments
+The tf.data path (`tfdata.train_dataset`) decodes records, crops, augments
 and copies every batch from the host: about 120 M4 examples/s per CPU core, while one
 GPU trains on over 1,000. Here the host reads the prepared TFRecords once, at start,
 and every batch is made where it is used:
 
 * Each device holds its share of the training windows of every dataset of
-  `config.data.data_dir` (device d of D: share d, as `input_pipeline.shard_split`
+  `config.data.data_dir` (device d of D: share d, as `builder_lib.shard_split`
   gives it to tf.data's per-device streams; with fewer windows than devices, all of
   them), as int16 [windows, sources, window_length, channels], padded with empty
   windows to the longest share.
@@ -20,7 +20,7 @@ and every batch is made where it is used:
   to its number of starts, then a start in it uniformly; tf.data draws windows
   alike, so its crops favour the short last window of each track a little), a
   dataset is drawn with its weight, and the augmentations of `config.data.
-  augmentations` (`AUGMENTATIONS`, the same distributions as `input_pipeline`'s) act
+  augmentations` (`AUGMENTATIONS`, the same distributions as `tfdata`'s) act
   on the device's batch; the mix is the sum of the augmented sources.
 
 `config.data.pipeline` chooses: 'device' (this), 'tfdata', or 'auto': this when each
@@ -42,9 +42,14 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import tensorflow_datasets as tfds
 from absl import logging
+from jax.experimental import multihost_utils
 
-from waveunet_jax import files, parallel, prepare
+from waveunet_jax import files, parallel
+from waveunet_jax.data import builder as builder_lib
+from waveunet_jax.data import records
+from waveunet_jax.data.records import DataError, Layout
 
 PIPELINES = ("auto", "device", "tfdata")
 # The share of a device's memory the windows and the train step may use together.
@@ -56,7 +61,7 @@ Augmentation = Callable[[jax.Array, jax.Array, ml_collections.ConfigDict], jax.A
 
 
 # --------------------------------------------------------------------------- #
-# Augmentations: sources [B, S, T, C] float32, a key -> sources (input_pipeline's).
+# Augmentations: sources [B, S, T, C] float32, a key -> sources (tfdata's).
 # --------------------------------------------------------------------------- #
 
 
@@ -100,11 +105,9 @@ AUGMENTATIONS: dict[str, Augmentation] = {
 
 
 def augment(sources: jax.Array, key: jax.Array, data: ml_collections.ConfigDict) -> jax.Array:
-  """Applies `data.augmentations` (checked by `input_pipeline.augmentation_names`: both
+  """Applies `data.augmentations` (checked by `records.augmentation_names`: both
   samplers know the same names), in order, each with its own key."""
-  from waveunet_jax import input_pipeline
-
-  names = input_pipeline.augmentation_names(data)
+  names = records.augmentation_names(data)
   for name, k in zip(names, jax.random.split(key, max(len(names), 1))):
     sources = AUGMENTATIONS[name](sources, k, data)
   return sources
@@ -141,8 +144,6 @@ class Share:
 
 def _read_windows(builder, split) -> tuple[np.ndarray, np.ndarray]:
   """Every window of `split` in file order: int16 [N, S, W, C] and num_starts [N]."""
-  import tensorflow_datasets as tfds
-
   ds = builder.as_dataset(split=split, shuffle_files=False)
   count = int(ds.cardinality())  # TFDS knows it: the windows go straight to their place
   if count < 0:
@@ -160,13 +161,11 @@ def read_share(config: ml_collections.ConfigDict, shard: int, num_shards: int) -
   """Device `shard`'s windows of every dataset of config.data.data_dir, as tf.data's
   stream of that device reads them, with each window's probability: its dataset's
   weight times its share of the dataset's crop starts here."""
-  from waveunet_jax import input_pipeline
-
   windows, starts, weights = [], [], []
-  for data_dir in input_pipeline.data_dirs(config):
-    builder, _ = input_pipeline.load_builder(config, data_dir.path)
+  for data_dir in records.data_dirs(config):
+    builder, _ = builder_lib.load_builder(config, data_dir.path)
     few = builder.info.splits["train"].num_examples < num_shards
-    split = "train" if few else input_pipeline.shard_split("train", shard, num_shards)
+    split = "train" if few else builder_lib.shard_split("train", shard, num_shards)
     w, s = _read_windows(builder, split)
     if not s.sum() and split != "train":
       # A few windows, those of this share holding only track ends: like the devices of a
@@ -175,7 +174,7 @@ def read_share(config: ml_collections.ConfigDict, shard: int, num_shards: int) -
                    "all of the dataset's windows", shard, num_shards, data_dir.path)
       w, s = _read_windows(builder, "train")
     if not s.sum():
-      raise prepare.DataError(f"config.data.data_dir: {data_dir.path} has no training crop "
+      raise DataError(f"config.data.data_dir: {data_dir.path} has no training crop "
                               "(its tracks are shorter than an output length): prepare "
                               "longer tracks")
     windows.append(w)
@@ -187,11 +186,9 @@ def read_share(config: ml_collections.ConfigDict, shard: int, num_shards: int) -
 def share_bytes(config: ml_collections.ConfigDict, num_shards: int) -> int:
   """The bytes of the largest device share of `read_share`, from the datasets' sizes
   alone (nothing is read)."""
-  from waveunet_jax import input_pipeline
-
   total = 0
-  for data_dir in input_pipeline.data_dirs(config):
-    builder, _ = input_pipeline.load_builder(config, data_dir.path)
+  for data_dir in records.data_dirs(config):
+    builder, _ = builder_lib.load_builder(config, data_dir.path)
     count = builder.info.splits["train"].num_examples
     per_device = count if count < num_shards else -(-count // num_shards)
     window = int(np.prod(builder.info.features["sources"].shape)) * 2
@@ -255,7 +252,7 @@ def check_pipeline(config: ml_collections.ConfigDict) -> str:
   """config.data.pipeline, or DataError naming the choices."""
   pipeline = config.data.get("pipeline", "auto")
   if pipeline not in PIPELINES:
-    raise prepare.DataError(f"config.data.pipeline={pipeline!r}: choose from "
+    raise DataError(f"config.data.pipeline={pipeline!r}: choose from "
                             f"{', '.join(PIPELINES)}")
   return pipeline
 
@@ -273,7 +270,7 @@ def choose(config: ml_collections.ConfigDict, fit: Callable[[], Fit]) -> str:
                  pipeline, found.describe())
     return "device"
   if pipeline == "device":
-    raise prepare.DataError(
+    raise DataError(
         f"config.data.pipeline='device': the training data do not fit on the devices "
         f"({found.describe()}); use config.data.pipeline='tfdata' or 'auto', or more devices")
   logging.info("training data: tf.data (config.data.pipeline='auto'; it does not fit on the "
@@ -287,10 +284,10 @@ def choose(config: ml_collections.ConfigDict, fit: Callable[[], Fit]) -> str:
 
 
 def crops_and_batch(windows: jax.Array, num_starts: jax.Array, cumulative: jax.Array,
-                    key: jax.Array, *, batch_size: int, layout: prepare.Layout,
+                    key: jax.Array, *, batch_size: int, layout: Layout,
                     data: ml_collections.ConfigDict) -> dict[str, jax.Array]:
   """One device's batch from its windows: `batch_size` crops, augmented and mixed, as
-  `input_pipeline` gives them ({'mix': [B, T_in, C], 'sources': [B, S, T_out, C]})."""
+  `tfdata` gives them ({'mix': [B, T_in, C], 'sources': [B, S, T_out, C]})."""
   windows, num_starts, cumulative = map(jnp.asarray, (windows, num_starts, cumulative))
   window_key, start_key, augment_key = jax.random.split(key, 3)
   draw = jax.random.uniform(window_key, (batch_size,)) * cumulative[-1]
@@ -304,7 +301,7 @@ def crops_and_batch(windows: jax.Array, num_starts: jax.Array, cumulative: jax.A
     return jax.lax.dynamic_slice(windows, (w, 0, s, 0),
                                  (1, num_sources, layout.input_length, channels))[0]
 
-  sources = jax.vmap(crop)(chosen, starts).astype(jnp.float32) / prepare.AUDIO_SCALE
+  sources = jax.vmap(crop)(chosen, starts).astype(jnp.float32) / records.AUDIO_SCALE
   sources = augment(sources, augment_key, data)
   return {"mix": sources.sum(axis=1),
           "sources": sources[:, :, layout.offset:layout.offset + layout.output_length]}
@@ -317,10 +314,10 @@ class DeviceSampler:
 
   `data`: config.data (the augmentations); `data_layout`: the crops' lengths;
   `shares[i]`: the windows of the i-th device of `shards` (this process's mesh
-  positions, as in `input_pipeline.ShardedData`)."""
+  positions, as in `tfdata.ShardedData`)."""
 
   def __init__(self, data: ml_collections.ConfigDict, layout: parallel.DataParallel,
-               data_layout: prepare.Layout, shares: Sequence[Share], shards: Sequence[int], *,
+               data_layout: Layout, shares: Sequence[Share], shards: Sequence[int], *,
                batch_size: int, seed: int):
     num_shards = layout.size
     if batch_size % num_shards:
@@ -328,8 +325,6 @@ class DeviceSampler:
     self.seed, shards = int(seed), list(shards)
     size = max(len(s.num_starts) for s in shares)
     if jax.process_count() > 1:  # every process pads to the longest share of all
-      from jax.experimental import multihost_utils
-
       size = int(np.max(multihost_utils.process_allgather(np.int32(size))))
     shares = [s.padded(size) for s in shares]
     local = {d: i for i, d in enumerate(shards)}
