@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from conftest import tiny_data_config
+from helpers import tiny_data_config
 from waveunet_jax import models
 from waveunet_jax.data import builder as builder_lib
 from waveunet_jax.data import tfdata

@@ -17,7 +17,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import tiny_model_config
+from helpers import tiny_model_config
 from waveunet_jax import export, models
 from waveunet_jax.separation import model_formats
 from waveunet_jax.separation import jax_engine

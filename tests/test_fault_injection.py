@@ -191,8 +191,8 @@ def test_prepare_survives_kill_9(tmp_path):
 def test_training_survives_kill_9(tmp_path, tiny_data_dir):
   import chex
 
-  from conftest import (TINY_OUTPUT, TINY_RATE, tiny_data_config, tiny_schedule,
-                        write_config_file)
+  from helpers import (TINY_OUTPUT, TINY_RATE, tiny_data_config, tiny_schedule,
+                       write_config_file)
   from waveunet_jax import workdir as workdir_lib
 
   config = tiny_schedule(tiny_data_config(TINY_RATE, TINY_OUTPUT, tiny_data_dir), 40, 5,

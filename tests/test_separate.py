@@ -527,7 +527,7 @@ def test_a_long_file_streams_from_disk_to_disk(tmp_path):
 CLI = """
 import sys
 sys.path.insert(0, "tests")
-import conftest  # CPU only, like the tests
+from helpers import tiny_model_config  # on the CPU: the environment conftest.py set is inherited
 from waveunet_jax import models, separate
 from waveunet_jax.separation import jax_engine
 import jax, numpy as np
@@ -535,7 +535,7 @@ import jax, numpy as np
 def from_workdir(workdir, checkpoint="best", **kwargs):
   assert checkpoint == "7", checkpoint
   sources = ("bass", "drums", "other", "vocals") if workdir == "FOUR" else None
-  model = models.WaveUNet(**conftest.tiny_model_config(**({"sources": sources} if sources else {})))
+  model = models.WaveUNet(**tiny_model_config(**({"sources": sources} if sources else {})))
   variables = jax.jit(model.init)(jax.random.key(0), np.zeros((1, 161, 2), np.float32))
   return jax_engine.separator_from_model(model, variables, 8000, **kwargs)
 

@@ -14,7 +14,7 @@ import pytest
 import soundfile as sf
 import soxr
 
-from conftest import tiny_model_config
+from helpers import tiny_model_config
 from waveunet_jax import models, separate
 from waveunet_jax.separation import jax_engine
 from waveunet_jax.separation import separator as separator_lib
