@@ -1,16 +1,22 @@
-"""What several test files share, so that no test file imports another: the tiny configs
-and the Colab-like environment of test_notebook.py. The fixtures and hooks stay in
-conftest.py, which imports from here what they need.
+"""What several test files share, so that no test file imports another: the tiny configs,
+the separator tests' tiny models and songs, a full disk, and the Colab-like environment
+of test_notebook.py. The fixtures and hooks stay in conftest.py, which imports from here
+what they need.
 
 pytest's default import mode ("prepend") puts tests/, which has no __init__.py, first on
 sys.path before it imports conftest.py, so test files say `from helpers import ...`; a
-subprocess script run from the checkout's root inserts "tests" first.
+subprocess script run from the checkout's root inserts "tests" first. conftest.py loads
+this module in every pytest process: JAX and the package's modules are imported where
+used, not at load.
 """
 
+import errno
+import functools
 import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from experiments import default
@@ -82,6 +88,94 @@ def install_failed(command: str, output: str) -> None:
     pytest.skip(f"{command} failed and the package index cannot be reached "
                 f"(pip index versions pip: {probe.stderr.strip()[-300:]})")
   pytest.fail(f"{command} failed:\n{output[-3000:]}")
+
+
+# --------------------------------------------------------------------------- #
+# The separator tests' tiny models and songs (test_separator.py, test_separate.py,
+# test_jax_engine.py). Separators are cached so that each window shape compiles once
+# per process.
+# --------------------------------------------------------------------------- #
+
+SEPARATOR_RATE = 8000  # the tiny models' sample rate
+SHORT = 50 / SEPARATOR_RATE  # window_seconds of a few dozen samples: many windows per song
+
+
+@functools.cache
+def random_model(padding="valid", output="difference", channels=2):
+  import jax
+
+  from waveunet_jax import models
+
+  model = models.WaveUNet(**tiny_model_config(padding=padding, output=output,
+                                              num_channels=channels))
+  mix = np.zeros((1, models.lengths(model, 1).input_length, channels), np.float32)
+  return model, jax.jit(model.init)(jax.random.key(0), mix)  # jitted: 4x faster on CPU
+
+
+def model_and_variables(padding="valid", output="difference", channels=2, bias=None):
+  """A tiny model with random variables; with `bias`, a pass-through one: the output
+  conv's kernel is zero, so every estimated source is tanh(bias) (0 for bias 0) and
+  a difference model's last source is the mix minus those."""
+  model, variables = random_model(padding, output, channels)
+  if bias is not None:
+    params = dict(variables["params"])
+    params["output"] = {"kernel": np.zeros_like(params["output"]["kernel"]),
+                        "bias": np.full_like(params["output"]["bias"], bias)}
+    variables = {**variables, "params": params}
+  return model, variables
+
+
+@functools.cache
+def separator(padding="valid", output="difference", channels=2, bias=None, **kwargs):
+  from waveunet_jax.separation import jax_engine
+
+  model, variables = model_and_variables(padding, output, channels, bias)
+  return jax_engine.separator_from_model(model, variables, SEPARATOR_RATE, **kwargs)
+
+
+def pass_through(padding="valid", **kwargs):
+  return separator(padding, bias=0.0, **kwargs)
+
+
+def noise(length, channels=2, peak=0.9, seed=0):
+  return np.random.default_rng(seed).uniform(-peak, peak, (length, channels)).astype(np.float32)
+
+
+def tones(seconds, rate, channels=2, peak=0.5):
+  """Low sines (well inside every rate's band) under a Hann window: no broadband edges."""
+  t = np.arange(round(seconds * rate)) / rate
+  x = np.stack([np.sin(2 * np.pi * f * t) for f in (220, 330)[:channels]], axis=1)
+  return (peak * x * np.hanning(len(t))[:, None]).astype(np.float32)
+
+
+def round_trip(x, rate):
+  """What band-limited resampling to the model's rate and back leaves of `x`."""
+  import soxr
+
+  y = soxr.resample(soxr.resample(x, rate, SEPARATOR_RATE, quality="HQ"), SEPARATOR_RATE, rate,
+                    quality="HQ")
+  return np.pad(y, ((0, max(0, len(x) - len(y))), (0, 0)))[:len(x)]
+
+
+# --------------------------------------------------------------------------- #
+# A full disk (test_audio.py, test_separate.py).
+# --------------------------------------------------------------------------- #
+
+
+class FullDisk:
+  """An output container whose file fills the disk: FFmpeg buffers writes and reports
+  the failure when the file is closed (as it does on a real full disk, see
+  test_audio.py)."""
+
+  def __init__(self, container, path):
+    self.container, self.path = container, path
+
+  def __getattr__(self, name):
+    return getattr(self.container, name)
+
+  def close(self):
+    self.container.close()
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), self.path)
 
 
 # --------------------------------------------------------------------------- #

@@ -1,5 +1,6 @@
 """Separating files (`separate.py`): outputs, names, failures, and the command line.
-`test_separator` covers the Separator itself, whose tiny models and songs these reuse.
+`test_separator` covers the Separator itself, whose tiny models and songs (helpers.py)
+these reuse.
 """
 
 import argparse
@@ -18,7 +19,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from test_separator import RATE, SHORT, noise, pass_through, round_trip, separator, tones
+from helpers import SEPARATOR_RATE as RATE
+from helpers import SHORT, FullDisk, noise, pass_through, round_trip, separator, tones
 from waveunet_jax import audio, files, separate
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -283,7 +285,6 @@ def full_disk(monkeypatch):
   import shutil
 
   import av
-  from test_audio import FullDisk
 
   real_av_open, real_disk_usage = av.open, shutil.disk_usage
 
@@ -328,13 +329,13 @@ def test_a_full_disk_fails_the_song_in_one_line_and_leaves_nothing(tmp_path, cap
 FULL_DISK = """
 import sys
 sys.path.insert(0, "tests")
-import test_separate
+from helpers import pass_through
 from waveunet_jax import audio, separate
 mount, song = sys.argv[1:]
 for fmt in audio.AUDIO_FORMATS:
   for clip in ("clamp", "rescale"):
     try:
-      separate.separate_files(test_separate.pass_through(window_seconds=0.05), [song],
+      separate.separate_files(pass_through(window_seconds=0.05), [song],
                               f"{mount}/{fmt}-{clip}", fmt=fmt, clip=clip)
     except separate.SeparationError as e:
       print(fmt, clip, e)
