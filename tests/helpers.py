@@ -1,7 +1,7 @@
 """What several test files share, so that no test file imports another: the tiny configs,
-the separator tests' tiny models and songs, a full disk, and the Colab-like environment
-of test_notebook.py. The fixtures and hooks stay in conftest.py, which imports from here
-what they need.
+the prepare tests' tracks, the separator tests' tiny models and songs, a full disk, and
+the Colab-like environment of test_notebook.py. The fixtures and hooks stay in
+conftest.py, which imports from here what they need.
 
 pytest's default import mode ("prepend") puts tests/, which has no __init__.py, first on
 sys.path before it imports conftest.py, so test files say `from helpers import ...`; a
@@ -13,11 +13,13 @@ used, not at load.
 import errno
 import functools
 import os
+import pathlib
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+import soundfile
 
 from experiments import default
 
@@ -88,6 +90,42 @@ def install_failed(command: str, output: str) -> None:
     pytest.skip(f"{command} failed and the package index cannot be reached "
                 f"(pip index versions pip: {probe.stderr.strip()[-300:]})")
   pytest.fail(f"{command} failed:\n{output[-3000:]}")
+
+
+# --------------------------------------------------------------------------- #
+# Tracks for prepare (test_prepare.py, test_data.py): written at 44.1 kHz, stored at
+# the tiny configs' model rate.
+# --------------------------------------------------------------------------- #
+
+DATA_RATE = 16000  # the tiny configs' model rate: every track is resampled from 44.1 kHz
+
+
+def data_config(data_dir=None, **model):
+  """A tiny config at DATA_RATE, with outputs of 3000 samples."""
+  return tiny_data_config(DATA_RATE, 3000, data_dir, **model)
+
+
+def write_track(folder: pathlib.Path, stems: dict, rate: int = 44100, subtype="PCM_16"):
+  folder.mkdir(parents=True, exist_ok=True)
+  for name, audio in stems.items():
+    soundfile.write(folder / f"{name}.wav", audio, rate, subtype=subtype)
+
+
+def silent_stems(seconds: float, rate: int = 44100):
+  from waveunet_jax import stems as stems_lib
+
+  return {s: np.zeros((int(seconds * rate), 2), np.float32) for s in stems_lib.STEMS}
+
+
+def prepare_tracks(tmp_path, tracks: dict, valid: str, **kwargs):
+  from waveunet_jax.data import builder as builder_lib
+
+  root = tmp_path / "musdb"
+  for name, stems in tracks.items():
+    write_track(root / "train" / name, stems)
+  config = data_config(tmp_path / "data", **kwargs)
+  builder_lib.prepare(config, root, tmp_path / "data", wav=True, valid_tracks=[valid])
+  return config
 
 
 # --------------------------------------------------------------------------- #
