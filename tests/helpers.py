@@ -130,8 +130,8 @@ def prepare_tracks(tmp_path, tracks: dict, valid: str, **kwargs):
 
 # --------------------------------------------------------------------------- #
 # The separator tests' tiny models and songs (test_separator.py, test_separate.py,
-# test_jax_engine.py). Separators are cached so that each window shape compiles once
-# per process.
+# test_jax_engine.py, test_export.py). Separators are cached so that each window shape
+# compiles once per process.
 # --------------------------------------------------------------------------- #
 
 SEPARATOR_RATE = 8000  # the tiny models' sample rate

@@ -3,7 +3,6 @@
 these reuse.
 """
 
-import argparse
 import errno
 import logging
 import os
@@ -641,35 +640,3 @@ def test_cli_refuses_absurd_sample_rates_in_bounded_memory(tmp_path):
             "the 1000 to 768000 Hz of audio (a damaged header?); rewrite the file at its "
             "true rate") in result.stderr
   assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["fine"]
-
-
-def test_the_averaging_flags_reach_either_engine(tmp_path, monkeypatch):
-  from waveunet_jax import export
-  from waveunet_jax.separation import model_formats
-  from waveunet_jax.separation import jax_engine
-
-  # A workdir's model: the flags go to its Separator.
-  seen = {}
-  monkeypatch.setattr(jax_engine, "separator_from_workdir",
-                      lambda workdir, checkpoint, **kwargs: seen.update(kwargs))
-  args = dict(workdir="RUN", model=None, checkpoint="best", residual_source="default",
-              window_seconds=None, overlap=0.0, batch_size=None, shifts=2, flip=True, seed=5)
-  separate.load_separator(argparse.Namespace(**args))
-  assert (seen["shifts"], seen["flip"], seen["seed"]) == (2, True, 5)
-  # An export, through the command line: the stems are the API's averaged ones.
-  path = export.export(separator(window_seconds=SHORT).engine, "stablehlo",
-                       tmp_path / "m.stablehlo")
-  sf.write(tmp_path / "a.wav", tones(0.2, 44100) + noise(8820, peak=0.2), 44100,
-           subtype="FLOAT")
-  result = subprocess.run(
-      [sys.executable, "-m", "waveunet_jax.separate", f"--model={path}", "--shifts=2", "--flip",
-       "--seed=5", "--format=float", str(tmp_path / "a.wav"), f"--output_dir={tmp_path}/out"],
-      cwd=ROOT, capture_output=True, text=True, timeout=300)
-  assert result.returncode == 0, result.stderr
-  mix = sf.read(tmp_path / "a.wav", dtype="float32")[0]
-  want = separate.Separator(model_formats.load(path), shifts=2, flip=True, seed=5).separate(mix, 44100)
-  plain = separate.Separator(model_formats.load(path)).separate(mix, 44100)
-  for name, stem in want.items():
-    got = sf.read(tmp_path / "out" / "a" / f"{name}.wav", dtype="float32")[0]
-    np.testing.assert_allclose(got, stem, rtol=0, atol=1e-6)
-    assert np.abs(got - plain[name]).max() > 1e-3
