@@ -286,7 +286,8 @@ CLI = """
 import json, os, sys
 sys.path.insert(0, "tests")
 import conftest  # CPU only, like the tests
-from waveunet_jax import evaluate, jax_engine
+from waveunet_jax import evaluate
+from waveunet_jax.separation import jax_engine
 
 class Resumed:
   sources = ("accompaniment", "vocals")
@@ -333,7 +334,8 @@ HALVES = """
 import sys
 sys.path.insert(0, "tests")
 import conftest  # CPU only, like the tests
-from waveunet_jax import evaluate, jax_engine
+from waveunet_jax import evaluate
+from waveunet_jax.separation import jax_engine
 
 class Halves:
   sources = ("accompaniment", "vocals")

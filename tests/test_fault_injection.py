@@ -103,7 +103,8 @@ import sys
 sys.path.insert(0, "tests")
 import conftest
 import jax, numpy as np
-from waveunet_jax import evaluate, jax_engine, models, separate
+from waveunet_jax import evaluate, models, separate
+from waveunet_jax.separation import jax_engine
 
 def from_workdir(workdir, checkpoint="best", **kwargs):
   model = models.WaveUNet(**conftest.tiny_model_config())

@@ -528,7 +528,8 @@ CLI = """
 import sys
 sys.path.insert(0, "tests")
 import conftest  # CPU only, like the tests
-from waveunet_jax import jax_engine, models, separate
+from waveunet_jax import models, separate
+from waveunet_jax.separation import jax_engine
 import jax, numpy as np
 
 def from_workdir(workdir, checkpoint="best", **kwargs):
