@@ -98,19 +98,45 @@ def kill_and_rerun(command, output: pathlib.Path, reference: dict[str, bytes], w
       assert got[path] == reference[path], path
 
 
+# The separate or evaluate program on a tiny model. With PAUSE_MARKER=<path> in its
+# environment the second song it separates stops after its first block is written (its
+# temporaries on disk): the program touches <path> and waits for a signal, so that a
+# test can stop it mid-song on a machine of any speed.
 CLI_MODEL = """
-import sys
+import os, pathlib, sys, time
 sys.path.insert(0, "tests")
 import conftest
 import jax, numpy as np
 from waveunet_jax import evaluate, jax_engine, models, separate
 
+def paused_on_the_second_song(separate_blocks, marker):
+  songs = []
+
+  def blocks(*args, **kwargs):
+    songs.append(None)
+    stems = separate_blocks(*args, **kwargs)
+    if len(songs) != 2:
+      yield from stems
+      return
+    yield next(stems)  # written to the temporaries when the next block is asked for
+    pathlib.Path(marker).touch()
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # short sleeps: a signal may land in any thread
+      time.sleep(0.01)
+    sys.exit("paused mid-song, but no signal came in 120 s")
+
+  return blocks
+
 def from_workdir(workdir, checkpoint="best", **kwargs):
   model = models.WaveUNet(**conftest.tiny_model_config())
   mix = np.zeros((1, models.lengths(model, 1).input_length, 2), np.float32)
   kwargs["window_seconds"] = 0.05  # many windows: the kills land while it works
-  return jax_engine.separator_from_model(model, jax.jit(model.init)(jax.random.key(0), mix), 8000,
-                                     **kwargs)
+  separator = jax_engine.separator_from_model(
+      model, jax.jit(model.init)(jax.random.key(0), mix), 8000, **kwargs)
+  if "PAUSE_MARKER" in os.environ:
+    separator.separate_blocks = paused_on_the_second_song(separator.separate_blocks,
+                                                          os.environ["PAUSE_MARKER"])
+  return separator
 
 jax_engine.separator_from_workdir = from_workdir
 (separate if sys.argv.pop(1) == "separate" else evaluate).cli()
@@ -220,27 +246,35 @@ def test_training_survives_kill_9(tmp_path, tiny_data_dir):
 def test_separate_stopped_mid_song_says_so_in_one_line_and_leaves_nothing(tmp_path, clip,
                                                                          signum):
   """Ctrl-C (or SIGTERM) while the second song is being separated: the first song's
-  stems stay, the second leaves nothing (no temporary, spool or empty folder)."""
+  stems stay, the second leaves nothing (no temporary, spool or empty folder). The
+  program pauses after the second song's first block (CLI_MODEL's PAUSE_MARKER), so the
+  signal lands mid-song however fast the machine is."""
   songs = tmp_path / "songs"
   songs.mkdir()
   rng = np.random.default_rng(0)
-  for i, seconds in enumerate((5, 120)):  # the second lasts long enough to be stopped in
+  for i, seconds in enumerate((5, 20)):  # the second of several blocks
     sf.write(songs / f"song{i}.wav", rng.uniform(-0.5, 0.5, (seconds * 44100, 2)), 44100,
              subtype="PCM_16")
-  out = tmp_path / "out"
+  out, paused = tmp_path / "out", tmp_path / "paused"
   process = subprocess.Popen(
       [sys.executable, "-c", CLI_MODEL, "separate", "--workdir=RUN", str(songs),
        f"--output_dir={out}", f"--clip={clip}"], cwd=ROOT, stdout=subprocess.DEVNULL,
-      stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT)},
-      start_new_session=True)
+      stderr=subprocess.PIPE, start_new_session=True,
+      env={**os.environ, "PYTHONPATH": str(ROOT), "PAUSE_MARKER": str(paused)})
   deadline = time.monotonic() + 120
   try:
-    # Mid-song: the second song's temporaries (a spool or .part file) are there.
-    while not (out / "song1").is_dir() or not any((out / "song1").iterdir()):
-      assert process.poll() is None, process.stderr.read().decode()
-      assert time.monotonic() < deadline, "the second song never started"
+    while not paused.exists():
+      if process.poll() is not None:
+        pytest.fail("could not stop the program mid-song: it ended (exit "
+                    f"{process.returncode}) before pausing in the second song; its stderr "
+                    f"ends: {process.stderr.read().decode(errors='replace')[-3000:]}")
+      if time.monotonic() > deadline:
+        pytest.fail("could not stop the program mid-song: it did not pause in the second "
+                    "song within 120 s")
       time.sleep(0.01)
-    time.sleep(0.2)
+    if not temporaries(out / "song1"):
+      pytest.fail("could not stop the program mid-song: paused in the second song, but "
+                  f"{out / 'song1'} holds none of its temporaries")
     process.send_signal(signum)
     _, stderr = process.communicate(timeout=60)
   finally:
