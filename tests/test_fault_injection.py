@@ -68,15 +68,15 @@ def run(command: list[str], watch: pathlib.Path, kill_after: float | None = None
   return 0, time.monotonic() - (started or time.monotonic())
 
 
-def kill_and_rerun(command, output: pathlib.Path, reference: dict[str, bytes], work: float,
-                   name: str, compare=None) -> None:
+def kill_at_seeded_moments(command, output: pathlib.Path, work: float, name: str,
+                           watch: pathlib.Path | None = None) -> None:
   """Kills `command` KILLS times in a row at seeded moments (each run resuming what the
-  killed one left), then runs it to the end: its outputs must equal `reference` and
-  hold no temporary."""
+  killed one left), timed from the first file under `watch` (default `output`)."""
+  watch = watch or output
   rng = random.Random(f"{SEED}-{name}")
   for kill in range(KILLS):
     fraction = rng.uniform(0.05, 0.6)
-    code, _ = run(command, output, kill_after=fraction * work)
+    code, _ = run(command, watch, kill_after=fraction * work)
     # The first run must be killed; a resumed one may have too little left to do. `work`
     # was timed on a machine whose load changes (other tests run beside this one): where
     # the run beat its kill, start again from nothing with a kill three times as early.
@@ -85,8 +85,17 @@ def kill_and_rerun(command, output: pathlib.Path, reference: dict[str, bytes], w
         break
       shutil.rmtree(output)
       fraction /= 3
-      code, _ = run(command, output, kill_after=fraction * work)
-    assert code == -9 or kill > 0, "the command ended before the kill; give it more work"
+      code, _ = run(command, watch, kill_after=fraction * work)
+    assert code == -9 or kill > 0, (
+        f"could not kill {name} while it worked: it ended before a kill at "
+        f"{fraction * work:.3f} s, four times; give it more work")
+
+
+def kill_and_rerun(command, output: pathlib.Path, reference: dict[str, bytes], work: float,
+                   name: str, compare=None) -> None:
+  """Kills `command` at seeded moments (`kill_at_seeded_moments`), then runs it to the
+  end: its outputs must equal `reference` and hold no temporary."""
+  kill_at_seeded_moments(command, output, work, name)
   assert run(command, output)[0] == 0
   assert not temporaries(output), temporaries(output)
   got = tree(output)
@@ -227,12 +236,8 @@ def test_training_survives_kill_9(tmp_path, tiny_data_dir):
   command = lambda workdir: [sys.executable, "-m", "waveunet_jax.main",
                              f"--config={config_file}", f"--workdir={workdir}"]
   _, work = run(command(tmp_path / "reference"), tmp_path / "reference" / "checkpoints")
-  rng = random.Random(f"{SEED}-main")
   workdir = tmp_path / "run"
-  for kill in range(KILLS):
-    code, _ = run(command(workdir), workdir / "checkpoints",
-                  kill_after=rng.uniform(0.05, 0.6) * work)
-    assert code == -9 or kill > 0, "training ended before the kill; give it more steps"
+  kill_at_seeded_moments(command(workdir), workdir, work, "main", watch=workdir / "checkpoints")
   assert run(command(workdir), workdir / "checkpoints")[0] == 0
   reference = checkpoints.load_for_inference(tmp_path / "reference", "latest")
   resumed = checkpoints.load_for_inference(workdir, "latest")
