@@ -376,7 +376,7 @@ class Checker:
     for arg in args:
       if match := re.match(r"^(\.|waveunet_jax)\[([\w,-]+)\]$", arg):
         for extra in match.group(2).split(","):
-          if extra not in self.project.extras:
+          if extra not in self.project.extras and not extra.isupper():  # [CHOICE]
             self.problems.append(f"{where}: no install choice [{extra}] in setup.cfg")
 
   def python(self, where: str, source: str) -> None:
@@ -446,7 +446,7 @@ class Checker:
           self.problems.append(f"{name}:{start}: not JSON ({error})")
     for number, code in inline_code(prose):
       where = f"{name}:{number}"
-      if re.match(r"^(\.venv/bin/|python3? |bash |waveunet-)", code) and "..." not in code:
+      if re.match(r"^(\.venv/bin/|python3? |bash |pip |waveunet-)", code) and "..." not in code:
         self.shell(where, code)
       elif FILE.match(code) and "." in code.rsplit("/", 1)[-1] and "*" not in code:
         self.file(where, code)
