@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-# MUSDB18's four stems (the order of config.model.sources' default).
+# MUSDB18's four stems; this order fixes the order in which stems are summed.
 STEMS = ("vocals", "drums", "bass", "other")
 # The streams of a MUSDB18 `.stem.mp4`, in file order: the mix, then the stems.
 STEM_FILE_STREAMS = ("mixture", "drums", "bass", "other", "vocals")

@@ -218,8 +218,7 @@ class Trainer:
     self.compile_steps(tx)
     data = self.sampler(progress, state)
     if latest is not None:
-      data = self.data.resumed(data, progress, self.workdir.data_state_dir(latest), latest,
-                               steps.stage_settings(config, progress.stage)[0])
+      data = self.data.resumed(data, progress, self.workdir.data_state_dir(latest), latest)
 
     batch_size, learning_rate = steps.stage_settings(config, progress.stage)
     audio_per_step = batch_size * self.lengths.output_length / config.data.sample_rate
