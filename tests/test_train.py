@@ -511,7 +511,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(data_dir, tmp_
     bad = jnp.where(state.step > 12, jnp.nan, 0.0)
     return state, {**metrics, "loss": metrics["loss"] + bad}
 
-  monkeypatch.setattr(train, "train_step", poisoned)
+  monkeypatch.setattr(train_steps, "train_step", poisoned)
   with pytest.raises(train.TrainingError, match="loss is nan at step 15.*step 10"):
     train.train_and_evaluate(config, tmp_path)
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["10"]
