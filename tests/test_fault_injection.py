@@ -114,7 +114,7 @@ def kill_and_rerun(command, output: pathlib.Path, reference: dict[str, bytes], w
 CLI_MODEL = """
 import os, pathlib, sys, time
 sys.path.insert(0, "tests")
-import conftest
+from helpers import tiny_model_config  # on the CPU: the environment conftest.py set is inherited
 import jax, numpy as np
 from waveunet_jax import evaluate, models, separate
 from waveunet_jax.separation import jax_engine
@@ -138,7 +138,7 @@ def paused_on_the_second_song(separate_blocks, marker):
   return blocks
 
 def from_workdir(workdir, checkpoint="best", **kwargs):
-  model = models.WaveUNet(**conftest.tiny_model_config())
+  model = models.WaveUNet(**tiny_model_config())
   mix = np.zeros((1, models.lengths(model, 1).input_length, 2), np.float32)
   kwargs["window_seconds"] = 0.05  # many windows: the kills land while it works
   separator = jax_engine.separator_from_model(
@@ -226,8 +226,8 @@ def test_prepare_survives_kill_9(tmp_path):
 def test_training_survives_kill_9(tmp_path, tiny_data_dir):
   import chex
 
-  from conftest import (TINY_OUTPUT, TINY_RATE, tiny_data_config, tiny_schedule,
-                        write_config_file)
+  from helpers import (TINY_OUTPUT, TINY_RATE, tiny_data_config, tiny_schedule,
+                       write_config_file)
   from waveunet_jax import workdir as workdir_lib
 
   config = tiny_schedule(tiny_data_config(TINY_RATE, TINY_OUTPUT, tiny_data_dir), 40, 5,

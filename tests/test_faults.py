@@ -14,8 +14,8 @@ import chex
 import jax
 import pytest
 
-from conftest import (TINY_OUTPUT, TINY_RATE, tiny_data_config, tiny_schedule,
-                      write_config_file)
+from helpers import (TINY_OUTPUT, TINY_RATE, tiny_data_config, tiny_schedule,
+                     write_config_file)
 from waveunet_jax import signals, train
 from waveunet_jax import workdir as workdir_lib
 from waveunet_jax.data import builder as builder_lib

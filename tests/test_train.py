@@ -15,8 +15,8 @@ import optax
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from conftest import TINY_OUTPUT, TINY_RATE, tiny_data_config, tiny_schedule
 from experiments import deep
+from helpers import TINY_OUTPUT, TINY_RATE, tiny_data_config, tiny_schedule
 from waveunet_jax import models, optim, parallel, train
 from waveunet_jax import workdir as workdir_lib
 from waveunet_jax import steps as train_steps
