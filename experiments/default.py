@@ -6,7 +6,7 @@ here does not exist. Inspect a config with
   python -m waveunet_jax.summary --config=experiments/default.py
 
 The network is `waveunet_jax.models.WaveUNet(**config.model)`. Re-running training in
-a workdir may change only the fields in `waveunet_jax.checkpoints.MAY_CHANGE_ON_RESUME`
+a workdir may change only the fields in `waveunet_jax.workdir.MAY_CHANGE_ON_RESUME`
 (step counts, intervals, data.data_dir); other changes are refused.
 """
 
@@ -75,7 +75,7 @@ def get_config() -> ml_collections.ConfigDict:
   # SDR as valid/loss and valid/sdr/*, which early stopping and best/ follow.
   config.data.data_dir = config_dict.placeholder(str)
   # Augmentations of the training sources, applied in order (names from
-  # input_pipeline.AUGMENTATIONS and device_data.AUGMENTATIONS, the same in both
+  # data.tfdata.AUGMENTATIONS and data.device.AUGMENTATIONS, the same in both
   # samplers: 'gain', 'channel_swap', 'remix', 'polarity': each source of each example
   # negated with probability 1/2); the mix is always the sum of the augmented sources.
   # The paper used 'gain' alone. Pitch and tempo changes are left out: each resamples
@@ -89,9 +89,9 @@ def get_config() -> ml_collections.ConfigDict:
   # Where training batches are made. 'device': the prepared windows are read once and
   # held by the accelerators as int16, each device its share, and every batch is
   # cropped, augmented and mixed there by a jitted function of (seed, step, device)
-  # (`device_data`): no input pipeline limits a GPU or TPU, and a resumed run draws
+  # (`data.device`): no input pipeline limits a GPU or TPU, and a resumed run draws
   # exactly the batches it would have drawn. 'tfdata': tf.data reads, crops and augments
-  # on the host CPU (`input_pipeline`; the settings below are its), its positions saved
+  # on the host CPU (`data.tfdata`; the settings below are its), its positions saved
   # with each checkpoint. 'auto' (the default): 'device' when each device's share fits
   # beside the compiled train step in 80 % of its memory (on a CPU: the machine's memory
   # over its devices), else 'tfdata'; the log says which and why.
@@ -144,7 +144,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.loss = ml_collections.ConfigDict()
   # The training loss is scale * (kind + stft_weight * STFT) over the output samples
-  # (train.Loss). Validation (valid/loss, which early stopping and best/ follow) is
+  # (steps.Loss). Validation (valid/loss, which early stopping and best/ follow) is
   # always scale * MSE, whatever trains, so that it compares across runs.
   config.loss.scale = 1.0
   # Only the central this-many output samples count, in every term (the seed's context

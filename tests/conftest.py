@@ -1,4 +1,7 @@
-"""Shared test helpers: tiny model configs built from the real experiment configs."""
+"""The suite's setup, fixtures and hooks: JAX on 4 virtual CPU devices, one compilation
+cache per session, the tiny corpus, training run and scores that many tests read, and
+the build of the Colab-like environment. What test files share besides fixtures is in
+helpers.py."""
 
 import os
 
@@ -23,82 +26,15 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
 else:
   _OWN_CACHE = None
 
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-
 import pytest  # noqa: E402
 
-from experiments import default  # noqa: E402
-
-
-def install_failed(command: str, output: str) -> None:
-  """A failed `command` (a pip install a test needs): the project's fault, so the test
-  fails, unless pip cannot reach the package index at all, where the test skips."""
-  probe = subprocess.run([sys.executable, "-m", "pip", "index", "versions", "pip"],
-                         capture_output=True, text=True, timeout=300)
-  if probe.returncode:
-    pytest.skip(f"{command} failed and the package index cannot be reached "
-                f"(pip index versions pip: {probe.stderr.strip()[-300:]})")
-  pytest.fail(f"{command} failed:\n{output[-3000:]}")
-
-
-def tiny_model_config(**overrides):
-  """A 3-level version of the default (paper M4) model config, as a dict."""
-  config = default.get_config().model.to_dict()
-  config.update(features=(4, 6, 8), bottleneck_features=8, down_kernel_sizes=(5, 3, 5),
-                up_kernel_sizes=(3, 3, 3), bottleneck_kernel_size=3,
-                downsampling_factors=(2, 2, 2))
-  config.update(overrides)
-  return config
-
-
-def tiny_data_config(sample_rate: int, output_length: int, data_dir=None, **model):
-  """The default config with a tiny model, small examples and small shuffle buffers."""
-  config = default.get_config()
-  config.model.update(tiny_model_config(**model))
-  config.data.sample_rate = sample_rate
-  config.data.output_length = output_length
-  config.data.data_dir = str(data_dir) if data_dir else None
-  config.data.crops_per_window = 2
-  config.data.window_shuffle_buffer = 4
-  config.data.crop_shuffle_buffer = 8
-  return config
-
-
-def tiny_schedule(config, steps, every=None, *, log_every=None, eval_every=None,
-                  checkpoint_every=None, patience=None, fine_tune_batch_size=None):
-  """`config` set to train a tiny run: global batches of 4, `steps` steps, logged,
-  validated and checkpointed every `every` steps (default: once, at the end) unless
-  given apart; the fine-tune stage off, or on with batches of `fine_tune_batch_size`;
-  early stopping after `patience` validations if given (else the config's)."""
-  every = every or steps
-  config.batch_size = 4
-  config.num_train_steps = steps
-  config.log_every_steps = log_every or every
-  config.eval_every_steps = eval_every or every
-  config.checkpoint_every_steps = checkpoint_every or every
-  if patience is not None:
-    config.patience = patience
-  if fine_tune_batch_size:
-    config.fine_tune.batch_size = fine_tune_batch_size
-  else:
-    config.fine_tune.enabled = False
-  return config
-
-
-def write_config_file(config, path):
-  """`config` as a config file for `--config=path` (the command-line programs)."""
-  path.write_text("import ml_collections\n\n\ndef get_config():\n"
-                  f"  return ml_collections.ConfigDict({config.to_dict()!r})\n")
-  return path
+from helpers import (COLAB_ENVIRONMENT, TINY_OUTPUT, TINY_RATE, tiny_data_config,  # noqa: E402
+                     tiny_model_config, tiny_schedule)
 
 
 @pytest.fixture
 def tiny_config():
   return tiny_model_config
-
-
-TINY_RATE, TINY_OUTPUT = 8000, 1000  # tiny_data_dir's layout
 
 
 @pytest.fixture(scope="session")
@@ -165,106 +101,9 @@ def evaluated(musdb_corpus, tmp_path_factory):
 
 
 # --------------------------------------------------------------------------- #
-# A Colab-like virtual environment for tests/test_notebook.py, built while the other
-# tests run (most of it is downloading and unpacking, which leaves the CPUs free).
+# The Colab-like environment of tests/test_notebook.py (helpers.ColabEnvironment),
+# built while the other tests run.
 # --------------------------------------------------------------------------- #
-
-# What Colab has before our notebook installs anything: its own TensorFlow (another
-# version and distribution than a fresh install of ours gets), matplotlib and a kernel;
-# nbclient runs the notebook.
-COLAB_PACKAGES = ("tensorflow==2.19.*", "matplotlib", "ipykernel", "nbclient", "nbformat")
-
-
-def colab_python() -> str:
-  """Python 3.12 as on Colab where this machine has it (on the PATH or through pyenv),
-  else the Python running the tests."""
-  import glob
-  import shutil
-  import subprocess
-  import sys
-
-  candidates = [shutil.which("python3.12"),
-                *sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.12*/bin/python3.12")))]
-  for python in filter(None, candidates):
-    if subprocess.run([python, "--version"], capture_output=True).returncode == 0:
-      return python
-  return sys.executable
-
-
-class ColabEnvironment:
-  """A virtual environment built in the background, once per test run: `start()` in the
-  process that runs pytest (under pytest-xdist, the controller, which learns what its
-  workers collected), then `python()` in whichever process runs the test waits for it.
-  The build writes its exit status to a file, so a worker can wait for a build it did
-  not start; the folder is named in the environment, which the workers inherit."""
-
-  VARIABLE = "WAVEUNET_TEST_COLAB_ENV"
-
-  def __init__(self):
-    self.process = self.log = None
-    self.owner = False
-
-  @property
-  def root(self) -> str:
-    return os.environ[self.VARIABLE]
-
-  def make_root(self) -> None:
-    """In the process that runs pytest, before any worker starts."""
-    import tempfile
-
-    if self.VARIABLE not in os.environ:
-      os.environ[self.VARIABLE] = tempfile.mkdtemp(prefix="waveunet-colab-env-")
-      self.owner = True
-
-  def start(self) -> None:
-    import subprocess
-
-    if self.process is not None:
-      return
-    venv = os.path.join(self.root, "venv")
-    pip = f"{venv}/bin/pip install -q --no-compile --disable-pip-version-check"
-    packages = " ".join(f"'{p}'" for p in COLAB_PACKAGES)
-    status = os.path.join(self.root, "status")
-    self.log = open(os.path.join(self.root, "build.log"), "w")
-    self.process = subprocess.Popen(
-        ["bash", "-c", f"( set -e; '{colab_python()}' -m venv '{venv}'; {pip} {packages} ); "
-         f"echo $? > '{status}.part' && mv '{status}.part' '{status}'"],
-        stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
-
-  def python(self, timeout: float = 900) -> str:
-    """The environment's Python, once built; fails the test with pip's output if not."""
-    import time
-
-    if "PYTEST_XDIST_WORKER" not in os.environ:  # else the controller started it
-      self.make_root()
-      self.start()
-    status = os.path.join(self.root, "status")
-    deadline = time.monotonic() + timeout
-    while not os.path.exists(status):
-      if time.monotonic() > deadline:
-        pytest.fail(f"the Colab-like environment was not built in {timeout} s")
-      time.sleep(1)
-    with open(status) as f:
-      failed = f.read().strip() != "0"
-    if failed:
-      with open(os.path.join(self.root, "build.log")) as f:
-        pytest.fail(f"building the Colab-like environment failed:\n{f.read()[-3000:]}")
-    return os.path.join(self.root, "venv", "bin", "python")
-
-  def stop(self) -> None:
-    import shutil
-    import signal
-
-    if self.process is not None and self.process.poll() is None:
-      os.killpg(self.process.pid, signal.SIGKILL)
-      self.process.wait()
-    if self.log is not None:
-      self.log.close()
-    if self.owner:
-      shutil.rmtree(self.root, ignore_errors=True)
-
-
-COLAB_ENVIRONMENT = ColabEnvironment()
 
 
 def pytest_configure(config):

@@ -4,7 +4,6 @@ stem files, and writes that fail (a full disk) leaving nothing behind.
 No ffmpeg program is involved: these pass on a machine without one.
 """
 
-import errno
 import logging
 import os
 import pathlib
@@ -17,6 +16,7 @@ import av
 import numpy as np
 import pytest
 
+from helpers import FullDisk
 from waveunet_jax import audio
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -103,21 +103,6 @@ def test_stem_file_round_trip(tmp_path):
   with pytest.raises(audio.AudioError, match="has 3 audio streams; a stem file of this layout "
                      "has 5"):
     audio.read_stem_file(path, 5)
-
-
-class FullDisk:
-  """An output container whose file fills the disk: FFmpeg buffers writes and reports
-  the failure when the file is closed (as it does on a real full disk, see below)."""
-
-  def __init__(self, container, path):
-    self.container, self.path = container, path
-
-  def __getattr__(self, name):
-    return getattr(self.container, name)
-
-  def close(self):
-    self.container.close()
-    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), self.path)
 
 
 def test_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, monkeypatch):

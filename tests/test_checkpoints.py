@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import TINY_OUTPUT, TINY_RATE, tiny_data_config, tiny_schedule
+from helpers import TINY_OUTPUT, TINY_RATE, tiny_data_config, tiny_schedule
 from waveunet_jax import workdir as workdir_lib
 
 

@@ -16,7 +16,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import tiny_model_config
+from helpers import tiny_model_config
 from waveunet_jax import evaluate, models
 from waveunet_jax.separation import jax_engine
 from waveunet_jax import stems as stems_lib
@@ -283,10 +283,10 @@ def test_splits(musdb_corpus, tmp_path):
 
 # The command line, with a stub for the trained model (training one takes too long).
 CLI = """
-import json, os, sys
-sys.path.insert(0, "tests")
-import conftest  # CPU only, like the tests
-from waveunet_jax import evaluate, jax_engine
+# on the CPU: the environment conftest.py set is inherited
+import json, os
+from waveunet_jax import evaluate
+from waveunet_jax.separation import jax_engine
 
 class Resumed:
   sources = ("accompaniment", "vocals")
@@ -330,10 +330,9 @@ def test_cli_summarizes_the_first_tracks(musdb_corpus, evaluated, tmp_path):
 # A model that estimates each source as half the mix: scored for real, in seconds. Its
 # identity holds the separation options evaluate gave it.
 HALVES = """
-import sys
-sys.path.insert(0, "tests")
-import conftest  # CPU only, like the tests
-from waveunet_jax import evaluate, jax_engine
+# on the CPU: the environment conftest.py set is inherited
+from waveunet_jax import evaluate
+from waveunet_jax.separation import jax_engine
 
 class Halves:
   sources = ("accompaniment", "vocals")

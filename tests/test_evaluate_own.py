@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from conftest import tiny_model_config
+from helpers import tiny_model_config
 from waveunet_jax import evaluate, models
 from waveunet_jax.separation import jax_engine
 from waveunet_jax.data import tracks as tracks_lib

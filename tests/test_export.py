@@ -5,6 +5,7 @@ upsampling; the seed's: same padding, max pooling, BatchNorm with running statis
 at 8 kHz, exported at a short window so that a song takes many windows.
 """
 
+import argparse
 import functools
 import json
 import logging as std_logging
@@ -17,8 +18,9 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import tiny_model_config
-from waveunet_jax import export, models
+from helpers import SHORT, noise, tiny_model_config, tones
+from helpers import separator as tiny_separator
+from waveunet_jax import export, models, separate
 from waveunet_jax.separation import model_formats
 from waveunet_jax.separation import jax_engine
 from waveunet_jax.separation import separator
@@ -190,6 +192,36 @@ def test_separate_on_onnx_imports_neither_jax_nor_tensorflow(tmp_path):
   assert result.stderr.strip().splitlines()[-1] == (
       "error: --window_seconds and --overlap are fixed when a model is exported "
       "(python -m waveunet_jax.export)")
+
+
+def test_the_averaging_flags_reach_either_engine(tmp_path, monkeypatch):
+  import soundfile as sf
+
+  # A workdir's model: the flags go to its Separator.
+  seen = {}
+  monkeypatch.setattr(jax_engine, "separator_from_workdir",
+                      lambda workdir, checkpoint, **kwargs: seen.update(kwargs))
+  args = dict(workdir="RUN", model=None, checkpoint="best", residual_source="default",
+              window_seconds=None, overlap=0.0, batch_size=None, shifts=2, flip=True, seed=5)
+  separate.load_separator(argparse.Namespace(**args))
+  assert (seen["shifts"], seen["flip"], seen["seed"]) == (2, True, 5)
+  # An export, through the command line: the stems are the API's averaged ones.
+  path = export.export(tiny_separator(window_seconds=SHORT).engine, "stablehlo",
+                       tmp_path / "m.stablehlo")
+  sf.write(tmp_path / "a.wav", tones(0.2, 44100) + noise(8820, peak=0.2), 44100,
+           subtype="FLOAT")
+  result = subprocess.run(
+      [sys.executable, "-m", "waveunet_jax.separate", f"--model={path}", "--shifts=2", "--flip",
+       "--seed=5", "--format=float", str(tmp_path / "a.wav"), f"--output_dir={tmp_path}/out"],
+      cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr
+  mix = sf.read(tmp_path / "a.wav", dtype="float32")[0]
+  want = separate.Separator(model_formats.load(path), shifts=2, flip=True, seed=5).separate(mix, 44100)
+  plain = separate.Separator(model_formats.load(path)).separate(mix, 44100)
+  for name, stem in want.items():
+    got = sf.read(tmp_path / "out" / "a" / f"{name}.wav", dtype="float32")[0]
+    np.testing.assert_allclose(got, stem, rtol=0, atol=1e-6)
+    assert np.abs(got - plain[name]).max() > 1e-3
 
 
 @pytest.mark.parametrize("fmt, option, weights", [("onnx", "int8", "int8"),

@@ -68,15 +68,15 @@ def run(command: list[str], watch: pathlib.Path, kill_after: float | None = None
   return 0, time.monotonic() - (started or time.monotonic())
 
 
-def kill_and_rerun(command, output: pathlib.Path, reference: dict[str, bytes], work: float,
-                   name: str, compare=None) -> None:
+def kill_at_seeded_moments(command, output: pathlib.Path, work: float, name: str,
+                           watch: pathlib.Path | None = None) -> None:
   """Kills `command` KILLS times in a row at seeded moments (each run resuming what the
-  killed one left), then runs it to the end: its outputs must equal `reference` and
-  hold no temporary."""
+  killed one left), timed from the first file under `watch` (default `output`)."""
+  watch = watch or output
   rng = random.Random(f"{SEED}-{name}")
   for kill in range(KILLS):
     fraction = rng.uniform(0.05, 0.6)
-    code, _ = run(command, output, kill_after=fraction * work)
+    code, _ = run(command, watch, kill_after=fraction * work)
     # The first run must be killed; a resumed one may have too little left to do. `work`
     # was timed on a machine whose load changes (other tests run beside this one): where
     # the run beat its kill, start again from nothing with a kill three times as early.
@@ -85,8 +85,17 @@ def kill_and_rerun(command, output: pathlib.Path, reference: dict[str, bytes], w
         break
       shutil.rmtree(output)
       fraction /= 3
-      code, _ = run(command, output, kill_after=fraction * work)
-    assert code == -9 or kill > 0, "the command ended before the kill; give it more work"
+      code, _ = run(command, watch, kill_after=fraction * work)
+    assert code == -9 or kill > 0, (
+        f"could not kill {name} while it worked: it ended before a kill at "
+        f"{fraction * work:.3f} s, four times; give it more work")
+
+
+def kill_and_rerun(command, output: pathlib.Path, reference: dict[str, bytes], work: float,
+                   name: str, compare=None) -> None:
+  """Kills `command` at seeded moments (`kill_at_seeded_moments`), then runs it to the
+  end: its outputs must equal `reference` and hold no temporary."""
+  kill_at_seeded_moments(command, output, work, name)
   assert run(command, output)[0] == 0
   assert not temporaries(output), temporaries(output)
   got = tree(output)
@@ -98,19 +107,46 @@ def kill_and_rerun(command, output: pathlib.Path, reference: dict[str, bytes], w
       assert got[path] == reference[path], path
 
 
+# The separate or evaluate program on a tiny model. With PAUSE_MARKER=<path> in its
+# environment the second song it separates stops after its first block is written (its
+# temporaries on disk): the program touches <path> and waits for a signal, so that a
+# test can stop it mid-song on a machine of any speed.
 CLI_MODEL = """
-import sys
+import os, pathlib, sys, time
 sys.path.insert(0, "tests")
-import conftest
+from helpers import tiny_model_config  # on the CPU: the environment conftest.py set is inherited
 import jax, numpy as np
-from waveunet_jax import evaluate, jax_engine, models, separate
+from waveunet_jax import evaluate, models, separate
+from waveunet_jax.separation import jax_engine
+
+def paused_on_the_second_song(separate_blocks, marker):
+  songs = []
+
+  def blocks(*args, **kwargs):
+    songs.append(None)
+    stems = separate_blocks(*args, **kwargs)
+    if len(songs) != 2:
+      yield from stems
+      return
+    yield next(stems)  # written to the temporaries when the next block is asked for
+    pathlib.Path(marker).touch()
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # short sleeps: a signal may land in any thread
+      time.sleep(0.01)
+    sys.exit("paused mid-song, but no signal came in 120 s")
+
+  return blocks
 
 def from_workdir(workdir, checkpoint="best", **kwargs):
-  model = models.WaveUNet(**conftest.tiny_model_config())
+  model = models.WaveUNet(**tiny_model_config())
   mix = np.zeros((1, models.lengths(model, 1).input_length, 2), np.float32)
   kwargs["window_seconds"] = 0.05  # many windows: the kills land while it works
-  return jax_engine.separator_from_model(model, jax.jit(model.init)(jax.random.key(0), mix), 8000,
-                                     **kwargs)
+  separator = jax_engine.separator_from_model(
+      model, jax.jit(model.init)(jax.random.key(0), mix), 8000, **kwargs)
+  if "PAUSE_MARKER" in os.environ:
+    separator.separate_blocks = paused_on_the_second_song(separator.separate_blocks,
+                                                          os.environ["PAUSE_MARKER"])
+  return separator
 
 jax_engine.separator_from_workdir = from_workdir
 (separate if sys.argv.pop(1) == "separate" else evaluate).cli()
@@ -190,8 +226,8 @@ def test_prepare_survives_kill_9(tmp_path):
 def test_training_survives_kill_9(tmp_path, tiny_data_dir):
   import chex
 
-  from conftest import (TINY_OUTPUT, TINY_RATE, tiny_data_config, tiny_schedule,
-                        write_config_file)
+  from helpers import (TINY_OUTPUT, TINY_RATE, tiny_data_config, tiny_schedule,
+                       write_config_file)
   from waveunet_jax import workdir as workdir_lib
 
   config = tiny_schedule(tiny_data_config(TINY_RATE, TINY_OUTPUT, tiny_data_dir), 40, 5,
@@ -201,12 +237,8 @@ def test_training_survives_kill_9(tmp_path, tiny_data_dir):
   command = lambda workdir: [sys.executable, "-m", "waveunet_jax.main",
                              f"--config={config_file}", f"--workdir={workdir}"]
   _, work = run(command(tmp_path / "reference"), tmp_path / "reference" / "checkpoints")
-  rng = random.Random(f"{SEED}-main")
   workdir = tmp_path / "run"
-  for kill in range(KILLS):
-    code, _ = run(command(workdir), workdir / "checkpoints",
-                  kill_after=rng.uniform(0.05, 0.6) * work)
-    assert code == -9 or kill > 0, "training ended before the kill; give it more steps"
+  kill_at_seeded_moments(command(workdir), workdir, work, "main", watch=workdir / "checkpoints")
   assert run(command(workdir), workdir / "checkpoints")[0] == 0
   reference = workdir_lib.load_for_inference(tmp_path / "reference", "latest")
   resumed = workdir_lib.load_for_inference(workdir, "latest")
@@ -220,27 +252,35 @@ def test_training_survives_kill_9(tmp_path, tiny_data_dir):
 def test_separate_stopped_mid_song_says_so_in_one_line_and_leaves_nothing(tmp_path, clip,
                                                                          signum):
   """Ctrl-C (or SIGTERM) while the second song is being separated: the first song's
-  stems stay, the second leaves nothing (no temporary, spool or empty folder)."""
+  stems stay, the second leaves nothing (no temporary, spool or empty folder). The
+  program pauses after the second song's first block (CLI_MODEL's PAUSE_MARKER), so the
+  signal lands mid-song however fast the machine is."""
   songs = tmp_path / "songs"
   songs.mkdir()
   rng = np.random.default_rng(0)
-  for i, seconds in enumerate((5, 120)):  # the second lasts long enough to be stopped in
+  for i, seconds in enumerate((5, 20)):  # the second of several blocks
     sf.write(songs / f"song{i}.wav", rng.uniform(-0.5, 0.5, (seconds * 44100, 2)), 44100,
              subtype="PCM_16")
-  out = tmp_path / "out"
+  out, paused = tmp_path / "out", tmp_path / "paused"
   process = subprocess.Popen(
       [sys.executable, "-c", CLI_MODEL, "separate", "--workdir=RUN", str(songs),
        f"--output_dir={out}", f"--clip={clip}"], cwd=ROOT, stdout=subprocess.DEVNULL,
-      stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT)},
-      start_new_session=True)
+      stderr=subprocess.PIPE, start_new_session=True,
+      env={**os.environ, "PYTHONPATH": str(ROOT), "PAUSE_MARKER": str(paused)})
   deadline = time.monotonic() + 120
   try:
-    # Mid-song: the second song's temporaries (a spool or .part file) are there.
-    while not (out / "song1").is_dir() or not any((out / "song1").iterdir()):
-      assert process.poll() is None, process.stderr.read().decode()
-      assert time.monotonic() < deadline, "the second song never started"
+    while not paused.exists():
+      if process.poll() is not None:
+        pytest.fail("could not stop the program mid-song: it ended (exit "
+                    f"{process.returncode}) before pausing in the second song; its stderr "
+                    f"ends: {process.stderr.read().decode(errors='replace')[-3000:]}")
+      if time.monotonic() > deadline:
+        pytest.fail("could not stop the program mid-song: it did not pause in the second "
+                    "song within 120 s")
       time.sleep(0.01)
-    time.sleep(0.2)
+    if not temporaries(out / "song1"):
+      pytest.fail("could not stop the program mid-song: paused in the second song, but "
+                  f"{out / 'song1'} holds none of its temporaries")
     process.send_signal(signum)
     _, stderr = process.communicate(timeout=60)
   finally:

@@ -14,8 +14,8 @@ import chex
 import jax
 import pytest
 
-from conftest import (TINY_OUTPUT, TINY_RATE, tiny_data_config, tiny_schedule,
-                      write_config_file)
+from helpers import (TINY_OUTPUT, TINY_RATE, tiny_data_config, tiny_schedule,
+                     write_config_file)
 from waveunet_jax import signals, train
 from waveunet_jax import workdir as workdir_lib
 from waveunet_jax.data import builder as builder_lib
@@ -264,17 +264,20 @@ def test_a_signal_stops_training_with_a_checkpoint_and_the_run_resumes_exactly(
   command = [sys.executable, "-m", "waveunet_jax.main", f"--config={config_file}",
              "--workdir", str(workdir)]
   process = subprocess.Popen(command, cwd=ROOT, stderr=subprocess.PIPE, text=True)
-  lines = []
+  lines, sent = [], False
   try:
     for line in process.stderr:  # absl logs to stderr
       lines.append(line)
-      if "step 3 (stage 0)" in line:
+      if "step 3 (stage 0)" in line:  # mid-run: only a signal ends this one
         process.send_signal(signum)
+        sent = True
         break
     lines += process.stderr.readlines()
     process.wait(timeout=120)
   finally:
     process.kill()
+  assert sent, ("could not stop training mid-run: it ended before it logged step 3; its "
+                "stderr ends: " + "".join(lines[-30:]))
   name = signal.Signals(signum).name
   assert process.returncode == 128 + signum, "".join(lines[-30:])
   assert "Traceback" not in "".join(lines) and "Logging error" not in "".join(lines)

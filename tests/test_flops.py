@@ -6,8 +6,8 @@ import itertools
 import numpy as np
 import pytest
 
-from conftest import tiny_data_config
 from experiments import shallow
+from helpers import tiny_data_config
 from waveunet_jax import flops, models
 
 # XLA counts the elementwise work too (BatchNorm, activations, interpolation, loss,

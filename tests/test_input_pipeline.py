@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import TINY_OUTPUT, TINY_RATE, tiny_data_config
+from helpers import TINY_OUTPUT, TINY_RATE, tiny_data_config
 from waveunet_jax.data import builder as builder_lib
 from waveunet_jax.data import tfdata
 from waveunet_jax.data import records

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from conftest import install_failed
+from helpers import install_failed
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 # What a pip install needs of the checkout (not the tests, notebooks or a .venv).

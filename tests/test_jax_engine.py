@@ -4,7 +4,8 @@ import jax
 import numpy as np
 import pytest
 
-from test_separator import RATE, SHORT, model_and_variables, noise
+from helpers import SEPARATOR_RATE as RATE
+from helpers import SHORT, model_and_variables, noise
 from waveunet_jax import models, separate
 from waveunet_jax.separation import jax_engine
 

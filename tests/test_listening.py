@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from conftest import TINY_OUTPUT, TINY_RATE, tiny_data_config, tiny_schedule
+from helpers import TINY_OUTPUT, TINY_RATE, tiny_data_config, tiny_schedule
 from waveunet_jax import listening, train
 
 

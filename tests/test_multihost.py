@@ -23,8 +23,8 @@ import time
 import chex
 import pytest
 
-from conftest import (TINY_OUTPUT, TINY_RATE, tiny_data_config, tiny_schedule,
-                      write_config_file)
+from helpers import (TINY_OUTPUT, TINY_RATE, tiny_data_config, tiny_schedule,
+                     write_config_file)
 from waveunet_jax import distributed
 from waveunet_jax import workdir as workdir_lib
 from waveunet_jax.data import tfdata

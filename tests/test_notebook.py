@@ -2,7 +2,7 @@
 
 The environment is Colab's situation: another TensorFlow (2.19, the `tensorflow`
 distribution), matplotlib and a Jupyter kernel are installed first
-(conftest.COLAB_PACKAGES, built while the other tests run); the notebook's own first
+(helpers.COLAB_PACKAGES, built while the other tests run); the notebook's own first
 cells then install this project from the clone, train the smoke config, separate,
 plot and evaluate. QUICK = True keeps training to 20 steps on 8 s songs.
 """
@@ -13,7 +13,7 @@ import pathlib
 import subprocess
 import textwrap
 
-import conftest
+import helpers
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 NOTEBOOK = ROOT / "notebooks" / "quickstart.ipynb"
@@ -48,7 +48,7 @@ def tensorflow_distributions(python: str) -> dict[str, str]:
 
 
 def test_quickstart_runs_where_another_tensorflow_was_installed_first(tmp_path):
-  python = conftest.COLAB_ENVIRONMENT.python()
+  python = helpers.COLAB_ENVIRONMENT.python()
   before = tensorflow_distributions(python)
   assert list(before) == ["tensorflow"] and before["tensorflow"].startswith("2.19."), before
 

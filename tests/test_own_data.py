@@ -11,7 +11,7 @@ import pytest
 import soundfile
 import tensorflow as tf
 
-from conftest import TINY_OUTPUT, TINY_RATE, tiny_data_config, tiny_schedule
+from helpers import TINY_OUTPUT, TINY_RATE, tiny_data_config, tiny_schedule
 from waveunet_jax import models, optim, train
 from waveunet_jax import workdir as workdir_lib
 from waveunet_jax.data import builder as builder_lib

@@ -1,8 +1,8 @@
 """Separating files (`separate.py`): outputs, names, failures, and the command line.
-`test_separator` covers the Separator itself, whose tiny models and songs these reuse.
+`test_separator` covers the Separator itself, whose tiny models and songs (helpers.py)
+these reuse.
 """
 
-import argparse
 import errno
 import logging
 import os
@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from test_separator import RATE, SHORT, noise, pass_through, round_trip, separator, tones
+from helpers import SEPARATOR_RATE as RATE
+from helpers import SHORT, FullDisk, noise, pass_through, round_trip, separator, tones
 from waveunet_jax import audio, files, separate
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -283,7 +284,6 @@ def full_disk(monkeypatch):
   import shutil
 
   import av
-  from test_audio import FullDisk
 
   real_av_open, real_disk_usage = av.open, shutil.disk_usage
 
@@ -328,13 +328,13 @@ def test_a_full_disk_fails_the_song_in_one_line_and_leaves_nothing(tmp_path, cap
 FULL_DISK = """
 import sys
 sys.path.insert(0, "tests")
-import test_separate
+from helpers import pass_through
 from waveunet_jax import audio, separate
 mount, song = sys.argv[1:]
 for fmt in audio.AUDIO_FORMATS:
   for clip in ("clamp", "rescale"):
     try:
-      separate.separate_files(test_separate.pass_through(window_seconds=0.05), [song],
+      separate.separate_files(pass_through(window_seconds=0.05), [song],
                               f"{mount}/{fmt}-{clip}", fmt=fmt, clip=clip)
     except separate.SeparationError as e:
       print(fmt, clip, e)
@@ -527,14 +527,15 @@ def test_a_long_file_streams_from_disk_to_disk(tmp_path):
 CLI = """
 import sys
 sys.path.insert(0, "tests")
-import conftest  # CPU only, like the tests
-from waveunet_jax import jax_engine, models, separate
+from helpers import tiny_model_config  # on the CPU: the environment conftest.py set is inherited
+from waveunet_jax import models, separate
+from waveunet_jax.separation import jax_engine
 import jax, numpy as np
 
 def from_workdir(workdir, checkpoint="best", **kwargs):
   assert checkpoint == "7", checkpoint
   sources = ("bass", "drums", "other", "vocals") if workdir == "FOUR" else None
-  model = models.WaveUNet(**conftest.tiny_model_config(**({"sources": sources} if sources else {})))
+  model = models.WaveUNet(**tiny_model_config(**({"sources": sources} if sources else {})))
   variables = jax.jit(model.init)(jax.random.key(0), np.zeros((1, 161, 2), np.float32))
   return jax_engine.separator_from_model(model, variables, 8000, **kwargs)
 
@@ -639,35 +640,3 @@ def test_cli_refuses_absurd_sample_rates_in_bounded_memory(tmp_path):
             "the 1000 to 768000 Hz of audio (a damaged header?); rewrite the file at its "
             "true rate") in result.stderr
   assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["fine"]
-
-
-def test_the_averaging_flags_reach_either_engine(tmp_path, monkeypatch):
-  from waveunet_jax import export
-  from waveunet_jax.separation import model_formats
-  from waveunet_jax.separation import jax_engine
-
-  # A workdir's model: the flags go to its Separator.
-  seen = {}
-  monkeypatch.setattr(jax_engine, "separator_from_workdir",
-                      lambda workdir, checkpoint, **kwargs: seen.update(kwargs))
-  args = dict(workdir="RUN", model=None, checkpoint="best", residual_source="default",
-              window_seconds=None, overlap=0.0, batch_size=None, shifts=2, flip=True, seed=5)
-  separate.load_separator(argparse.Namespace(**args))
-  assert (seen["shifts"], seen["flip"], seen["seed"]) == (2, True, 5)
-  # An export, through the command line: the stems are the API's averaged ones.
-  path = export.export(separator(window_seconds=SHORT).engine, "stablehlo",
-                       tmp_path / "m.stablehlo")
-  sf.write(tmp_path / "a.wav", tones(0.2, 44100) + noise(8820, peak=0.2), 44100,
-           subtype="FLOAT")
-  result = subprocess.run(
-      [sys.executable, "-m", "waveunet_jax.separate", f"--model={path}", "--shifts=2", "--flip",
-       "--seed=5", "--format=float", str(tmp_path / "a.wav"), f"--output_dir={tmp_path}/out"],
-      cwd=ROOT, capture_output=True, text=True, timeout=300)
-  assert result.returncode == 0, result.stderr
-  mix = sf.read(tmp_path / "a.wav", dtype="float32")[0]
-  want = separate.Separator(model_formats.load(path), shifts=2, flip=True, seed=5).separate(mix, 44100)
-  plain = separate.Separator(model_formats.load(path)).separate(mix, 44100)
-  for name, stem in want.items():
-    got = sf.read(tmp_path / "out" / "a" / f"{name}.wav", dtype="float32")[0]
-    np.testing.assert_allclose(got, stem, rtol=0, atol=1e-6)
-    assert np.abs(got - plain[name]).max() > 1e-3

@@ -2,8 +2,8 @@
 layouts, on the JAX engine (`separator.py`; `test_separate` covers the files and the
 command line, `test_engine` the JAX engine's own choices).
 
-Tiny models at a model rate of 8 kHz; separators are cached so that each window shape
-compiles once for the whole file.
+Tiny models at a model rate of 8 kHz, from helpers.py (test_separate and test_jax_engine
+use them too); separators are cached so that each window shape compiles once per process.
 """
 
 import functools
@@ -12,64 +12,12 @@ import jax
 import numpy as np
 import pytest
 import soundfile as sf
-import soxr
 
-from conftest import tiny_model_config
+from helpers import SEPARATOR_RATE as RATE
+from helpers import SHORT, noise, pass_through, round_trip, separator, tiny_model_config, tones
 from waveunet_jax import models, separate
 from waveunet_jax.separation import jax_engine
 from waveunet_jax.separation import separator as separator_lib
-
-RATE = 8000  # the tiny models' sample rate
-SHORT = 50 / RATE  # window_seconds of a few dozen samples: many windows per song
-
-
-@functools.cache
-def random_model(padding="valid", output="difference", channels=2):
-  model = models.WaveUNet(**tiny_model_config(padding=padding, output=output,
-                                              num_channels=channels))
-  mix = np.zeros((1, models.lengths(model, 1).input_length, channels), np.float32)
-  return model, jax.jit(model.init)(jax.random.key(0), mix)  # jitted: 4x faster on CPU
-
-
-def model_and_variables(padding="valid", output="difference", channels=2, bias=None):
-  """A tiny model with random variables; with `bias`, a pass-through one: the output
-  conv's kernel is zero, so every estimated source is tanh(bias) (0 for bias 0) and
-  a difference model's last source is the mix minus those."""
-  model, variables = random_model(padding, output, channels)
-  if bias is not None:
-    params = dict(variables["params"])
-    params["output"] = {"kernel": np.zeros_like(params["output"]["kernel"]),
-                        "bias": np.full_like(params["output"]["bias"], bias)}
-    variables = {**variables, "params": params}
-  return model, variables
-
-
-@functools.cache
-def separator(padding="valid", output="difference", channels=2, bias=None, **kwargs):
-  model, variables = model_and_variables(padding, output, channels, bias)
-  return jax_engine.separator_from_model(model, variables, RATE, **kwargs)
-
-
-def pass_through(padding="valid", **kwargs):
-  return separator(padding, bias=0.0, **kwargs)
-
-
-def noise(length, channels=2, peak=0.9, seed=0):
-  return np.random.default_rng(seed).uniform(-peak, peak, (length, channels)).astype(np.float32)
-
-
-def tones(seconds, rate, channels=2, peak=0.5):
-  """Low sines (well inside every rate's band) under a Hann window: no broadband edges."""
-  t = np.arange(round(seconds * rate)) / rate
-  x = np.stack([np.sin(2 * np.pi * f * t) for f in (220, 330)[:channels]], axis=1)
-  return (peak * x * np.hanning(len(t))[:, None]).astype(np.float32)
-
-
-def round_trip(x, rate):
-  """What band-limited resampling to the model's rate and back leaves of `x`."""
-  y = soxr.resample(soxr.resample(x, rate, RATE, quality="HQ"), RATE, rate, quality="HQ")
-  return np.pad(y, ((0, max(0, len(x) - len(y))), (0, 0)))[:len(x)]
-
 
 # --------------------------------------------------------------------------- #
 # Windows.

@@ -1,6 +1,6 @@
 """Source names and how they combine (`stems.py`), without a model or a file: the
 rule that separation's stem layouts, prepared datasets and evaluation references share
-(`test_separator`, `test_data` and `test_evaluate` check it through them)."""
+(`test_separator`, `test_prepare` and `test_evaluate` check it through them)."""
 
 import numpy as np
 import pytest

@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import tpu_compile  # noqa: E402
 
-from conftest import install_failed, tiny_data_config, write_config_file  # noqa: E402
+from helpers import install_failed, tiny_data_config, write_config_file  # noqa: E402
 
 
 def libtpu_requirement() -> str:

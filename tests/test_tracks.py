@@ -1,5 +1,5 @@
 """Reading tracks and choosing the validation split (`tracks`), without building a
-dataset: `test_data` covers them through `prepare`."""
+dataset: `test_prepare` covers them through `prepare`."""
 
 import logging
 import pathlib

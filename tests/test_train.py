@@ -15,8 +15,8 @@ import optax
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from conftest import TINY_OUTPUT, TINY_RATE, tiny_data_config, tiny_schedule
 from experiments import deep
+from helpers import TINY_OUTPUT, TINY_RATE, tiny_data_config, tiny_schedule
 from waveunet_jax import models, optim, parallel, train
 from waveunet_jax import workdir as workdir_lib
 from waveunet_jax import steps as train_steps
@@ -511,7 +511,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(data_dir, tmp_
     bad = jnp.where(state.step > 12, jnp.nan, 0.0)
     return state, {**metrics, "loss": metrics["loss"] + bad}
 
-  monkeypatch.setattr(train, "train_step", poisoned)
+  monkeypatch.setattr(train_steps, "train_step", poisoned)
   with pytest.raises(train.TrainingError, match="loss is nan at step 15.*step 10"):
     train.train_and_evaluate(config, tmp_path)
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["10"]

@@ -1,19 +1,11 @@
 """Audio files in and out: the package's one reader and one writer.
 
-* Reading: `open_audio` streams any file as float32 blocks [n, channels]: wav, flac,
-  ogg and aiff through soundfile, anything else (mp3, m4a, ...) decoded by PyAV;
-  `read_audio` reads a whole file; `read_stem_file` decodes a MUSDB18 `.stem.mp4`
-  (PyAV too).
-* Writing: `AudioWriter` streams blocks into any `AUDIO_FORMATS` entry (soundfile for wav,
-  flac and ogg, a PyAV encoder for mp3 and m4a); `write_audio` writes a whole array,
-  `write_stem_file` a `.stem.mp4`. Each is written complete or not at all, under a
-  temporary name that `files.atomic_path` renames into place.
-
-PyAV (the `av` package) brings the FFmpeg libraries inside its wheel and runs them in
-this process: no ffmpeg program is needed, and every machine takes the same path.
-
-Errors are `AudioError`s whose message names the file; an output that may not be
-written where asked (a folder there, the current folder) is `files.WriteError`'s.
+Reading: `open_audio` streams any file as float32 blocks [n, channels] (`read_audio`
+a whole file, `read_stem_file` a MUSDB18 `.stem.mp4`); writing: `AudioWriter` streams
+blocks into any `AUDIO_FORMATS` entry (`write_audio` a whole array, `write_stem_file`
+a `.stem.mp4`), complete or not at all. Errors are `AudioError`s whose message names
+the file; an output that may not be written where asked (a folder there, the current
+folder) is `files.WriteError`'s.
 """
 
 from __future__ import annotations
@@ -89,7 +81,9 @@ def bits_per_second(bitrate: str) -> int:
 
 def _import_av(what: str):
   """PyAV, or AudioError saying that `what` needs it (it is an install requirement, so
-  only a broken environment lacks it)."""
+  only a broken environment lacks it). PyAV (the `av` package) brings the FFmpeg
+  libraries inside its wheel and runs them in this process: no ffmpeg program is
+  needed, and every machine takes the same path."""
   try:
     import av
   except ImportError as e:
@@ -156,7 +150,7 @@ def read_audio(path: str | os.PathLike) -> tuple[np.ndarray, int]:
 
 
 def read_stem_file(path: str | os.PathLike, streams: int) -> tuple[np.ndarray, int]:
-  """A Native Instruments stem file (MUSDB18's `.stem.mp4`): float32
+  """A Native Instruments stem file (MUSDB18's `.stem.mp4`, decoded by PyAV): float32
   [streams, time, channels] of its first `streams` audio streams, cut to the shortest
   of them, and the sample rate. Raises AudioError unless it holds at least `streams`
   audio streams of one channel count."""
@@ -364,8 +358,9 @@ def _decode(av, container, streams: list, path: pathlib.Path) -> Iterator[tuple[
 
 class AudioWriter:
   """Streams float32 blocks [n, channels] into `path` in format `fmt` (a `AUDIO_FORMATS`
-  key), under a temporary name until `commit()`; `discard()` (or an exception in a
-  `with` block) removes it. Formats that cannot hold samples beyond [-1, 1] get them
+  key: soundfile for wav, flac and ogg, a PyAV encoder for mp3 and m4a), under a
+  temporary name (`files.atomic_path`) until `commit()` renames it into place;
+  `discard()` (or an exception in a `with` block) removes it. Formats that cannot hold samples beyond [-1, 1] get them
   clipped, never wrapped round. Any failure, a full disk included, is an AudioError
   (`files.WriteError` where the file may not go) that leaves nothing behind once
   discarded."""

@@ -1,21 +1,10 @@
 """How the command-line programs start, and what they print: this project's lines,
 progress bars, a last line.
 
-Every program's `cli()` is `run_program(main, _define_flags, ...)`: its flags are
-defined then (the shared ones by `shared_flags.define`), parsed by `parse_flags` (a bad
-flag is one line), `--help` shows the program's docstring and flags, the same as
-`python -m` and as a console script, and `setup()` runs before `main`.
-
-Unless `--verbosity=1` (absl's flag) or more, the console then shows only this
-project's log lines, written short ("12:03:04 step 100: ...", warnings marked),
-progress bars on a terminal, and the program's own output. Left out: the INFO and WARNING logs of TensorFlow, TFDS, Orbax
-and absl, JAX's INFO logs (its backend probing: "Unable to initialize backend 'tpu'"),
-and every log line that native code (TensorFlow, XLA, absl, gRPC) writes to the
-process's stderr, whenever it writes it: at import, at the first tf.data op ("E0000 ...
-util.cc:131] oneDNN supports DT_INT16 only on platforms with AVX-512"), from a thread
-(`hide_native_logs`). Python errors and tracebacks, native fatal lines ("F0000 ...")
-and anything else native code writes always show. With `--verbosity=1` everything is as
-the libraries print it, in absl's long format.
+Every program's `cli()` is `run_program(main, _define_flags, ...)` (how flags, `--help`
+and start-up go: its docstring); `setup` decides what the console shows (only this
+project's short log lines unless `--verbosity=1`), `hide_native_logs` filters what
+native code writes; `progress`, `done` and `missing_extra` are the programs' output.
 """
 
 from __future__ import annotations
@@ -83,7 +72,19 @@ def verbose() -> bool:
 
 def setup() -> None:
   """For command-line programs, before `main` (`run_program`) and before TensorFlow is
-  imported (its C++ log level is read once, at import)."""
+  imported (its C++ log level is read once, at import).
+
+  Unless `--verbosity=1` (absl's flag) or more, the console then shows only this
+  project's log lines, written short ("12:03:04 step 100: ...", warnings marked),
+  progress bars on a terminal, and the program's own output. Left out: the INFO and
+  WARNING logs of TensorFlow, TFDS, Orbax and absl, JAX's INFO logs (its backend
+  probing: "Unable to initialize backend 'tpu'"), and every log line that native code
+  (TensorFlow, XLA, absl, gRPC) writes to the process's stderr, whenever it writes it:
+  at import, at the first tf.data op ("E0000 ... util.cc:131] oneDNN supports DT_INT16
+  only on platforms with AVX-512"), from a thread (`hide_native_logs`). Python errors
+  and tracebacks, native fatal lines ("F0000 ...") and anything else native code writes
+  always show. With `--verbosity=1` everything is as the libraries print it, in absl's
+  long format."""
   if verbose():
     return
   # TensorFlow's and XLA's C++ logs: 2 keeps errors (3 would hide them too).
@@ -260,8 +261,10 @@ def needs(extra: str, what: str) -> Iterator[None]:
 def run_program(main: Callable[[list[str]], None], define_flags: Callable[[], None], *,
                 install: tuple[str, str] | None = None, usage_status: int = 1) -> None:
   """The program whose `main` this is (every program's `cli()`, for `python -m` and its
-  console script): defines its flags (`define_flags`), parses them with `parse_flags`
-  and runs `main` under absl's `app.run`.
+  console script): defines its flags (`define_flags`; the shared ones by
+  `shared_flags.define`), parses them with `parse_flags` (a bad flag is one line) and
+  runs `main` under absl's `app.run`, after `setup`. `--help` shows the program's
+  docstring and flags, the same as `python -m` and as a console script.
 
   install: (extra, what) where the program needs an install choice beyond the base
     one (`needs`), checked from the flags' definition on (`--help` included).

@@ -3,62 +3,10 @@
   python -m waveunet_jax.evaluate --workdir=runs/m4 --musdb_root=musdb18 --output_dir=eval/m4
   python -m waveunet_jax.evaluate --workdir=runs/m4 --musdb_root=musdb18hq --wav --split=valid \\
       --tracks=3 --output_dir=eval/m4-valid
-  python -m waveunet_jax.evaluate --workdir=runs/m4 --musdb_root=musdb18 --shifts=4 --flip \\
-      --output_dir=eval/m4-averaged
 
-Reads the tracks as `prepare` does, through `tracks` (`<track>.stem.mp4` files, or with
---wav the MUSDB18-HQ folders, or any folder of multitracks in that layout). The split
-`test` is DIR/test; `valid` the tracks `prepare` holds out for validation
-(`tracks.split_tracks`: --valid_tracks, else DIR/valid/, else musdb's validation
-tracks of MUSDB18, else about 10 % of DIR/train chosen by a hash of their names).
-
-A track needs the stems that the model's sources (or --stems) are made of, as `stems`
-says, not all four of MUSDB18: `vocals.wav` + `accompaniment.wav` (or
-`instrumental.wav`, or drums, bass, other, piano ... in any number) scores a
-vocals/accompaniment model; a track that lacks a source's stems fails with a line
-naming its folder, its stems and what is missing. For each track: the mix is the sum
-of every stem there (the references then add up to it exactly), the model separates
-it whole (`separator.Separator`, at the model's rate and back, the band above the
-model's Nyquist frequency in the residual source unless --residual_source=none; with
---stems, in that stem layout; with --shifts and --flip, averaged over test-time
-variants of the track as `separate` averages, and recorded beside the scores), and
-museval scores the model's sources against the original stems (each source the sum of
-its stems: 'accompaniment' = drums + bass + other, or the accompaniment stem) with
-BSSEval v4 over 1 s windows at the track's rate (44.1 kHz for MUSDB18).
-
-Mono stems (a folder's wavs; MUSDB18's are stereo) are scored as the model hears
-them: each is duplicated into the channels of the track's other stems, or in a track
-of mono stems only into the model's channels (stereo: both channels a copy of the
-mono stem; a mono model: kept mono). The mix, the estimates and the references then
-all have those channels, and one info line per track names the stems duplicated.
-Writes
-
-  OUT/<split>/<track>.json                   museval's per-track JSON (TrackStore)
-  OUT/mixture-baseline/<split>/<track>.json  the same for the unprocessed mixture
-  OUT/summary.json, OUT/summary.md           the aggregates below
-  OUT/report.html                            plots, the aggregates and audio in one file
-  OUT/excerpts/<split>/<track>/              what the report plays (see `report`)
-
-The mixture baseline estimates every source as the mix itself (the usual "mixture"
-baseline; BSSEval v4 is not scale invariant, so not mix / number of sources). It does
-not depend on the model: copy `OUT/mixture-baseline` into a new OUT to skip it.
-
-Sources are scored together as `museval.eval_mus_track` scores them: vocals and
-accompaniment as a pair, any other sources together (vocals among them, reported from
-the pair). museval leaves a frame undefined (NaN) for every source when any reference
-or estimate of the set is silent in it (vocals resting for a second), and stores an
-infinite score (an exact estimate) as NaN too. Aggregates skip those frames:
-
-* SiSEC 2018: the median over a track's frames, then the median over tracks;
-* pooled (the Wave-U-Net paper): median, MAD, mean and SD over all 1 s frames of all
-  tracks together;
-
-with the number of tracks and frames that counted. Resumable: a track whose JSON
-exists is not separated again, its scores are read back; every JSON is written to a
-temporary name and renamed.
-
-The report comes last: if it cannot be written, the scores and summary stay and the
-error says so (`ReportError`).
+`evaluate` does the work (what a track needs, what it writes, resuming); `tracks_of_split`
+chooses the tracks, `read_track` reads one, `score` and `aggregate` make the numbers, and
+`report` the HTML page. The flags and the output, for users: docs/evaluation.md.
 """
 
 from __future__ import annotations
@@ -120,8 +68,11 @@ class SeparatorLike(Protocol):
 def tracks_of_split(musdb_root: str | os.PathLike, split: str, wav: bool,
                     valid_tracks: Sequence[str] | None = None) -> list[tracks_lib.Track]:
   """The tracks of `split`, sorted by name: `test` (DIR/test), or `valid`: those that
-  `prepare` holds out for validation (`tracks.split_tracks` chooses them, from
-  `valid_tracks`, DIR/valid/ or DIR/train). Raises EvaluationError if there are none."""
+  `prepare` holds out for validation (`tracks.split_tracks` chooses them: `valid_tracks`,
+  else DIR/valid/, else musdb's validation tracks of MUSDB18, else about 10 % of
+  DIR/train chosen by a hash of their names). Read as `prepare` reads them, through
+  `tracks`: `<track>.stem.mp4` files, or with `wav` the MUSDB18-HQ folders or any folder
+  of multitracks in that layout. Raises EvaluationError if there are none."""
   root = pathlib.Path(musdb_root)
   if not root.is_dir():
     raise EvaluationError(f"--musdb_root={root}: no such directory")
@@ -162,8 +113,11 @@ def read_track(track: tracks_lib.Track, sources: Sequence[str], channels: int = 
                ) -> tuple[np.ndarray, dict[str, np.ndarray], int]:
   """(mix [T, C], {source: reference [T, C]}, rate) of a track: every stem read
   (`tracks.read_multitrack`), the mix their sum, the references as `references`
-  makes them. Mono stems are duplicated into the channels of the track's other stems,
-  or where all are mono into `channels` (the model's); an info line says so.
+  makes them. Mono stems (a folder's wavs; MUSDB18's are stereo) are scored as the
+  model hears them: duplicated into the channels of the track's other stems, or where
+  all are mono into `channels` (the model's: stereo, both channels a copy; a mono model,
+  kept mono). The mix, the estimates and the references then all have those channels;
+  an info line per track names the stems duplicated.
   Raises tracks.DataError naming the track folder, its stems and what is missing
   when `sources` cannot be made of them."""
   stems, rate = tracks_lib.read_multitrack(track, sources, needed_for, all_stems=True,
@@ -186,7 +140,9 @@ def read_track(track: tracks_lib.Track, sources: Sequence[str], channels: int = 
 
 def _groups(sources: Sequence[str]) -> list[tuple[list[str], list[str]]]:
   """(sources scored together, those reported from that set), as museval.eval_mus_track
-  forms them. A lone source is scored alone (museval would skip it; its SIR is NaN)."""
+  forms them: vocals and accompaniment as a pair, any other sources together (vocals
+  among them, reported from the pair). A lone source is scored alone (museval would skip
+  it; its SIR is NaN)."""
   if "vocals" in sources and "accompaniment" in sources:
     rest = [s for s in sources if s != "accompaniment"]
     groups = [(rest, [s for s in rest if s != "vocals"])] if len(rest) > 1 else []
@@ -229,9 +185,12 @@ def import_museval():
 def score(name: str, refs: Mapping[str, np.ndarray], estimates: Mapping[str, np.ndarray],
           rate: int) -> Any:
   """museval's scores (a `museval.TrackStore`) of `estimates` {source: [T, C]} against
-  `refs`: BSSEval v4, windows and hops of `WINDOW_SECONDS`. A set with a source that
-  is silent over the whole track, which museval refuses, is NaN in every frame (what
-  museval's frame-wise rule gives)."""
+  `refs`: BSSEval v4, windows and hops of `WINDOW_SECONDS`, the sources in the sets of
+  `_groups`. museval leaves a frame undefined (NaN) for every source when any reference
+  or estimate of the set is silent in it (vocals resting for a second), and stores an
+  infinite score (an exact estimate) as NaN too; `aggregate` skips those frames. A set
+  with a source that is silent over the whole track, which museval refuses, is NaN in
+  every frame (what museval's frame-wise rule gives)."""
   museval = import_museval()
 
   window = round(WINDOW_SECONDS * rate)
@@ -318,10 +277,10 @@ def aggregate(scores: Mapping[str, Mapping[str, Mapping[str, Sequence[float]]]],
               sources: Sequence[str]) -> dict[str, dict[str, dict[str, float | int | None]]]:
   """{track: {source: {metric: frame scores}}} -> {source: {metric: statistics}}.
 
-  Non-finite frames are skipped. `sisec_median`: the median over tracks of each
-  track's median over frames (`tracks`: those with a finite frame); `pooled_*`:
-  over the finite frames of all tracks together (`frames` of `frames_total`). A
-  statistic of no frames is None.
+  Non-finite frames are skipped. `sisec_median` (SiSEC 2018): the median over tracks of
+  each track's median over frames (`tracks`: those with a finite frame); `pooled_*`
+  (the Wave-U-Net paper: median, MAD, mean and SD): over the finite 1 s frames of all
+  tracks together (`frames` of `frames_total`). A statistic of no frames is None.
   """
   out = {}
   for source in sources:
@@ -384,9 +343,36 @@ def evaluate(separator: SeparatorLike, musdb_root: str | os.PathLike,
              max_tracks: int | None = None,
              stems: Sequence[str] | None = None, report: bool = True,
              split_read: Sequence[Any] | None = None) -> dict[str, Any]:
-  """Scores `separator` and the mixture baseline on a split (see the module docstring).
+  """Scores `separator` and the mixture baseline on a split.
   `split_read`: the split's tracks as `tracks_of_split` gave them, if the caller has
   them already (it logs the validation choice once).
+
+  A track needs the stems that the model's sources (or `stems`) are made of, as `stems`
+  says, not all four of MUSDB18: `vocals.wav` + `accompaniment.wav` (or
+  `instrumental.wav`, or drums, bass, other, piano ... in any number) scores a
+  vocals/accompaniment model; a track that lacks a source's stems fails with a line
+  naming its folder, its stems and what is missing. For each track: the mix is the sum
+  of every stem there (the references then add up to it exactly, `read_track`), the
+  separator separates it whole (at the model's rate and back, with its full band, stem
+  layout and test-time averaging, which its identity records beside the scores), and
+  museval scores its sources against the references (`score`) over 1 s windows at the
+  track's rate (44.1 kHz for MUSDB18).
+
+  The mixture baseline estimates every source as the mix itself (the usual "mixture"
+  baseline; BSSEval v4 is not scale invariant, so not mix / number of sources). It does
+  not depend on the model: copy `OUT/mixture-baseline` into a new OUT to skip it.
+  Writes, in OUT = `output_dir`:
+
+    OUT/<split>/<track>.json                   museval's per-track JSON (TrackStore)
+    OUT/mixture-baseline/<split>/<track>.json  the same for the unprocessed mixture
+    OUT/summary.json, OUT/summary.md           the aggregates (`aggregate`, `markdown`)
+    OUT/report.html                            plots, the aggregates and audio in one file
+    OUT/excerpts/<split>/<track>/              what the report plays (see `report`)
+
+  Resumable: a track whose JSON exists is not separated again, its scores are read back
+  (`check_same_model` first); every JSON is written to a temporary name and renamed. The
+  report comes last: if it cannot be written, the scores and summary stay and the error
+  says so (`ReportError`).
 
   Args:
     separator: a `separator.Separator`, or anything with its `sources` and `separate`.

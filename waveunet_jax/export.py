@@ -5,20 +5,9 @@
       --float16 --output=m4.tflite
   waveunet-separate --model=m4.onnx song.wav --output_dir=separated
 
-Formats (`model_formats.MODEL_FORMATS`, which also says how each is written and loaded):
-
-* `stablehlo`: `jax.export`'s serialised module (runs with `jax.export.deserialize`);
-* `saved_model`: a TensorFlow SavedModel folder (`jax2tf`), serving signature
-  `mix [batch, input_length, channels] -> sources [batch, sources, output_length, channels]`;
-* `tflite`: LiteRT's flatbuffer of that SavedModel (float32, or float16 weights);
-* `onnx`: an ONNX model (`jax2onnx`), `model_formats.OPSET` (optionally with int8 weights,
-  ONNX Runtime's dynamic quantisation).
-
-Each exports the network's forward pass on the separator's window: the time length is
-fixed (the window `separate` uses, `--window_seconds`), the batch dimension symbolic
-where the format allows it, else `--batch_size`. The metadata goes beside the model
-(`model.onnx.json`; `waveunet_jax.json` inside a SavedModel folder): see `metadata`.
-Both are written under temporary names and renamed when complete.
+The formats (stablehlo, saved_model, tflite, onnx) and how each is written and loaded:
+`model_formats.MODEL_FORMATS`. `export` writes one, `metadata` is what goes beside it.
+For users: docs/export.md.
 """
 
 from __future__ import annotations
@@ -48,7 +37,9 @@ def metadata(engine, fmt: str, config=None, batch_size: int | None = None,
   minus the others), the input and output length of one window, the offset of the
   output's first sample in the input, the tiling the separator uses with them, the
   batch size (None: any), the residual source for full-band separation, the
-  project version, where the parameters came from, and the training config."""
+  project version, where the parameters came from, and the training config. It goes
+  beside the model (`model.onnx.json`; `waveunet_jax.json` inside a SavedModel folder:
+  `model_formats.metadata_path`)."""
   from waveunet_jax import models
 
   model = engine.model
@@ -114,7 +105,12 @@ def export(engine, fmt: str, output: str | os.PathLike, *, config=None,
   """Writes `engine`'s model (a `jax_engine.JaxEngine`) as `fmt` to `output`, and its
   metadata beside it (inside a SavedModel folder, before it is renamed into place).
   An existing export there is replaced only if `overwrite` (see `check_output`).
-  Returns the model's path."""
+  Returns the model's path.
+
+  Each format exports the network's forward pass on the separator's window: the time
+  length is fixed (the window `separate` uses, `--window_seconds`), the batch dimension
+  symbolic where the format allows it, else `batch_size`. The model and its metadata
+  are both written under temporary names and renamed when complete."""
   output = check_output(fmt, output, overwrite)
   options = {"float16": float16, "int8": int8}  # the `reduced` options of the formats
   for option, wanted in options.items():

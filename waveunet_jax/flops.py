@@ -4,32 +4,11 @@ Utilisation (achieved FLOP/s over a chip's peak) needs a count of the work that 
 depend on who counts. XLA's cost analysis does not give one: on a GPU it counts every
 cuDNN/cuBLAS custom call, i.e. every convolution, as -1 FLOP (jax-ml/jax#22249), so a
 GPU's `compiled.cost_analysis()` reports the non-convolution remainder, about 1/300 of
-the work. This module owns the count instead, two ways that a test holds together:
-
-* `forward` and `train_step`, analytic, from the layer shapes: every convolution of the
-  network (read from the traced forward pass, so every config and variant is covered)
-  costs 2 FLOP per multiply-add, 2 * C_in * C_out per (output sample, kernel tap) pair
-  whose tap falls on the signal, batch included: 2 K C_in C_out T_out less the taps on
-  same padding's zeros, which XLA does not count either (it matters only at the
-  deepest levels, a few samples long). Training is forward + backward, and each
-  conv's backward is its input gradient and its kernel gradient, each made of exactly
-  the forward's multiply-adds (the same (output, tap) pairs, transposed), so a
-  training step is 3x the forward's convolutions, less the input gradient of the
-  convs whose input does not depend on the parameters (the first conv, on the mix:
-  autodiff never computes it). Everything else (BatchNorm, LeakyReLU, interpolation,
-  pooling, the loss, the optimiser) is elementwise work of O(1) FLOP per activation or
-  parameter against the convs' O(K C); it is left out. XLA's CPU count of the train
-  step is 0.3 % (shallow.py) and 0.7 % (deep.py:M4) above this count, up to 4 % for
-  the narrow test configs (tests/test_flops.py).
-* `cpu_cost_analysis`: XLA's cost analysis of the real jitted train step
-  (`steps.jit_steps`, the function and shardings training runs) or forward pass,
-  compiled (never run) for the CPU backend explicitly, on a one-device CPU mesh, so it
-  is the true count on a machine whose default backend is a GPU too. It counts the
-  elementwise work as well; slow for the full configs (minutes of compiling), hence
-  not the figure the benchmarks divide by.
-
-Every utilisation figure of the project divides `train_step` or `forward` by the time
-and by a peak of `accelerators.py` (`utilisation`).
+the work. This module owns the count instead, two ways that tests/test_flops.py holds
+together: analytic from the layer shapes (`forward`, `train_step_flops`), and XLA's on
+the CPU backend (`cpu_cost_analysis`). Every utilisation figure of the project divides
+`train_step_flops` or `forward` by the time and by a peak of `accelerators`
+(`utilisation`).
 """
 
 from __future__ import annotations
@@ -133,14 +112,32 @@ def convs(model: models.WaveUNet, batch: int, input_length: int) -> list[Conv]:
 
 
 def forward(model: models.WaveUNet, batch: int, input_length: int) -> float:
-  """FLOPs of one forward pass (separation, or training's forward half)."""
+  """FLOPs of one forward pass (separation, or training's forward half).
+
+  Every convolution of the network (read from the traced forward pass by `convs`, so
+  every config and variant is covered) costs 2 FLOP per multiply-add, 2 * C_in * C_out
+  per (output sample, kernel tap) pair whose tap falls on the signal, batch included:
+  2 K C_in C_out T_out less the taps on same padding's zeros, which XLA does not count
+  either (it matters only at the deepest levels, a few samples long). Everything else
+  (BatchNorm, LeakyReLU, interpolation, pooling, the loss, the optimiser) is elementwise
+  work of O(1) FLOP per activation or parameter against the convs' O(K C); it is left
+  out."""
   return sum(c.flops for c in convs(model, batch, input_length))
 
 
 def train_step_flops(config: Any, batch_size: int) -> float:
   """FLOPs of one training step of `batch_size` examples at the config's training
   lengths: each conv's forward, kernel gradient and (where its input depends on the
-  parameters) input gradient, each the same multiply-adds."""
+  parameters) input gradient, each the same multiply-adds.
+
+  Training is forward + backward, and each conv's backward is its input gradient and
+  its kernel gradient, each made of exactly the forward's multiply-adds (the same
+  (output, tap) pairs, transposed), so a training step is 3x the forward's convolutions
+  (counted as `forward` counts them), less the input gradient of the convs whose input
+  does not depend on the parameters (the first conv, on the mix: autodiff never
+  computes it). XLA's CPU count of the train step (`cpu_cost_analysis`) is 0.3 %
+  (shallow.py) and 0.7 % (deep.py:M4) above this count, up to 4 % for the narrow test
+  configs (tests/test_flops.py)."""
   model = models.from_config(config)
   size = models.lengths(model, config.data.output_length)
   return sum(c.flops * (3 if c.input_grad else 2)
@@ -158,7 +155,12 @@ def per_example(config: Any) -> dict[str, float]:
 def cpu_cost_analysis(config: Any, batch_size: int, *, train: bool = True) -> float:
   """XLA's FLOP count of the jitted train step (`steps.jit_steps`) or of the forward
   pass at the config's training lengths, compiled for the CPU backend whatever the
-  default backend is (compile only: nothing runs)."""
+  default backend is (compile only: nothing runs).
+
+  The train step is the function and shardings training runs, on a one-device CPU mesh,
+  so this is the true count on a machine whose default backend is a GPU too. It counts
+  the elementwise work as well; slow for the full configs (minutes of compiling), hence
+  not the figure the benchmarks divide by."""
   from waveunet_jax import parallel
   from waveunet_jax import steps
 

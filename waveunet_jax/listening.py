@@ -1,20 +1,9 @@
 """What training shows in TensorBoard to listen to and look at, besides numbers.
 
-At each validation `Listening.write` logs a fixed excerpt of a validation song
-(about `LISTENING_SECONDS`): the network's estimate of each source as audio and as a
-spectrogram image, under `listen/estimate/<source>` and `spectrogram/estimate/<source>`.
-The mix and the true sources (`listen/mix`, `listen/target/<source>` and their
-spectrograms) never change, so they are logged once per run, at its first validation.
-One excerpt per validation bounds the size: for the paper's M4 (22.05 kHz stereo) each
-estimate is about 0.9 MB of 16-bit audio.
-
-The excerpt is the first validation tiles of the (first) prepared dataset
-(`batches.TrainingData.validation_excerpt`): consecutive tiles of one track are
-consecutive stretches of it (hop = output length), so the network's outputs on them
-are the song's.
-
-Spectrograms are computed here (numpy): the log magnitude of a short-time Fourier
-transform of the channels' mean, in dB below the loudest bin, coloured low to high.
+At each validation `Listening.write` logs a fixed excerpt of a validation song (about
+`LISTENING_SECONDS`): the network's estimate of each source as audio and as a
+spectrogram image (`spectrogram_image`); the mix and the true sources once per run.
+The excerpt comes from `batches.TrainingData.validation_excerpt`.
 """
 
 from __future__ import annotations
@@ -37,7 +26,8 @@ RAMP = np.array([[0, 0, 4], [40, 11, 84], [101, 21, 110], [159, 42, 99], [212, 7
 
 def spectrogram(audio: np.ndarray, fft_size: int = FFT_SIZE, hop: int = HOP) -> np.ndarray:
   """[T, C] or [T] float audio -> [fft_size // 2 + 1, frames] dB relative to the
-  loudest bin, clipped to -DYNAMIC_RANGE_DB (Hann window)."""
+  loudest bin, clipped to -DYNAMIC_RANGE_DB (Hann window): the log magnitude of a
+  short-time Fourier transform of the channels' mean, computed here in numpy."""
   mono = audio.mean(axis=1) if audio.ndim == 2 else audio
   mono = np.pad(mono.astype(np.float32), (fft_size // 2, fft_size // 2))
   frames = 1 + max(len(mono) - fft_size, 0) // hop
@@ -65,7 +55,17 @@ def excerpt_tiles(rate: int, output_length: int) -> int:
 class Listening:
   """The excerpt of one run and its logging. `batch`: the excerpt's first validation
   tiles ('mix', 'sources', 'weight', `excerpt_tiles` of them); `predict(variables,
-  mix_tiles)`: the network's jitted forward pass on [tiles, input_length, C]."""
+  mix_tiles)`: the network's jitted forward pass on [tiles, input_length, C].
+
+  The excerpt is the first validation tiles of the (first) prepared dataset
+  (`batches.TrainingData.validation_excerpt`): consecutive tiles of one track are
+  consecutive stretches of it (hop = output length), so the network's outputs on them
+  are the song's. Estimates go under `listen/estimate/<source>` and
+  `spectrogram/estimate/<source>`; the mix and the true sources (`listen/mix`,
+  `listen/target/<source>` and their spectrograms) never change, so they are logged
+  once per run, at its first validation. One excerpt per validation bounds the size:
+  for the paper's M4 (22.05 kHz stereo) each estimate is about 0.9 MB of 16-bit
+  audio."""
 
   def __init__(self, batch: dict[str, np.ndarray], sources: tuple[str, ...], rate: int,
                offset: int, output_length: int, predict: Callable[[Any, np.ndarray], Any]):

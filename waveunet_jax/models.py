@@ -1,18 +1,11 @@
 """Wave-U-Net networks (Flax linen) and the one owner of their length arithmetic.
 
-Both networks of the project come out of one module, `WaveUNet`, configured by
-`config.model` (see `experiments/default.py` for every field):
-
-* the paper's deep network (Stoller et al. 2018): 12 levels of conv(15) + decimation
-  by 2, linear or learned upsampling, conv(5) on the way up, valid ("context")
-  convolutions, difference output; and
-* the seed project's shallow network: 7 levels, conv(31) down / conv(15) up, max
-  pooling by 4, BatchNorm without conv biases, same padding.
-
-Audio is channels-last. `WaveUNet.__call__` maps `mix: [B, T_in, C]` to
-`sources: [B, S, T_out, C]`, ordered as `model.sources`. With valid padding
-`T_out < T_in` and the output is centred in the input; `lengths()` is the only place
-that knows which lengths work, and data, training and separation all ask it.
+Both networks of the project (the paper's deep one and the seed project's shallow one)
+come out of one module, `WaveUNet`, configured by `config.model` (`from_config`; see
+`experiments/default.py` for every field). Audio is channels-last: `mix: [B, T_in, C]`
+-> `sources: [B, S, T_out, C]`. `lengths()` is the only place that knows which lengths
+work, and data, training and separation all ask it; `receptive_field` and
+`context_reach` say how far an output sample hears.
 """
 
 from __future__ import annotations
@@ -404,7 +397,16 @@ class WaveUNet(nn.Module):
 
   The concatenation order is the paper's ([skip, upsampled], [mix, features]); the
   seed puts the upsampled features first, which only permutes the next conv's
-  input rows and so is the same network.
+  input rows and so is the same network. With valid padding `T_out < T_in` and the
+  output is centred in the input (`lengths`).
+
+  The project's two networks are two configs of this module:
+
+  * the paper's deep network (Stoller et al. 2018): 12 levels of conv(15) + decimation
+    by 2, linear or learned upsampling, conv(5) on the way up, valid ("context")
+    convolutions, difference output; and
+  * the seed project's shallow network: 7 levels, conv(31) down / conv(15) up, max
+    pooling by 4, BatchNorm without conv biases, same padding.
   """
 
   sources: Sequence[str]

@@ -2,18 +2,9 @@
 
 `evaluate` keeps a short excerpt of each track it separates (`save_excerpts`: the mix
 and each estimate, `EXCERPT_SECONDS` from the loudest part of the mix, encoded small)
-beside its scores, and at the end writes `report.html` (`write`) from what it computed:
-
-* per source, a box plot of the per-track SDR (each track's median over its 1 s frames,
-  as SiSEC 2018 aggregates them) of the model next to the mixture baseline's;
-* a table of both aggregates of `summary.json`;
-* per track, its SDR over time (museval's 1 s frames; undefined frames are gaps) of
-  each source, model and baseline, and audio players for its excerpts;
-* the separator's identity and the date.
-
-Plots are inline SVG drawn here and audio is inlined as data: URIs, so the file opens
-from disk with nothing else: no network, no other file, no script. This module draws;
-it computes no score or aggregate (evaluation owns those) and reads only the excerpts.
+beside its scores, and at the end writes `report.html` (`write`; what the page shows:
+`render`). This module draws; it computes no score or aggregate (evaluation owns those)
+and reads only the excerpts.
 """
 
 from __future__ import annotations
@@ -167,7 +158,17 @@ def write(path: str | os.PathLike, summary: Mapping[str, Any], tracks: Sequence[
 
 def render(summary: Mapping[str, Any], tracks: Sequence[TrackReport],
            statistics: Mapping[str, str], created: datetime.datetime | None = None) -> str:
-  """The report as one HTML page (see the module docstring)."""
+  """The report as one HTML page:
+
+  * per source, a box plot of the per-track SDR (each track's median over its 1 s
+    frames, as SiSEC 2018 aggregates them) of the model next to the mixture baseline's;
+  * a table of both aggregates of `summary.json`;
+  * per track, its SDR over time (museval's 1 s frames; undefined frames are gaps) of
+    each source, model and baseline, and audio players for its excerpts;
+  * the separator's identity and the date.
+
+  Plots are inline SVG drawn here and audio is inlined as data: URIs, so the file opens
+  from disk with nothing else: no network, no other file, no script."""
   created = created or datetime.datetime.now().astimezone()
   sources = list(summary["model"])
   colours = {s: COLOURS[i % len(COLOURS)] for i, s in enumerate(sources)}

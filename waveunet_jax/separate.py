@@ -1,26 +1,15 @@
 """Separating files: the command line, and the Python API for files and folders.
 
   python -m waveunet_jax.separate --workdir=runs/m4 song.mp3 album/ --output_dir=separated
-  python -m waveunet_jax.separate --workdir=runs/m4 --checkpoint=latest --format=mp3 \\
-      --stems=vocals,accompaniment --filename="{stem}/{track}.{ext}" album/ \\
-      --output_dir=separated
   python -m waveunet_jax.separate --model=m4.onnx song.wav --output_dir=separated
-  python -m waveunet_jax.separate --workdir=runs/m4 --shifts=4 --flip song.wav \\
-      --output_dir=separated
 
-writes `separated/<track>/<stem>.wav` (the `--filename` template) for every stem, at
-the input's sample rate, length and channel count; a folder input gives the same tree
-of folders out. The model is a training workdir's (on JAX) or an export's (`--model`,
-on its own runtime: see `export.py`); `--shifts` and `--flip` average its estimates over
-variants of the song (delayed, channels swapped, negated: `separator` says how) at a
-multiple of the time. The work is the `separator.Separator`'s; this module lists the
-inputs, reads them (`audio.open_audio`, the next file decoded while the network runs
-on the current one), names and writes the outputs (`audio.AudioWriter`: complete or
-absent) and shows one progress bar for the whole job. From Python:
-
-  separator = jax_engine.separator_from_workdir("runs/m4")   # waveunet_jax.jax_engine
-  stems = separator.separate(audio, rate)     # audio [T, C] or [T] -> {source: [T, C]}
-  separate_files(separator, ["album/"], "separated", fmt="flac")
+writes `separated/<track>/<stem>.wav` (the `--filename` template) for every stem, at the
+input's sample rate, length and channels; a folder input gives the same tree out. The
+model (a workdir's on JAX, or an export's on its runtime: `load_separator`) is behind a
+`separator.Separator`; this module lists the inputs (`list_jobs`), reads them ahead
+(`_Reader`) and writes the outputs (`separate_files`, also the Python API:
+`separate_files(jax_engine.separator_from_workdir("runs/m4"), ["album/"], "out")`).
+Stems, formats, test-time averaging: docs/separation.md.
 """
 
 from __future__ import annotations

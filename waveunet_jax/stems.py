@@ -2,33 +2,10 @@
 
 The one owner of how sources combine. A model separates into its own sources
 (`config.model.sources`); a stem layout (`--stems`, `Separator.separate(stems=...)`)
-asks for other names, each one of
-
-* a source the model separates;
-* `accompaniment`: the sum of every source but `vocals` (MUSDB18: drums + bass + other);
-* `no_<source>`: the sum of every source but that one (Demucs's `--two-stems` second
-  output, e.g. `no_drums`).
-
-Datasets (`prepare`) and references (`evaluate`) derive their sources from MUSDB18's
-four stems with the same rule.
-
-A multitrack of one's own may hold other stems than those four (`piano`, `guitar`,
-`strings`, ...) and may lack some. What a stem holds (`holds`):
-
-* one of the four: itself;
-* a stem named after a source derived from them holds that source's stems mixed in
-  one: `accompaniment` (or its other name `instrumental`, `ALIASES`) is drums + bass +
-  other, `no_vocals` (Demucs's) the same, `no_drums` vocals + bass + other;
-* any other stem: `other`, where MUSDB18 files every instrument that is not vocals,
-  drums or bass.
-
-A source is the sum of the stems that hold nothing but its own: `other` is `other`
-plus the extra stems, `accompaniment` every stem but `vocals` (a piano is
-accompaniment; so is `accompaniment.wav`), `drums` never `accompaniment.wav` (its
-drums cannot be taken apart from its bass). A source needs at least one such stem; a
-stem that no source needs may be missing; a stem that holds part of a source but
-also another's (`accompaniment.wav` for the sources drums, bass and other) can go to
-none of them (`split_across`).
+asks for other names, each a source or one derived from the model's (`parts`). Datasets
+(`builder`) and references (`evaluate`) derive their sources from MUSDB18's four stems
+with the same rule; a multitrack of one's own, with other stems than those four, is
+read by `holds` and `multitrack_parts`.
 """
 
 from __future__ import annotations
@@ -37,7 +14,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-# MUSDB18's four stems (the order of config.model.sources' default).
+# MUSDB18's four stems; this order fixes the order in which stems are summed.
 STEMS = ("vocals", "drums", "bass", "other")
 # The streams of a MUSDB18 `.stem.mp4`, in file order: the mix, then the stems.
 STEM_FILE_STREAMS = ("mixture", "drums", "bass", "other", "vocals")
@@ -50,8 +27,14 @@ ALIASES = {"instrumental": ACCOMPANIMENT}
 
 
 def parts(name: str, available: Sequence[str]) -> tuple[str, ...]:
-  """The sources of `available` whose sum is `name`. Raises ValueError for a name that
-  is neither available nor derivable from them."""
+  """The sources of `available` whose sum is `name`, one of
+
+  * a source of `available` (one the model separates);
+  * `accompaniment`: the sum of every source but `vocals` (MUSDB18: drums + bass + other);
+  * `no_<source>`: the sum of every source but that one (Demucs's `--two-stems` second
+    output, e.g. `no_drums`).
+
+  Raises ValueError for a name that is neither available nor derivable from them."""
   if name in available:
     return (name,)
   if name == ACCOMPANIMENT and "vocals" in available and len(available) > 1:
@@ -104,9 +87,17 @@ def combine(sources: Mapping[str, np.ndarray], names: Sequence[str]) -> dict[str
 
 
 def holds(stem: str) -> tuple[str, ...]:
-  """The stems of MUSDB18 that a multitrack's stem holds (see the module docstring):
-  itself; those of the derived source it is named after (`accompaniment`,
-  `instrumental`: drums, bass and other); else `other`."""
+  """The stems of MUSDB18 that a multitrack's stem holds. A multitrack of one's own may
+  hold other stems than those four (`piano`, `guitar`, `strings`, ...) and may lack some;
+  a stem holds
+
+  * one of the four: itself;
+  * a stem named after a source derived from them: that source's stems mixed in one:
+    `accompaniment` (or its other name `instrumental`, `ALIASES`) is drums + bass +
+    other, `no_vocals` (Demucs's) the same, `no_drums` vocals + bass + other;
+  * any other stem: `other`, where MUSDB18 files every instrument that is not vocals,
+    drums or bass.
+  """
   name = ALIASES.get(stem, stem)
   if name in STEMS:
     return (name,)
@@ -118,7 +109,14 @@ def holds(stem: str) -> tuple[str, ...]:
 def multitrack_parts(source: str, stems: Sequence[str]) -> tuple[str, ...]:
   """The stems of a multitrack (their names, `stems`, in the order given) whose sum is
   `source`, one of MUSDB18's stems or a source derived from them: those that hold
-  nothing but its stems (see the module docstring). Empty if there are none."""
+  (`holds`) nothing but its stems. Empty if there are none.
+
+  So `other` is `other` plus the extra stems, `accompaniment` every stem but `vocals` (a
+  piano is accompaniment; so is `accompaniment.wav`), `drums` never `accompaniment.wav`
+  (its drums cannot be taken apart from its bass). A source needs at least one such
+  stem; a stem that no source needs may be missing; a stem that holds part of a source
+  but also another's (`accompaniment.wav` for the sources drums, bass and other) can go
+  to none of them (`split_across`)."""
   wanted = set(parts(source, STEMS))
   return tuple(stem for stem in stems if set(holds(stem)) <= wanted)
 

@@ -66,8 +66,8 @@ class Trainer:
     # A loss that cannot be fails here.
     self.loss = steps.Loss.from_config(config, self.lengths.output_length) if loss is None \
         else loss
-    self.data = batches.TrainingData(config, parallel.data_parallel()) if data is None else data
-    self.layout = self.data.layout
+    self.layout = parallel.data_parallel() if data is None else data.layout
+    self._data = data  # the config's datasets, read when first needed (`data`)
     self.init = steps.create_state(config, self.model, optax.identity())
     optim.trainable_mask(config, self.init.params)  # a pattern that selects nothing fails here
     start = workdir.start(config) if start is None else start
@@ -81,6 +81,12 @@ class Trainer:
     self.writer = self.listening = None  # TensorBoard, on process 0; its audio, once needed
     if jax.process_index() == 0:
       self.writer = tf.summary.create_file_writer(str(workdir.tensorboard_dir))
+
+  @property
+  def data(self) -> batches.TrainingData:
+    if self._data is None:
+      self._data = batches.TrainingData(self.config, self.layout)
+    return self._data
 
   # -- state and steps ---------------------------------------------------------
 
@@ -212,8 +218,7 @@ class Trainer:
     self.compile_steps(tx)
     data = self.sampler(progress, state)
     if latest is not None:
-      data = self.data.resumed(data, progress, self.workdir.data_state_dir(latest), latest,
-                               steps.stage_settings(config, progress.stage)[0])
+      data = self.data.resumed(data, progress, self.workdir.data_state_dir(latest), latest)
 
     batch_size, learning_rate = steps.stage_settings(config, progress.stage)
     audio_per_step = batch_size * self.lengths.output_length / config.data.sample_rate

@@ -1,28 +1,11 @@
 """A training workdir (`Workdir`): its layout, config.json, checkpoints, resumption and
 where a run starts; and reading a trained model back for inference.
 
-A workdir holds one run:
-
-  WORKDIR/config.json      the config the run trains (written by process 0 when it starts),
-                           and where it started if from another run (`STARTED_FROM`)
-  WORKDIR/checkpoints/     Orbax checkpoints every config.checkpoint_every_steps
-  WORKDIR/best/            the checkpoint of the best validation loss
-  WORKDIR/data_state/      each device's input pipeline position, beside each checkpoint
-  WORKDIR/tensorboard/     metrics
-  WORKDIR/synthetic_*/     the built-in synthetic corpus, when the config names no data
-
-Each checkpoint holds two items: the train state (`state`, Orbax's standard pytree of
-its fields by name, those that are None left out: `_items`) and the schedule's progress
-(`progress`, JSON of `Progress`); `Workdir` writes them and every reader here reads them
-back, so the saved format has one owner.
-
-Re-running training in a workdir resumes its run, so the new config must describe the
-same run: `Workdir.start` refuses any difference except in `MAY_CHANGE_ON_RESUME`,
-before anything in the workdir is touched, and says where the run starts (its own
-checkpoints, or the run `config.init_from` names).
-
-Training (`train.py`) uses a `Workdir`; separation and evaluation read a workdir with
-`load_config` and `load_for_inference`.
+Training (`train`) uses a `Workdir` (its docstring shows the folders); separation and
+evaluation read a workdir with `load_config` and `load_for_inference`. What a re-run
+may change and still resume: `MAY_CHANGE_ON_RESUME`; what a checkpoint holds: `_items`
+and `Progress`, written by `Workdir.save` and read by every reader here, so the saved
+format has one owner. For users: docs/training.md and docs/faults.md.
 """
 
 from __future__ import annotations
@@ -191,7 +174,8 @@ def _handlers() -> dict[str, ocp.CheckpointHandler]:
 
 
 def _items(state: Any) -> Any:
-  """A state as its checkpoint holds it: a dataclass as a dict of its fields, less those
+  """A state as its checkpoint holds it (the item `state`, Orbax's standard pytree,
+  beside `progress`, JSON of `Progress`): a dataclass as a dict of its fields, less those
   that are None (an option that is off, such as steps.TrainState.ema_params), so that
   a run with the option off writes the checkpoints of runs from before the field
   existed, and reads theirs."""
@@ -359,10 +343,22 @@ class Start:
 class Workdir:
   """The workdir of one training run: every name in it, its config.json, its two
   Orbax checkpoint managers (`checkpoints/` and `best/`, opened by `open`), and the
-  data positions saved beside each checkpoint.
+  data positions saved beside each checkpoint. A workdir holds one run:
+
+    WORKDIR/config.json      the config the run trains (written by process 0 when it
+                             starts), and where it started if from another run
+                             (`STARTED_FROM`)
+    WORKDIR/checkpoints/     Orbax checkpoints every config.checkpoint_every_steps
+    WORKDIR/best/            the checkpoint of the best validation loss
+    WORKDIR/data_state/      each device's input pipeline position, beside each checkpoint
+    WORKDIR/tensorboard/     metrics
+    WORKDIR/synthetic_*/     the built-in synthetic corpus, when the config names no data
 
   `start(config)` is what training asks it at start-up, once, before anything in it
-  changes: whether this config may train here, and where the run starts."""
+  changes: whether this config may train here, and where the run starts. Re-running
+  training in a workdir resumes its run, so the new config must describe the same run:
+  `start` refuses any difference except in `MAY_CHANGE_ON_RESUME`, and says where the
+  run starts (its own checkpoints, or the run `config.init_from` names)."""
 
   CONFIG = "config.json"
   CHECKPOINTS = "checkpoints"

@@ -24,7 +24,7 @@ from waveunet_jax.data import builder, device, generator, records, tfdata
 
 def check(config: ml_collections.ConfigDict) -> None:
   """What can be checked of the data's fields before anything is read: the pipeline and
-  the augmentations (DataError or ValueError naming the field)."""
+  the augmentations (DataError naming the field)."""
   device.check_pipeline(config)
   records.augmentation_names(config.data)
 
@@ -66,9 +66,9 @@ class TfdataSampler:
   """tf.data's streams of this process's devices (`tfdata.ShardedData`), stacked into
   global batches; their positions are saved beside each checkpoint."""
 
-  def __init__(self, streams: tfdata.ShardedData,
+  def __init__(self, streams: tfdata.ShardedData, batch_size: int,
                global_batch: Callable[[list[dict[str, np.ndarray]]], dict[str, jax.Array]]):
-    self.streams, self._global_batch = streams, global_batch
+    self.streams, self.batch_size, self._global_batch = streams, batch_size, global_batch
 
   def batch(self, step: int) -> dict[str, jax.Array]:
     del step  # the streams stand where the last batch left them
@@ -134,7 +134,7 @@ class TrainingData:
         tfdata.train_dataset(self.config, batch_size // num_shards, seed=self.seed(progress),
                              shard=shard, num_shards=num_shards)
         for shard in self.shards], self.shards, num_shards)
-    return TfdataSampler(streams, self.global_batch)
+    return TfdataSampler(streams, batch_size, self.global_batch)
 
   def _fit(self, compiled_step: Callable[[], Any]) -> device.Fit:
     """Whether the device sampler's windows fit beside the compiled train step."""
@@ -147,7 +147,7 @@ class TrainingData:
                       device.step_bytes(compiled), capacity)
 
   def resumed(self, sampler: Sampler, progress: workdir_lib.Progress, positions: pathlib.Path,
-              step: int, batch_size: int) -> Sampler:
+              step: int) -> Sampler:
     """`sampler` at the positions saved with checkpoint `step` (in `positions`): the
     device sampler needs none; tf.data's streams restore theirs, or, where they cannot
     (saved by the device sampler, for other devices or datasets), start a new random
@@ -172,7 +172,8 @@ class TrainingData:
     logging.warning("step %d's data positions %s: the parameters and the optimiser resume "
                     "exactly, the training data start a new random order here", step, reason)
     progress.data_start_step = step
-    return self.tfdata_sampler(progress, batch_size)  # tf.data still: chosen before
+    # tf.data still (chosen before), for the same stage's batch size.
+    return self.tfdata_sampler(progress, sampler.batch_size)
 
   def validation_batches(self, batch_size: int, data_dir: str) -> Iterator[dict[str, jax.Array]]:
     """Global batches of every validation tile of one dataset, with 'weight' [B]: 0 for

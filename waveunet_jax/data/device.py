@@ -1,33 +1,12 @@
 """Training data that live on the accelerators: the prepared windows, held by the
 devices as int16, sampled and augmented by a jitted function (`DeviceSampler`).
 
-The tf.data path (`tfdata.train_dataset`) decodes records, crops, augments
-and copies every batch from the host: about 120 M4 examples/s per CPU core, while one
-GPU trains on over 1,000. Here the host reads the prepared TFRecords once, at start,
-and every batch is made where it is used:
-
-* Each device holds its share of the training windows of every dataset of
-  `config.data.data_dir` (device d of D: share d, as `builder_lib.shard_split`
-  gives it to tf.data's per-device streams; with fewer windows than devices, all of
-  them), as int16 [windows, sources, window_length, channels], padded with empty
-  windows to the longest share.
-* A batch is drawn on each device from its own share by a jitted function of
-  (seed, step): the key is `fold_in(fold_in(key(seed), step), d)`, so the batch of
-  step n depends only on the seed, n and d. A resumed run draws the batches it would
-  have drawn, with nothing saved; processes never exchange data.
-* Statistics as in tf.data: a crop starts uniformly among every allowed start of a
-  dataset's tracks on that device (a window is drawn with probability proportional
-  to its number of starts, then a start in it uniformly; tf.data draws windows
-  alike, so its crops favour the short last window of each track a little), a
-  dataset is drawn with its weight, and the augmentations of `config.data.
-  augmentations` (`AUGMENTATIONS`, the same distributions as `tfdata`'s) act
-  on the device's batch; the mix is the sum of the augmented sources.
-
-`config.data.pipeline` chooses: 'device' (this), 'tfdata', or 'auto': this when each
-device's share fits beside the compiled train step with a margin (`Fit`), tf.data
-otherwise, saying which and why. TensorFlow is then needed only to read the records
-once and to write TensorBoard. Validation is tf.data's in both cases (whole tracks,
-tiled, weighted).
+`config.data.pipeline` chooses between this and `tfdata` (`choose`, which `batches`
+asks): 'device', 'tfdata', or 'auto' (this where each device's share fits beside the
+compiled train step: `Fit`). `read_share` reads a device's windows once, at start;
+`crops_and_batch` draws a batch from them with tf.data's statistics; `AUGMENTATIONS`
+are `tfdata`'s, in JAX. Validation is tf.data's in both cases (whole tracks, tiled,
+weighted).
 """
 
 from __future__ import annotations
@@ -160,7 +139,12 @@ def _read_windows(builder, split) -> tuple[np.ndarray, np.ndarray]:
 def read_share(config: ml_collections.ConfigDict, shard: int, num_shards: int) -> Share:
   """Device `shard`'s windows of every dataset of config.data.data_dir, as tf.data's
   stream of that device reads them, with each window's probability: its dataset's
-  weight times its share of the dataset's crop starts here."""
+  weight times its share of the dataset's crop starts here.
+
+  Device d of D holds share d, as `builder.shard_split` gives it to tf.data's
+  per-device streams (with fewer windows than devices, all of them), as int16
+  [windows, sources, window_length, channels]; `DeviceSampler` pads the shares with
+  empty windows to the longest."""
   windows, starts, weights = [], [], []
   for data_dir in records.data_dirs(config):
     builder, _ = builder_lib.load_builder(config, data_dir.path)
@@ -287,7 +271,15 @@ def crops_and_batch(windows: jax.Array, num_starts: jax.Array, cumulative: jax.A
                     key: jax.Array, *, batch_size: int, layout: Layout,
                     data: ml_collections.ConfigDict) -> dict[str, jax.Array]:
   """One device's batch from its windows: `batch_size` crops, augmented and mixed, as
-  `tfdata` gives them ({'mix': [B, T_in, C], 'sources': [B, S, T_out, C]})."""
+  `tfdata` gives them ({'mix': [B, T_in, C], 'sources': [B, S, T_out, C]}).
+
+  Statistics as in tf.data: a crop starts uniformly among every allowed start of a
+  dataset's tracks on that device (a window is drawn with probability proportional to
+  its number of starts, then a start in it uniformly; tf.data draws windows alike, so
+  its crops favour the short last window of each track a little), a dataset is drawn
+  with its weight (`Share.of`), and the augmentations of `config.data.augmentations`
+  (`AUGMENTATIONS`, the same distributions as `tfdata`'s) act on the device's batch;
+  the mix is the sum of the augmented sources."""
   windows, num_starts, cumulative = map(jnp.asarray, (windows, num_starts, cumulative))
   window_key, start_key, augment_key = jax.random.split(key, 3)
   draw = jax.random.uniform(window_key, (batch_size,)) * cumulative[-1]
@@ -311,6 +303,17 @@ class DeviceSampler:
   """The training batches of one stage, drawn on the devices: `batch(step)` is the
   global batch of the step that follows `step` (sharded as `DataParallel.sharded`),
   the same for the same (seed, step, devices) in any run, process layout or resume.
+
+  Why: the tf.data path (`tfdata.train_dataset`) decodes records, crops, augments and
+  copies every batch from the host: about 120 M4 examples/s per CPU core, while one
+  GPU trains on over 1,000. Here the host reads the prepared TFRecords once, at start
+  (`read_share`), and every batch is made where it is used; TensorFlow is then needed
+  only to read the records once and to write TensorBoard.
+
+  Each device draws from its own share by a jitted function of (seed, step): the key
+  is `fold_in(fold_in(key(seed), step), d)`, so the batch of step n depends only on the
+  seed, n and d. A resumed run draws the batches it would have drawn, with nothing
+  saved (`save` writes a marker only); processes never exchange data.
 
   `data`: config.data (the augmentations); `data_layout`: the crops' lengths;
   `shares[i]`: the windows of the i-th device of `shards` (this process's mesh

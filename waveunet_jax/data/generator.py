@@ -1,26 +1,9 @@
 """Deterministic, music-like synthetic multitrack corpus in the MUSDB18 layouts.
 
-MUSDB18 cannot be downloaded here, so tests and the training demo use this corpus. A model
-trained on it is later judged on real recordings, so each track is a small *song* rather
-than test tones: all stems share one tempo, key and chord progression and follow a song
-form (intro / verse / chorus / interlude / bridge); the singer rests in the
-instrumental sections and breathes between phrases.
-
-* vocals: glottal-pulse source on a melody of the key's scale (portamento, delayed vibrato,
-  pitch drift), vowel formants changing per syllable, fricative/plosive/breath noise, and a
-  quieter harmony voice in choruses;
-* drums: kick (pitch-dropping sine), snare (tone + noise), metallic hi-hats, toms and
-  crash, on a per-track groove with ghost notes, fills and humanised timing;
-* bass: plucked notes on the chord roots with fifths, octaves and approach notes;
-* other: piano / guitar / pad / organ / e-piano comping, an arpeggio in choruses and an
-  instrumental lead melody in interludes (so "melodic" does not simply mean "vocals").
-
-Every source is panned and decorrelated between channels and gets a cheap convolution
-reverb. Vocals are about as loud as the accompaniment; a gentle limiter driven by the
-mixture (the same gain on every stem, so mixture == sum of stems) lowers the crest factor
-towards that of mastered music, and the mixture peak stays below 0.9.
-
-The program `python -m waveunet_jax.synthetic` writes a corpus (`write_corpus`).
+MUSDB18 cannot be downloaded here, so tests and the training demo use this corpus.
+`make_track` synthesises one song (what it sounds like and why: its docstring);
+`write_corpus` writes a corpus of them, which the program `python -m
+waveunet_jax.synthetic` runs (docs/data.md).
 """
 from __future__ import annotations
 
@@ -665,7 +648,29 @@ def _reverb_irs(rng, sr: int, nfft: int) -> np.ndarray:
 
 def make_track(seed: int, seconds: float, sample_rate: int = SAMPLE_RATE) -> dict[str, np.ndarray]:
   """Synthesize one track: {'vocals', 'drums', 'bass', 'other', 'mixture'} -> float32 [T, 2],
-  mixture == sum of the four stems. Deterministic in (seed, seconds, sample_rate)."""
+  mixture == sum of the four stems. Deterministic in (seed, seconds, sample_rate).
+
+  A model trained on this corpus is later judged on real recordings, so each track is a
+  small *song* rather than test tones: all stems share one tempo, key and chord
+  progression and follow a song form (intro / verse / chorus / interlude / bridge,
+  `plan_song`); the singer rests in the instrumental sections and breathes between
+  phrases.
+
+  * vocals: glottal-pulse source on a melody of the key's scale (portamento, delayed
+    vibrato, pitch drift), vowel formants changing per syllable, fricative/plosive/breath
+    noise, and a quieter harmony voice in choruses;
+  * drums: kick (pitch-dropping sine), snare (tone + noise), metallic hi-hats, toms and
+    crash, on a per-track groove with ghost notes, fills and humanised timing;
+  * bass: plucked notes on the chord roots with fifths, octaves and approach notes;
+  * other: piano / guitar / pad / organ / e-piano comping, an arpeggio in choruses and
+    an instrumental lead melody in interludes (so "melodic" does not simply mean
+    "vocals").
+
+  Every source is panned and decorrelated between channels and gets a cheap convolution
+  reverb. Vocals are about as loud as the accompaniment; a gentle limiter driven by the
+  mixture (the same gain on every stem, so mixture == sum of stems) lowers the crest
+  factor towards that of mastered music, and the mixture peak stays below 0.9.
+  """
   if not (np.isfinite(seconds) and seconds > 0):
     raise ValueError(f"seconds must be a positive number, got {seconds!r}")
   if sample_rate < 8000:

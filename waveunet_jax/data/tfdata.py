@@ -1,39 +1,14 @@
-"""Prepared MUSDB18 windows (see `prepare`) -> tf.data batches for JAX.
+"""Prepared MUSDB18 windows (written by `builder`) -> tf.data batches for JAX.
 
 Validation always reads through here; training does where config.data.pipeline is
 'tfdata' (or 'auto' and the windows do not fit on the devices): otherwise the devices
-sample the training batches themselves (`device`, the same statistics).
+sample the training batches themselves (`device`, the same statistics). `batches`
+chooses and builds the streams; the TensorFlow-free contract (layout, scale, seeds,
+augmentation names) is `records`'.
 
-Training batches are random crops of the network's input length: the targets are the
-central `output_length` samples (`models.lengths` decides both), tracks are
-zero-padded by the context at their edges (done by `prepare`), the augmentations of
-`config.data.augmentations` act on the sources, and the mix is always the sum of the
-augmented sources. Batches reach JAX as numpy dicts
-
-  {'mix': [B, T_in, C] float32, 'sources': [B, S, T_out, C] float32}
-
-with sources ordered as `config.model.sources`. Validation batches tile every
-validation track with hop = output length, in a fixed order, and add
-'weight': [B] float32, 0 for the examples that pad the last batch.
-
-Data parallelism shards the data by device, not by process: device d of D reads
-share d of the files (`shard=d, num_shards=D`) into its own batches of the per-device
-batch size, with its own seed, and a process stacks the batches of its devices. The
-global batch therefore depends on the devices' number only, not on how they are
-spread over hosts: 2 processes of 1 device and 1 process of 2 devices train on the
-same batches. Randomness is stateless and seeded, so the same seed gives the same
-batches.
-
-Several prepared datasets (`config.data.data_dir = "DIR:WEIGHT,DIR:WEIGHT"`, read by
-`data_dirs`) are mixed crop by crop: each device's stream draws each crop from its
-share of dataset i with probability weight i (`tf.data.Dataset.sample_from_datasets`,
-seeded from the device's seed), then batches and augments the mixed crops as above.
-Validation tiles one dataset at a time (`eval_dataset(..., data_dir=...)`).
-
-Training saves where each device's stream stands beside every checkpoint
-(`ShardedData`: one `tf.train.Checkpoint` of the iterator per device, under
-`shard_<d>_of_<D>`), so that a resumed run reads on exactly where it stopped; the
-training workdir (`workdir.Workdir`) says in which folder.
+`train_dataset`: endless augmented training batches of one device's share; `eval_dataset`:
+validation tiles; `AUGMENTATIONS`: the named augmentations; `ShardedData`: the training
+streams whose positions are saved beside every checkpoint.
 """
 
 from __future__ import annotations
@@ -133,8 +108,31 @@ def train_dataset(config: ml_collections.ConfigDict, batch_size: int, *, seed: i
                   shard: int = 0, num_shards: int = 1) -> tf.data.Dataset:
   """Endless training batches of `batch_size` from share `shard` of `num_shards` of
   the training windows (in training: one device's share of the global batch); with
-  fewer windows than shards, every shard reads them all. With several datasets, each
-  crop comes from dataset i's share with probability its weight."""
+  fewer windows than shards, every shard reads them all.
+
+  Batches are random crops of the network's input length: the targets are the central
+  `output_length` samples (`models.lengths` decides both), tracks are zero-padded by
+  the context at their edges (done by `builder`), the augmentations of
+  `config.data.augmentations` act on the sources, and the mix is always the sum of the
+  augmented sources. As numpy (`as_numpy`), a batch is
+
+    {'mix': [B, T_in, C] float32, 'sources': [B, S, T_out, C] float32}
+
+  with sources ordered as `config.model.sources`.
+
+  Data parallelism shards the data by device, not by process: device d of D reads
+  share d of the files (`shard=d, num_shards=D`) into its own batches of the
+  per-device batch size, with its own seed, and a process stacks the batches of its
+  devices. The global batch therefore depends on the devices' number only, not on how
+  they are spread over hosts: 2 processes of 1 device and 1 process of 2 devices train
+  on the same batches. Randomness is stateless and seeded, so the same seed gives the
+  same batches.
+
+  Several prepared datasets (`config.data.data_dir = "DIR:WEIGHT,DIR:WEIGHT"`, read by
+  `data_dirs`) are mixed crop by crop: each device's stream draws each crop from its
+  share of dataset i with probability weight i (`tf.data.Dataset.sample_from_datasets`,
+  seeded from the device's seed), then batches and augments the mixed crops as above.
+  """
   data = config.data
   seed = derived_seed(seed, shard)  # each shard's stream its own
   datasets = data_dirs(config)
@@ -187,8 +185,10 @@ def eval_dataset(config: ml_collections.ConfigDict, batch_size: int, *, split: s
                  data_dir: str | None = None) -> tf.data.Dataset:
   """Every tile (hop = output length) of every track of share `shard` of `num_shards`
   of `split` of one dataset (`data_dir`, by default the only one of
-  config.data.data_dir), in a fixed order, in batches of `batch_size`; the last batch
-  is padded with weight-0 examples. Shares may hold different numbers of tiles."""
+  config.data.data_dir), in a fixed order, in batches of `batch_size`: the batches of
+  `train_dataset` plus 'weight': [B] float32, 0 for the examples that pad the last
+  batch. Shares may hold different numbers of tiles. Several datasets are validated
+  one at a time (a call per `data_dir`)."""
   builder, layout = load_builder(config, data_dir)
   if split not in builder.info.splits:
     raise DataError(f"the prepared dataset in {data_dir or config.data.data_dir} has "
@@ -255,8 +255,10 @@ class ShardedData:
   """This process's devices' input streams: `shards[i]` is the mesh position of the
   i-th local device, whose stream is share `shards[i]` of `num_shards`.
   `next()` gives one batch per local device; positions are saved per shard, under
-  `DIR/shard_<d>_of_<D>`, so another grouping of the same devices into processes
-  restores them."""
+  `DIR/shard_<d>_of_<D>` (one `tf.train.Checkpoint` of the iterator each), so another
+  grouping of the same devices into processes restores them. Training saves them beside
+  every checkpoint, so that a resumed run reads on exactly where it stopped; the
+  training workdir (`workdir.Workdir`) says in which folder."""
 
   def __init__(self, datasets: list[tf.data.Dataset], shards: list[int], num_shards: int):
     self.iterators = [DataIterator(d) for d in datasets]

@@ -1,21 +1,10 @@
 """Where training and evaluation tracks come from, and which are for validation.
 
-* Reading: MUSDB18's `<track>.stem.mp4` files (decoded by PyAV) or `<track>/<stem>.wav`
-  folders (MUSDB18-HQ, or one's own multitracks: extra stems such as `piano.wav` count
-  as `other`, `accompaniment.wav` or `instrumental.wav` holds drums + bass + other, and
-  a stem that no source needs may be missing; `stems` owns the rule; mono stems only
-  where the caller takes them, `read_multitrack(mono=True)`),
-  from `DIR/{train,valid,test}` (`folder_tracks`) or listed in a text file
-  (`read_tracks_file`). `check_track` reads headers only, so that a bad track fails
-  before hours of decoding.
-* Splits: the validation tracks are `--valid_tracks`, else the valid/ folder (or
-  lines), else musdb's 14-track split for MUSDB18, else about 10 % of the training
-  tracks chosen by a hash of their names (`choose_validation`). `evaluate
-  --split=valid` asks `split_tracks` for the same choice, so it scores the tracks
-  `prepare` held out.
-
-`prepare` cuts what this reads into a TFDS dataset; `evaluate` scores a model on it.
-Errors are `DataError`s whose message names the track or file.
+Reading: a `Track` on disk (its docstring says which layouts), `read_multitrack` its
+stems, `check_track` its headers only (a bad track fails before hours of decoding).
+Splits: `split_tracks` (the validation choice: `choose_validation`). `builder` cuts what
+this reads into a TFDS dataset; `evaluate` scores a model on it. Errors are `DataError`s
+whose message names the track or file.
 """
 
 from __future__ import annotations
@@ -37,7 +26,7 @@ MUSDB_SAMPLE_RATE = 44100
 MIXTURE = "mixture"
 # Each stem's stream index in a `.stem.mp4` (`stems` owns the order; 0 is the mix).
 STEM_STREAMS = {stem: i for i, stem in enumerate(stems_lib.STEM_FILE_STREAMS) if stem != MIXTURE}
-# Why a track's stem is needed, in errors of `prepare` (`evaluate` says its own).
+# Why a track's stem is needed, in errors of `prepare` (`builder`) (`evaluate` says its own).
 NEEDED_FOR = " of config.model.sources"
 SPLITS = ("train", "valid", "test")
 # Without validation tracks named or found, about this share of the training tracks
@@ -52,6 +41,14 @@ VALID_SHARE = 0.1
 
 @dataclasses.dataclass(frozen=True)
 class Track:
+  """A multitrack on disk: MUSDB18's `<track>.stem.mp4` file (decoded by PyAV), or a
+  `<track>/<stem>.wav` folder (MUSDB18-HQ, or one's own multitracks: extra stems such as
+  `piano.wav` count as `other`, `accompaniment.wav` or `instrumental.wav` holds drums +
+  bass + other, and a stem that no source needs may be missing; `stems` owns the rule;
+  mono stems only where the caller takes them, `read_multitrack(mono=True)`). Found in
+  `DIR/{train,valid,test}` (`folder_tracks`) or listed in a text file
+  (`read_tracks_file`)."""
+
   name: str
   path: pathlib.Path  # a `<name>.stem.mp4` file, or a `<name>/` folder of wavs
   wav: bool
@@ -374,7 +371,10 @@ def split_tracks(musdb_root: str | pathlib.Path | None, wav: bool,
                  valid_tracks: Sequence[str] | None, *,
                  tracks_file: str | pathlib.Path | None = None) -> dict[str, list[Track]]:
   """Tracks per split, from --musdb_root's folders or --tracks_file's lines (exactly one
-  given), with the validation tracks chosen by `choose_validation`."""
+  given), with the validation tracks chosen by `choose_validation`: `--valid_tracks`,
+  else the valid/ folder (or lines), else musdb's 14-track split for MUSDB18, else about
+  10 % of the training tracks chosen by a hash of their names. `evaluate --split=valid`
+  asks this for the same choice, so it scores the tracks `builder` held out."""
   check_one_of(musdb_root, tracks_file)
   if tracks_file:
     splits = read_tracks_file(tracks_file)

@@ -1,4 +1,4 @@
-"""Export formats: how each is written (for `export.py`) and the engines that run them,
+"""Export formats: how each is written (for `export`) and the engines that run them,
 the `separator.Separator` on ONNX Runtime, LiteRT, TensorFlow or a serialised
 `jax.export` module, with the same tiling, streaming, resampling and file handling as on
 the JAX engine.
@@ -6,22 +6,10 @@ the JAX engine.
   from waveunet_jax.separation import model_formats, separator
   sep = separator.Separator(model_formats.load("model.onnx"))   # imports neither JAX nor TF
 
-`MODEL_FORMATS` is the one registry of formats: a new one is an entry there (its file
-extension, writer, loader and runtime), which `export`, `load` and the command lines
-all follow.
-
-An export is the model file and its metadata (`metadata_path`: `model.onnx.json` beside
-a file, `waveunet_jax.json` inside a SavedModel folder), which holds everything a
-consumer needs (see `export.py` and the README's Export section): sources, sample
-rate, channels, output type, the window's input and output lengths and the offset of
-the output in the input, the tiling, the batch size (null: any), the config and the
-project version. This module owns that schema (`check_metadata`) and checks it, and the
-model's real shapes against it, on every load: an edited or foreign export is one
-error naming the file and the field. It imports each runtime only when it loads a
-model of its format: ONNX needs `onnxruntime` alone (`pip install 'waveunet_jax[onnx]'`),
-LiteRT `ai-edge-litert` (`[tflite]`; else TensorFlow's deprecated copy of it),
-StableHLO JAX (`[jax]`), a SavedModel TensorFlow (`[export]`); writing imports JAX and
-the format's converter the same way.
+`MODEL_FORMATS` is the one registry of formats: a new one is an entry there (a
+`ModelFormat`), which `export`, `load` and the command lines all follow. An export is
+the model file and its metadata (`metadata_path`), whose schema this module owns and
+checks on every load (`check_metadata`, `check_shapes`). For users: docs/export.md.
 """
 
 from __future__ import annotations
@@ -107,8 +95,15 @@ def check_metadata(data: Any, fmt: str) -> None:
   """Raises ValueError naming the first field of export metadata `data` whose presence,
   type or range cannot be, for an export of format `fmt`: the schema of what
   `export.metadata` writes, as far as separation reads it (the model's shapes are
-  checked against it when it is loaded). Fields only for people (`input`, `output`,
-  `config`, `version`) are not checked."""
+  checked against it when it is loaded, `check_shapes`). Fields only for people
+  (`input`, `output`, `config`, `version`) are not checked.
+
+  The metadata (`model.onnx.json` beside a file, `waveunet_jax.json` inside a SavedModel
+  folder) holds everything a consumer needs: sources, sample rate, channels, output
+  type, the window's input and output lengths and the offset of the output in the
+  input, the tiling, the batch size (null: any), the config and the project version.
+  Checked on every load, with the model's real shapes, an edited or foreign export is
+  one error naming the file and the field."""
   if not isinstance(data, dict):
     raise _Invalid(f"holds a JSON {_json_type(data)}, not an object of {SCHEMA} fields")
   if data.get("schema") != SCHEMA:
@@ -492,7 +487,13 @@ def _looks_like_flatbuffer(data: bytes) -> bool:
 
 @dataclasses.dataclass(frozen=True)
 class ModelFormat:
-  """An export format: its file, how it is written and loaded, and what runs it."""
+  """An export format: its file, how it is written and loaded, and what runs it.
+
+  Each runtime is imported only when a model of its format loads: ONNX needs
+  `onnxruntime` alone (`pip install 'waveunet_jax[onnx]'`), LiteRT `ai-edge-litert`
+  (`[tflite]`; else TensorFlow's deprecated copy of it), StableHLO JAX (`[jax]`), a
+  SavedModel TensorFlow (`[export]`); writing imports JAX and the format's converter
+  the same way."""
 
   extension: str | None  # the model file's name ends in it; None: a folder
   # (engine, path, batch_size, reduced) -> None: writes the model at `path`.
@@ -505,6 +506,12 @@ class ModelFormat:
   metadata: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # extra fields
 
 
+# stablehlo: `jax.export`'s serialised module (runs with `jax.export.deserialize`);
+# saved_model: a TensorFlow SavedModel folder (`jax2tf`), serving signature
+#   `mix [batch, input_length, channels] -> sources [batch, sources, output_length, channels]`;
+# tflite: LiteRT's flatbuffer of that SavedModel (float32, or float16 weights);
+# onnx: an ONNX model (`jax2onnx`) of opset OPSET (optionally with int8 weights, ONNX
+#   Runtime's dynamic quantisation).
 MODEL_FORMATS = {
     "stablehlo": ModelFormat(".stablehlo", _write_stablehlo, _stablehlo,
                         "jax (pip install 'waveunet_jax[jax]')"),

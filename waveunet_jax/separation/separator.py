@@ -1,81 +1,16 @@
 """The Separator: whole songs of any length, rate and channel count through a network
 that only takes windows of one fixed shape. Imports neither JAX nor TensorFlow: the
-network is behind an `Engine` (`jax_engine.JaxEngine` runs a Flax model; an exported model
-can be another engine; an engine's module builds separators on it, this one never
-imports an engine), and all the rest (tiling, streaming, resampling, channels,
-full band, stem layouts) is shared by every engine.
+network is behind an `Engine` (`jax_engine.JaxEngine` runs a Flax model,
+`model_formats` an exported one; an engine's module builds separators on it, this one
+never imports an engine); tiling, streaming, resampling, channels, the full band, stem
+layouts and test-time averaging are shared by every engine.
 
-  separator = Separator(jax_engine.JaxEngine.from_workdir("runs/m4"))
-  separator = jax_engine.separator_from_workdir("runs/m4")   # the same, in one call
+  separator = jax_engine.separator_from_workdir("runs/m4")   # or Separator(engine)
   stems = separator.separate(audio, rate)                  # {source: [T, C]}
-  stems = separator.separate(audio, rate, stems=("vocals", "accompaniment"))
   separator = Separator(engine, shifts=4, flip=True)       # test-time averaging: 12 passes
 
-How a song is cut (`Tiling`): the network runs on windows of one shape, in batches of
-one size (the last window and batch zero-padded). Window k covers the song's output
-samples `[k * hop, (k + 1) * hop)`:
-
-* valid padding (the paper's models): each window's input is its output plus the real
-  neighbouring audio as context; the song is zero-padded only at its start and end.
-* same padding (M1, M2, the shallow network): outputs near a window's edges lack
-  context, so windows overlap by a margin and only the centre of each is kept.
-* in both, `hop` is a multiple of the total downsampling, so a song separated in one
-  window or in many gives the same samples up to float rounding. Outputs past the hop
-  are dropped, or with `overlap` cross-faded linearly with the next window's.
-
-Streaming: audio flows through as blocks (blocks -> channels -> resampler -> windows ->
-engine -> overlap-add -> resampler -> channels -> full band -> stem layout), so memory
-does not grow with the song. Resampling is band-limited and chunked (soxr HQ); the
-output has exactly the input's length.
-
-Channels: a mono input into a stereo model is duplicated and its sources averaged back
-to mono; a stereo input into a mono model is averaged and its sources duplicated back;
-any other mismatch is an error naming the file.
-
-Full band (`residual_source`): the network hears the song at its own rate (16 kHz for
-the shallow network, 22.05 kHz for the paper's), so every source it gives lacks the
-band above that rate's Nyquist frequency (and a mono model the stereo side). One
-source, the residual source, receives what the others miss, at the input's own rate
-and channels:
-
-* difference output: residual = input - sum(the other sources, resampled back), so the
-  stems add up to the input to float precision at any rate;
-* direct output: residual += input - (the input as the network heard it, resampled
-  back): the missing band and side signal, nothing else.
-
-It defaults to `stems.default_residual_source` (accompaniment for the voice task,
-`other` for four stems), or the config's `separation.residual_source`; None keeps every
-source band-limited, as the network gives it.
-
-Difference output: as in the paper, the network's difference source is clipped to
-[-1, 1] when separating (`clip_difference`); that clip changes nothing unless
-mix - sum(others) leaves the audio range. A residual source is formed after it, so the
-stems still add up to the input.
-
-Test-time averaging (`shifts`, `flip`; Demucs's "shift trick"): the song goes through
-the network in several passes, each of a variant of it, and the estimates, each turned
-back, are averaged (`Pass`):
-
-* `shifts` = N: N passes, each of the song delayed by a random number of samples at the
-  model's rate, drawn uniformly from [0, `max_shift`) = [0, hop // 2): half of what a
-  window keeps (15 s for M4's default 30 s windows), which moves the song against the
-  network's downsampling grid (hop is a multiple of the total downsampling) and against
-  the window cuts. As in Demucs the unshifted estimate is not among them: N shifts cost
-  N passes (0, the default: one plain pass). The delays come from a generator seeded
-  with `seed`, the same for every song: the same song and settings give the same
-  samples. A delay moves the windows, not the audio (the song starts `delay` samples
-  later in the zero-padded stream), so it adds at most one window to a pass.
-* `flip`: every pass also with the channels swapped (reversed) and with the polarity
-  flipped, each undone on the estimate; for a mono model only the polarity: 3 (mono: 2)
-  times the passes.
-
-The passes run side by side over the one stream of the song at the model's rate (it is
-resampled once), each holding a few windows of its own, so memory grows with the
-number of passes (`MAX_SHIFTS` bounds it), never with the song. Their estimates are
-averaged at the model's rate, before anything goes back to the input's rate: the full
-band and the residual source then work on the average as on a single estimate, and
-the stems still add up to the input. For an engine that is linear in its input
-(shift-, swap- and sign-equivariant) the average is the plain estimate.
+How a song is cut: `Tiling`; the stream, channels and full band: `Separator`; test-time
+averaging: `averaging_passes`. The program: `separate` (docs/separation.md).
 """
 
 from __future__ import annotations
@@ -133,7 +68,7 @@ def check_averaging(shifts: int, seed: int = 0) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class Pass:
-  """One pass of test-time averaging (see the module docstring): the song delayed by
+  """One pass of test-time averaging (see `averaging_passes`): the song delayed by
   `delay` samples at the model's rate, its channels reversed (`swap`), its polarity
   flipped (`negate`). `Pass()` is the plain separation."""
 
@@ -153,7 +88,26 @@ def averaging_passes(shifts: int, flip: bool, seed: int, max_shift: int,
                      channels: int) -> list[Pass]:
   """The passes of test-time averaging: `shifts` random delays in [0, max_shift) drawn
   with `seed` (none: delay 0), each plain and, with `flip`, swapped (for more than one
-  channel) and negated. [Pass()] for no averaging."""
+  channel) and negated. [Pass()] for no averaging.
+
+  Test-time averaging (Demucs's "shift trick"): the song goes through the network in
+  several passes, each of a variant of it, and the estimates, each turned back, are
+  averaged (`Separator._averaged_at_model_rate`):
+
+  * `shifts` = N: N passes, each of the song delayed by a random number of samples at
+    the model's rate, drawn uniformly from [0, `max_shift`) = [0, hop // 2): half of
+    what a window keeps (15 s for M4's default 30 s windows), which moves the song
+    against the network's downsampling grid (hop is a multiple of the total
+    downsampling) and against the window cuts. As in Demucs the unshifted estimate is
+    not among them: N shifts cost N passes (0, the default: one plain pass). The delays
+    come from a generator seeded with `seed`, the same for every song: the same song
+    and settings give the same samples. A delay moves the windows, not the audio (the
+    song starts `delay` samples later in the zero-padded stream), so it adds at most
+    one window to a pass.
+  * `flip`: every pass also with the channels swapped (reversed) and with the polarity
+    flipped, each undone on the estimate; for a mono model only the polarity: 3 (mono:
+    2) times the passes.
+  """
   check_averaging(shifts, seed)
   rng = np.random.default_rng(seed)
   delays = [int(d) for d in rng.integers(0, max(1, max_shift), shifts)] if shifts else [0]
@@ -166,6 +120,18 @@ def averaging_passes(shifts: int, flip: bool, seed: int, max_shift: int,
 @dataclasses.dataclass(frozen=True)
 class Tiling:
   """How a song is cut into windows. All in samples at the model's rate.
+
+  The network runs on windows of one shape, in batches of one size (the last window and
+  batch zero-padded). Window k covers the song's output samples
+  `[k * hop, (k + 1) * hop)`:
+
+  * valid padding (the paper's models): each window's input is its output plus the real
+    neighbouring audio as context; the song is zero-padded only at its start and end.
+  * same padding (M1, M2, the shallow network): outputs near a window's edges lack
+    context, so windows overlap by a margin and only the centre of each is kept.
+  * in both, `hop` is a multiple of the total downsampling, so a song separated in one
+    window or in many gives the same samples up to float rounding. Outputs past the hop
+    are dropped, or with `overlap` cross-faded linearly with the next window's.
 
   Window k's network input is `padded[k * hop : k * hop + input_length]`, where
   `padded` is the song after `pad_left` zeros (and zeros after its end). Of the
@@ -208,11 +174,39 @@ class Engine(Protocol):
 class Separator:
   """Separates whole songs of any length, rate and (mono or stereo) channel count.
 
+  Streaming: audio flows through as blocks (blocks -> channels -> resampler -> windows ->
+  engine -> overlap-add -> resampler -> channels -> full band -> stem layout), so memory
+  does not grow with the song. Resampling is band-limited and chunked (soxr HQ); the
+  output has exactly the input's length.
+
+  Channels: a mono input into a stereo model is duplicated and its sources averaged back
+  to mono; a stereo input into a mono model is averaged and its sources duplicated back;
+  any other mismatch is an error naming the file.
+
+  Full band (`residual_source`): the network hears the song at its own rate (16 kHz for
+  the shallow network, 22.05 kHz for the paper's), so every source it gives lacks the
+  band above that rate's Nyquist frequency (and a mono model the stereo side). One
+  source, the residual source, receives what the others miss, at the input's own rate
+  and channels:
+
+  * difference output: residual = input - sum(the other sources, resampled back), so
+    the stems add up to the input to float precision at any rate;
+  * direct output: residual += input - (the input as the network heard it, resampled
+    back): the missing band and side signal, nothing else.
+
+  It defaults to `stems.default_residual_source` (accompaniment for the voice task,
+  `other` for four stems), or the config's `separation.residual_source`; None keeps
+  every source band-limited, as the network gives it.
+
+  Difference output: as in the paper, the network's difference source is clipped to
+  [-1, 1] when separating (`clip_difference`); that clip changes nothing unless
+  mix - sum(others) leaves the audio range. A residual source is formed after it, so
+  the stems still add up to the input.
+
   Args:
     engine: the network (see `Engine`).
-    residual_source: the source that gets what the others miss (see the module
-      docstring); 'default': the engine's configured choice or the default rule;
-      None: none.
+    residual_source: the source that gets what the others miss (the full band above);
+      'default': the engine's configured choice or the default rule; None: none.
     clip_difference: clip a difference output's last source to [-1, 1].
     shifts: test-time averaging over this many random delays of the song (0: none).
     flip: test-time averaging over the song with its channels swapped and negated.
@@ -260,7 +254,7 @@ class Separator:
 
   @property
   def num_channels(self) -> int:
-    """The model's channels; a song may have others (see the module docstring)."""
+    """The model's channels; a song may have others (see the class docstring)."""
     return int(self.engine.num_channels)
 
   @property
@@ -368,7 +362,15 @@ class Separator:
 
   def _averaged_at_model_rate(self, blocks: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
     """[n, C] blocks -> [n, S, C] blocks of exactly the same total length: the average of
-    the passes' estimates (one pass: its own), the passes side by side."""
+    the passes' estimates (one pass: its own), the passes side by side.
+
+    The passes run over the one stream of the song at the model's rate (it is resampled
+    once), each holding a few windows of its own, so memory grows with the number of
+    passes (`MAX_SHIFTS` bounds it), never with the song. Their estimates are averaged
+    at the model's rate, before anything goes back to the input's rate: the full band
+    and the residual source then work on the average as on a single estimate, and the
+    stems still add up to the input. For an engine that is linear in its input (shift-,
+    swap- and sign-equivariant) the average is the plain estimate."""
     passes = self.passes
     inputs = itertools.tee(blocks, len(passes)) if len(passes) > 1 else (blocks,)
     streams = [self._pass(x, p) for x, p in zip(inputs, passes)]
