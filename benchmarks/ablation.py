@@ -37,8 +37,8 @@ On your data: `--data_dir` (prepared for small.py) trains every run on it, and
 `--test_root` scores on that folder's test split (wav stems, as `evaluate --wav` reads
 them: MUSDB18-HQ or your own multitracks).
 
-Written to ROOT: `ablation.json` (every figure) and `ablation.md` (the table the README
-shows). Run again, it continues: `main` resumes a run from its checkpoint, `evaluate`
+Written to ROOT: `ablation.json` (every figure) and `ablation.md` (the table
+docs/training.md shows). Run again, it continues: `main` resumes a run from its checkpoint, `evaluate`
 keeps the songs it scored, and the timings are kept in ROOT/timing.json.
 """
 

@@ -43,7 +43,7 @@ Every time is taken after compilation and a warm-up call. The figures:
   batch is searched from a guess (the batch of the train figures' compiled memory,
   scaled to the device's memory limit), doubling while a step runs and halving while
   it does not, so a few compiles instead of one per power of two. On an H200 the search
-  ran out of its time limit (README, *On a GPU*; `gpu_check.py train --largest`
+  ran out of its time limit (benchmarks/README.md, *On a GPU*; `gpu_check.py train --largest`
   searches on compiled memory instead); on a CPU the path runs
   (`--quick --accelerator_figures --max_batch=2`), its figures mean nothing there.
 

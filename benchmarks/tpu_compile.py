@@ -31,8 +31,8 @@ with at most --max_compiles compiles, so it may be a range); compile time on thi
 machine; and the FLOP count of one step per chip from the TPU compile's own cost
 analysis beside the project's count (`flops.py`) for the same per-chip batch.
 `--layouts` adds, under each row, the shapes and TPU layouts of the outer level's
-convolutions: which axis libtpu puts on the 128 lanes of its tiles (README: where a TPU
-would leave its matrix unit idle).
+convolutions: which axis libtpu puts on the 128 lanes of its tiles (docs/multi-device.md: *Where a TPU
+would leave its matrix unit idle*).
 
 Each compile of a full network takes minutes of CPU (libtpu's code generation): the
 whole table is hours on 2 cores.

@@ -83,12 +83,12 @@ def test_every_script_and_the_gpu_check(tmp_path):
   gpu_out = tmp_path / "gpu_check"
   gpu_out.mkdir()
   out = run_scripts(
-      ["run.py", "--smoke", "--models=deep M4", "--accelerator_figures", "--max_batch=2",
+      ["run.py", "--smoke", "--models=experiments/deep.py:M4", "--accelerator_figures", "--max_batch=2",
        f"--json={gpu_out / 'run_smoke.json'}"],
       ["precision.py", "--smoke", f"--json={gpu_out / 'precision.json'}"],
-      ["conv_profile.py", "--smoke", "--config=deep M4"],
+      ["conv_profile.py", "--smoke", "--config=experiments/deep.py:M4"],
       ["input_pipeline.py", "--smoke"],
-      ["separate_folder.py", "--smoke", "--shifts", "1", "--flip"],
+      ["separate_folder.py", "--smoke", "--shifts=1", "--flip"],
       ["export.py", "--smoke"], cwd=tmp_path)  # from any folder, not only the checkout's
 
   # run.py: train, the accelerator figures (bfloat16, largest batch), separation model
@@ -98,7 +98,7 @@ def test_every_script_and_the_gpu_check(tmp_path):
   for name, m in r["models"].items():
     # Utilisation comes from flops.py, the same count on every backend.
     assert m["train"]["step_gflop"] == pytest.approx(
-        flops.train_step_flops(common.smoke_config(name), r["batch"]) / 1e9)
+        flops.train_step_flops(common.smoke_config(common.CONFIGS[name]), r["batch"]) / 1e9)
     assert m["train"]["peak_share"] is None  # a CPU has no dense peak in the table
     assert m["gpu"]["bfloat16"]["dtype"] == "bfloat16" and m["gpu"]["largest_batch"] >= 1
     assert m["separate"]["e2e_audio_s_per_s"] > 0 and m["pipeline"]["examples_per_s"] > 0
@@ -211,3 +211,21 @@ def test_ablation_refuses_a_wrong_folder_before_training(tmp_path, flag, words):
   assert done.returncode == 2
   assert words.format(missing=missing) in done.stderr.strip().splitlines()[-1]
   assert not root.exists()  # nothing generated, nothing trained
+
+
+@pytest.mark.parametrize("argv,words", [
+    (["run.py", "--models=experiments/nope.py"],
+     "--models=['experiments/nope.py']: experiments/nope.py: no such file (configs live in "
+     "experiments/)"),
+    (["conv_profile.py", "--config=experiments/deep.py:M9"], "experiments/deep.py:M9"),
+    (["separate_folder.py", "--config=shallow"],
+     "did you mean experiments/shallow.py?"),
+])
+def test_a_config_that_does_not_load_is_one_line(argv, words):
+  """The scripts take configs as the programs do (PATH[:VARIANT]); one that does not load
+  ends the script before any work, with one line naming it."""
+  done = subprocess.run([sys.executable, str(BENCHMARKS / argv[0]), *argv[1:]], cwd=ROOT,
+                        env=env(), capture_output=True, text=True, timeout=300)
+  assert done.returncode == 2, done.stderr[-2000:]
+  lines = done.stderr.strip().splitlines()
+  assert len(lines) == 1 and words in lines[0], lines
