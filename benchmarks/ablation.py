@@ -22,7 +22,7 @@ Everything runs through the project's own commands, as a user would type them:
    (OPTIONS), then `best`: every option whose held-out SDR, averaged over the sources
    (SiSEC median), beat the baseline's, together (not run when fewer than two did).
 4. Equal training time: before the options run, the real train step of each run's
-   config is timed on this machine (`input_pipeline.TimedTrainer`: the trainer's loop
+   config is timed on this machine (`common.TimedTrainer`: the trainer's loop
    body, batch and step), every run's trainer compiled first, then 5 rounds of
    `--timed_steps` steps with the runs in turn; a run's speed is the median over the
    rounds of its steps/s over the baseline's in the same round. Each run gets `--steps`
@@ -37,14 +37,13 @@ On your data: `--data_dir` (prepared for small.py) trains every run on it, and
 `--test_root` scores on that folder's test split (wav stems, as `evaluate --wav` reads
 them: MUSDB18-HQ or your own multitracks).
 
-Written to ROOT: `ablation.json` (every figure) and `ablation.md` (the table the README
-shows). Run again, it continues: `main` resumes a run from its checkpoint, `evaluate`
+Written to ROOT: `ablation.json` (every figure) and `ablation.md` (the table
+docs/training.md shows). Run again, it continues: `main` resumes a run from its checkpoint, `evaluate`
 keeps the songs it scored, and the timings are kept in ROOT/timing.json.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import pathlib
@@ -56,12 +55,16 @@ import sys
 import tempfile
 import time
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
+from absl import flags
 
-from waveunet_jax import files  # noqa: E402
+from waveunet_jax import console, files
+from waveunet_jax import workdir as workdir_lib
 
+import common
+
+FLAGS = flags.FLAGS
+# The checkout the project's commands run in (`--config=experiments/small.py`).
+CHECKOUT = pathlib.Path(__file__).resolve().parent.parent
 CONFIG = "experiments/small.py"
 # The paper's recipe in the fields the options change: every run sets them, so that the
 # baseline stays the paper's whatever small.py's defaults become.
@@ -100,8 +103,8 @@ def run(command: list[str], log: pathlib.Path) -> str:
   (absl's log lines)."""
   print("$ " + " ".join(command[1:]), flush=True)
   start = time.perf_counter()
-  done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True,
-                        env={**os.environ, "PYTHONPATH": str(ROOT)})
+  done = subprocess.run(command, cwd=CHECKOUT, capture_output=True, text=True,
+                        env={**os.environ, "PYTHONPATH": str(CHECKOUT)})
   with log.open("a") as f:
     f.write(f"$ {' '.join(command)}\n{done.stdout}{done.stderr}\n")
   if done.returncode:
@@ -111,14 +114,9 @@ def run(command: list[str], log: pathlib.Path) -> str:
   return done.stderr
 
 
-def config_args(smoke: bool) -> list[str]:
-  return [f"--config={CONFIG}:smoke" if smoke else f"--config={CONFIG}"]
-
-
-def base_config(smoke: bool):
-  from experiments import small
-
-  return small.get_config("smoke" if smoke else "")
+def config_spec(smoke: bool) -> str:
+  """small.py, or with `smoke` its smoke variant, as --config takes it."""
+  return f"{CONFIG}:smoke" if smoke else CONFIG
 
 
 def timings(root: pathlib.Path, runs: dict[str, list[str]], smoke: bool, timed_steps: int,
@@ -134,19 +132,16 @@ def timings(root: pathlib.Path, runs: dict[str, list[str]], smoke: bool, timed_s
   if not missing:
     return kept["relative"]
   runs = {name: runs[name] for name in ["baseline"] + [m for m in missing if m != "baseline"]}
-  import input_pipeline
-  from waveunet_jax import workdir as workdir_lib
-
   data_dir = data_dir or workdir_lib.Workdir(root / "baseline").synthetic_data_dir
   trainers, scratch = {}, pathlib.Path(tempfile.mkdtemp(prefix="timing-", dir=root))
   try:
     for name, names in runs.items():
-      config = base_config(smoke)
+      config = common.load_config(config_spec(smoke))
       config.data.data_dir = str(data_dir)
       for field, value in recipe(names).items():
         group, key = field.split(".")
         config[group][key] = value
-      trainers[name] = input_pipeline.TimedTrainer(config, "device", scratch / name)
+      trainers[name] = common.TimedTrainer(config, "device", scratch / name)
     measured = {name: [] for name in runs}
     for _ in range(rounds):
       for name, trainer in trainers.items():
@@ -170,7 +165,7 @@ def train_and_score(root: pathlib.Path, name: str, names: list[str], steps: int,
                     smoke: bool, heldout: pathlib.Path, data_dir: pathlib.Path | None) -> dict:
   workdir, log = root / name, root / f"{name}.log"
   start = time.perf_counter()
-  run([sys.executable, "-m", "waveunet_jax.main", *config_args(smoke), f"--workdir={workdir}",
+  run([sys.executable, "-m", "waveunet_jax.main", f"--config={config_spec(smoke)}", f"--workdir={workdir}",
        f"--config.num_train_steps={steps}",
        *([f"--config.data.data_dir={data_dir}"] if data_dir else []),
        *(flag(p, v) for p, v in recipe(names).items())], log)
@@ -237,69 +232,82 @@ def table(results: dict, shifts: dict | None) -> str:
   return "\n".join(lines) + "\n"
 
 
-def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--root", default="runs/ablation", help="where the runs go")
-  parser.add_argument("--steps", type=int, help="the baseline's training steps (1000; "
-                      "--smoke: 4)")
-  parser.add_argument("--options", default=",".join(OPTIONS),
-                      help=f"options to run alone (of {', '.join(OPTIONS)})")
-  parser.add_argument("--timed_steps", type=int, default=10,
-                      help="steps timed per run for equal training time")
-  parser.add_argument("--equal_within", type=float, default=0.10,
-                      help="speed ratios this close to 1 count as equal (on a shared 2-core "
-                      "CPU one run's rounds of 10 steps spread by +-20 %%)")
-  parser.add_argument("--data_dir", help="train on this prepared data (python -m "
+def _define_flags() -> None:
+  flags.DEFINE_string("root", "runs/ablation", "where the runs go")
+  flags.DEFINE_integer("steps", None, "the baseline's training steps (1000; --smoke: 4)",
+                       lower_bound=1)
+  flags.DEFINE_list("options", list(OPTIONS), f"options to run alone (of {', '.join(OPTIONS)})")
+  flags.DEFINE_integer("timed_steps", 10, "steps timed per run for equal training time",
+                       lower_bound=1)
+  flags.DEFINE_float("equal_within", 0.10, "speed ratios this close to 1 count as equal (on "
+                     "a shared 2-core CPU one run's rounds of 10 steps spread by +-20 %)")
+  flags.DEFINE_string("data_dir", None, "train on this prepared data (python -m "
                       "waveunet_jax.prepare --config=experiments/small.py ...) instead of "
                       "small.py's synthetic corpus")
-  parser.add_argument("--test_root", help="score on this folder's test split (MUSDB18-HQ "
+  flags.DEFINE_string("test_root", None, "score on this folder's test split (MUSDB18-HQ "
                       "layout: test/<track>/<stem>.wav, or your own stems) instead of 5 "
                       "generated songs")
-  parser.add_argument("--smoke", action="store_true",
-                      help="experiments/small.py:smoke, 2 held-out songs of 3 s: that it runs")
-  args = parser.parse_args()
-  if args.steps is None:
-    args.steps = 4 if args.smoke else 1000
-  options = [o for o in args.options.split(",") if o]
-  unknown = sorted(set(options) - set(OPTIONS))
-  if unknown:
-    parser.error(f"--options: unknown {', '.join(unknown)}; choose from {', '.join(OPTIONS)}")
-  if args.steps < 1 or args.timed_steps < 1:
-    parser.error("--steps and --timed_steps must be positive")
+  flags.DEFINE_bool("smoke", False,
+                    "experiments/small.py:smoke, 2 held-out songs of 3 s: that it runs")
+  flags.register_validator("options", _known_options)
   # Checked before anything trains: a wrong folder would otherwise stop the run at
   # its first `main` or, for --test_root, only after the baseline had trained.
-  if args.data_dir and not pathlib.Path(args.data_dir).is_dir():
-    parser.error(f"--data_dir: {args.data_dir} is not a folder; prepare one with python -m "
-                 "waveunet_jax.prepare --config=experiments/small.py ...")
-  if args.test_root and not (pathlib.Path(args.test_root) / "test").is_dir():
-    parser.error(f"--test_root: {args.test_root} has no test/ folder (the MUSDB18-HQ layout: "
-                 "test/<track>/<stem>.wav)")
-  root = pathlib.Path(args.root).resolve()
-  root.mkdir(parents=True, exist_ok=True)
-  data_dir = pathlib.Path(args.data_dir).resolve() if args.data_dir else None
-  heldout = pathlib.Path(args.test_root).resolve() if args.test_root else root / "heldout"
-  if not args.test_root and not (heldout / "test").exists():
-    run([sys.executable, "-m", "waveunet_jax.synthetic", str(heldout), "--tracks=1",
-         f"--test_tracks={2 if args.smoke else 5}", "--seed=0",
-         *(["--seconds=3"] if args.smoke else [])], root / "heldout.log")
+  flags.register_validator("data_dir", _data_dir)
+  flags.register_validator("test_root", _test_root)
 
-  results = {"baseline": train_and_score(root, "baseline", [], args.steps, args.smoke,
+
+def _known_options(options: list[str]) -> bool:
+  unknown = sorted(set(options) - set(OPTIONS))
+  if unknown:
+    raise flags.ValidationError(f"--options: unknown {', '.join(unknown)}; choose from "
+                                f"{', '.join(OPTIONS)}")
+  return True
+
+
+def _data_dir(path: str | None) -> bool:
+  if path and not pathlib.Path(path).is_dir():
+    raise flags.ValidationError(f"--data_dir: {path} is not a folder; prepare one with python "
+                                "-m waveunet_jax.prepare --config=experiments/small.py ...")
+  return True
+
+
+def _test_root(path: str | None) -> bool:
+  if path and not (pathlib.Path(path) / "test").is_dir():
+    raise flags.ValidationError(f"--test_root: {path} has no test/ folder (the MUSDB18-HQ "
+                                "layout: test/<track>/<stem>.wav)")
+  return True
+
+
+def main(argv: list[str]) -> None:
+  console.no_arguments(argv)
+  steps = FLAGS.steps or (4 if FLAGS.smoke else 1000)
+  options = FLAGS.options
+  root = pathlib.Path(FLAGS.root).resolve()
+  root.mkdir(parents=True, exist_ok=True)
+  data_dir = pathlib.Path(FLAGS.data_dir).resolve() if FLAGS.data_dir else None
+  heldout = pathlib.Path(FLAGS.test_root).resolve() if FLAGS.test_root else root / "heldout"
+  if not FLAGS.test_root and not (heldout / "test").exists():
+    run([sys.executable, "-m", "waveunet_jax.synthetic", str(heldout), "--tracks=1",
+         f"--test_tracks={2 if FLAGS.smoke else 5}", "--seed=0",
+         *(["--seconds=3"] if FLAGS.smoke else [])], root / "heldout.log")
+
+  results = {"baseline": train_and_score(root, "baseline", [], steps, FLAGS.smoke,
                                          heldout, data_dir)}
   runs = {"baseline": [], **{o: [o] for o in options}}
-  rates = timings(root, runs, args.smoke, args.timed_steps, data_dir)
+  rates = timings(root, runs, FLAGS.smoke, FLAGS.timed_steps, data_dir)
 
   def steps_for(name: str) -> int:
     ratio = rates[name]
-    return args.steps if abs(ratio - 1) <= args.equal_within else max(1, round(args.steps * ratio))
+    return steps if abs(ratio - 1) <= FLAGS.equal_within else max(1, round(steps * ratio))
 
   for name in options:
-    results[name] = train_and_score(root, name, [name], steps_for(name), args.smoke, heldout,
+    results[name] = train_and_score(root, name, [name], steps_for(name), FLAGS.smoke, heldout,
                                     data_dir)
   won = winners(results, options)
   if len(won) >= 2:
     runs["best"] = won
-    rates = timings(root, runs, args.smoke, args.timed_steps, data_dir)
-    results["best"] = train_and_score(root, "best", won, steps_for("best"), args.smoke,
+    rates = timings(root, runs, FLAGS.smoke, FLAGS.timed_steps, data_dir)
+    results["best"] = train_and_score(root, "best", won, steps_for("best"), FLAGS.smoke,
                                       heldout, data_dir)
   winner = max(results, key=lambda n: (mean_sdr(results[n]) == mean_sdr(results[n]),
                                          mean_sdr(results[n])))  # NaN loses
@@ -307,7 +315,7 @@ def main() -> None:
                  root / f"{winner}.log", ("--shifts=2",))
   shifts = {"run": winner, "plain_s_per_audio_s": results[winner]["separation_s_per_audio_s"],
             "shifts_s_per_audio_s": shifts.pop("separation_s_per_audio_s"), **shifts}
-  out = {"steps": args.steps, "relative_steps_per_s": rates, "equal_within": args.equal_within,
+  out = {"steps": steps, "relative_steps_per_s": rates, "equal_within": FLAGS.equal_within,
          "runs": results, "winner": winner, "shifts": shifts}
   files.write_text_atomic(root / "ablation.json", json.dumps(out, indent=1) + "\n")
   files.write_text_atomic(root / "ablation.md", table(results, shifts))
@@ -316,4 +324,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-  main()
+  console.run_program(main, _define_flags, usage_status=2)

@@ -1,15 +1,15 @@
 """Where the time of a training step or a separation window goes: every convolution
 of the network timed alone, against the whole compiled computation.
 
-  python benchmarks/conv_profile.py --config=shallow --mode=train --batch=1
-  python benchmarks/conv_profile.py --config="deep M4" --mode=separate
+  python benchmarks/conv_profile.py --config=experiments/shallow.py --mode=train --batch=1
+  python benchmarks/conv_profile.py --config=experiments/deep.py:M4 --mode=separate
   python benchmarks/conv_profile.py --smoke     # a tiny network: that it runs (CI)
 
 XLA:CPU runs convolutions asynchronously, so its trace (jax.profiler) shows when a
 convolution was launched, not how long it ran. This script times each one instead:
 it takes the input shape, kernel and padding of every conv of `models.WaveUNet`
-(`flops.convs`) at the benchmark's sizes (`benchmarks/run.py`: the config's training lengths, or the
-Separator's default window at batch 1), compiles that conv alone, and times it
+(`flops.convs`) at the benchmark's sizes (`common.compiled_train_step`: the config's
+training lengths, or the Separator's default window at batch 1), compiles that conv alone, and times it
 (`--mode=train` also times its two backward convs: the gradients with respect to the
 input and to the kernel). Each line gives milliseconds and GFLOP/s (`flops.py`'s
 count: the same multiply-adds for a conv and each of its gradients); the last lines compare the sum over all convs with the whole step or
@@ -19,18 +19,16 @@ concatenation, the loss and the optimiser), and with the machine's matmul.
 
 from __future__ import annotations
 
-import argparse
-import pathlib
-import sys
+import jax
+import jax.numpy as jnp
+from absl import flags
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-import run  # noqa: E402  (benchmarks/run.py)
+from waveunet_jax import console, flops, models
+from waveunet_jax.separation import jax_engine
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
+import common
 
-from waveunet_jax import flops, models  # noqa: E402
-from waveunet_jax.separation import jax_engine  # noqa: E402
+FLAGS = flags.FLAGS
 
 
 def conv_timings(conv: flops.Conv, train: bool, reps: int) -> list[tuple[float, float]]:
@@ -51,7 +49,7 @@ def conv_timings(conv: flops.Conv, train: bool, reps: int) -> list[tuple[float, 
   for fn, args in parts:
     compiled = fn.lower(*args).compile()
     jax.block_until_ready(compiled(*args))
-    out.append((run.best_time(lambda: compiled(*args), reps), conv.flops))
+    out.append((common.best_time(lambda: compiled(*args), reps), conv.flops))
   return out
 
 
@@ -59,42 +57,42 @@ def whole(config, mode: str, batch: int, reps: int) -> tuple[float, float, tuple
   """(seconds, flops, input shape) of the compiled train step or separation window."""
   model = models.from_config(config)
   if mode == "train":
-    step, state, data, _ = run.compiled_train_step(config, batch)
-    one_step = run.step_runner(step, state, data)
+    step, state, data, _ = common.compiled_train_step(config, batch)
+    one_step = common.step_runner(step, state, data)
     jax.block_until_ready(one_step())
-    return run.best_time(one_step, reps), flops.train_step_flops(config, batch), tuple(data["mix"].shape)
-  sep = jax_engine.separator_from_model(model, run.init_variables(model), config.data.sample_rate)
+    return common.best_time(one_step, reps), flops.train_step_flops(config, batch), tuple(data["mix"].shape)
+  sep = jax_engine.separator_from_model(model, common.init_variables(model), config.data.sample_rate)
   window = jnp.zeros((1, sep.tiling.input_length, model.num_channels))
   forward = sep.engine._forward.lower(sep.engine.variables, window).compile()
   jax.block_until_ready(forward(sep.engine.variables, window))
-  return (run.best_time(lambda: forward(sep.engine.variables, window), reps),
+  return (common.best_time(lambda: forward(sep.engine.variables, window), reps),
           flops.forward(model, 1, sep.tiling.input_length), tuple(window.shape))
 
 
-def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--config", default="deep M4", choices=list(run.CONFIGS))
-  parser.add_argument("--mode", default="train", choices=("train", "separate"))
-  parser.add_argument("--batch", type=int, default=1, help="training batch (train mode)")
-  parser.add_argument("--reps", type=int, default=2, help="timings per figure, best kept")
-  parser.add_argument("--smoke", action="store_true",
-                      help="a tiny network of the config's design, one timing: that it runs")
-  args = parser.parse_args()
-  if args.smoke:
-    args.reps = 1
-  from waveunet_jax import console
+def _define_flags() -> None:
+  flags.DEFINE_string("config", common.DEEP_M4, "the network's config (PATH[:VARIANT])")
+  flags.register_validator("config", common.valid_configs)
+  flags.DEFINE_enum("mode", "train", ("train", "separate"), "time a train step or a "
+                    "separation window")
+  flags.DEFINE_integer("batch", 1, "training batch (train mode)")
+  flags.DEFINE_integer("reps", 2, "timings per figure, best kept")
+  flags.DEFINE_bool("smoke", False,
+                    "a tiny network of the config's design, one timing: that it runs")
 
-  console.setup()  # this project's log lines only
-  config = run.get_config(args.config, args.smoke)
+
+def main(argv: list[str]) -> None:
+  console.no_arguments(argv)
+  reps = 1 if FLAGS.smoke else FLAGS.reps
+  config = common.get_config(FLAGS.config, FLAGS.smoke)
   model = models.from_config(config)
-  train = args.mode == "train"
-  step_s, step_flops, input_shape = whole(config, args.mode, args.batch, args.reps)
+  train = FLAGS.mode == "train"
+  step_s, step_flops, input_shape = whole(config, FLAGS.mode, FLAGS.batch, reps)
   parts = ("forward", "grad input", "grad kernel") if train else ("forward",)
-  print(f"{args.config}, {args.mode}, input {input_shape}; per conv: ms, GFLOP/s of "
+  print(f"{common.label(FLAGS.config)}, {FLAGS.mode}, input {input_shape}; per conv: ms, GFLOP/s of "
         + ", ".join(parts))
   totals = [[0.0, 0.0] for _ in parts]
   for conv in flops.convs(model, input_shape[0], input_shape[1]):
-    timings = conv_timings(conv, train, args.reps)
+    timings = conv_timings(conv, train, reps)
     for total, (seconds, count) in zip(totals, timings):
       total[0] += seconds
       total[1] += count
@@ -105,11 +103,11 @@ def main() -> None:
     print(f"{name:>12}: {seconds:7.3f} s  {count / seconds / 1e9:6.1f} GFLOP/s")
   print(f"{'all convs':>12}: {conv_s:7.3f} s  {conv_flops / conv_s / 1e9:6.1f} GFLOP/s, "
         f"{conv_flops / step_flops:.1%} of the FLOPs")
-  print(f"{'whole ' + args.mode:>12}: {step_s:7.3f} s  {step_flops / step_s / 1e9:6.1f} GFLOP/s; "
+  print(f"{'whole ' + FLAGS.mode:>12}: {step_s:7.3f} s  {step_flops / step_s / 1e9:6.1f} GFLOP/s; "
         f"all convs alone take {conv_s / step_s:.0%} of its time")
-  n = 256 if args.smoke else 4096
-  print(f"{'matmul':>12}: {run.matmul_flops(n=n) / 1e9:.1f} GFLOP/s ({n}^3 float32)")
+  n = 256 if FLAGS.smoke else 4096
+  print(f"{'matmul':>12}: {common.matmul_flops(n=n) / 1e9:.1f} GFLOP/s ({n}^3 float32)")
 
 
 if __name__ == "__main__":
-  main()
+  console.run_program(main, _define_flags, usage_status=2)

@@ -19,24 +19,20 @@ Every engine runs in this one process, one after the other, on the same windows.
 
 from __future__ import annotations
 
-import argparse
 import pathlib
-import sys
 import tempfile
 import time
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
+import numpy as np
+from absl import flags
 
-import numpy as np  # noqa: E402
+from waveunet_jax import console, evaluate, export
+from waveunet_jax.data import tracks as tracks_lib
+from waveunet_jax.separation import jax_engine, model_formats, separator
 
-import run  # noqa: E402
-from waveunet_jax import evaluate, export  # noqa: E402
-from waveunet_jax.separation import model_formats  # noqa: E402
-from waveunet_jax.separation import jax_engine  # noqa: E402
-from waveunet_jax.separation import separator  # noqa: E402
-from waveunet_jax.data import tracks as tracks_lib  # noqa: E402
+import common
+
+FLAGS = flags.FLAGS
 
 VARIANTS = {  # name: (format, options)
     "ONNX Runtime": ("onnx", {}),
@@ -48,42 +44,34 @@ VARIANTS = {  # name: (format, options)
 }
 
 
-def best(fn, reps: int) -> float:
-  times = []
-  for _ in range(reps):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return min(times)
+def _define_flags() -> None:
+  flags.DEFINE_string("workdir", None, "a training workdir (default: M4, random weights)")
+  flags.DEFINE_string("musdb_root", None, "a corpus in the MUSDB18-HQ layout, for SDR")
+  flags.DEFINE_integer("tracks", 2, "test tracks evaluated with --musdb_root")
+  flags.DEFINE_float("seconds", 30.0, "seconds of the song separated")
+  flags.DEFINE_integer("reps", 3, "timings per figure, best kept")
+  flags.DEFINE_bool("smoke", False,
+                    "a tiny network of M4's design (no --workdir), 2 s, one timing")
 
 
-def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--workdir", help="a training workdir (default: M4, random weights)")
-  parser.add_argument("--musdb_root", help="a corpus in the MUSDB18-HQ layout, for SDR")
-  parser.add_argument("--tracks", type=int, default=2)
-  parser.add_argument("--seconds", type=float, default=30.0)
-  parser.add_argument("--reps", type=int, default=3)
-  parser.add_argument("--smoke", action="store_true",
-                      help="a tiny network of M4's design (no --workdir), 2 s, one timing")
-  args = parser.parse_args()
-  if args.smoke:
-    args.seconds, args.reps = 2.0, 1
-  if args.workdir:
+def main(argv: list[str]) -> None:
+  console.no_arguments(argv)
+  seconds, reps = (2.0, 1) if FLAGS.smoke else (FLAGS.seconds, FLAGS.reps)
+  if FLAGS.workdir:
     from waveunet_jax import workdir as workdir_lib
 
-    engine_jax = jax_engine.JaxEngine.from_workdir(args.workdir)
-    config = workdir_lib.load_config(args.workdir)
+    engine_jax = jax_engine.JaxEngine.from_workdir(FLAGS.workdir)
+    config = workdir_lib.load_config(FLAGS.workdir)
   else:
-    config = run.get_config("deep M4", args.smoke)
-    engine_jax = run.make_separator(config, args.smoke).engine
-  if args.musdb_root:
-    track = evaluate.tracks_of_split(args.musdb_root, "test", True)[0]
+    config = common.get_config(common.DEEP_M4, FLAGS.smoke)
+    engine_jax = common.make_separator(config, FLAGS.smoke).engine
+  if FLAGS.musdb_root:
+    track = evaluate.tracks_of_split(FLAGS.musdb_root, "test", True)[0]
     stems, rate = tracks_lib.read_stems(track)
-    song = sum(stems.values())[:round(args.seconds * rate)]
+    song = sum(stems.values())[:round(seconds * rate)]
     assert rate == 44100
   else:
-    song = run.song(args.seconds)
+    song = common.song(seconds)
   t = engine_jax.tiling
   window = np.resize(song[::2], (1, t.input_length, engine_jax.num_channels)).astype(np.float32)
   engines = {"JAX (jit)": engine_jax}
@@ -100,21 +88,21 @@ def main() -> None:
     results, reference = {}, None
     for name, e in engines.items():
       np.asarray(e.forward(window))  # warm-up (and compilation)
-      window_s = best(lambda: np.asarray(e.forward(window)), args.reps)
+      window_s = common.best_time(lambda: np.asarray(e.forward(window)), reps)
       sep = separator.Separator(e)
-      song_s = best(lambda: sep.separate(song, 44100), args.reps)
+      song_s = common.best_time(lambda: sep.separate(song, 44100), reps)
       out = sep.separate(song, 44100)
       reference = reference or out
       diff = max(float(np.abs(out[s] - reference[s]).max()) for s in out)
       sdr = {}
-      if args.musdb_root:
-        summary = evaluate.evaluate(sep, args.musdb_root, pathlib.Path(tmp) / f"eval-{len(results)}",
-                                    wav=True, max_tracks=args.tracks)
+      if FLAGS.musdb_root:
+        summary = evaluate.evaluate(sep, FLAGS.musdb_root, pathlib.Path(tmp) / f"eval-{len(results)}",
+                                    wav=True, max_tracks=FLAGS.tracks)
         sdr = {s: m["SDR"]["sisec_median"] for s, m in summary["model"].items()}
       results[name] = (window_s, song_s, diff, sdr)
       print(name, results[name], flush=True)
   print(f"\n{len(song) / 44100:.0f} s of 44.1 kHz stereo, windows of {t.input_length} samples "
-        f"(batch 1); best of {args.reps}\n")
+        f"(batch 1); best of {reps}\n")
   jax_sdr = results["JAX (jit)"][3]
   header = "| engine | window s | song s | audio s/s | max diff to JAX |"
   header += "".join(f" {s} SDR (change) |" for s in jax_sdr)
@@ -127,4 +115,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-  main()
+  console.run_program(main, _define_flags, usage_status=2)

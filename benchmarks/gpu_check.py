@@ -1,11 +1,11 @@
 """The Python parts of `gpu_check.sh`: one part per call, so the shell can bound each.
 
-  python benchmarks/gpu_check.py compile --config=shallow --batches=2,4,8,16
-  python benchmarks/gpu_check.py train --config=shallow --batches=8,16
-  python benchmarks/gpu_check.py train --config="deep M4" --dtype=bfloat16 --batches=16,32,64 --largest=1024
-  python benchmarks/gpu_check.py sampler --config="deep M4" --dtype=bfloat16 --batches=16,32,64
-  python benchmarks/gpu_check.py profile --config="deep M4" --dtype=bfloat16 --batch=16
-  python benchmarks/gpu_check.py cache --config="deep M4" --batch=16 --dir=/tmp/xla_cache
+  python benchmarks/gpu_check.py compile --config=experiments/shallow.py --batches=2,4,8,16
+  python benchmarks/gpu_check.py train --config=experiments/shallow.py --batches=8,16
+  python benchmarks/gpu_check.py train --config=experiments/deep.py:M4 --dtype=bfloat16 --batches=16,32,64 --largest=1024
+  python benchmarks/gpu_check.py sampler --config=experiments/deep.py:M4 --dtype=bfloat16 --batches=16,32,64
+  python benchmarks/gpu_check.py profile --config=experiments/deep.py:M4 --dtype=bfloat16 --batch=16
+  python benchmarks/gpu_check.py cache --config=experiments/deep.py:M4 --batch=16 --dir=/tmp/xla_cache
 
 Parts (each prints one JSON object per figure on a line starting `RESULT `, so a
 part cut short by its time limit keeps what it printed):
@@ -16,7 +16,7 @@ part cut short by its time limit keeps what it printed):
   device's memory. The shell runs it once per `--xla_gpu_autotune_level` (XLA_FLAGS
   are read when the backend starts) and greps XLA's log for workspace, autotuning and
   rematerialisation lines.
-* train: steps/s of that step per batch (`run.train_figures`: compiled, a warm-up
+* train: steps/s of that step per batch (`common.train_figures`: compiled, a warm-up
   step, then --steps timed), its FLOP/s by `flops.py` (never a GPU cost analysis,
   which counts every cuDNN convolution as -1 FLOP), as a share of the chip's dense
   peak (`accelerators.py`) and of this device's measured matmul of the same dtype.
@@ -35,14 +35,13 @@ part cut short by its time limit keeps what it printed):
   compilation cache (`jax_compilation_cache_dir`; with it XLA keeps its GPU autotune
   results): the first start compiles and fills the cache, the second should read it.
 
---smoke runs any part on run.py's tiny networks (CI runs every part on the CPU that
-way: the figures mean nothing there, the code paths are the GPU's, except that the
-CPU has no autotuner and no device memory limit).
+--smoke runs any part on the tiny networks of `common.smoke_config` (CI runs every part
+on the CPU that way: the figures mean nothing there, the code paths are the GPU's,
+except that the CPU has no autotuner and no device memory limit).
 """
 
 from __future__ import annotations
 
-import argparse
 import collections
 import gzip
 import json
@@ -54,14 +53,16 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-import run  # noqa: E402  (benchmarks/run.py: the configs, the timed step, the matmul)
+import jax
+import jax.numpy as jnp
+from absl import app, flags
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
+from waveunet_jax import console, flops, models, parallel
+from waveunet_jax import steps as train_steps
 
-from waveunet_jax import flops, models, parallel  # noqa: E402
-from waveunet_jax import steps as train_steps  # noqa: E402
+import common
+
+FLAGS = flags.FLAGS
 
 
 def result(**figures) -> dict:
@@ -69,9 +70,9 @@ def result(**figures) -> dict:
   return figures
 
 
-def config_for(args):
-  config = run.get_config(args.config, args.smoke)
-  config.model.dtype = args.dtype
+def config_for():
+  config = common.get_config(FLAGS.config, FLAGS.smoke)
+  config.model.dtype = FLAGS.dtype
   return config
 
 
@@ -101,22 +102,22 @@ def memory(compiled) -> dict:
           "total_bytes": int(total)}
 
 
-def part_compile(args) -> None:
-  limit = run.device_memory_limit()
-  for batch in args.batches:
-    config = config_for(args)
+def part_compile() -> None:
+  limit = common.device_memory_limit()
+  for batch in batch_sizes():
+    config = config_for()
     try:
       compiled, seconds = compile_only(config, batch)
     except Exception as e:  # out of memory while compiling, or autotuning
       result(part="compile", batch=batch, error=f"{type(e).__name__}: {str(e)[:400]}")
       continue
-    result(part="compile", config=args.config, dtype=args.dtype, batch=batch,
+    result(part="compile", config=FLAGS.config, dtype=FLAGS.dtype, batch=batch,
            compile_s=round(seconds, 2), device_limit_gib=limit and round(limit / 2 ** 30, 1),
            xla_flags=os.environ.get("XLA_FLAGS", ""), **memory(compiled))
 
 
 def timed(config, batch: int, steps: int, matmul: float) -> dict:
-  figures = run.train_figures(config, batch, steps)
+  figures = common.train_figures(config, batch, steps)
   return result(part="train", dtype=config.model.dtype, batch=batch,
                 steps_per_s=round(figures["steps_per_s"], 3),
                 examples_per_s=round(figures["steps_per_s"] * batch, 1),
@@ -128,23 +129,23 @@ def timed(config, batch: int, steps: int, matmul: float) -> dict:
                 compiled_gib=figures["compiled_bytes"] and round(figures["compiled_bytes"] / 2 ** 30, 2))
 
 
-def part_train(args) -> None:
-  n, calls = (256, 1) if args.smoke else run.matmul_size(jax.default_backend() != "cpu")
-  matmul = run.matmul_flops(jnp.dtype(args.dtype), n=n, reps=3, calls=calls)
-  result(part="matmul", dtype=args.dtype, n=n, tflop_per_s=round(matmul / 1e12, 3),
+def part_train() -> None:
+  n, calls = (256, 1) if FLAGS.smoke else common.matmul_size(jax.default_backend() != "cpu")
+  matmul = common.matmul_flops(jnp.dtype(FLAGS.dtype), n=n, reps=3, calls=calls)
+  result(part="matmul", dtype=FLAGS.dtype, n=n, tflop_per_s=round(matmul / 1e12, 3),
          device=jax.devices()[0].device_kind)
-  for batch in args.batches:
+  for batch in batch_sizes():
     try:
-      timed(config_for(args), batch, args.steps, matmul)
+      timed(config_for(), batch, FLAGS.steps, matmul)
     except Exception as e:  # XlaRuntimeError: RESOURCE_EXHAUSTED
       result(part="train", batch=batch, error=f"{type(e).__name__}: {str(e)[:400]}")
-  if not args.largest:
+  if not FLAGS.largest:
     return
-  limit = run.device_memory_limit()
-  fits, batch = None, max(args.batches) * 2
-  while batch <= args.largest:
+  limit = common.device_memory_limit()
+  fits, batch = None, max(batch_sizes()) * 2
+  while batch <= FLAGS.largest:
     try:
-      compiled, seconds = compile_only(config_for(args), batch)
+      compiled, seconds = compile_only(config_for(), batch)
       need = memory(compiled).get("total_bytes")
     except Exception as e:
       result(part="largest", batch=batch, fits=False, error=f"{type(e).__name__}: {str(e)[:200]}")
@@ -156,7 +157,7 @@ def part_train(args) -> None:
       break
     fits, batch = batch, batch * 2
   if fits:
-    timed(config_for(args), fits, args.steps, matmul)
+    timed(config_for(), fits, FLAGS.steps, matmul)
 
 
 # --------------------------------------------------------------------------- #
@@ -164,7 +165,7 @@ def part_train(args) -> None:
 # --------------------------------------------------------------------------- #
 
 
-def part_sampler(args) -> None:
+def part_sampler() -> None:
   """Steps/s of the train step fed by the device sampler (`device_data.DeviceSampler`,
   as training feeds it: one sampler call, then the step) against the same step on one
   fixed batch, per batch; the sampler alone; and the host CPU seconds per step. The
@@ -175,17 +176,17 @@ def part_sampler(args) -> None:
   from waveunet_jax.data import device as device_data
   from waveunet_jax.data import records
 
-  config = config_for(args)
+  config = config_for()
   layout = parallel.data_parallel(jax.local_devices()[:1])
   data_layout = records.layout_for(config)
   rng = np.random.default_rng(0)
-  windows = rng.integers(-3000, 3000, (args.windows, len(data_layout.sources),
+  windows = rng.integers(-3000, 3000, (FLAGS.windows, len(data_layout.sources),
                                        data_layout.window_length, data_layout.num_channels),
                          dtype=np.int16)
-  share = device_data.Share.of([windows], [np.full(args.windows, data_layout.hop, np.int32)],
+  share = device_data.Share.of([windows], [np.full(FLAGS.windows, data_layout.hop, np.int32)],
                                [1.0])
   model = models.from_config(config)
-  for batch in args.batches:
+  for batch in batch_sizes():
     try:
       sampler = device_data.DeviceSampler(config.data, layout, data_layout, [share], [0],
                                           batch_size=batch, seed=0)
@@ -201,15 +202,15 @@ def part_sampler(args) -> None:
         jax.block_until_ready(out)  # warm-up: compiles
         state = fresh()
         start, cpu = time.perf_counter(), time.process_time()
-        for i in range(args.steps):
+        for i in range(FLAGS.steps):
           if mode == "sampler":
             out = sampler.batch(i)
           else:
             state, out = step(state, fixed if mode == "fixed" else sampler.batch(i))
         jax.block_until_ready(out)
         seconds = time.perf_counter() - start
-        figures[mode] = (args.steps / seconds, (time.process_time() - cpu) / args.steps)
-      result(part="sampler", dtype=args.dtype, batch=batch, windows=args.windows,
+        figures[mode] = (FLAGS.steps / seconds, (time.process_time() - cpu) / FLAGS.steps)
+      result(part="sampler", dtype=FLAGS.dtype, batch=batch, windows=FLAGS.windows,
              window_mib=round(share.windows.nbytes / 2 ** 20, 1),
              fixed_steps_per_s=round(figures["fixed"][0], 3),
              device_sampler_steps_per_s=round(figures["device"][0], 3),
@@ -289,22 +290,22 @@ def summarise_trace(path: pathlib.Path, top: int = 15) -> dict:
           "top_ops_ms": [(name, round(v / 1e3, 3)) for name, v in by_op.most_common(top)]}
 
 
-def part_profile(args) -> None:
-  config = config_for(args)
-  step, state, batch, _ = run.compiled_train_step(config, args.batch)
-  one_step = run.step_runner(step, state, batch)
+def part_profile() -> None:
+  config = config_for()
+  step, state, batch, _ = common.compiled_train_step(config, FLAGS.batch)
+  one_step = common.step_runner(step, state, batch)
   jax.block_until_ready(one_step())  # warm-up
-  folder = pathlib.Path(args.trace_dir or tempfile.mkdtemp(prefix="waveunet-trace-"))
+  folder = pathlib.Path(FLAGS.trace_dir or tempfile.mkdtemp(prefix="waveunet-trace-"))
   with jax.profiler.trace(str(folder), create_perfetto_trace=True):
-    for _ in range(args.steps):
+    for _ in range(FLAGS.steps):
       metrics = one_step()
     jax.block_until_ready(metrics)
   traces = sorted(folder.rglob("perfetto_trace.json.gz")) or sorted(folder.rglob("*.trace.json.gz"))
   if not traces:
     result(part="profile", error=f"no trace file under {folder}")
     return
-  result(part="profile", config=args.config, dtype=args.dtype, batch=args.batch,
-         steps=args.steps, trace=str(traces[-1]), **summarise_trace(traces[-1]))
+  result(part="profile", config=FLAGS.config, dtype=FLAGS.dtype, batch=FLAGS.batch,
+         steps=FLAGS.steps, trace=str(traces[-1]), **summarise_trace(traces[-1]))
 
 
 # --------------------------------------------------------------------------- #
@@ -312,13 +313,13 @@ def part_profile(args) -> None:
 # --------------------------------------------------------------------------- #
 
 
-def part_cache(args) -> None:
-  folder = args.dir or tempfile.mkdtemp(prefix="waveunet-xla-cache-")
+def part_cache() -> None:
+  folder = FLAGS.dir or tempfile.mkdtemp(prefix="waveunet-xla-cache-")
   env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": folder,
          "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
          "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
-  child = [sys.executable, __file__, "cache_child", f"--config={args.config}",
-           f"--dtype={args.dtype}", f"--batch={args.batch}"] + ["--smoke"] * args.smoke
+  child = [sys.executable, __file__, "cache_child", f"--config={FLAGS.config}",
+           f"--dtype={FLAGS.dtype}", f"--batch={FLAGS.batch}"] + ["--smoke"] * FLAGS.smoke
   for start in ("first", "second"):
     began = time.perf_counter()
     out = subprocess.run(child, env=env, capture_output=True, text=True, check=True).stdout
@@ -328,35 +329,42 @@ def part_cache(args) -> None:
            process_s=round(time.perf_counter() - began, 1), cache_files=files, cache_dir=folder)
 
 
-def part_cache_child(args) -> None:
-  _, seconds = compile_only(config_for(args), args.batch)
+def part_cache_child() -> None:
+  _, seconds = compile_only(config_for(), FLAGS.batch)
   result(part="cache_child", compile_s=round(seconds, 2))
 
 
-def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("part", choices=("compile", "train", "sampler", "profile", "cache",
-                                       "cache_child"))
-  parser.add_argument("--config", default="shallow", choices=list(run.CONFIGS))
-  parser.add_argument("--dtype", default="float32", choices=tuple(models.DTYPES))
-  parser.add_argument("--batches", default="8,16", help="comma-separated batch sizes")
-  parser.add_argument("--batch", type=int, default=16, help="profile and cache: the batch")
-  parser.add_argument("--steps", type=int, default=10, help="timed or traced steps")
-  parser.add_argument("--largest", type=int, default=0,
-                      help="train: search batches above --batches up to this (0: no search)")
-  parser.add_argument("--windows", type=int, default=64,
-                      help="sampler: random windows the device holds")
-  parser.add_argument("--trace_dir", help="profile: keep the trace here")
-  parser.add_argument("--dir", help="cache: the cache folder (default: a new one)")
-  parser.add_argument("--smoke", action="store_true", help="run.py's tiny networks (CI)")
-  args = parser.parse_args()
-  args.batches = [int(b) for b in args.batches.split(",") if b]
-  from waveunet_jax import console
+PARTS = ("compile", "train", "sampler", "profile", "cache", "cache_child")
 
-  console.setup()  # this project's log lines only
+
+def _define_flags() -> None:
+  flags.DEFINE_string("config", common.SHALLOW, "the network's config (PATH[:VARIANT])")
+  flags.register_validator("config", common.valid_configs)
+  flags.DEFINE_enum("dtype", "float32", list(models.DTYPES), "the compute dtype")
+  flags.DEFINE_list("batches", ["8", "16"], "comma-separated batch sizes")
+  flags.DEFINE_integer("batch", 16, "profile and cache: the batch")
+  flags.DEFINE_integer("steps", 10, "timed or traced steps")
+  flags.DEFINE_integer("largest", 0,
+                       "train: search batches above --batches up to this (0: no search)")
+  flags.DEFINE_integer("windows", 64, "sampler: random windows the device holds")
+  flags.DEFINE_string("trace_dir", None, "profile: keep the trace here")
+  flags.DEFINE_string("dir", None, "cache: the cache folder (default: a new one)")
+  flags.DEFINE_bool("smoke", False, "the tiny networks of common.smoke_config (CI)")
+  flags.register_validator("batches", lambda values: all(v.isdigit() for v in values),
+                           message="comma-separated batch sizes, e.g. 8,16")
+
+
+def batch_sizes() -> list[int]:
+  return [int(b) for b in FLAGS.batches]
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) != 2 or argv[1] not in PARTS:
+    raise app.UsageError(f"name one part of {', '.join(PARTS)} (got {' '.join(argv[1:])!r})",
+                         exitcode=2)
   {"compile": part_compile, "train": part_train, "sampler": part_sampler,
-   "profile": part_profile, "cache": part_cache, "cache_child": part_cache_child}[args.part](args)
+   "profile": part_profile, "cache": part_cache, "cache_child": part_cache_child}[argv[1]]()
 
 
 if __name__ == "__main__":
-  main()
+  console.run_program(main, _define_flags, usage_status=2)

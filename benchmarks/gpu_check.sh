@@ -33,7 +33,7 @@
 # lines). Knobs (environment, defaults):
 #   BUDGET_S=500 SHALLOW_AUTOTUNE=0 MAX_BATCH=1024 STEPS=10 PROFILE_STEPS=5
 #   COMPILE_MAX_S=90 TRAIN_MAX_S=110 PROFILE_MAX_S=50 CACHE_MAX_S=80 SAMPLER_MAX_S=90
-#   RUN_PRECISION= PRECISION_CONFIGS=shallow:smoke PRECISION_STEPS=200 PRECISION_MAX_S=150
+#   RUN_PRECISION= PRECISION_CONFIGS=experiments/shallow.py:smoke PRECISION_STEPS=200 PRECISION_MAX_S=150
 #   RUN_RUNPY= RUN_MODELS="deep M4,shallow" TRAIN_STEPS=20 RUN_FLAGS= RUN_MAX_S=200
 #   WHEELS=.whl SITE=/tmp/site PYTHON=python3
 set -u -o pipefail
@@ -106,10 +106,10 @@ EOF
   } | tee "$OUT/env.txt"
 
   local check=("$PY" "$HERE/benchmarks/gpu_check.py") shallow_batches=2,4,8,16 m4=16,32,64
-  local max_batch=${MAX_BATCH:-1024} steps=${STEPS:-10} profile_batch=16 shallow=shallow
+  local max_batch=${MAX_BATCH:-1024} steps=${STEPS:-10} profile_batch=16 shallow=experiments/shallow.py
   if [[ -n $SMOKE ]]; then  # the tiny M4 compiles fastest: the shallow parts' code paths
     check+=(--smoke); shallow_batches=1; m4=1; max_batch=2; steps=1; profile_batch=1
-    shallow="deep M4"
+    shallow=experiments/deep.py:M4
   fi
   # XLA_FLAGS are read when the backend starts: one process per autotune level. The
   # autotuner's and rematerialisation's own log lines need their modules' VLOG.
@@ -126,18 +126,18 @@ EOF
   [[ $tune != default ]] && flags="$flags --xla_gpu_autotune_level=$tune"
   XLA_FLAGS="$flags" step "train $shallow float32" "${TRAIN_MAX_S:-110}" "${check[@]}" train \
     --config="$shallow" --batches=$([[ -n $SMOKE ]] && echo 1 || echo 8,16) --steps=$steps
-  step "train M4 bfloat16" "${TRAIN_MAX_S:-110}" "${check[@]}" train --config="deep M4" \
+  step "train M4 bfloat16" "${TRAIN_MAX_S:-110}" "${check[@]}" train --config=experiments/deep.py:M4 \
     --dtype=bfloat16 --batches=$m4 --largest=$max_batch --steps=$steps
-  step "profile M4 bfloat16" "${PROFILE_MAX_S:-50}" "${check[@]}" profile --config="deep M4" \
+  step "profile M4 bfloat16" "${PROFILE_MAX_S:-50}" "${check[@]}" profile --config=experiments/deep.py:M4 \
     --dtype=bfloat16 --batch=$profile_batch --steps=${PROFILE_STEPS:-5} --trace_dir="$OUT/trace"
-  step "cache M4 bfloat16" "${CACHE_MAX_S:-80}" "${check[@]}" cache --config="deep M4" \
+  step "cache M4 bfloat16" "${CACHE_MAX_S:-80}" "${check[@]}" cache --config=experiments/deep.py:M4 \
     --dtype=bfloat16 --batch=$profile_batch --dir="$OUT/xla_cache"
-  step "sampler M4 bfloat16" "${SAMPLER_MAX_S:-90}" "${check[@]}" sampler --config="deep M4" \
+  step "sampler M4 bfloat16" "${SAMPLER_MAX_S:-90}" "${check[@]}" sampler --config=experiments/deep.py:M4 \
     --dtype=bfloat16 --batches=$m4 --steps=$steps --windows=$([[ -n $SMOKE ]] && echo 4 || echo 64)
 
   if [[ -n ${RUN_PRECISION:-} ]]; then
     step precision "${PRECISION_MAX_S:-150}" "$PY" "$HERE/benchmarks/precision.py" \
-      --configs="${PRECISION_CONFIGS:-shallow:smoke}" --steps="${PRECISION_STEPS:-200}" \
+      --configs="${PRECISION_CONFIGS:-experiments/shallow.py:smoke}" --steps="${PRECISION_STEPS:-200}" \
       --json="$OUT/precision.json" $SMOKE
   fi
   if [[ -n ${RUN_RUNPY:-} ]]; then

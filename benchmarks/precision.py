@@ -1,13 +1,15 @@
 """bfloat16 against float32 training: the same steps from the same start.
 
-  python benchmarks/precision.py                             # shallow:smoke, 200 steps
-  python benchmarks/precision.py --configs=shallow:smoke,deep:M4 --json=OUT.json
+  python benchmarks/precision.py                 # experiments/shallow.py:smoke, 200 steps
+  python benchmarks/precision.py --configs=experiments/shallow.py:smoke,experiments/deep.py:M4 \
+      --json=OUT.json
   python benchmarks/precision.py --smoke    # 3 steps, one short track: that it runs (CI)
 
-For each config (`MODULE[:VARIANT]` of experiments/, e.g. `shallow:smoke`, `deep:M4`)
-trains twice, `config.model.dtype` float32 then bfloat16, from the same initial
-parameters (`train_steps.create_state`, the config's seed; parameters stay float32 in
-both) on the same batches, with the project's own optimiser and step
+For each config (`PATH[:VARIANT]` as the programs' --config takes it, e.g.
+`experiments/shallow.py:smoke`, `experiments/deep.py:M4`) trains twice,
+`config.model.dtype` float32 then bfloat16, from the same initial parameters
+(`train_steps.create_state`, the config's seed; parameters stay float32 in both) on
+the same batches, with the project's own optimiser and step
 (`train_steps.stage_optimizer`, `train_steps.train_step`, the main stage's batch size and learning
 rate). Nothing here needs TensorFlow, so it runs on a GPU machine that has none:
 batches are not the tf.data pipeline's but the same recipe in numpy, seeded by the
@@ -26,37 +28,29 @@ within --tolerance (10 %) of float32. The exit status is 1 if a verdict fails.
 
 from __future__ import annotations
 
-import argparse
 import functools
-import importlib
 import json
 import math
 import pathlib
 import sys
 import time
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import flags
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import ml_collections  # noqa: E402
-import numpy as np  # noqa: E402
-import optax  # noqa: E402
+from waveunet_jax import console, models, stems
+from waveunet_jax import steps as train_steps
+from waveunet_jax.data import generator
 
-from waveunet_jax import models, stems  # noqa: E402
-from waveunet_jax.data import generator  # noqa: E402
-from waveunet_jax import stems as stems_lib  # noqa: E402
-from waveunet_jax import steps as train_steps  # noqa: E402
+import common
+
+FLAGS = flags.FLAGS
 
 DTYPES = ("float32", "bfloat16")
-
-
-def load_config(spec: str) -> ml_collections.ConfigDict:
-  """`MODULE[:VARIANT]` of experiments/ -> its config."""
-  module, _, variant = spec.partition(":")
-  get_config = importlib.import_module(f"experiments.{module}").get_config
-  return get_config(variant) if variant else get_config()
 
 
 class Batches:
@@ -73,7 +67,7 @@ class Batches:
     self.tracks = []
     for i in range(tracks):
       track = generator.make_track(seed * 1000 + i, seconds, config.data.sample_rate)
-      sources = stems.combine({s: track[s] for s in stems_lib.STEMS}, config.model.sources)
+      sources = stems.combine({s: track[s] for s in stems.STEMS}, config.model.sources)
       block = np.stack(list(sources.values()))  # [S, T, 2]
       if model.num_channels == 1:
         block = block.mean(axis=2, keepdims=True)
@@ -147,9 +141,8 @@ def train_losses(config: ml_collections.ConfigDict, dtype: str, init: train_step
           "losses": losses.tolist()}
 
 
-def compare(spec: str, steps: int, batch_size: int | None, tracks: int | None,
-            seconds: float | None, seed: int, tolerance: float) -> dict:
-  config = load_config(spec)
+def compare(spec: str, config: ml_collections.ConfigDict, steps: int, batch_size: int | None,
+            tracks: int | None, seconds: float | None, seed: int, tolerance: float) -> dict:
   batch_size = batch_size or train_steps.stage_settings(config, 0)[0]
   batches = Batches(config, batch_size, tracks or config.data.synthetic_tracks,
                     seconds or config.data.synthetic_seconds, seed)
@@ -186,43 +179,42 @@ def report(result: dict) -> str:
   return "\n".join(lines)
 
 
-def main() -> int:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--configs", default="shallow:smoke",
-                      help="comma-separated MODULE[:VARIANT] of experiments/")
-  parser.add_argument("--steps", type=int, default=200, help="training steps per dtype")
-  parser.add_argument("--batch", type=int, help="batch size (default: the config's)")
-  parser.add_argument("--tracks", type=int, help="synthetic tracks (default: the config's)")
-  parser.add_argument("--seconds", type=float, help="track length (default: the config's)")
-  parser.add_argument("--seed", type=int, default=0, help="seeds the tracks and the batches")
-  parser.add_argument("--tolerance", type=float, default=0.10,
-                      help="largest |bfloat16 - float32| / float32 of the final loss")
-  parser.add_argument("--json", help="also write the figures to this file")
-  parser.add_argument("--smoke", action="store_true",
-                      help="3 steps on one short track (default config): that it runs")
-  args = parser.parse_args()
-  if args.smoke:
-    args.steps, args.tracks, args.seconds = 3, 1, 2.0
-  if args.steps < 1:
-    parser.error("--steps must be at least 1")
-  from waveunet_jax import console
+def _define_flags() -> None:
+  flags.DEFINE_list("configs", ["experiments/shallow.py:smoke"],
+                    "comma-separated configs, PATH[:VARIANT] as --config takes them")
+  flags.DEFINE_integer("steps", 200, "training steps per dtype", lower_bound=1)
+  flags.DEFINE_integer("batch", None, "batch size (default: the config's)")
+  flags.DEFINE_integer("tracks", None, "synthetic tracks (default: the config's)")
+  flags.DEFINE_float("seconds", None, "track length (default: the config's)")
+  flags.DEFINE_integer("seed", 0, "seeds the tracks and the batches")
+  flags.DEFINE_float("tolerance", 0.10,
+                     "largest |bfloat16 - float32| / float32 of the final loss")
+  flags.DEFINE_string("json", None, "also write the figures to this file")
+  flags.DEFINE_bool("smoke", False, "3 steps on one short track (default config): that it runs")
 
-  console.setup()  # this project's log lines only
-  device = jax.devices()[0]
-  out = {"jax": jax.__version__, "backend": jax.default_backend(),
-         "device": str(device.device_kind),
+
+def main(argv: list[str]) -> int:
+  console.no_arguments(argv)
+  steps, tracks, seconds = ((3, 1, 2.0) if FLAGS.smoke else
+                            (FLAGS.steps, FLAGS.tracks, FLAGS.seconds))
+  try:
+    configs = [(spec, common.load_config(spec, "--configs")) for spec in FLAGS.configs]
+  except ValueError as e:
+    sys.exit(f"error: {e}")
+  facts = common.machine()
+  out = {"jax": facts["jax"], "backend": facts["backend"], "device": facts["device"],
          "default_matmul_precision": str(jax.config.jax_default_matmul_precision),
          "results": []}
   print(f"jax {out['jax']}, backend {out['backend']} ({out['device']})", flush=True)
-  for spec in [s for s in args.configs.split(",") if s]:
-    result = compare(spec, args.steps, args.batch, args.tracks, args.seconds, args.seed,
-                     args.tolerance)
+  for spec, config in configs:
+    result = compare(spec, config, steps, FLAGS.batch, tracks, seconds, FLAGS.seed,
+                     FLAGS.tolerance)
     out["results"].append(result)
     print(report(result), flush=True)
-    if args.json:  # after each config, so a run cut short keeps what it measured
-      pathlib.Path(args.json).write_text(json.dumps(out, indent=1))
+    if FLAGS.json:  # after each config, so a run cut short keeps what it measured
+      pathlib.Path(FLAGS.json).write_text(json.dumps(out, indent=1))
   return 0 if all(r["within_tolerance"] for r in out["results"]) else 1
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  console.run_program(main, _define_flags, usage_status=2)

@@ -43,12 +43,12 @@ Every time is taken after compilation and a warm-up call. The figures:
   batch is searched from a guess (the batch of the train figures' compiled memory,
   scaled to the device's memory limit), doubling while a step runs and halving while
   it does not, so a few compiles instead of one per power of two. On an H200 the search
-  ran out of its time limit (README, *On a GPU*; `gpu_check.py train --largest`
+  ran out of its time limit (benchmarks/README.md, *On a GPU*; `gpu_check.py train --largest`
   searches on compiled memory instead); on a CPU the path runs
   (`--quick --accelerator_figures --max_batch=2`), its figures mean nothing there.
 
---smoke runs every part on tiny networks (`shallow.py:smoke` on 8192 samples and a
-4-level M4), one step or timing each, 2 s of audio, a 3 s corpus and a few seconds of
+--smoke runs every part on tiny networks (`common.smoke_config`: `shallow.py:smoke` on
+8192 samples and a 4-level M4), one step or timing each, 2 s of audio, a 3 s corpus and a few seconds of
 peak-memory runs: it checks that the script runs (CI does), its figures mean nothing.
 
 Parts can be left out: --skip_pipeline (needs TensorFlow), --skip_memory (peak RSS
@@ -60,110 +60,26 @@ A GPU machine without TensorFlow runs
 
 from __future__ import annotations
 
-import argparse
 import functools
 import json
-import os
 import pathlib
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import flags
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
+from waveunet_jax import console, flops, separate
+from waveunet_jax.data import generator
 
-from experiments import deep, shallow  # noqa: E402
+import common
 
-from waveunet_jax import flops, models, parallel, separate  # noqa: E402
-from waveunet_jax.separation import jax_engine  # noqa: E402
-from waveunet_jax.data import generator  # noqa: E402
-from waveunet_jax import steps as train_steps  # noqa: E402
-
-CONFIGS = {"shallow": shallow.get_config, "deep M4": lambda: deep.get_config("M4")}
-
-
-def smoke_config(name: str):
-  """A tiny network of the same design as CONFIGS[name], for --smoke."""
-  if name == "shallow":
-    config = shallow.get_config("smoke")
-    config.data.output_length, config.loss.central_length = 8192, 4096
-    return config
-  config = CONFIGS[name]()
-  levels = 4
-  config.model.features = tuple(8 * (i + 1) for i in range(levels))
-  config.model.bottleneck_features = 8 * (levels + 1)
-  for field in ("down_kernel_sizes", "up_kernel_sizes", "downsampling_factors"):
-    config.model[field] = tuple(config.model[field][:levels])
-  config.data.output_length = 1024
-  return config
-
-
-def get_config(name: str, smoke: bool = False):
-  return smoke_config(name) if smoke else CONFIGS[name]()
-FILE_RATE = 44100
+FLAGS = flags.FLAGS
 SONG_SECONDS = 180.0
-
-
-def machine() -> dict:
-  cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-              if line.startswith("model name")), platform.processor())
-  out = {"cpu": cpu, "cores": os.cpu_count(), "jax": jax.__version__,
-         "backend": jax.default_backend(), "device": str(jax.devices()[0].device_kind)}
-  limit = device_memory_limit()
-  if limit:
-    out["device_memory_limit_gib"] = round(limit / 2 ** 30, 1)
-    out["xla_mem_fraction"] = os.environ.get("XLA_PYTHON_CLIENT_MEM_FRACTION", "default")
-  return out
-
-
-def best_time(fn, reps: int) -> float:
-  times = []
-  for _ in range(reps):
-    start = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - start)
-  return min(times)
-
-
-def matmul_flops(dtype=jnp.float32, n: int = 4096, reps: int = 3, calls: int = 1) -> float:
-  """FLOP/s of a jitted n x n @ n x n product on random data: the best of `reps`
-  timings of `calls` products in a row."""
-  a = jnp.asarray(np.random.default_rng(0).standard_normal((n, n)), dtype)
-  f = jax.jit(lambda x, y: x @ y)
-  jax.block_until_ready(f(a, a))
-
-  def some():
-    for _ in range(calls):
-      out = f(a, a)
-    return out
-
-  return 2 * n ** 3 * calls / best_time(some, reps)
-
-
-def matmul_size(on_accelerator: bool) -> tuple[int, int]:
-  """(n, calls per timing) of the reference matmul."""
-  return (8192, 10) if on_accelerator else (4096, 1)
-
-
-def device_memory_limit() -> int | None:
-  """Bytes the first device's allocator may use (None where the backend does not say,
-  as on the CPU)."""
-  try:
-    stats = jax.devices()[0].memory_stats()
-  except Exception:  # not implemented on some backends
-    return None
-  return (stats or {}).get("bytes_limit")
-
-
-def init_variables(model: models.WaveUNet, seed: int = 0):
-  x = jnp.zeros((1, models.lengths(model, 1).input_length, model.num_channels))
-  return jax.jit(model.init)(jax.random.key(seed), x)
 
 
 # --------------------------------------------------------------------------- #
@@ -171,70 +87,11 @@ def init_variables(model: models.WaveUNet, seed: int = 0):
 # --------------------------------------------------------------------------- #
 
 
-def compiled_train_step(config, batch_size: int):
-  """The train step training runs (`train_steps.jit_steps`, on this process's first device),
-  compiled for `batch_size`, with a state and a random batch for it."""
-  model = models.from_config(config)
-  size = models.lengths(model, config.data.output_length)
-  state, tx = train_steps.initial_state(config, model)
-  layout = parallel.data_parallel(jax.local_devices()[:1])
-  step, _ = train_steps.jit_steps(config, model, tx, layout)
-  rng = np.random.default_rng(0)
-  shapes = train_steps.abstract_batch(model, config.data.output_length, layout, batch_size)
-  batch = {name: jnp.asarray(rng.uniform(-.5, .5, shape.shape), jnp.float32)
-           for name, shape in shapes.items()}  # mix, then sources
-  return step.lower(state, batch).compile(), state, batch, size
-
-
-def step_runner(step, state, batch):
-  """A call with no arguments that runs one more train step and returns its metrics:
-  the step donates its state, so each call passes on the last call's."""
-  box = [state]
-
-  def one_step():
-    box[0], metrics = step(box[0], batch)
-    return metrics
-
-  return one_step
-
-
-def train_figures(config, batch_size: int, steps: int) -> dict:
-  start = time.perf_counter()
-  step, state, batch, size = compiled_train_step(config, batch_size)
-  compile_s = time.perf_counter() - start
-  one_step = step_runner(step, state, batch)
-  jax.block_until_ready(one_step())  # warm-up
-  start = time.perf_counter()
-  for _ in range(steps):
-    metrics = one_step()
-  jax.block_until_ready(metrics)
-  step_s = (time.perf_counter() - start) / steps
-  step_flops = flops.train_step_flops(config, batch_size)
-  return {"batch": batch_size, "steps": steps, "dtype": config.model.dtype,
-          "compile_s": compile_s, "step_s": step_s, "steps_per_s": 1 / step_s,
-          "audio_s_per_s": batch_size * size.output_length / config.data.sample_rate / step_s,
-          "step_gflop": step_flops / 1e9, "flops_per_s": step_flops / step_s,
-          "peak_share": flops.utilisation(step_flops / step_s, jax.devices()[0].device_kind,
-                                          config.model.dtype),
-          "compiled_bytes": compiled_bytes(step)}
-
-
-def compiled_bytes(compiled) -> int | None:
-  """Device memory a compiled step needs by XLA's own account (arguments, outputs
-  not aliased to them, temporaries); None where the backend does not say."""
-  try:
-    m = compiled.memory_analysis()
-    return int(m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
-               + m.temp_size_in_bytes)
-  except Exception:  # no memory analysis on this backend or version
-    return None
-
-
 def step_runs(config, batch: int) -> bool:
   """Whether a train step of `batch` compiles and runs; False when it runs out of
   device memory (XlaRuntimeError RESOURCE_EXHAUSTED, at compile or run time)."""
   try:
-    step, state, data, _ = compiled_train_step(config, batch)
+    step, state, data, _ = common.compiled_train_step(config, batch)
     jax.block_until_ready(step(state, data))
     return True
   except Exception as e:  # XlaRuntimeError: RESOURCE_EXHAUSTED
@@ -248,7 +105,7 @@ def batch_guess(limit: int, known: dict | None) -> int:
   limit over the bytes per example of a compiled step (`known`: train_figures of some
   batch; the state's share counts as per-example, so the guess errs low). 1 where the
   backend reports no memory."""
-  memory = device_memory_limit()
+  memory = common.device_memory_limit()
   if not memory or not known or not known.get("compiled_bytes"):
     return 1
   per_example = known["compiled_bytes"] / known["batch"]
@@ -286,43 +143,17 @@ def largest_batch(config, limit: int, known: dict | None = None) -> dict:
 # --------------------------------------------------------------------------- #
 
 
-def song(seconds: float) -> np.ndarray:
-  """[T, 2] float32 at 44.1 kHz: one synthetic 60 s mix repeated."""
-  mix = generator.make_track(0, min(seconds, 60.0), FILE_RATE)["mixture"]
-  n = round(seconds * FILE_RATE)
-  return np.tile(mix, (-(-n // len(mix)), 1))[:n]
-
-
-def write_wav(path: pathlib.Path, seconds: float) -> None:
-  import soundfile
-
-  block = song(min(seconds, 60.0))
-  with soundfile.SoundFile(str(path), "w", FILE_RATE, 2, subtype="PCM_16") as f:
-    left = round(seconds * FILE_RATE)
-    while left > 0:
-      f.write(block[:left])
-      left -= len(block)
-
-
-def make_separator(config, smoke: bool = False) -> separate.Separator:
-  """The config's network at random weights on the JAX engine; with `smoke`, 2 s
-  windows instead of the default 30 s."""
-  model = models.from_config(config)
-  return jax_engine.separator_from_model(model, init_variables(model), config.data.sample_rate,
-                                     window_seconds=2.0 if smoke else None)
-
-
 def separation_figures(config, reps: int, e2e_seconds: float | None, tmp: pathlib.Path,
                        smoke: bool = False) -> dict:
   """Model-only figures, and end-to-end ones unless `e2e_seconds` is None."""
-  sep = make_separator(config, smoke)
+  sep = common.make_separator(config, smoke)
   t, rate = sep.tiling, config.data.sample_rate
   # Any audio: a window's worth of a synthetic song (at 44.1 kHz, every second sample).
-  window = jnp.asarray(np.resize(song(min(60.0, 2 * t.input_length / FILE_RATE + 1))[::2],
+  window = jnp.asarray(np.resize(common.song(min(60.0, 2 * t.input_length / common.FILE_RATE + 1))[::2],
                                  (1, t.input_length, 2)))
   forward = sep.engine._forward.lower(sep.engine.variables, window).compile()
   jax.block_until_ready(forward(sep.engine.variables, window))  # warm-up
-  window_s = best_time(lambda: forward(sep.engine.variables, window), reps)
+  window_s = common.best_time(lambda: forward(sep.engine.variables, window), reps)
   song_windows = lambda seconds: -(-(round(seconds * rate) + t.overlap) // t.hop)
   windows = song_windows(SONG_SECONDS)
   window_flops = flops.forward(sep.engine.model, 1, t.input_length)
@@ -337,7 +168,7 @@ def separation_figures(config, reps: int, e2e_seconds: float | None, tmp: pathli
   # End to end through the command line's function, with the compiled forward reused.
   sep.engine._forward = forward
   wav = tmp / "song.wav"
-  write_wav(wav, e2e_seconds)
+  common.write_wav(wav, e2e_seconds)
   start = time.perf_counter()
   separate.separate_files(sep, [wav], tmp / "out", overwrite=True)
   e2e_s = time.perf_counter() - start
@@ -345,9 +176,9 @@ def separation_figures(config, reps: int, e2e_seconds: float | None, tmp: pathli
           "e2e_over_model": e2e_s / (song_windows(e2e_seconds) * window_s)}
 
 
-def child_separate(name: str, wav: str, out: str, smoke: bool) -> None:
+def child_separate(spec: str, wav: str, out: str, smoke: bool) -> None:
   """Run in a fresh process by `peak_memory`: separates one file, prints its time."""
-  sep = make_separator(get_config(name, smoke), smoke)
+  sep = common.make_separator(common.get_config(spec, smoke), smoke)
   start = time.perf_counter()
   separate.separate_files(sep, [wav], out, overwrite=True)
   # VmHWM is this process image's own peak: the rusage of a child forked from a big
@@ -357,19 +188,19 @@ def child_separate(name: str, wav: str, out: str, smoke: bool) -> None:
   print(f"{peak_kib / 1024:.1f} {time.perf_counter() - start:.1f}")
 
 
-def peak_memory(name: str, minutes: float, tmp: pathlib.Path,
+def peak_memory(spec: str, minutes: float, tmp: pathlib.Path,
                 smoke: bool = False) -> tuple[float, float]:
   """(peak RSS in MiB, seconds) of a fresh process separating `minutes` of audio."""
   wav = tmp / f"memory_{minutes:g}.wav"
-  write_wav(wav, minutes * 60)
-  process = subprocess.Popen([sys.executable, __file__, "--child", name, str(wav),
+  common.write_wav(wav, minutes * 60)
+  process = subprocess.Popen([sys.executable, __file__, "--child", spec, str(wav),
                               str(tmp / "memory_out")] + ["--smoke"] * smoke, stdout=subprocess.PIPE,
                              stderr=subprocess.DEVNULL, text=True)
   output = process.stdout.read()
   status = process.wait()
   wav.unlink()
   if status != 0:
-    raise RuntimeError(f"separating {minutes} min with {name} failed (status {status})")
+    raise RuntimeError(f"separating {minutes} min with {spec} failed (status {status})")
   peak_mib, seconds = output.split()[-2:]
   return float(peak_mib), float(seconds)
 
@@ -409,7 +240,7 @@ def pipeline_examples_per_s(config, batch_size: int, batches: int, corpus: pathl
 
 
 def table(r: dict) -> str:
-  names = [name for name in CONFIGS if name in r["models"]]
+  names = list(r["models"])
   m, limit = r["machine"], r["matmul_flops_per_s"]
   pct = lambda x: f"{100 * x / limit:.1f} %"
   rows = [("", names)]
@@ -468,78 +299,67 @@ def table(r: dict) -> str:
   return "\n".join(lines)
 
 
-def config_names(parser: argparse.ArgumentParser, flag: str, value: str) -> list[str]:
-  """The comma-separated config names of `flag`; an unknown one is a usage error."""
-  names = [name for name in value.split(",") if name]
-  unknown = [name for name in names if name not in CONFIGS]
-  if unknown:
-    parser.error(f"{flag}: unknown config {', '.join(map(repr, unknown))}; "
-                 f"choose from {', '.join(map(repr, CONFIGS))}")
-  return names
+def _define_flags() -> None:
+  flags.DEFINE_bool("quick", False, "a few minutes on 2 CPU cores")
+  flags.DEFINE_bool("smoke", False, "tiny networks and sizes: that every part runs (CI)")
+  flags.DEFINE_string("json", None, "also write the figures to this file")
+  flags.DEFINE_list("models", list(common.NETWORKS),
+                    "comma-separated configs to measure (PATH[:VARIANT] each)")
+  flags.DEFINE_list("memory_models", [common.DEEP_M4],
+                    "comma-separated configs for the peak-memory runs")
+  flags.DEFINE_bool("accelerator_figures", False,
+                    "the GPU figures (bfloat16, largest batch) on any backend")
+  flags.DEFINE_integer("max_batch", 1024, "the largest batch the largest-batch search tries")
+  flags.DEFINE_integer("train_steps", None,
+                       "timed train steps per figure (default: by config and mode)")
+  flags.DEFINE_bool("skip_pipeline", False, "leave out the input pipeline (it needs TensorFlow)")
+  flags.DEFINE_bool("skip_memory", False, "leave out the peak-memory runs")
+  flags.DEFINE_bool("skip_e2e", False,
+                    "leave out end-to-end separation (it needs soundfile and soxr)")
+  flags.DEFINE_bool("child", False, "internal: the fresh process of a peak-memory run, "
+                    "given CONFIG WAV OUTPUT_DIR")
+  for name in ("models", "memory_models"):
+    flags.register_validator(name, common.valid_configs)
 
 
-def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--quick", action="store_true", help="a few minutes on 2 CPU cores")
-  parser.add_argument("--smoke", action="store_true",
-                      help="tiny networks and sizes: that every part runs (CI)")
-  parser.add_argument("--json", help="also write the figures to this file")
-  parser.add_argument("--models", default=",".join(CONFIGS),
-                      help="comma-separated configs to measure")
-  parser.add_argument("--memory_models", default="deep M4",
-                      help="comma-separated configs for the peak-memory runs")
-  parser.add_argument("--accelerator_figures", action="store_true",
-                      help="the GPU figures (bfloat16, largest batch) on any backend")
-  parser.add_argument("--max_batch", type=int, default=1024,
-                      help="the largest batch the largest-batch search tries")
-  parser.add_argument("--train_steps", type=int,
-                      help="timed train steps per figure (default: by config and mode)")
-  parser.add_argument("--skip_pipeline", action="store_true",
-                      help="leave out the input pipeline (it needs TensorFlow)")
-  parser.add_argument("--skip_memory", action="store_true",
-                      help="leave out the peak-memory runs")
-  parser.add_argument("--skip_e2e", action="store_true",
-                      help="leave out end-to-end separation (it needs soundfile and soxr)")
-  parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
-  args = parser.parse_args()
-  model_names = config_names(parser, "--models", args.models)
-  memory_models = [] if args.skip_memory else config_names(parser, "--memory_models",
-                                                           args.memory_models)
-  if args.child:
-    return child_separate(*args.child, smoke=args.smoke)
-  from waveunet_jax import console
-
-  console.setup()  # this project's log lines only
+def main(argv: list[str]) -> None:
+  if FLAGS.child:
+    return child_separate(*argv[1:], smoke=FLAGS.smoke)
+  console.no_arguments(argv)
+  specs = FLAGS.models
+  memory_models = [] if FLAGS.skip_memory else FLAGS.memory_models
   began = time.perf_counter()
-  smoke, on_accelerator = args.smoke, jax.default_backend() != "cpu"  # a GPU or a TPU
-  quick = args.quick or smoke
-  accelerator_figures = on_accelerator or args.accelerator_figures
+  smoke, on_accelerator = FLAGS.smoke, jax.default_backend() != "cpu"  # a GPU or a TPU
+  quick = FLAGS.quick or smoke
+  accelerator_figures = on_accelerator or FLAGS.accelerator_figures
   batch = (8 if on_accelerator else 1) if quick else (16 if on_accelerator else 2)
-  steps = {"shallow": 1 if quick else 3, "deep M4": 3 if quick else 10}
-  if args.train_steps:
-    steps = dict.fromkeys(steps, args.train_steps)
+  # Timed train steps: the shallow step takes seconds on a CPU, the others a fraction.
+  default_steps = lambda spec: (1 if smoke or spec == common.SHALLOW else 3) if quick else (
+      3 if spec == common.SHALLOW else 10)
+  steps = {spec: FLAGS.train_steps or default_steps(spec) for spec in specs}
   if smoke:
-    batch, steps = 1, dict.fromkeys(steps, args.train_steps or 1)
+    batch = 1
   reps = 1 if quick else 3
   minutes = (0.05, 0.1) if smoke else (1.0, 3.0) if quick else (5.0, 30.0)
-  n, calls = matmul_size(on_accelerator)
+  n, calls = common.matmul_size(on_accelerator)
   if smoke:
     n, calls = 256, 1
-  r = {"mode": "smoke" if smoke else "quick" if quick else "full", "machine": machine(), "batch": batch, "matmul_n": n,
-       "matmul_flops_per_s": matmul_flops(n=n, reps=reps + 2, calls=calls), "models": {}}
+  r = {"mode": "smoke" if smoke else "quick" if quick else "full", "machine": common.machine(), "batch": batch, "matmul_n": n,
+       "matmul_flops_per_s": common.matmul_flops(n=n, reps=reps + 2, calls=calls), "models": {}}
   if accelerator_figures:
-    r["matmul_bf16_flops_per_s"] = matmul_flops(jnp.bfloat16, n=n, reps=reps + 1, calls=calls)
+    r["matmul_bf16_flops_per_s"] = common.matmul_flops(jnp.bfloat16, n=n, reps=reps + 1, calls=calls)
   print(f"{r['machine']}; matmul {r['matmul_flops_per_s'] / 1e9:.1f} GFLOP/s", flush=True)
   with tempfile.TemporaryDirectory() as tmp:
     tmp = pathlib.Path(tmp)
     corpus = tmp / "corpus"
-    if not args.skip_pipeline:
+    if not FLAGS.skip_pipeline:
       generator.write_corpus(corpus, num_train=3, num_test=0, seconds=3.0 if smoke else 30.0 if quick else 60.0,
                              seed=0)
-    for name in model_names:
-      config_of = functools.partial(get_config, name, smoke)
+    for spec in specs:
+      name = common.label(spec)
+      config_of = functools.partial(common.get_config, spec, smoke)
       out = r["models"][name] = {}
-      out["train"] = train_figures(config_of(), batch, steps[name])
+      out["train"] = common.train_figures(config_of(), batch, steps[spec])
       print(name, "train", out["train"], flush=True)
       if accelerator_figures:
         out["gpu"] = {}
@@ -550,32 +370,34 @@ def main() -> None:
             figures = out["train"]
           else:
             config.model.dtype = dtype
-            figures = train_figures(config, batch, steps[name])
+            figures = common.train_figures(config, batch, steps[spec])
           out["gpu"][dtype] = figures
           out["gpu"][f"{dtype}_mfu"] = figures["flops_per_s"] / limit
         out["gpu"]["bfloat16_speedup"] = (out["gpu"]["bfloat16"]["steps_per_s"]
                                           / out["gpu"]["float32"]["steps_per_s"])
         print(name, "bfloat16", out["gpu"]["bfloat16"], flush=True)
-        search = largest_batch(config_of(), args.max_batch, known=out["train"])
+        search = largest_batch(config_of(), FLAGS.max_batch, known=out["train"])
         out["gpu"]["largest_batch"] = search.pop("largest_batch")
         out["gpu"]["largest_batch_search"] = search
         print(name, "accelerator", {k: v for k, v in out["gpu"].items()
                                     if k not in ("float32", "bfloat16")}, flush=True)
-      e2e_seconds = (None if args.skip_e2e else 2.0 if smoke else 25.0 if quick
+      e2e_seconds = (None if FLAGS.skip_e2e else 2.0 if smoke else 25.0 if quick
                      else SONG_SECONDS)
       out["separate"] = separation_figures(config_of(), reps, e2e_seconds, tmp, smoke)
       print(name, "separate", out["separate"], flush=True)
     # tf.data last: its threads must not run beside the timings above.
-    for name in [] if args.skip_pipeline else model_names:
+    for spec in [] if FLAGS.skip_pipeline else specs:
+      name = common.label(spec)
       out = r["models"][name]
       batches = 2 if smoke else -(-(64 if quick else 256) // batch)
-      examples = pipeline_examples_per_s(get_config(name, smoke), batch, batches, corpus,
+      examples = pipeline_examples_per_s(common.get_config(spec, smoke), batch, batches, corpus,
                                          tmp / "data")
       out["pipeline"] = {"examples_per_s": examples,
                          "ratio": examples / (out["train"]["steps_per_s"] * batch)}
       print(name, "pipeline", out["pipeline"], flush=True)
-    for name in memory_models:
-      (short, short_s), (long, long_s) = (peak_memory(name, m, tmp, smoke) for m in minutes)
+    for spec in memory_models:
+      name = common.label(spec)
+      (short, short_s), (long, long_s) = (peak_memory(spec, m, tmp, smoke) for m in minutes)
       r["models"].setdefault(name, {})["memory"] = {
           "short": (minutes[0], short, short_s), "long": (minutes[1], long, long_s),
           "ratio": long / short}
@@ -583,9 +405,9 @@ def main() -> None:
   r["wall_s"] = time.perf_counter() - began
   # Best of both ends of the run: the machine may be shared.
   r["matmul_flops_per_s"] = max(r["matmul_flops_per_s"],
-                                matmul_flops(n=n, reps=reps + 2, calls=calls))
+                                common.matmul_flops(n=n, reps=reps + 2, calls=calls))
   if accelerator_figures:  # every "% of matmul" against the same best matmul
-    r["matmul_bf16_flops_per_s"] = max(r["matmul_bf16_flops_per_s"], matmul_flops(
+    r["matmul_bf16_flops_per_s"] = max(r["matmul_bf16_flops_per_s"], common.matmul_flops(
         jnp.bfloat16, n=n, reps=reps + 1, calls=calls))
     for out in r["models"].values():
       for dtype, key in (("float32", "matmul_flops_per_s"),
@@ -594,9 +416,9 @@ def main() -> None:
           out["gpu"][f"{dtype}_mfu"] = out["gpu"][dtype]["flops_per_s"] / r[key]
   print(table(r))
   print(f"total {r['wall_s']:.0f} s")
-  if args.json:
-    pathlib.Path(args.json).write_text(json.dumps(r, indent=1))
+  if FLAGS.json:
+    pathlib.Path(FLAGS.json).write_text(json.dumps(r, indent=1))
 
 
 if __name__ == "__main__":
-  main()
+  console.run_program(main, _define_flags, usage_status=2)

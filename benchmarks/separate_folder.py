@@ -1,9 +1,9 @@
 """End-to-end against model-only time for separating a folder of songs.
 
   python benchmarks/separate_folder.py                  # deep M4, 10 songs of 40 to 80 s
-  python benchmarks/separate_folder.py --model=shallow --songs=4 --seconds=30
+  python benchmarks/separate_folder.py --config=experiments/shallow.py --songs=4 --seconds=30
   python benchmarks/separate_folder.py --smoke      # a tiny M4, 2 songs of 1-2 s (CI)
-  python benchmarks/separate_folder.py --songs=4 --shifts 1 2 4 [--flip]   # averaging's cost
+  python benchmarks/separate_folder.py --songs=4 --shifts=1,2,4 [--flip]   # averaging's cost
 
 Writes a folder of 44.1 kHz stereo 16-bit wavs (synthetic audio, random lengths),
 then times, with the compiled forward reused (compilation excluded):
@@ -22,58 +22,73 @@ and prints each time with its ratio to model only. Models are randomly initialis
 
 from __future__ import annotations
 
-import argparse
 import pathlib
-import sys
+import re
 import tempfile
 import time
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import flags
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
+from waveunet_jax import console, separate
 
-import run  # noqa: E402
-from waveunet_jax import separate  # noqa: E402
+import common
+
+FLAGS = flags.FLAGS
 
 
-def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--model", default="deep M4", choices=list(run.CONFIGS))
-  parser.add_argument("--songs", type=int, default=10)
-  parser.add_argument("--seconds", type=float, nargs=2, default=(40.0, 80.0),
-                      help="shortest and longest song")
-  parser.add_argument("--reps", type=int, default=3)
-  parser.add_argument("--shifts", type=int, nargs="*", default=[],
-                      help="time the folder again with each of these --shifts")
-  parser.add_argument("--flip", action="store_true", help="and --flip (a row without "
-                      "shifts if --shifts is not given)")
-  parser.add_argument("--smoke", action="store_true",
-                      help="a tiny network of --model's design, 2 songs of 1 to 2 s, one timing")
-  args = parser.parse_args()
-  if args.smoke:
-    args.songs, args.seconds, args.reps = 2, (1.0, 2.0), 1
-  config = run.get_config(args.model, args.smoke)
-  sep = run.make_separator(config, args.smoke)
+NUMBER = re.compile(r"\d+(\.\d*)?|\.\d+")
+
+
+def numbers(values: list[str], count: tuple[int, ...] | None = None) -> bool:
+  """absl validator: every value a number (`count`: how many there may be)."""
+  return all(NUMBER.fullmatch(v) for v in values) and (count is None or len(values) in count)
+
+
+def _define_flags() -> None:
+  flags.DEFINE_string("config", common.DEEP_M4, "the network's config (PATH[:VARIANT])")
+  flags.DEFINE_integer("songs", 10, "songs in the folder")
+  flags.DEFINE_list("seconds", ["40", "80"], "shortest and longest song (one value: every "
+                    "song that long)")
+  flags.DEFINE_integer("reps", 3, "timings of the window, best kept")
+  flags.DEFINE_list("shifts", [], "time the folder again with each of these --shifts")
+  flags.DEFINE_bool("flip", False, "and --flip (a row without shifts if --shifts is not given)")
+  flags.DEFINE_bool("smoke", False,
+                    "a tiny network of --config's design, 2 songs of 1 to 2 s, one timing")
+  flags.register_validator("config", common.valid_configs)
+  flags.register_validator("seconds", lambda v: numbers(v, (1, 2)),
+                           message="one or two lengths in seconds, e.g. 40,80")
+  flags.register_validator("shifts", lambda v: all(s.isdigit() for s in v),
+                           message="whole numbers, e.g. 1,2,4")
+
+
+def main(argv: list[str]) -> None:
+  console.no_arguments(argv)
+  if FLAGS.smoke:
+    songs, span, reps = 2, (1.0, 2.0), 1
+  else:
+    songs, reps = FLAGS.songs, FLAGS.reps
+    span = (float(FLAGS.seconds[0]), float(FLAGS.seconds[-1]))  # shortest, longest
+  config = common.get_config(FLAGS.config, FLAGS.smoke)
+  sep = common.make_separator(config, FLAGS.smoke)
   t, rate = sep.tiling, config.data.sample_rate
-  window = jnp.asarray(np.resize(run.song(min(60.0, 2 * t.input_length / run.FILE_RATE + 1))[::2],
+  window = jnp.asarray(np.resize(common.song(min(60.0, 2 * t.input_length / common.FILE_RATE + 1))[::2],
                                  (1, t.input_length, 2)))
   forward = sep.engine._forward.lower(sep.engine.variables, window).compile()
   jax.block_until_ready(forward(sep.engine.variables, window))
-  window_s = run.best_time(lambda: forward(sep.engine.variables, window), args.reps)
+  window_s = common.best_time(lambda: forward(sep.engine.variables, window), reps)
   sep.engine._forward = forward
 
-  lengths = np.random.default_rng(0).uniform(*args.seconds, args.songs)
+  lengths = np.random.default_rng(0).uniform(*span, songs)
   with tempfile.TemporaryDirectory() as tmp:
     folder = pathlib.Path(tmp) / "album"
     folder.mkdir()
     model_frames = []
     for i, seconds in enumerate(lengths):
-      run.write_wav(folder / f"song{i:02d}.wav", float(seconds))
-      model_frames.append(round(round(seconds * run.FILE_RATE) * rate / run.FILE_RATE))
+      common.write_wav(folder / f"song{i:02d}.wav", float(seconds))
+      model_frames.append(round(round(seconds * common.FILE_RATE) * rate / common.FILE_RATE))
     windows = sum(-(-(n + t.overlap) // t.hop) for n in model_frames)
     model_s = windows * window_s
     start = time.perf_counter()
@@ -84,16 +99,16 @@ def main() -> None:
       separate.separate_files(sep, [path], pathlib.Path(tmp) / "one-by-one")
     single_s = time.perf_counter() - start
     averaged = []  # (flags, seconds, passes, windows they compute)
-    for shifts in args.shifts or ([0] if args.flip else []):
-      sep_n = separate.Separator(sep.engine, shifts=shifts, flip=args.flip)
+    for shifts in [int(n) for n in FLAGS.shifts] or ([0] if FLAGS.flip else []):
+      sep_n = separate.Separator(sep.engine, shifts=shifts, flip=FLAGS.flip)
       passes = sep_n.passes
       start = time.perf_counter()
       separate.separate_files(sep_n, [folder], pathlib.Path(tmp) / f"shifts{shifts}")
-      averaged.append((f"--shifts={shifts}" + " --flip" * args.flip, time.perf_counter() - start,
+      averaged.append((f"--shifts={shifts}" + " --flip" * FLAGS.flip, time.perf_counter() - start,
                        len(passes), sum(-(-(n + p.delay + t.overlap) // t.hop)
                                         for n in model_frames for p in passes)))
   audio_s = float(lengths.sum())
-  print(f"{args.model}: {args.songs} songs, {audio_s:.0f} s of 44.1 kHz stereo audio, "
+  print(f"{common.label(FLAGS.config)}: {songs} songs, {audio_s:.0f} s of 44.1 kHz stereo audio, "
         f"{windows} windows of {t.input_length} samples ({window_s:.3f} s each)")
   for name, seconds in (("model only", model_s), ("folder (read ahead)", folder_s),
                         ("one file at a time", single_s)):
@@ -106,4 +121,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-  main()
+  console.run_program(main, _define_flags, usage_status=2)

@@ -16,8 +16,8 @@ alternating JAX and PyTorch so that both see the same machine, it takes the best
 
 * train: one optimiser step on a random batch at the config's lengths: forward in
   training mode, `loss.scale` x MSE on the loss's central crop, backward, Adam (or
-  AMSGrad) with the config's L2 on the same kernels. JAX: `benchmarks/run.py`'s
-  compiled `train.train_step`. PyTorch: eager, channels-first (its native layout),
+  AMSGrad) with the config's L2 on the same kernels. JAX: the compiled train step
+  (`common.compiled_train_step`). PyTorch: eager, channels-first (its native layout),
   oneDNN convolutions.
 * separate: the inference forward of one separation window (batch 1, the
   Separator's default window). JAX: the Separator's compiled forward. PyTorch:
@@ -32,7 +32,6 @@ PyTorch's over ours. PyTorch's OpenMP threads are told not to spin-wait
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import pathlib
@@ -49,13 +48,16 @@ except ImportError:
   sys.exit("error: benchmarks/torch_reference.py needs PyTorch, which the project does "
            "not install: pip install torch (a CPU build is enough)")
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-import run  # noqa: E402  (benchmarks/run.py: the JAX side, the configs and the machine)
+import jax
+from absl import flags
 
-import jax  # noqa: E402
+from waveunet_jax import console, flops, models
+from waveunet_jax import steps as train_steps
+from waveunet_jax.separation import jax_engine
 
-from waveunet_jax import flops, models  # noqa: E402
-from waveunet_jax.separation import jax_engine  # noqa: E402
+import common
+
+FLAGS = flags.FLAGS
 
 
 class TorchWaveUNet(torch.nn.Module):
@@ -200,7 +202,7 @@ def check_same_network(config, variables, net: TorchWaveUNet) -> float:
 def torch_matmul_flops(n: int = 4096, reps: int = 5) -> float:
   a = torch.randn(n, n)
   a @ a
-  return 2 * n ** 3 / run.best_time(lambda: a @ a, reps)
+  return 2 * n ** 3 / common.best_time(lambda: a @ a, reps)
 
 
 def torch_train_step(config, net: TorchWaveUNet, batch_size: int, crop: tuple[int, int]):
@@ -232,25 +234,26 @@ def torch_train_step(config, net: TorchWaveUNet, batch_size: int, crop: tuple[in
   return step
 
 
-def figures(name: str, quick: bool, reps: int, smoke: bool = False) -> dict:
-  config = run.get_config(name, smoke)
+def figures(spec: str, quick: bool, reps: int, smoke: bool = False) -> dict:
+  config = common.get_config(spec, smoke)
+  name = common.label(spec)
   model = models.from_config(config)
-  variables = run.init_variables(model)
+  variables = common.init_variables(model)
   net = TorchWaveUNet(model)
   net.load_flax(variables)
   out = {"max_abs_difference": check_same_network(config, variables, net)}
   print(name, "same network, max abs difference", out["max_abs_difference"], flush=True)
 
   batch = 1 if quick else 2
-  jax_step, state, data, size = run.compiled_train_step(config, batch)
+  jax_step, state, data, size = common.compiled_train_step(config, batch)
   train_flops = flops.train_step_flops(config, batch)
-  torch_step = torch_train_step(config, net, batch, run.train.loss_crop(config, size.output_length))
-  jax_train = run.step_runner(jax_step, state, data)
+  torch_step = torch_train_step(config, net, batch, train_steps.loss_crop(config, size.output_length))
+  jax_train = common.step_runner(jax_step, state, data)
   jax.block_until_ready(jax_train())  # warm-ups
   torch_step()
 
   sep = jax_engine.separator_from_model(model, variables, config.data.sample_rate)
-  window = np.resize(run.song(30.0)[::2], (1, sep.tiling.input_length, model.num_channels))
+  window = np.resize(common.song(30.0)[::2], (1, sep.tiling.input_length, model.num_channels))
   window = window.astype(np.float32)
   forward = sep.engine._forward.lower(sep.engine.variables, window).compile()
   sep_flops = flops.forward(model, 1, sep.tiling.input_length)
@@ -270,9 +273,9 @@ def figures(name: str, quick: bool, reps: int, smoke: bool = False) -> dict:
   for _ in range(reps):  # alternate, so a busy moment hits both
     for v, (train_fn, sep_fn) in variants.items():
       net.train(True)
-      times[v]["train"].append(run.best_time(train_fn, 1))
+      times[v]["train"].append(common.best_time(train_fn, 1))
       net.eval()
-      times[v]["separate"].append(run.best_time(sep_fn, 1))
+      times[v]["separate"].append(common.best_time(sep_fn, 1))
   out.update({"batch": batch, "train_gflop": train_flops / 1e9, "window_input": sep.tiling.input_length,
               "separate_gflop": sep_flops / 1e9})
   for v in variants:
@@ -302,31 +305,30 @@ def table(r: dict) -> str:
   return "\n".join(lines)
 
 
-def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--quick", action="store_true", help="batch 1, one timing each")
-  parser.add_argument("--smoke", action="store_true",
-                      help="as --quick on tiny networks of the same designs: that it runs")
-  parser.add_argument("--reps", type=int, help="timings per figure, best kept (default 3, 1 quick)")
-  parser.add_argument("--models", default=",".join(run.CONFIGS), help="comma-separated configs")
-  parser.add_argument("--json", help="also write the figures to this file")
-  args = parser.parse_args()
-  names = run.config_names(parser, "--models", args.models)
-  from waveunet_jax import console
+def _define_flags() -> None:
+  flags.DEFINE_bool("quick", False, "batch 1, one timing each")
+  flags.DEFINE_bool("smoke", False,
+                    "as --quick on tiny networks of the same designs: that it runs")
+  flags.DEFINE_integer("reps", None, "timings per figure, best kept (default 3, 1 quick)")
+  flags.DEFINE_list("models", list(common.NETWORKS), "comma-separated configs (PATH[:VARIANT] each)")
+  flags.DEFINE_string("json", None, "also write the figures to this file")
+  flags.register_validator("models", common.valid_configs)
 
-  console.setup()  # this project's log lines only
-  quick = args.quick or args.smoke
-  reps = args.reps or (1 if quick else 3)
-  r = {"mode": "smoke" if args.smoke else "quick" if quick else "full", "machine": run.machine(),
-       "jax_matmul": run.matmul_flops(reps=5), "torch_matmul": torch_matmul_flops(), "models": {}}
-  for name in names:
-    r["models"][name] = figures(name, quick, reps, args.smoke)
-  r["jax_matmul"] = max(r["jax_matmul"], run.matmul_flops(reps=5))
+
+def main(argv: list[str]) -> None:
+  console.no_arguments(argv)
+  quick = FLAGS.quick or FLAGS.smoke
+  reps = FLAGS.reps or (1 if quick else 3)
+  r = {"mode": "smoke" if FLAGS.smoke else "quick" if quick else "full", "machine": common.machine(),
+       "jax_matmul": common.matmul_flops(reps=5), "torch_matmul": torch_matmul_flops(), "models": {}}
+  for spec in FLAGS.models:
+    r["models"][common.label(spec)] = figures(spec, quick, reps, FLAGS.smoke)
+  r["jax_matmul"] = max(r["jax_matmul"], common.matmul_flops(reps=5))
   r["torch_matmul"] = max(r["torch_matmul"], torch_matmul_flops())
   print(table(r))
-  if args.json:
-    pathlib.Path(args.json).write_text(json.dumps(r, indent=1))
+  if FLAGS.json:
+    pathlib.Path(FLAGS.json).write_text(json.dumps(r, indent=1))
 
 
 if __name__ == "__main__":
-  main()
+  console.run_program(main, _define_flags, usage_status=2)

@@ -31,8 +31,8 @@ with at most --max_compiles compiles, so it may be a range); compile time on thi
 machine; and the FLOP count of one step per chip from the TPU compile's own cost
 analysis beside the project's count (`flops.py`) for the same per-chip batch.
 `--layouts` adds, under each row, the shapes and TPU layouts of the outer level's
-convolutions: which axis libtpu puts on the 128 lanes of its tiles (README: where a TPU
-would leave its matrix unit idle).
+convolutions: which axis libtpu puts on the 128 lanes of its tiles (docs/multi-device.md: *Where a TPU
+would leave its matrix unit idle*).
 
 Each compile of a full network takes minutes of CPU (libtpu's code generation): the
 whole table is hours on 2 cores.
@@ -40,7 +40,6 @@ whole table is hours on 2 cores.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import importlib.util
 import json
@@ -52,8 +51,16 @@ import sys
 import time
 from typing import Any
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import jax
+from absl import flags
+from jax.experimental import topologies
+
+from waveunet_jax import accelerators, console, flops, models, parallel
+from waveunet_jax import steps as train_steps
+
+import common
+
+FLAGS = flags.FLAGS
 
 CONFIGS = ("experiments/shallow.py", "experiments/deep.py:M4", "experiments/deep.py:M6",
            "experiments/deep.py:M5-HighSR", "experiments/small.py")
@@ -88,25 +95,8 @@ def check_libtpu() -> None:
     fail(f"compiling for a TPU needs libtpu (matching jax's version): {INSTALL}")
 
 
-def load_config(spec: str):
-  """`PATH[:ARG]` (as the programs' --config) -> the config its get_config returns."""
-  path, _, arg = spec.partition(":")
-  file = pathlib.Path(path)
-  if not file.is_file():
-    fail(f"--configs: {path}: no such file (configs live in experiments/)")
-  module_spec = importlib.util.spec_from_file_location(f"_config_{file.stem}", file)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  try:
-    return module.get_config(arg) if arg else module.get_config()
-  except ValueError as e:  # the config's own line names the file and the variants
-    fail(str(e) if str(e).startswith("--config") else f"--configs: {spec}: {e}")
-
-
 def chip_for(topology: str):
   """The `accelerators.Chip` whose `topology_prefix` starts `topology` ('v5e:2x2')."""
-  from waveunet_jax import accelerators
-
   prefix = topology.partition(":")[0]
   for chip in accelerators.CHIPS.values():
     if chip.topology_prefix == prefix:
@@ -118,9 +108,6 @@ def chip_for(topology: str):
 
 def describe(topology: str) -> list:
   """The compile-only devices of `topology`; a name libtpu rejects ends the program."""
-  import jax
-  from jax.experimental import topologies
-
   options = TOPOLOGY_OPTIONS.get(topology.partition(":")[0], {})
   try:
     return topologies.get_topology_desc(platform="tpu", topology_name=topology,
@@ -159,9 +146,6 @@ class Target:
   """One config on one topology: compiles its train step at any per-chip batch."""
 
   def __init__(self, config, devices):
-    from waveunet_jax import models, parallel
-    from waveunet_jax import steps as train_steps
-
     self.config = config
     self.chips = len(devices)
     self.model = models.from_config(config)
@@ -170,10 +154,6 @@ class Target:
     self.step, _ = train_steps.jit_steps(config, self.model, tx, self.layout)
 
   def compile(self, per_chip_batch: int) -> Compiled:
-    import jax
-
-    from waveunet_jax import steps as train_steps
-
     batch = train_steps.abstract_batch(self.model, self.config.data.output_length, self.layout,
                                  per_chip_batch * self.chips)
     start = time.perf_counter()
@@ -258,15 +238,16 @@ def gib(n: float) -> str:
 def resolve(config_specs: list[str], topologies: list[str]) -> tuple[list, list]:
   """([(spec, config)], [(topology, chip, devices)]): every name checked before the
   first (long) compile."""
-  configs = [(spec, load_config(spec)) for spec in config_specs]
+  try:
+    configs = [(spec, common.load_config(spec, "--configs")) for spec in config_specs]
+  except ValueError as e:
+    fail(str(e))
   described = [(topology, chip_for(topology), describe(topology)) for topology in topologies]
   return configs, described
 
 
 def run(configs: list, described: list, batch: int | None, max_compiles: int, max_batch: int,
         report) -> list[dict[str, Any]]:
-  from waveunet_jax import flops
-
   rows = []
   for topology, chip, devices in described:
     # A pod slice's hosts: the processes its devices belong to.
@@ -328,44 +309,31 @@ def format_row(row: dict[str, Any]) -> str:
   return "| " + " | ".join(cells) + " |"
 
 
-def listed(value: str) -> list[str]:
-  return [item for item in value.split(",") if item]
+def _define_flags() -> None:
+  flags.DEFINE_list("configs", list(CONFIGS),
+                    "comma-separated configs, PATH[:VARIANT] as --config takes them")
+  flags.DEFINE_list("topologies", list(TOPOLOGIES),
+                    "comma-separated TPU topologies, e.g. v5e:2x2,v4:2x2x1,v5e:4x4")
+  flags.DEFINE_integer("batch", None, "global batch to compile (default: each config's "
+                       "batch_size)", lower_bound=1)
+  flags.DEFINE_integer("max_compiles", 4,
+                       "compiles the largest-batch search may add per row (0: none)",
+                       lower_bound=0)
+  flags.DEFINE_integer("max_batch", 1024, "the largest per-chip batch the search tries",
+                       lower_bound=1)
+  flags.DEFINE_string("json", None, "also write the rows to this file")
+  flags.DEFINE_bool("layouts", False, "under each row, the outer level's convolution layouts")
+  for name in ("configs", "topologies"):
+    flags.register_validator(name, bool, message="needs at least one name")
 
 
-def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--configs", default=",".join(CONFIGS),
-                      help="comma-separated configs, PATH[:ARG] as --config takes them")
-  parser.add_argument("--topologies", default=",".join(TOPOLOGIES),
-                      help="comma-separated TPU topologies, e.g. v5e:2x2,v4:2x2x1,v5e:4x4")
-  parser.add_argument("--batch", type=int,
-                      help="global batch to compile (default: each config's batch_size)")
-  parser.add_argument("--max_compiles", type=int, default=4,
-                      help="compiles the largest-batch search may add per row (0: none)")
-  parser.add_argument("--max_batch", type=int, default=1024,
-                      help="the largest per-chip batch the search tries")
-  parser.add_argument("--json", help="also write the rows to this file")
-  parser.add_argument("--layouts", action="store_true",
-                      help="under each row, the outer level's convolution layouts")
-  args = parser.parse_args()
-  if args.batch is not None and args.batch < 1:
-    parser.error(f"--batch: must be positive, got {args.batch}")
-  if args.max_compiles < 0 or args.max_batch < 1:
-    parser.error("--max_compiles must be 0 or more and --max_batch positive")
-  configs, topologies = listed(args.configs), listed(args.topologies)
-  if not configs or not topologies:
-    parser.error("--configs and --topologies need at least one name each")
-
+def main(argv: list[str]) -> None:
+  console.no_arguments(argv)
   quiet_libtpu()
   check_libtpu()
-  from waveunet_jax import console
-
-  console.setup()
-  import jax
-
   # The host's own backend: the CPU (a TPU VM's chips are not needed to compile).
   jax.config.update("jax_platforms", "cpu")
-  configs, described = resolve(configs, topologies)
+  configs, described = resolve(FLAGS.configs, FLAGS.topologies)
   print("compiled on a CPU with libtpu, not run; per chip; GiB = 2^30 bytes", flush=True)
   print(HEADER, flush=True)
   print("|" + "---|" * HEADER.count(" | ") + "---|", flush=True)
@@ -373,20 +341,20 @@ def main() -> None:
 
   def report(row: dict[str, Any]) -> None:
     print(format_row(row) + "".join(f"\n  outer level conv: {layout}"
-                                    for layout in row["outer_conv_layouts"] if args.layouts),
+                                    for layout in row["outer_conv_layouts"] if FLAGS.layouts),
           flush=True)
     done.append(row)
-    if args.json:  # after every row: a long run stopped early keeps what it compiled
-      path = pathlib.Path(args.json)
+    if FLAGS.json:  # after every row: a long run stopped early keeps what it compiled
+      path = pathlib.Path(FLAGS.json)
       partial = path.with_name(path.name + ".partial")
       partial.write_text(json.dumps(done, indent=1))
       partial.replace(path)
 
-  rows = run(configs, described, args.batch, args.max_compiles, args.max_batch, report)
+  rows = run(configs, described, FLAGS.batch, FLAGS.max_compiles, FLAGS.max_batch, report)
   if any(r["compiled_batch"] != r["batch"] for r in rows):
     print("* the batch does not divide the chips (training refuses it): compiled at the "
           "next multiple", flush=True)
 
 
 if __name__ == "__main__":
-  main()
+  console.run_program(main, _define_flags, usage_status=2)

@@ -13,13 +13,13 @@ Like every run it stops on Ctrl-C with a checkpoint and resumes when run again.
 
 The loss is L1 (config.loss.kind = 'l1'), not the paper's MSE: of the options beyond
 the paper's recipe, the only one that scored better on held-out songs at equal
-training time (README, *Beyond the paper's recipe*: 1000-step runs, accompaniment
-SDR +0.37 dB, vocals -0.07 dB, one seed). The figures below were measured before that
+training time (docs/training.md, *Beyond the paper's recipe*: 1000-step runs,
+accompaniment SDR +0.37 dB, vocals -0.07 dB, one seed). The figures below were measured before that
 change, with MSE.
 
 Measured on this project's 2-core CPU machine (jax 0.10.2), the command above with a
 fresh workdir, when its batches came from tf.data (before config.data.pipeline='auto'
-chose the device sampler; README, *The input pipeline*, compares the two over 1000
+chose the device sampler; docs/data.md, *The input pipeline*, compares the two over 1000
 steps): 32 min 07 s wall from start to its last line (corpus written and
 prepared in 36 s, 3000 steps, 1.3-1.76 steps/s between log lines, 0.63 s a step with a
 validation and a checkpoint every 250 steps); peak memory 3.9 GB. The validation SDR
@@ -79,7 +79,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   config.optim.learning_rate = 6e-4
   config.optim.schedule = "warmup_cosine"
   config.optim.warmup_steps = 100
-  # L1, not the paper's MSE: the winner of issue 25's ablation (README, *Beyond the
+  # L1, not the paper's MSE: the winner of issue 25's ablation (docs/training.md, *Beyond the
   # paper's recipe*; benchmarks/ablation.py), the only option that beat the paper's
   # recipe on held-out songs at equal time.
   config.loss.kind = "l1"

@@ -24,18 +24,28 @@ def env():
 
 
 # Runs scripts one after the other in one process, each through its real `main` as
-# `python SCRIPT ARGS...` would (runpy, `__name__ == "__main__"`): one start of Python,
-# JAX and TensorFlow for all, which keeps these tests to about a minute on 2 cores.
+# `python SCRIPT ARGS...` would (runpy, `__name__ == "__main__"`, the script's folder
+# first on sys.path): one start of Python, JAX and TensorFlow for all, which keeps these
+# tests to about a minute on 2 cores. Each script defines its absl flags when it runs
+# (as the programs do); they are dropped after it, so the next defines its own.
 DRIVER = """
-import json, runpy, sys, time
+import json, os, runpy, sys, time
+from absl import flags
 for argv in json.loads(sys.argv[1]):
-  sys.argv, start = argv, time.perf_counter()
+  script, start = argv[0], time.perf_counter()
+  sys.argv = argv
+  sys.path.insert(0, os.path.dirname(script))
   print("=== " + " ".join(argv), flush=True)
   try:
-    runpy.run_path(argv[0], run_name="__main__")
+    runpy.run_path(script, run_name="__main__")
   except SystemExit as e:
     if e.code:
       raise
+  finally:
+    sys.path.remove(os.path.dirname(script))
+    # absl files a script's flags under its path (sys.argv[0]).
+    for flag in list(flags.FLAGS.flags_by_module_dict().get(script, [])):
+      delattr(flags.FLAGS, flag.name)
   print(f"=== took {time.perf_counter() - start:.0f} s", flush=True)
 """
 
@@ -68,18 +78,18 @@ def test_every_script_and_the_gpu_check(tmp_path):
   from waveunet_jax import flops
 
   sys.path.insert(0, str(BENCHMARKS))
-  import run
+  import common
 
   gpu_out = tmp_path / "gpu_check"
   gpu_out.mkdir()
   out = run_scripts(
-      ["run.py", "--smoke", "--models=deep M4", "--accelerator_figures", "--max_batch=2",
+      ["run.py", "--smoke", "--models=experiments/deep.py:M4", "--accelerator_figures", "--max_batch=2",
        f"--json={gpu_out / 'run_smoke.json'}"],
       ["precision.py", "--smoke", f"--json={gpu_out / 'precision.json'}"],
-      ["conv_profile.py", "--smoke", "--config=deep M4"],
+      ["conv_profile.py", "--smoke", "--config=experiments/deep.py:M4"],
       ["input_pipeline.py", "--smoke"],
-      ["separate_folder.py", "--smoke", "--shifts", "1", "--flip"],
-      ["export.py", "--smoke"])
+      ["separate_folder.py", "--smoke", "--shifts=1", "--flip"],
+      ["export.py", "--smoke"], cwd=tmp_path)  # from any folder, not only the checkout's
 
   # run.py: train, the accelerator figures (bfloat16, largest batch), separation model
   # only and end to end, the input pipeline, peak memory of fresh processes.
@@ -88,7 +98,7 @@ def test_every_script_and_the_gpu_check(tmp_path):
   for name, m in r["models"].items():
     # Utilisation comes from flops.py, the same count on every backend.
     assert m["train"]["step_gflop"] == pytest.approx(
-        flops.train_step_flops(run.smoke_config(name), r["batch"]) / 1e9)
+        flops.train_step_flops(common.smoke_config(common.CONFIGS[name]), r["batch"]) / 1e9)
     assert m["train"]["peak_share"] is None  # a CPU has no dense peak in the table
     assert m["gpu"]["bfloat16"]["dtype"] == "bfloat16" and m["gpu"]["largest_batch"] >= 1
     assert m["separate"]["e2e_audio_s_per_s"] > 0 and m["pipeline"]["examples_per_s"] > 0
@@ -201,3 +211,21 @@ def test_ablation_refuses_a_wrong_folder_before_training(tmp_path, flag, words):
   assert done.returncode == 2
   assert words.format(missing=missing) in done.stderr.strip().splitlines()[-1]
   assert not root.exists()  # nothing generated, nothing trained
+
+
+@pytest.mark.parametrize("argv,words", [
+    (["run.py", "--models=experiments/nope.py"],
+     "--models=['experiments/nope.py']: experiments/nope.py: no such file (configs live in "
+     "experiments/)"),
+    (["conv_profile.py", "--config=experiments/deep.py:M9"], "experiments/deep.py:M9"),
+    (["separate_folder.py", "--config=shallow"],
+     "did you mean experiments/shallow.py?"),
+])
+def test_a_config_that_does_not_load_is_one_line(argv, words):
+  """The scripts take configs as the programs do (PATH[:VARIANT]); one that does not load
+  ends the script before any work, with one line naming it."""
+  done = subprocess.run([sys.executable, str(BENCHMARKS / argv[0]), *argv[1:]], cwd=ROOT,
+                        env=env(), capture_output=True, text=True, timeout=300)
+  assert done.returncode == 2, done.stderr[-2000:]
+  lines = done.stderr.strip().splitlines()
+  assert len(lines) == 1 and words in lines[0], lines

@@ -361,8 +361,10 @@ def parse_flags(argv: list[str], status: int = 1) -> list[str]:
   absl's usage dump or a traceback, whichever way the flags are written (--config=X,
   --config X, -config=X)."""
   _check_missing_values(argv, status)
+  # A config file (ml_collections' flag), not a --config of another kind (a benchmark's name).
+  config_file = "config" in flags.FLAGS and flags.FLAGS["config"].flag_type() == "config object"
   for name, value, following in _flag_arguments(argv[1:]):
-    if name == "config" and "config" in flags.FLAGS and (value, following) != (None, None):
+    if name == "config" and config_file and (value, following) != (None, None):
       path = (value if value is not None else following).split(":", 1)[0]
       if not pathlib.Path(path).is_file():
         _fail(f"--config={path}: no such file (configs live in experiments/)", status)

@@ -9,7 +9,7 @@ Re-running the same command resumes from the workdir's checkpoints.
 Several processes (the hosts of a TPU slice or a GPU cluster, or one process per GPU)
 run the same command, each with --distributed (JAX finds the others on Cloud TPU,
 SLURM and Open MPI) or with --coordinator_address=HOST:PORT --num_processes=N
---process_id=I (I = 0 on the host at that address); see the README's recipes.
+--process_id=I (I = 0 on the host at that address); see docs/multi-device.md.
 """
 
 import shlex
