@@ -5,6 +5,7 @@ import importlib
 import logging
 import os
 import re
+import signal
 import subprocess
 import sys
 import textwrap
@@ -202,3 +203,34 @@ def test_a_shared_flag_is_defined_only_by_its_name_and_with_a_help_text():
     shared_flags.define("checkpoint", workdir="Where it is.")
   with pytest.raises(KeyError, match="--output_dir: the program gives its help text"):
     shared_flags.define("output_dir")
+
+
+# A program as `run_program` starts every one: says it is working, then waits for a signal.
+WAITING = """
+import time
+from waveunet_jax import console
+
+def main(argv):
+  print("working", flush=True)
+  time.sleep(120)
+
+console.run_program(main, lambda: None, interrupted="re-running the same command does it")
+"""
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_ends_any_program_with_one_line(signum):
+  """Ctrl-C or SIGTERM during any program's work: one line (which signal, what a re-run
+  does), exit 128 + the signal, no traceback: every program gets it from run_program."""
+  process = subprocess.Popen([sys.executable, "-c", WAITING], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+  try:
+    assert process.stdout.readline() == "working\n"
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=60)
+  finally:
+    process.kill()
+  name = signal.Signals(signum).name
+  assert process.returncode == 128 + signum
+  assert stderr.strip().splitlines() == [
+      f"error: interrupted ({name}): re-running the same command does it"], stderr

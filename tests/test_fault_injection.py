@@ -296,3 +296,33 @@ def test_separate_stopped_mid_song_says_so_in_one_line_and_leaves_nothing(tmp_pa
       "the same command separates the rest")
   assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == [
       "song0", "song0/accompaniment.wav", "song0/vocals.wav"]
+
+
+def test_evaluate_stopped_mid_song_says_so_in_one_line(tmp_path):
+  """SIGTERM while evaluate separates its second track (CLI_MODEL's PAUSE_MARKER): one
+  line, exit 143, no traceback; the re-run finishes."""
+  generator.write_corpus(tmp_path / "musdb", num_train=1, num_test=2, seconds=6, seed=1)
+  out, paused = tmp_path / "out", tmp_path / "paused"
+  command = [sys.executable, "-c", CLI_MODEL, "evaluate", "--workdir=RUN",
+             f"--musdb_root={tmp_path / 'musdb'}", "--wav", f"--output_dir={out}"]
+  process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, start_new_session=True,
+                             env={**os.environ, "PYTHONPATH": str(ROOT),
+                                  "PAUSE_MARKER": str(paused)})
+  try:
+    deadline = time.monotonic() + 120
+    while not paused.exists() and process.poll() is None and time.monotonic() < deadline:
+      time.sleep(0.01)
+    assert paused.exists(), "evaluate did not pause in its second track"
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+  finally:
+    if process.poll() is None:
+      os.killpg(process.pid, signal.SIGKILL)
+      process.wait()
+  stderr = stderr.decode(errors="replace")
+  assert process.returncode == 143 and "Traceback" not in stderr, stderr
+  assert stderr.strip().splitlines()[-1] == (
+      "error: interrupted (SIGTERM): the tracks scored so far are kept in --output_dir; "
+      "re-running the same command scores the rest")
+  assert run(command, out)[0] == 0

@@ -322,3 +322,48 @@ def test_prepare_with_every_track_too_short_says_how_long_they_must_be(tmp_path)
   assert message.endswith("lasts 1.00 s. Use longer tracks or a smaller "
                           "config.data.output_length")
   assert not list((tmp_path / "tfds").glob("*/*/incomplete.*"))  # nothing half-written
+
+
+def stop_once(command, ready, signum, timeout=300) -> tuple[int, str]:
+  """Starts `command`, sends `signum` once `ready()` holds (the program is at work),
+  -> (exit status, stderr). Fails if the program ended before it could be signalled."""
+  import time
+
+  process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)
+  try:
+    deadline = time.monotonic() + timeout
+    while not ready() and process.poll() is None and time.monotonic() < deadline:
+      time.sleep(0.02)
+    assert process.poll() is None, "the program ended before it could be signalled"
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=120)
+  finally:
+    process.kill()
+  return process.returncode, stderr
+
+
+def test_a_signal_stops_synthetic_with_one_line_and_no_half_written_track(tmp_path):
+  out = tmp_path / "corpus"
+  written = lambda: out.joinpath("train").is_dir() and any(
+      not p.name.startswith(".") for p in out.joinpath("train").iterdir())
+  status, stderr = stop_once([sys.executable, "-m", "waveunet_jax.synthetic", str(out),
+                              "--tracks=40", "--seconds=20"], written, signal.SIGINT)
+  assert status == 130 and "Traceback" not in stderr, stderr
+  assert stderr.strip().splitlines()[-1] == (
+      "error: interrupted (SIGINT): the tracks finished are kept, nothing half-written is; "
+      "re-running the same command writes the rest")
+  assert not [p.name for p in out.joinpath("train").iterdir() if p.name.startswith(".")]
+
+
+def test_a_sigterm_stops_prepare_with_one_line(tmp_path):
+  generator.write_corpus(tmp_path / "musdb", num_train=3, num_test=0, seconds=20, seed=3)
+  data_dir = tmp_path / "data"
+  at_work = lambda: data_dir.is_dir() and any(p.is_file() for p in data_dir.rglob("*"))
+  status, stderr = stop_once([sys.executable, "-m", "waveunet_jax.prepare",
+                              f"--musdb_root={tmp_path / 'musdb'}", f"--data_dir={data_dir}",
+                              "--wav", "--config=experiments/deep.py:M3",
+                              "--config.data.output_length=4096"], at_work, signal.SIGTERM)
+  assert status == 143 and "Traceback" not in stderr, stderr
+  assert stderr.strip().splitlines()[-1].startswith(
+      "error: interrupted (SIGTERM): nothing half-written is kept")

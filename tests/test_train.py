@@ -596,6 +596,10 @@ def test_smoke_command_end_to_end_with_an_override(tmp_path):
      "run python -m waveunet_jax.prepare"),
     (["--config=experiments/shallow.py:smoke", "--config.batch_size=6"],
      "config.batch_size=6 does not divide across the 4 devices"),
+    (["--config=experiments/shallow.py:smoke", "--config.loss.stft_weight=inf"],
+     "config.loss.stft_weight=inf: must be a finite number"),
+    (["--config=experiments/shallow.py:smoke", "--config.loss.stft_fft_sizes=abc"],
+     "must be a tuple of whole numbers of samples"),
 ])
 def test_cli_errors_are_one_line(tmp_path, args, message):
   result = run_main(*args, f"--workdir={tmp_path}", timeout=300)
@@ -603,3 +607,22 @@ def test_cli_errors_are_one_line(tmp_path, args, message):
   last = result.stderr.strip().splitlines()[-1]
   assert last.startswith("error: ") and message in last, result.stderr[-2000:]
   assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("loss.stft_weight", float("inf"), "config.loss.stft_weight=inf: must be a finite number"),
+    ("loss.stft_weight", float("nan"), "config.loss.stft_weight=nan: must be a finite number"),
+    ("optim.learning_rate", float("inf"), "config.optim.learning_rate=inf: must be a finite"),
+    ("data.gain_range", (0.5, float("nan")), "config.data.gain_range=(0.5, nan): must be"),
+    ("loss.stft_fft_sizes", (512.7,), "config.loss.stft_fft_sizes=(512.7,): must be a tuple of "
+     "whole numbers"),
+])
+def test_numbers_that_cannot_work_are_refused_before_the_workdir_is_made(tmp_path, field, value,
+                                                                         message):
+  config = tiny_data_config(TINY_RATE, TINY_OUTPUT)
+  section, name = field.split(".")
+  with config.unlocked():
+    config[section][name] = value
+  with pytest.raises(models.ConfigError, match=re.escape(message)):
+    train.train_and_evaluate(config, tmp_path / "run")
+  assert not (tmp_path / "run").exists()

@@ -14,6 +14,7 @@ import logging as _logging
 import os
 import pathlib
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -258,8 +259,14 @@ def needs(extra: str, what: str) -> Iterator[None]:
     sys.exit(f"error: {line}")
 
 
+# What a program stopped by a signal left (`run_program`'s `interrupted`), by default.
+INTERRUPTED = ("nothing half-written is kept (outputs are written under a temporary "
+               "name and renamed); re-running the same command does the work again")
+
+
 def run_program(main: Callable[[list[str]], None], define_flags: Callable[[], None], *,
-                install: tuple[str, str] | None = None, usage_status: int = 1) -> None:
+                install: tuple[str, str] | None = None, usage_status: int = 1,
+                interrupted: str = INTERRUPTED) -> None:
   """The program whose `main` this is (every program's `cli()`, for `python -m` and its
   console script): defines its flags (`define_flags`; the shared ones by
   `shared_flags.define`), parses them with `parse_flags` (a bad flag is one line) and
@@ -269,17 +276,48 @@ def run_program(main: Callable[[list[str]], None], define_flags: Callable[[], No
   install: (extra, what) where the program needs an install choice beyond the base
     one (`needs`), checked from the flags' definition on (`--help` included).
   usage_status: the exit status of a command line that cannot work (a bad flag or
-    value, a missing argument); synthetic keeps argparse's 2, the others exit 1."""
+    value, a missing argument); synthetic keeps argparse's 2, the others exit 1.
+  interrupted: what a SIGINT (Ctrl-C) or SIGTERM that reaches the program's top left,
+    and what re-running does: the end of the one line `exit_interrupted` prints
+    (exit 128 + the signal). A program that cleans up first catches the
+    KeyboardInterrupt itself (separate, training)."""
   with needs(*install) if install else contextlib.nullcontext():
     define_flags()
-    _run(main, usage_status)
+    _run(main, usage_status, interrupted)
+
+
+@contextlib.contextmanager
+def sigterm_interrupts() -> Iterator[None]:
+  """SIGTERM raises KeyboardInterrupt('SIGTERM') while active, as Ctrl-C does
+  (KeyboardInterrupt()), so that a stopped program cleans up as an interrupted one."""
+
+  def interrupt(signum, frame):
+    del frame
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+  previous = signal.signal(signal.SIGTERM, interrupt)
+  try:
+    yield
+  finally:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
+def exit_interrupted(e: KeyboardInterrupt, what: str) -> None:
+  """Ends a program that `e` stopped: `error: interrupted (SIGINT): <what>` on stderr
+  (its message in the parentheses, where it has one beyond the signal's name), exit
+  128 + the signal (130, 143), as a shell reports a program its signal ended."""
+  signum = getattr(e, "signum", None)  # SeparationInterrupted's: its own line is separate's
+  detail = signal.Signals(signum).name if signum else str(e) or "SIGINT"
+  name = detail.split()[0] if detail.split()[0] in signal.Signals.__members__ else "SIGINT"
+  print(f"error: interrupted ({detail}): {what}", file=sys.stderr, flush=True)
+  sys.exit(128 + signal.Signals[name])
 
 
 # absl's help flags, which print the usage and exit 1 before `main`.
 _HELP_FLAGS = ("help", "helpshort", "helpfull", "helpxml", "?")
 
 
-def _run(main: Callable[[list[str]], None], usage_status: int) -> None:
+def _run(main: Callable[[list[str]], None], usage_status: int, interrupted: str) -> None:
   """absl's `app.run` for `main`: `--help` (or `-h`) shows the program's docstring and
   flags (absl shows those of the script file, which has neither, and only the flags
   defined in it, not the shared ones) and exits 0, as --help does elsewhere (absl: 1)."""
@@ -304,7 +342,11 @@ def _run(main: Callable[[list[str]], None], usage_status: int) -> None:
     nonlocal started
     started = True
     setup()
-    main(argv)
+    try:
+      with sigterm_interrupts():
+        main(argv)
+    except KeyboardInterrupt as e:
+      exit_interrupted(e, interrupted)
 
   try:
     app.run(started_main, flags_parser=lambda argv: parse_flags(argv, usage_status))

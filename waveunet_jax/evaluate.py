@@ -584,7 +584,9 @@ def main(argv: list[str]) -> None:
 def cli() -> None:
   """The program `python -m waveunet_jax.evaluate` (and the console script
   waveunet-evaluate)."""
-  console.run_program(main, _define_flags, install=("train", "evaluate"))
+  console.run_program(main, _define_flags, install=("train", "evaluate"), interrupted=(
+      "the tracks scored so far are kept in --output_dir; re-running the same command "
+      "scores the rest"))
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ SLURM and Open MPI) or with --coordinator_address=HOST:PORT --num_processes=N
 """
 
 import shlex
-import signal
 import sys
 
 from absl import flags, logging
@@ -77,10 +76,9 @@ def main(argv: list[str]) -> None:
     # 128 + the signal, as a shell reports a program its signal ended.
     print(f"{e}; resume with: {resume_command()}", file=sys.stderr, flush=True)
     sys.exit(128 + e.signum)
-  except KeyboardInterrupt as e:
-    print(f"error: interrupted ({e or 'SIGINT'}); re-running the same command resumes from "
-          "the last checkpoint, if there is one", file=sys.stderr, flush=True)
-    sys.exit(128 + signal.SIGINT)
+  except KeyboardInterrupt as e:  # a second signal, or one before the loop began
+    console.exit_interrupted(e, "re-running the same command resumes from the last "
+                             "checkpoint, if there is one")
   if jax.process_index() == 0:
     console.done(next_steps(FLAGS.workdir))
 

@@ -35,6 +35,19 @@ class ConfigError(ValueError):
   """A model config or length that cannot work; the message names the field."""
 
 
+def check_finite(config: Any, prefix: str = "config") -> None:
+  """ConfigError naming the first float field of `config` (or float in a tuple field)
+  that is infinite or NaN: no field of this project's configs means anything there."""
+  for name, value in config.items():
+    field = f"{prefix}.{name}"
+    if hasattr(value, "items"):  # a ConfigDict (not a Mapping) or a dict
+      check_finite(value, field)
+      continue
+    for v in value if isinstance(value, (tuple, list)) else (value,):
+      if isinstance(v, float) and not math.isfinite(v):
+        raise ConfigError(f"{field}={value}: must be a finite number")
+
+
 @dataclasses.dataclass(frozen=True)
 class Lengths:
   """Input and output lengths (samples) of one forward pass.

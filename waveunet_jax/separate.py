@@ -561,16 +561,13 @@ def main(argv: list[str]) -> None:
   if not inputs:
     raise app.UsageError("give the audio files or folders to separate")
   try:
-    with _sigterm_interrupts():
-      written = _run(inputs, args)
-  except KeyboardInterrupt as e:  # SeparationInterrupted names the song; elsewhere none was begun
-    name = str(e) if str(e) in signal.Signals.__members__ else "SIGINT"
-    line = (str(e) if isinstance(e, SeparationInterrupted) else
-            f"interrupted ({name}): finished songs are kept in {args.output_dir}, nothing "
-            "else is written; re-running the same command separates the rest")
-    print(f"error: {line}", file=sys.stderr, flush=True)
-    # 128 + the signal, as a shell reports a program its signal ended.
-    sys.exit(128 + getattr(e, "signum", signal.Signals[name]))
+    written = _run(inputs, args)
+  except SeparationInterrupted as e:  # its line names the song and what was kept
+    print(f"error: {e}", file=sys.stderr, flush=True)
+    sys.exit(128 + e.signum)
+  except KeyboardInterrupt as e:  # before or between songs: none was begun
+    console.exit_interrupted(e, f"finished songs are kept in {args.output_dir}, nothing else "
+                             "is written; re-running the same command separates the rest")
   console.done(f"done: {len(written)} stems in {args.output_dir}")
 
 
@@ -595,22 +592,6 @@ def _run(inputs: list[str], args) -> list[pathlib.Path]:
                           clip=args.clip, overwrite=args.overwrite, progress=True)
   except SeparationError as e:
     sys.exit(f"error: {e}")
-
-
-@contextlib.contextmanager
-def _sigterm_interrupts() -> Iterator[None]:
-  """SIGTERM raises KeyboardInterrupt('SIGTERM') while active, as Ctrl-C does, so
-  that a stopped separation cleans up as an interrupted one."""
-
-  def interrupt(signum, frame):
-    del frame
-    raise KeyboardInterrupt(signal.Signals(signum).name)
-
-  previous = signal.signal(signal.SIGTERM, interrupt)
-  try:
-    yield
-  finally:
-    signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 def cli() -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from typing import Any
 
 import flax
@@ -87,10 +88,15 @@ class Loss:
     if loss.kind not in LOSS_KINDS:
       raise models.ConfigError(f"config.loss.kind: unknown value {loss.kind!r}; choose "
                                f"{' or '.join(repr(k) for k in LOSS_KINDS)}")
-    if not loss.stft_weight >= 0:
-      raise models.ConfigError(f"config.loss.stft_weight={loss.stft_weight}: must be >= 0 "
-                               "(0: no STFT term)")
-    fft_sizes = tuple(int(n) for n in loss.stft_fft_sizes) if loss.stft_weight else ()
+    if not 0 <= loss.stft_weight < math.inf:
+      raise models.ConfigError(f"config.loss.stft_weight={loss.stft_weight}: must be a finite "
+                               "number >= 0 (0: no STFT term)")
+    sizes = loss.stft_fft_sizes
+    if isinstance(sizes, (str, int)) or not all(
+        isinstance(n, int) and not isinstance(n, bool) for n in sizes):
+      raise models.ConfigError(f"config.loss.stft_fft_sizes={sizes!r}: must be a tuple of whole "
+                               "numbers of samples, e.g. '(512, 1024, 2048)'")
+    fft_sizes = tuple(sizes) if loss.stft_weight else ()
     if loss.stft_weight and not fft_sizes:
       raise models.ConfigError("config.loss.stft_fft_sizes is empty: name at least one FFT "
                                "size, or set config.loss.stft_weight=0")

@@ -72,7 +72,9 @@ def main(argv: list[str]) -> None:
 def cli() -> None:
   """The program `python -m waveunet_jax.synthetic` (and the console script
   waveunet-synthetic)."""
-  console.run_program(main, _define_flags, usage_status=USAGE_STATUS)
+  console.run_program(main, _define_flags, usage_status=USAGE_STATUS, interrupted=(
+      "the tracks finished are kept, nothing half-written is; re-running the same command "
+      "writes the rest"))
 
 
 if __name__ == "__main__":

@@ -239,10 +239,13 @@ class Trainer:
         bar = None
         loss = float(window_loss) / window_steps
         if not np.isfinite(loss):
+          last = self.workdir.latest_step()
+          kept = (f"The last good checkpoint (step {last}) is in {self.workdir.checkpoints_dir}"
+                  if last is not None else "No checkpoint was saved before it")
           raise TrainingError(
-              f"the training loss is {loss} at step {step}: stopping. The last good checkpoint "
-              f"(step {self.workdir.latest_step()}) is in {self.workdir.checkpoints_dir}; "
-              "lower config.optim.learning_rate or set config.optim.grad_clip_norm")
+              f"the training loss is {loss} at step {step}: stopping. {kept}; lower "
+              "config.optim.learning_rate, set config.optim.grad_clip_norm, or lower the loss's "
+              "weights (config.loss.scale, config.loss.stft_weight)")
         seconds = time.perf_counter() - window_start
         # The rate of this step: the stage's optimiser counts from the stage's start.
         rate = float(optim.learning_rate_schedule(config, learning_rate)(
@@ -343,6 +346,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   with workdir.removed_if_start_fails():
     # Check what can be checked before anything slow, and before writing anything; each
     # once: the trainer takes what is built here.
+    models.check_finite(config)
     model = models.from_config(config)
     loss = steps.Loss.from_config(
         config, models.lengths(model, config.data.output_length).output_length)
