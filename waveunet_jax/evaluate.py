@@ -550,6 +550,7 @@ def main(argv: list[str]) -> None:
   from waveunet_jax.separation import jax_engine
 
   console.no_arguments(argv)
+  import_museval()  # the scoring's install, before any work (cli() names a missing one)
   args = flags.FLAGS
   try:
     files.check_output_dir(args.output_dir, "the scores")
