@@ -465,6 +465,9 @@ def evaluate(separator: SeparatorLike, musdb_root: str | os.PathLike,
                  _median_sdr(scores["model"][track.name]),
                  _median_sdr(scores["mixture_baseline"][track.name]))
 
+  if failed and not scores["model"]:  # nothing to summarise: no summary, an error
+    raise EvaluationError(f"every track failed ({', '.join(failed)}: each one's error is "
+                          "above); nothing is scored, no summary written")
   summary = {
       "split": split,
       "musdb_root": str(musdb_root),
