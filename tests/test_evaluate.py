@@ -371,6 +371,22 @@ def test_cli_scores_wav_tracks_with_no_ffmpeg_on_the_path(musdb_corpus, tmp_path
   assert (out / evaluate.REPORT).is_file()
 
 
+def test_cli_without_the_scoring_install_stops_before_any_work(musdb_corpus, tmp_path):
+  """No museval (the train install): one line naming the install, and nothing separated
+  or written first."""
+  out = tmp_path / "eval"
+  no_museval = "import sys; sys.modules['museval'] = None\n" + HALVES
+  result = subprocess.run(
+      [sys.executable, "-c", no_museval, "--workdir=RUN", f"--musdb_root={musdb_corpus}",
+       "--wav", f"--output_dir={out}", "--tracks=1"], cwd=ROOT, capture_output=True,
+      text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
+  assert result.returncode == 1, result.stderr
+  assert result.stderr.strip().splitlines() == [
+      "error: evaluate needs the train install (no module named museval): "
+      "pip install 'waveunet_jax[train]'"]
+  assert not out.exists()
+
+
 def test_cli_separates_with_the_averaging_flags(musdb_corpus, tmp_path):
   out = tmp_path / "eval"
   result = subprocess.run(

@@ -465,6 +465,9 @@ def evaluate(separator: SeparatorLike, musdb_root: str | os.PathLike,
                  _median_sdr(scores["model"][track.name]),
                  _median_sdr(scores["mixture_baseline"][track.name]))
 
+  if failed and not scores["model"]:  # nothing to summarise: no summary, an error
+    raise EvaluationError(f"every track failed ({', '.join(failed)}: each one's error is "
+                          "above); nothing is scored, no summary written")
   summary = {
       "split": split,
       "musdb_root": str(musdb_root),
@@ -550,6 +553,7 @@ def main(argv: list[str]) -> None:
   from waveunet_jax.separation import jax_engine
 
   console.no_arguments(argv)
+  import_museval()  # the scoring's install, before any work (cli() names a missing one)
   args = flags.FLAGS
   try:
     files.check_output_dir(args.output_dir, "the scores")

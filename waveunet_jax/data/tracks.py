@@ -120,15 +120,25 @@ def read_multitrack(track: Track, sources: Sequence[str], needed_for: str = NEED
       files = stem_files(track)
     for stem, path in files.items():
       stems[stem], rates[stem] = _read_wav(track, path, mono)
-    if len(set(rates.values())) > 1:
-      raise DataError(f"track {track.name!r}: stems have different sample rates {rates}")
+    _check_same(track, "sample rates", rates)
     rate = next(iter(rates.values()))
   else:
     stems, rate = _read_stem_file(track)
-  lengths = {stem: len(audio) for stem, audio in stems.items()}
-  if len(set(lengths.values())) > 1:
-    raise DataError(f"track {track.name!r}: stems have different lengths (samples) {lengths}")
+  _check_same(track, "lengths (samples)", {stem: len(audio) for stem, audio in stems.items()})
   return stems, rate
+
+
+# What to do when a track's stems differ (`_check_same`).
+_SAME_FIX = {"sample rates": "resample them to one rate (e.g. ffmpeg -i bass.wav -ar 44100 "
+                             "bass-44k.wav)",
+             "lengths (samples)": "trim or pad them to one length (they must start together)"}
+
+
+def _check_same(track: Track, what: str, values: dict[str, int]) -> None:
+  """DataError unless the stems' `values` (their sample rates or lengths) are one."""
+  if len(set(values.values())) > 1:
+    raise DataError(f"track {track.name!r}: stems have different {what} {values}; "
+                    f"{_SAME_FIX[what]}")
 
 
 def read_stems(track: Track) -> tuple[dict[str, np.ndarray], int]:
@@ -154,10 +164,8 @@ def check_track(track: Track, sources: Sequence[str] = stems_lib.STEMS) -> None:
     _check_channels(track, path.name, infos[stem].channels)
     if infos[stem].frames == 0:
       raise DataError(f"track {track.name!r}: {path} is empty")
-  for what, values in (("sample rates", {s: i.rate for s, i in infos.items()}),
-                       ("lengths (samples)", {s: i.frames for s, i in infos.items()})):
-    if len(set(values.values())) > 1:
-      raise DataError(f"track {track.name!r}: stems have different {what} {values}")
+  _check_same(track, "sample rates", {s: i.rate for s, i in infos.items()})
+  _check_same(track, "lengths (samples)", {s: i.frames for s, i in infos.items()})
 
 
 def _stem_file_info(track: Track) -> None:
