@@ -247,6 +247,39 @@ def test_training_survives_kill_9(tmp_path, tiny_data_dir):
   assert not temporaries(workdir), temporaries(workdir)
 
 
+def signal_when_paused(command: list[str], paused: pathlib.Path, signum: int,
+                       not_ready=lambda: None) -> tuple[int, str]:
+  """Runs `command` (CLI_MODEL's) with PAUSE_MARKER=`paused` and sends it `signum` once
+  it has paused in its second song -> (exit status, stderr). The test fails, rather than
+  signal at the wrong moment, where the program ends or does not pause within 120 s, or
+  `not_ready()` then says why the moment is wrong."""
+  process = subprocess.Popen(
+      command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+      start_new_session=True,
+      env={**os.environ, "PYTHONPATH": str(ROOT), "PAUSE_MARKER": str(paused)})
+  deadline = time.monotonic() + 120
+  try:
+    while not paused.exists():
+      if process.poll() is not None:
+        pytest.fail("could not stop the program mid-song: it ended (exit "
+                    f"{process.returncode}) before pausing in the second song; its stderr "
+                    f"ends: {process.stderr.read().decode(errors='replace')[-3000:]}")
+      if time.monotonic() > deadline:
+        pytest.fail("could not stop the program mid-song: it did not pause in the second "
+                    "song within 120 s")
+      time.sleep(0.01)
+    why = not_ready()
+    if why:
+      pytest.fail(f"could not stop the program mid-song: paused in the second song, but {why}")
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=60)
+  finally:
+    if process.poll() is None:
+      os.killpg(process.pid, signal.SIGKILL)
+      process.wait()
+  return process.returncode, stderr.decode(errors="replace")
+
+
 @pytest.mark.parametrize("clip", ["clamp", "rescale"])
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_separate_stopped_mid_song_says_so_in_one_line_and_leaves_nothing(tmp_path, clip,
@@ -261,34 +294,13 @@ def test_separate_stopped_mid_song_says_so_in_one_line_and_leaves_nothing(tmp_pa
   for i, seconds in enumerate((5, 20)):  # the second of several blocks
     sf.write(songs / f"song{i}.wav", rng.uniform(-0.5, 0.5, (seconds * 44100, 2)), 44100,
              subtype="PCM_16")
-  out, paused = tmp_path / "out", tmp_path / "paused"
-  process = subprocess.Popen(
+  out = tmp_path / "out"
+  returncode, stderr = signal_when_paused(
       [sys.executable, "-c", CLI_MODEL, "separate", "--workdir=RUN", str(songs),
-       f"--output_dir={out}", f"--clip={clip}"], cwd=ROOT, stdout=subprocess.DEVNULL,
-      stderr=subprocess.PIPE, start_new_session=True,
-      env={**os.environ, "PYTHONPATH": str(ROOT), "PAUSE_MARKER": str(paused)})
-  deadline = time.monotonic() + 120
-  try:
-    while not paused.exists():
-      if process.poll() is not None:
-        pytest.fail("could not stop the program mid-song: it ended (exit "
-                    f"{process.returncode}) before pausing in the second song; its stderr "
-                    f"ends: {process.stderr.read().decode(errors='replace')[-3000:]}")
-      if time.monotonic() > deadline:
-        pytest.fail("could not stop the program mid-song: it did not pause in the second "
-                    "song within 120 s")
-      time.sleep(0.01)
-    if not temporaries(out / "song1"):
-      pytest.fail("could not stop the program mid-song: paused in the second song, but "
-                  f"{out / 'song1'} holds none of its temporaries")
-    process.send_signal(signum)
-    _, stderr = process.communicate(timeout=60)
-  finally:
-    if process.poll() is None:
-      os.killpg(process.pid, signal.SIGKILL)
-      process.wait()
-  stderr = stderr.decode(errors="replace")
-  assert process.returncode == 128 + signum, stderr
+       f"--output_dir={out}", f"--clip={clip}"], tmp_path / "paused", signum,
+      not_ready=lambda: None if temporaries(out / "song1") else
+      f"{out / 'song1'} holds none of its temporaries")
+  assert returncode == 128 + signum, stderr
   assert "Traceback" not in stderr
   assert stderr.strip().splitlines()[-1] == (
       f"error: interrupted ({signal.Signals(signum).name}): nothing written for "
@@ -305,23 +317,8 @@ def test_evaluate_stopped_mid_song_says_so_in_one_line(tmp_path):
   out, paused = tmp_path / "out", tmp_path / "paused"
   command = [sys.executable, "-c", CLI_MODEL, "evaluate", "--workdir=RUN",
              f"--musdb_root={tmp_path / 'musdb'}", "--wav", f"--output_dir={out}"]
-  process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.PIPE, start_new_session=True,
-                             env={**os.environ, "PYTHONPATH": str(ROOT),
-                                  "PAUSE_MARKER": str(paused)})
-  try:
-    deadline = time.monotonic() + 120
-    while not paused.exists() and process.poll() is None and time.monotonic() < deadline:
-      time.sleep(0.01)
-    assert paused.exists(), "evaluate did not pause in its second track"
-    process.send_signal(signal.SIGTERM)
-    _, stderr = process.communicate(timeout=60)
-  finally:
-    if process.poll() is None:
-      os.killpg(process.pid, signal.SIGKILL)
-      process.wait()
-  stderr = stderr.decode(errors="replace")
-  assert process.returncode == 143 and "Traceback" not in stderr, stderr
+  returncode, stderr = signal_when_paused(command, paused, signal.SIGTERM)
+  assert returncode == 143 and "Traceback" not in stderr, stderr
   assert stderr.strip().splitlines()[-1] == (
       "error: interrupted (SIGTERM): the tracks scored so far are kept in --output_dir; "
       "re-running the same command scores the rest")
